@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Outcomes of a hosting request, the "outcome" label of Hosting's metrics.
+const (
+	outcomeOK          = "ok"           // conman (and so the repl) answered; any status of the app's
+	outcomeUnknownHost = "unknown_host" // 404: no repl by that name here
+	outcomeBadRequest  = "bad_request"  // 400: no Host
+	outcomeDirectory   = "directory"    // 503: lore failed
+	outcomePlacement   = "placement"    // 503: placement failed or has no capacity
+	outcomeBackend     = "backend"      // 502: the repl could not be started or reached
+	outcomeDraining    = "draining"     // 503: Hosting is shutting down
+	outcomeClient      = "client"       // the client went away (or broke its request) mid-way
+)
+
+type hostingMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	upgrades prometheus.Gauge
+	retries  prometheus.Counter
+}
+
+func newHostingMetrics(reg prometheus.Registerer) (*hostingMetrics, error) {
+	m := &hostingMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "switchyard", Subsystem: "hosting", Name: "requests_total",
+			Help: "Hosting requests by outcome: ok, unknown_host, bad_request, directory, placement, backend, draining, client.",
+		}, []string{"outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "switchyard", Subsystem: "hosting", Name: "request_duration_seconds",
+			Help:    "Time from request to the end of the answer (of an upgraded connection: to its close), by outcome.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"outcome"}),
+		upgrades: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "switchyard", Subsystem: "hosting", Name: "upgraded_connections",
+			Help: "Upgraded (WebSocket) connections being carried.",
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "switchyard", Subsystem: "hosting", Name: "retries_total",
+			Help: "Requests sent to another VM after conman could not be reached or was draining.",
+		}),
+	}
+	for _, o := range []string{outcomeOK, outcomeUnknownHost, outcomeBadRequest, outcomeDirectory, outcomePlacement, outcomeBackend, outcomeDraining, outcomeClient} {
+		m.requests.WithLabelValues(o)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.upgrades, m.retries} {
+		if err := reg.Register(c); err != nil {
+			return nil, errors.Join(errors.New("proxy: register hosting metrics"), err)
+		}
+	}
+	return m, nil
+}

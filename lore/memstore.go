@@ -1,0 +1,535 @@
+package lore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	memdb "github.com/hashicorp/go-memdb"
+)
+
+// MemStoreConfig configures NewMemStore.
+type MemStoreConfig struct {
+	// WatchBuffer is how many events each watcher may fall behind before its channel is closed
+	// (it must then re-read and watch again). Zero means 4096.
+	WatchBuffer int
+}
+
+// MemStore is the in-process Store on hashicorp/go-memdb.
+//
+// go-memdb is the source of truth: every write is one memdb write transaction that checks
+// uniqueness and references and aborts on any error. A lookup in memdb's radix trees costs
+// several microseconds and allocations (a read transaction, index keys, an iterator), too much for
+// the DNS and hosting hot path, so MemStore also keeps read indexes — plain maps from ID, from
+// (owner, slug) and from domain name to the same immutable *Repl and *Domain values memdb holds —
+// updated under the write lock right after each memdb commit. Point lookups (Repl, ReplByName,
+// ReplByDomain, Cluster) read only those maps under a read lock and do not allocate; listings
+// read memdb's ordered indexes.
+type MemStore struct {
+	db     *memdb.MemDB
+	buffer int
+
+	wmu    sync.Mutex // serializes writes: memdb commit, index update and event publication
+	index  uint64
+	closed bool
+	watch  map[*memWatcher]struct{} // guarded by wmu
+
+	rmu      sync.RWMutex // guards the read indexes below
+	byID     map[string]*Repl
+	byName   map[nameKey]*Repl
+	domains  map[string]*Domain
+	clusters map[string]*Cluster
+	counts   map[string]int
+}
+
+type nameKey struct{ owner, slug string }
+
+type memWatcher struct {
+	ch   chan Event
+	stop func() bool
+}
+
+var _ Store = (*MemStore)(nil)
+
+const (
+	tableRepls    = "repls"
+	tableClusters = "clusters"
+	tableDomains  = "domains"
+)
+
+var memSchema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+	tableRepls: {Name: tableRepls, Indexes: map[string]*memdb.IndexSchema{
+		"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+		"name": {Name: "name", Unique: true, Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
+			&memdb.StringFieldIndex{Field: "Owner"}, &memdb.StringFieldIndex{Field: "Slug"},
+		}}},
+	}},
+	tableClusters: {Name: tableClusters, Indexes: map[string]*memdb.IndexSchema{
+		"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
+	}},
+	tableDomains: {Name: tableDomains, Indexes: map[string]*memdb.IndexSchema{
+		"id":   {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
+		"repl": {Name: "repl", Indexer: &memdb.StringFieldIndex{Field: "Repl"}},
+	}},
+}}
+
+// NewMemStore returns an empty in-process store.
+func NewMemStore(cfg MemStoreConfig) (*MemStore, error) {
+	db, err := memdb.NewMemDB(memSchema)
+	if err != nil {
+		return nil, fmt.Errorf("lore: memdb schema: %w", err)
+	}
+	if cfg.WatchBuffer <= 0 {
+		cfg.WatchBuffer = 4096
+	}
+	return &MemStore{
+		db: db, buffer: cfg.WatchBuffer,
+		watch:    make(map[*memWatcher]struct{}),
+		byID:     make(map[string]*Repl),
+		byName:   make(map[nameKey]*Repl),
+		domains:  make(map[string]*Domain),
+		clusters: make(map[string]*Cluster),
+		counts:   make(map[string]int),
+	}, nil
+}
+
+// Close closes every watcher's channel and makes later writes and watches fail. Reads keep
+// working.
+func (s *MemStore) Close() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.closed = true
+	for w := range s.watch {
+		w.stop()
+		close(w.ch)
+		delete(s.watch, w)
+	}
+	return nil
+}
+
+var errStoreClosed = errors.New("lore: store closed")
+
+// Repl implements Store.
+func (s *MemStore) Repl(_ context.Context, id string) (Repl, error) {
+	s.rmu.RLock()
+	r := s.byID[id]
+	s.rmu.RUnlock()
+	if r == nil {
+		return Repl{}, fmt.Errorf("%w: repl %q", ErrNotFound, id)
+	}
+	return *r, nil
+}
+
+// ReplByName implements Store.
+func (s *MemStore) ReplByName(_ context.Context, owner, slug string) (Repl, error) {
+	s.rmu.RLock()
+	r := s.byName[nameKey{owner, slug}]
+	s.rmu.RUnlock()
+	if r == nil {
+		return Repl{}, fmt.Errorf("%w: repl %s/%s", ErrNotFound, owner, slug)
+	}
+	return *r, nil
+}
+
+// ReplByDomain implements Store.
+func (s *MemStore) ReplByDomain(_ context.Context, domain string) (Repl, error) {
+	s.rmu.RLock()
+	var r *Repl
+	if d := s.domains[domain]; d != nil && d.Verified {
+		r = s.byID[d.Repl]
+	}
+	s.rmu.RUnlock()
+	if r == nil {
+		return Repl{}, fmt.Errorf("%w: no verified domain %q", ErrNotFound, domain)
+	}
+	return *r, nil
+}
+
+// Repls implements Store.
+func (s *MemStore) Repls(_ context.Context, owner string) ([]Repl, error) {
+	txn := s.db.Txn(false)
+	var (
+		it  memdb.ResultIterator
+		err error
+	)
+	if owner == "" {
+		it, err = txn.Get(tableRepls, "name")
+	} else {
+		it, err = txn.Get(tableRepls, "name_prefix", owner, "")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lore: memdb: %w", err)
+	}
+	out := []Repl{}
+	for o := it.Next(); o != nil; o = it.Next() {
+		out = append(out, *o.(*Repl))
+	}
+	return out, nil
+}
+
+// Cluster implements Store.
+func (s *MemStore) Cluster(_ context.Context, id string) (Cluster, error) {
+	s.rmu.RLock()
+	c := s.clusters[id]
+	s.rmu.RUnlock()
+	if c == nil {
+		return Cluster{}, fmt.Errorf("%w: cluster %q", ErrNotFound, id)
+	}
+	return cloneCluster(*c), nil
+}
+
+// Clusters implements Store.
+func (s *MemStore) Clusters(ctx context.Context) ([]Cluster, error) {
+	loads, err := s.ClusterLoads(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Cluster, len(loads))
+	for i, l := range loads {
+		out[i] = l.Cluster
+	}
+	return out, nil
+}
+
+// ClusterLoads implements Store.
+func (s *MemStore) ClusterLoads(context.Context) ([]ClusterLoad, error) {
+	s.rmu.RLock()
+	out := make([]ClusterLoad, 0, len(s.clusters))
+	for id, c := range s.clusters {
+		out = append(out, ClusterLoad{Cluster: cloneCluster(*c), Repls: s.counts[id]})
+	}
+	s.rmu.RUnlock()
+	slices.SortFunc(out, func(a, b ClusterLoad) int { return compareStrings(a.Cluster.ID, b.Cluster.ID) })
+	return out, nil
+}
+
+// Domain implements Store.
+func (s *MemStore) Domain(_ context.Context, name string) (Domain, error) {
+	s.rmu.RLock()
+	d := s.domains[name]
+	s.rmu.RUnlock()
+	if d == nil {
+		return Domain{}, fmt.Errorf("%w: domain %q", ErrNotFound, name)
+	}
+	return *d, nil
+}
+
+// write runs fn in a memdb write transaction under the write lock. fn returns the events of the
+// change (without Index) and a function that applies it to the read indexes; on success the
+// transaction commits, the read indexes are updated and the events are published, in that
+// order, before the next write starts.
+func (s *MemStore) write(fn func(txn *memdb.Txn) ([]Event, func(), error)) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed {
+		return errStoreClosed
+	}
+	txn := s.db.Txn(true)
+	events, apply, err := fn(txn)
+	if err != nil {
+		txn.Abort()
+		return err
+	}
+	txn.Commit()
+	if apply != nil {
+		s.rmu.Lock()
+		apply()
+		s.rmu.Unlock()
+	}
+	if len(events) > 0 {
+		s.index++
+		for _, ev := range events {
+			ev.Index = s.index
+			s.publish(ev)
+		}
+	}
+	return nil
+}
+
+// publish hands ev to every watcher without blocking; a watcher whose buffer is full is closed.
+// Called with wmu held.
+func (s *MemStore) publish(ev Event) {
+	for w := range s.watch {
+		select {
+		case w.ch <- ev:
+		default:
+			w.stop()
+			close(w.ch)
+			delete(s.watch, w)
+		}
+	}
+}
+
+// Watch implements Store. Each watcher has a buffer of MemStoreConfig.WatchBuffer events; one
+// that falls further behind has its channel closed while its ctx is still live.
+func (s *MemStore) Watch(ctx context.Context) (<-chan Event, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	w := &memWatcher{ch: make(chan Event, s.buffer)}
+	w.stop = context.AfterFunc(ctx, func() {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		if _, ok := s.watch[w]; ok {
+			close(w.ch)
+			delete(s.watch, w)
+		}
+	})
+	s.watch[w] = struct{}{}
+	return w.ch, nil
+}
+
+func memErr(err error) error { return fmt.Errorf("lore: memdb: %w", err) }
+
+// CreateRepl implements Store.
+func (s *MemStore) CreateRepl(_ context.Context, r Repl) (Repl, error) {
+	p := &r
+	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
+		if o, err := txn.First(tableRepls, "id", r.ID); err != nil {
+			return nil, nil, memErr(err)
+		} else if o != nil {
+			return nil, nil, fmt.Errorf("%w: repl id %q", ErrExists, r.ID)
+		}
+		if o, err := txn.First(tableRepls, "name", r.Owner, r.Slug); err != nil {
+			return nil, nil, memErr(err)
+		} else if o != nil {
+			return nil, nil, fmt.Errorf("%w: repl %s/%s", ErrExists, r.Owner, r.Slug)
+		}
+		if o, err := txn.First(tableClusters, "id", r.Cluster); err != nil {
+			return nil, nil, memErr(err)
+		} else if o == nil {
+			return nil, nil, fmt.Errorf("%w: cluster %q", ErrNotFound, r.Cluster)
+		}
+		if err := txn.Insert(tableRepls, p); err != nil {
+			return nil, nil, memErr(err)
+		}
+		ev := r
+		return []Event{{Kind: ReplCreated, Repl: &ev}}, func() {
+			s.byID[p.ID] = p
+			s.byName[nameKey{p.Owner, p.Slug}] = p
+			s.counts[p.Cluster]++
+		}, nil
+	})
+	if err != nil {
+		return Repl{}, err
+	}
+	return r, nil
+}
+
+// MoveRepl implements Store.
+func (s *MemStore) MoveRepl(_ context.Context, id, cluster string) (Repl, string, error) {
+	var (
+		out  Repl
+		from string
+	)
+	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
+		o, err := txn.First(tableRepls, "id", id)
+		if err != nil {
+			return nil, nil, memErr(err)
+		}
+		if o == nil {
+			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, id)
+		}
+		old := o.(*Repl)
+		out, from = *old, old.Cluster
+		if old.Cluster == cluster {
+			return nil, nil, nil
+		}
+		if c, err := txn.First(tableClusters, "id", cluster); err != nil {
+			return nil, nil, memErr(err)
+		} else if c == nil {
+			return nil, nil, fmt.Errorf("%w: cluster %q", ErrNotFound, cluster)
+		}
+		p := new(Repl)
+		*p = *old
+		p.Cluster = cluster
+		if err := txn.Insert(tableRepls, p); err != nil {
+			return nil, nil, memErr(err)
+		}
+		out = *p
+		ev := *p
+		return []Event{{Kind: ReplMoved, Repl: &ev, FromCluster: from}}, func() {
+			s.byID[p.ID] = p
+			s.byName[nameKey{p.Owner, p.Slug}] = p
+			s.counts[from]--
+			s.counts[cluster]++
+		}, nil
+	})
+	if err != nil {
+		return Repl{}, "", err
+	}
+	return out, from, nil
+}
+
+// DeleteRepl implements Store.
+func (s *MemStore) DeleteRepl(_ context.Context, id string) (Repl, error) {
+	var out Repl
+	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
+		o, err := txn.First(tableRepls, "id", id)
+		if err != nil {
+			return nil, nil, memErr(err)
+		}
+		if o == nil {
+			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, id)
+		}
+		old := o.(*Repl)
+		out = *old
+		var events []Event
+		var gone []string
+		it, err := txn.Get(tableDomains, "repl", id)
+		if err != nil {
+			return nil, nil, memErr(err)
+		}
+		var doms []*Domain
+		for d := it.Next(); d != nil; d = it.Next() {
+			doms = append(doms, d.(*Domain))
+		}
+		for _, d := range doms {
+			if err := txn.Delete(tableDomains, d); err != nil {
+				return nil, nil, memErr(err)
+			}
+			ev := *d
+			events = append(events, Event{Kind: DomainDeleted, Domain: &ev})
+			gone = append(gone, d.Name)
+		}
+		if err := txn.Delete(tableRepls, old); err != nil {
+			return nil, nil, memErr(err)
+		}
+		ev := *old
+		events = append(events, Event{Kind: ReplDeleted, Repl: &ev})
+		return events, func() {
+			delete(s.byID, old.ID)
+			delete(s.byName, nameKey{old.Owner, old.Slug})
+			s.counts[old.Cluster]--
+			for _, n := range gone {
+				delete(s.domains, n)
+			}
+		}, nil
+	})
+	if err != nil {
+		return Repl{}, err
+	}
+	return out, nil
+}
+
+// PutCluster implements Store.
+func (s *MemStore) PutCluster(_ context.Context, c Cluster) (Cluster, error) {
+	c = cloneCluster(c)
+	p := &c
+	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
+		if err := txn.Insert(tableClusters, p); err != nil {
+			return nil, nil, memErr(err)
+		}
+		ev := cloneCluster(c)
+		return []Event{{Kind: ClusterChanged, Cluster: &ev}}, func() { s.clusters[p.ID] = p }, nil
+	})
+	if err != nil {
+		return Cluster{}, err
+	}
+	return cloneCluster(c), nil
+}
+
+// CreateDomain implements Store.
+func (s *MemStore) CreateDomain(_ context.Context, d Domain) (Domain, error) {
+	p := &d
+	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
+		if o, err := txn.First(tableDomains, "id", d.Name); err != nil {
+			return nil, nil, memErr(err)
+		} else if o != nil {
+			return nil, nil, fmt.Errorf("%w: domain %q", ErrExists, d.Name)
+		}
+		if o, err := txn.First(tableRepls, "id", d.Repl); err != nil {
+			return nil, nil, memErr(err)
+		} else if o == nil {
+			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, d.Repl)
+		}
+		if err := txn.Insert(tableDomains, p); err != nil {
+			return nil, nil, memErr(err)
+		}
+		ev := d
+		return []Event{{Kind: DomainChanged, Domain: &ev}}, func() { s.domains[p.Name] = p }, nil
+	})
+	if err != nil {
+		return Domain{}, err
+	}
+	return d, nil
+}
+
+// VerifyDomain implements Store.
+func (s *MemStore) VerifyDomain(_ context.Context, name, challenge string) (Domain, error) {
+	var out Domain
+	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
+		o, err := txn.First(tableDomains, "id", name)
+		if err != nil {
+			return nil, nil, memErr(err)
+		}
+		if o == nil || o.(*Domain).Challenge != challenge {
+			return nil, nil, fmt.Errorf("%w: domain %q with that challenge", ErrNotFound, name)
+		}
+		old := o.(*Domain)
+		out = *old
+		if old.Verified {
+			return nil, nil, nil
+		}
+		p := new(Domain)
+		*p = *old
+		p.Verified = true
+		if err := txn.Insert(tableDomains, p); err != nil {
+			return nil, nil, memErr(err)
+		}
+		out = *p
+		ev := *p
+		return []Event{{Kind: DomainChanged, Domain: &ev}}, func() { s.domains[p.Name] = p }, nil
+	})
+	if err != nil {
+		return Domain{}, err
+	}
+	return out, nil
+}
+
+// DeleteDomain implements Store.
+func (s *MemStore) DeleteDomain(_ context.Context, name string) (Domain, error) {
+	var out Domain
+	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
+		o, err := txn.First(tableDomains, "id", name)
+		if err != nil {
+			return nil, nil, memErr(err)
+		}
+		if o == nil {
+			return nil, nil, fmt.Errorf("%w: domain %q", ErrNotFound, name)
+		}
+		out = *o.(*Domain)
+		if err := txn.Delete(tableDomains, o); err != nil {
+			return nil, nil, memErr(err)
+		}
+		ev := out
+		return []Event{{Kind: DomainDeleted, Domain: &ev}}, func() { delete(s.domains, name) }, nil
+	})
+	if err != nil {
+		return Domain{}, err
+	}
+	return out, nil
+}
+
+func cloneCluster(c Cluster) Cluster {
+	c.Hosting4 = slices.Clone(c.Hosting4)
+	c.Hosting6 = slices.Clone(c.Hosting6)
+	return c
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

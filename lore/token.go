@@ -1,0 +1,332 @@
+package lore
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// DefaultTokenTTL is how long a connect token is valid when IssuerConfig.TTL is zero.
+const DefaultTokenTTL = 2 * time.Minute
+
+// TokenLeeway is the clock skew Verify tolerates between lore and the verifier, both for expiry
+// and for a token issued in the future.
+const TokenLeeway = 10 * time.Second
+
+// maxTokenLength bounds what Verify will parse; real tokens are about 300 bytes.
+const maxTokenLength = 4096
+
+// Token errors. Every error from Verify wraps exactly one of them; any of them means "reject".
+var (
+	ErrTokenMalformed   = errors.New("lore: token malformed")
+	ErrTokenAlgorithm   = errors.New("lore: token algorithm not accepted")
+	ErrTokenUnknownKey  = errors.New("lore: token signed by an unknown key")
+	ErrTokenSignature   = errors.New("lore: token signature invalid")
+	ErrTokenExpired     = errors.New("lore: token expired")
+	ErrTokenNotYetValid = errors.New("lore: token not yet valid")
+	ErrTokenAudience    = errors.New("lore: token for another audience")
+)
+
+// PublicKey is one Ed25519 verification key and its key ID (the JWT "kid" header).
+type PublicKey struct {
+	KeyID string
+	Key   ed25519.PublicKey
+}
+
+// KeyID returns the RFC 7638 JWK thumbprint of an Ed25519 public key (base64url SHA-256 of its
+// canonical JWK), a stable key ID when none is configured.
+func KeyID(pub ed25519.PublicKey) string {
+	canon := `{"crv":"Ed25519","kty":"OKP","x":"` + base64.RawURLEncoding.EncodeToString(pub) + `"}`
+	sum := sha256.Sum256([]byte(canon))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// IssuerConfig configures NewIssuer.
+type IssuerConfig struct {
+	// Key signs tokens. Required.
+	Key ed25519.PrivateKey
+	// KeyID is the "kid" header of every token. Empty means KeyID(Key.Public()).
+	KeyID string
+	// TTL is how long tokens are valid. Zero means DefaultTokenTTL.
+	TTL time.Duration
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Issuer signs connect tokens: EdDSA (Ed25519) JWTs with a "kid" header and the claims
+// aud (the cluster), sub (the repl), iat, exp and a random jti.
+type Issuer struct {
+	key ed25519.PrivateKey
+	kid string
+	ttl time.Duration
+	now func() time.Time
+}
+
+// NewIssuer returns an Issuer for cfg.
+func NewIssuer(cfg IssuerConfig) (*Issuer, error) {
+	if len(cfg.Key) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("%w: issuer key is %d bytes, want an ed25519 private key of %d", ErrInvalid, len(cfg.Key), ed25519.PrivateKeySize)
+	}
+	if cfg.TTL < 0 {
+		return nil, fmt.Errorf("%w: negative token TTL", ErrInvalid)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTokenTTL
+	}
+	if cfg.KeyID == "" {
+		cfg.KeyID = KeyID(cfg.Key.Public().(ed25519.PublicKey))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Issuer{key: cfg.Key, kid: cfg.KeyID, ttl: cfg.TTL, now: cfg.Now}, nil
+}
+
+// PublicKey returns the key that verifies this issuer's tokens.
+func (i *Issuer) PublicKey() PublicKey {
+	return PublicKey{KeyID: i.kid, Key: slices.Clone(i.key.Public().(ed25519.PublicKey))}
+}
+
+// TTL returns how long the issuer's tokens are valid.
+func (i *Issuer) TTL() time.Duration { return i.ttl }
+
+// tokenClaims is the JWT payload as signed: aud is a single string.
+type tokenClaims struct {
+	Audience  string `json:"aud"`
+	Subject   string `json:"sub"`
+	IssuedAt  int64  `json:"iat"`
+	ExpiresAt int64  `json:"exp"`
+	ID        string `json:"jti"`
+}
+
+func (tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return nil, nil }
+func (tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return nil, nil }
+func (tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return nil, nil }
+func (tokenClaims) GetIssuer() (string, error)                   { return "", nil }
+func (tokenClaims) GetSubject() (string, error)                  { return "", nil }
+func (tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil, nil }
+
+// Issue signs a token that lets its holder connect to repl through cluster's sessions proxy.
+func (i *Issuer) Issue(cluster, repl string) (string, Claims, error) {
+	if cluster == "" || repl == "" {
+		return "", Claims{}, fmt.Errorf("%w: token needs a cluster and a repl", ErrInvalid)
+	}
+	var jti [16]byte
+	if _, err := rand.Read(jti[:]); err != nil {
+		return "", Claims{}, fmt.Errorf("lore: token id: %w", err)
+	}
+	now := i.now().Truncate(time.Second)
+	c := Claims{
+		ID:        base64.RawURLEncoding.EncodeToString(jti[:]),
+		Repl:      repl,
+		Cluster:   cluster,
+		IssuedAt:  now,
+		ExpiresAt: now.Add(i.ttl),
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, tokenClaims{
+		Audience: cluster, Subject: repl, IssuedAt: now.Unix(), ExpiresAt: c.ExpiresAt.Unix(), ID: c.ID,
+	})
+	t.Header["kid"] = i.kid
+	s, err := t.SignedString(i.key)
+	if err != nil {
+		return "", Claims{}, fmt.Errorf("lore: signing token: %w", err)
+	}
+	return s, c, nil
+}
+
+// KeySet verifies connect tokens against a set of public keys, so keys can rotate with an
+// overlap: publish the new key, start issuing with it, retire the old one after the token TTL.
+// It is safe for concurrent use; Add and Remove change the set while Verify runs.
+type KeySet struct {
+	mu   sync.RWMutex
+	keys map[string]ed25519.PublicKey
+	now  func() time.Time
+}
+
+// NewKeySet returns a key set holding keys.
+func NewKeySet(keys ...PublicKey) *KeySet {
+	ks := &KeySet{keys: make(map[string]ed25519.PublicKey), now: time.Now}
+	for _, k := range keys {
+		ks.Add(k)
+	}
+	return ks
+}
+
+// Add adds (or replaces) a key. A key of the wrong size is ignored by Verify (it verifies
+// nothing), so Add never fails.
+func (ks *KeySet) Add(k PublicKey) {
+	ks.mu.Lock()
+	ks.keys[k.KeyID] = slices.Clone(k.Key)
+	ks.mu.Unlock()
+}
+
+// Remove removes the key with the given ID.
+func (ks *KeySet) Remove(keyID string) {
+	ks.mu.Lock()
+	delete(ks.keys, keyID)
+	ks.mu.Unlock()
+}
+
+// Keys returns the keys, ordered by key ID.
+func (ks *KeySet) Keys() []PublicKey {
+	ks.mu.RLock()
+	out := make([]PublicKey, 0, len(ks.keys))
+	for id, k := range ks.keys {
+		out = append(out, PublicKey{KeyID: id, Key: slices.Clone(k)})
+	}
+	ks.mu.RUnlock()
+	slices.SortFunc(out, func(a, b PublicKey) int { return compareStrings(a.KeyID, b.KeyID) })
+	return out
+}
+
+func (ks *KeySet) key(kid string) (ed25519.PublicKey, bool) {
+	ks.mu.RLock()
+	k, ok := ks.keys[kid]
+	ks.mu.RUnlock()
+	return k, ok
+}
+
+// Verify checks token's signature against the set and its claims against audience (the
+// verifying cluster's ID) and the clock, and returns its claims. Every error wraps one of the
+// ErrToken... sentinels. ctx is unused (KeySet never does I/O); it is there so KeySet and
+// RemoteKeySet satisfy the same interface.
+func (ks *KeySet) Verify(_ context.Context, token, audience string) (Claims, error) {
+	h, err := parseHeader(token)
+	if err != nil {
+		return Claims{}, err
+	}
+	key, ok := ks.key(h.Kid)
+	if !ok {
+		return Claims{}, fmt.Errorf("%w: kid %q", ErrTokenUnknownKey, h.Kid)
+	}
+	return verifyWithKey(token, key, audience, ks.now())
+}
+
+// tokenHeader is the part of a JWT header Verify looks at before the signature.
+type tokenHeader struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+}
+
+// parseHeader decodes and checks a token's header: three segments, a JSON header, alg EdDSA
+// exactly, a kid present.
+func parseHeader(token string) (tokenHeader, error) {
+	var h tokenHeader
+	if len(token) > maxTokenLength {
+		return h, fmt.Errorf("%w: longer than %d bytes", ErrTokenMalformed, maxTokenLength)
+	}
+	head, rest, ok := strings.Cut(token, ".")
+	if !ok || strings.Count(rest, ".") != 1 {
+		return h, fmt.Errorf("%w: want three dot-separated segments", ErrTokenMalformed)
+	}
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(head)
+	if err != nil {
+		return h, fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return h, fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
+	}
+	if h.Alg != jwt.SigningMethodEdDSA.Alg() {
+		return h, fmt.Errorf("%w: %q (only EdDSA)", ErrTokenAlgorithm, h.Alg)
+	}
+	if h.Kid == "" {
+		return h, fmt.Errorf("%w: no kid header", ErrTokenUnknownKey)
+	}
+	return h, nil
+}
+
+// tokenParser checks the signature only; verifyWithKey checks the claims itself so each failure
+// has its own error. It is safe for concurrent use: without claims validation ParseWithClaims
+// does not modify the parser.
+var tokenParser = jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}),
+	jwt.WithoutClaimsValidation(), jwt.WithStrictDecoding())
+
+// verifyWithKey checks the signature with key, then the claims.
+func verifyWithKey(token string, key ed25519.PublicKey, audience string, now time.Time) (Claims, error) {
+	if len(key) != ed25519.PublicKeySize {
+		return Claims{}, fmt.Errorf("%w: key has the wrong size", ErrTokenUnknownKey)
+	}
+	var tc jwt.RegisteredClaims
+	_, err := tokenParser.ParseWithClaims(token, &tc, func(*jwt.Token) (any, error) { return key, nil })
+	switch {
+	case err == nil:
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return Claims{}, fmt.Errorf("%w: %w", ErrTokenSignature, err)
+	default:
+		return Claims{}, fmt.Errorf("%w: %w", ErrTokenMalformed, err)
+	}
+	if tc.Subject == "" || tc.ID == "" || tc.IssuedAt == nil || tc.ExpiresAt == nil || len(tc.Audience) == 0 {
+		return Claims{}, fmt.Errorf("%w: missing one of sub, jti, iat, exp, aud", ErrTokenMalformed)
+	}
+	c := Claims{ID: tc.ID, Repl: tc.Subject, IssuedAt: tc.IssuedAt.Time, ExpiresAt: tc.ExpiresAt.Time}
+	if len(tc.Audience) != 1 || tc.Audience[0] != audience || audience == "" {
+		return Claims{}, fmt.Errorf("%w: token is for %q, this is %q", ErrTokenAudience, strings.Join(tc.Audience, ","), audience)
+	}
+	c.Cluster = tc.Audience[0]
+	if !now.Before(c.ExpiresAt.Add(TokenLeeway)) {
+		return Claims{}, fmt.Errorf("%w: at %s", ErrTokenExpired, c.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if c.IssuedAt.After(now.Add(TokenLeeway)) {
+		return Claims{}, fmt.Errorf("%w: issued at %s, in the future", ErrTokenNotYetValid, c.IssuedAt.UTC().Format(time.RFC3339))
+	}
+	if tc.NotBefore != nil && tc.NotBefore.After(now.Add(TokenLeeway)) {
+		return Claims{}, fmt.Errorf("%w: not before %s", ErrTokenNotYetValid, tc.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return c, nil
+}
+
+// JWK is one key of a JSON Web Key Set as lore publishes it (RFC 8037 OKP keys).
+type JWK struct {
+	KeyType string `json:"kty"`
+	Curve   string `json:"crv"`
+	X       string `json:"x"`
+	KeyID   string `json:"kid"`
+	Alg     string `json:"alg,omitempty"`
+	Use     string `json:"use,omitempty"`
+}
+
+// JWKS is a JSON Web Key Set, the body of GET /v1/keys.
+type JWKS struct {
+	Keys []JWK `json:"keys"`
+}
+
+// NewJWKS returns the JWKS publishing keys.
+func NewJWKS(keys []PublicKey) JWKS {
+	out := JWKS{Keys: make([]JWK, 0, len(keys))}
+	for _, k := range keys {
+		out.Keys = append(out.Keys, JWK{KeyType: "OKP", Curve: "Ed25519", X: base64.RawURLEncoding.EncodeToString(k.Key),
+			KeyID: k.KeyID, Alg: "EdDSA", Use: "sig"})
+	}
+	return out
+}
+
+// PublicKeys returns the Ed25519 signing keys of the set. Keys of other types or uses are
+// skipped; a malformed Ed25519 key is an error wrapping ErrInvalid.
+func (s JWKS) PublicKeys() ([]PublicKey, error) {
+	var out []PublicKey
+	for _, k := range s.Keys {
+		if k.KeyType != "OKP" || k.Curve != "Ed25519" || (k.Use != "" && k.Use != "sig") || (k.Alg != "" && k.Alg != "EdDSA") {
+			continue
+		}
+		x, err := base64.RawURLEncoding.DecodeString(k.X)
+		if err != nil || len(x) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("%w: JWK %q: bad Ed25519 x", ErrInvalid, k.KeyID)
+		}
+		if k.KeyID == "" {
+			return nil, fmt.Errorf("%w: JWK without kid", ErrInvalid)
+		}
+		out = append(out, PublicKey{KeyID: k.KeyID, Key: x})
+	}
+	return out, nil
+}

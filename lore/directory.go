@@ -463,7 +463,9 @@ func (d *Directory) AddDomain(ctx context.Context, domain, repl string) (out Dom
 }
 
 // ChallengeName returns the name of the TXT record that proves ownership of domain.
-func ChallengeName(domain string) string { return ChallengeLabel + "." + strings.TrimSuffix(domain, ".") }
+func ChallengeName(domain string) string {
+	return ChallengeLabel + "." + strings.TrimSuffix(domain, ".")
+}
 
 // VerifyDomain looks up the TXT records at _switchyard-challenge.<domain> through the
 // configured resolver and marks the domain verified if one of them is its challenge. If none is,

@@ -37,9 +37,15 @@ type VM struct {
 	Usage         Resources `json:"usage"`
 	State         State     `json:"state"`
 	LastHeartbeat time.Time `json:"last_heartbeat"`
+	// Observed is the resource use the VM last reported in a heartbeat (Heartbeat.Used), for
+	// operators and autoscaling; placement decisions use Usage, not Observed.
+	Observed Resources `json:"observed,omitempty"`
+	// Registered is when the VM last registered (or re-registered after being Dead).
+	Registered time.Time `json:"registered,omitempty"`
 }
 
-// Request asks where a repl runs, or should run.
+// Request asks where a repl runs, or should run. Resources.Containers 0 means 1: every repl is
+// one container.
 type Request struct {
 	Repl string `json:"repl"`
 	// Pool selects the VM pool (e.g. from the repl's plan); empty means the default pool.

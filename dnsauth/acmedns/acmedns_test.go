@@ -1,0 +1,265 @@
+package acmedns_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/switchyard-dev/switchyard/dnsauth/acmedns"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func TestMemStoreValues(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{now: time.Unix(1_800_000_000, 0)}
+	s := acmedns.NewMemStore(acmedns.MemStoreConfig{Now: clk.Now})
+	add := func(name, v string, ttl time.Duration) {
+		t.Helper()
+		if err := s.AddTXT(ctx, name, v, clk.Now().Add(ttl)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(name string) []string {
+		t.Helper()
+		v, err := s.TXT(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := get("x.acme.test"); len(v) != 0 {
+		t.Fatalf("empty store has %q", v)
+	}
+	add("X.acme.test.", "one", time.Minute)
+	add("x.acme.test", "two", time.Minute)
+	if v := get("x.acme.test."); !slices.Equal(v, []string{"two", "one"}) {
+		t.Fatalf("two values: %q, want newest first", v)
+	}
+	add("x.acme.test", "three", 2*time.Minute)
+	if v := get("x.acme.test"); !slices.Equal(v, []string{"three", "two"}) {
+		t.Fatalf("after a third value: %q, want the 2 most recent", v)
+	}
+	if v := get("y.acme.test"); len(v) != 0 {
+		t.Fatalf("values leaked to another name: %q", v)
+	}
+	clk.advance(90 * time.Second)
+	if v := get("x.acme.test"); !slices.Equal(v, []string{"three"}) {
+		t.Fatalf("after expiry: %q", v)
+	}
+	add("y.acme.test", "four", time.Minute) // also collects the expired rows
+	clk.advance(time.Hour)
+	if v := get("x.acme.test"); len(v) != 0 {
+		t.Fatalf("all expired: %q", v)
+	}
+	ctxDone, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.TXT(ctxDone, "x"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled context: %v", err)
+	}
+}
+
+func TestMemStoreAccounts(t *testing.T) {
+	ctx := context.Background()
+	s := acmedns.NewMemStore(acmedns.MemStoreConfig{})
+	a := acmedns.Account{Username: "u1", Subdomain: "s1", AllowFrom: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	if err := s.CreateAccount(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	for _, dup := range []acmedns.Account{{Username: "u1", Subdomain: "s2"}, {Username: "u2", Subdomain: "s1"}} {
+		if err := s.CreateAccount(ctx, dup); !errors.Is(err, acmedns.ErrExists) {
+			t.Errorf("duplicate %+v: %v, want ErrExists", dup, err)
+		}
+	}
+	got, err := s.Account(ctx, "u1")
+	if err != nil || got.Subdomain != "s1" || !got.Allowed(netip.MustParseAddr("10.1.2.3")) || got.Allowed(netip.MustParseAddr("192.0.2.1")) {
+		t.Fatalf("account: %+v %v", got, err)
+	}
+	if _, err := s.Account(ctx, "nobody"); !errors.Is(err, acmedns.ErrNotFound) {
+		t.Fatalf("missing account: %v", err)
+	}
+}
+
+type api struct {
+	t     *testing.T
+	url   string
+	store *acmedns.MemStore
+}
+
+func newAPI(t *testing.T, cfg acmedns.HandlerConfig) *api {
+	t.Helper()
+	store := acmedns.NewMemStore(acmedns.MemStoreConfig{})
+	cfg.Store, cfg.Zone = store, "acme.repl.test."
+	h, err := acmedns.NewHandler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &api{t: t, url: srv.URL, store: store}
+}
+
+func (a *api) do(method, path string, hdr map[string]string, body string) (int, map[string]any) {
+	a.t.Helper()
+	req, err := http.NewRequest(method, a.url+path, strings.NewReader(body))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func (a *api) register(body string) acmedns.RegisterResponse {
+	a.t.Helper()
+	code, out := a.do("POST", "/register", nil, body)
+	if code != http.StatusCreated {
+		a.t.Fatalf("register: %d %v", code, out)
+	}
+	b, _ := json.Marshal(out)
+	var r acmedns.RegisterResponse
+	_ = json.Unmarshal(b, &r)
+	return r
+}
+
+const (
+	txt1 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1"
+	txt2 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2"
+	txt3 = "ccccccccccccccccccccccccccccccccccccccccc-_"
+)
+
+func TestAPI(t *testing.T) {
+	a := newAPI(t, acmedns.HandlerConfig{})
+	acct := a.register("")
+	if len(acct.Password) != 40 || acct.FullDomain != acct.Subdomain+".acme.repl.test" || acct.Username == acct.Subdomain {
+		t.Fatalf("registration: %+v", acct)
+	}
+	auth := map[string]string{"X-Api-User": acct.Username, "X-Api-Key": acct.Password}
+	update := func(hdr map[string]string, sub, txt string) (int, map[string]any) {
+		b, _ := json.Marshal(acmedns.UpdateRequest{Subdomain: sub, TXT: txt})
+		return a.do("POST", "/update", hdr, string(b))
+	}
+	for _, v := range []string{txt1, txt2, txt3} {
+		if code, out := update(auth, acct.Subdomain, v); code != http.StatusOK || out["txt"] != v {
+			t.Fatalf("update %s: %d %v", v, code, out)
+		}
+	}
+	vals, _ := a.store.TXT(context.Background(), acct.FullDomain)
+	if !slices.Equal(vals, []string{txt3, txt2}) {
+		t.Fatalf("served values %q, want the 2 most recent", vals)
+	}
+	other := a.register(`{"allowfrom": ["192.0.2.0/24", "2001:db8::1"]}`)
+	if !slices.Equal(other.AllowFrom, []string{"192.0.2.0/24", "2001:db8::1/128"}) {
+		t.Fatalf("allowfrom echoed as %q", other.AllowFrom)
+	}
+	for _, tc := range []struct {
+		name string
+		hdr  map[string]string
+		sub  string
+		txt  string
+		code int
+		err  string
+	}{
+		{"no credentials", nil, acct.Subdomain, txt1, 401, "forbidden"},
+		{"unknown user", map[string]string{"X-Api-User": "nobody", "X-Api-Key": acct.Password}, acct.Subdomain, txt1, 401, "forbidden"},
+		{"wrong key", map[string]string{"X-Api-User": acct.Username, "X-Api-Key": strings.Repeat("x", 40)}, acct.Subdomain, txt1, 401, "forbidden"},
+		{"another account's subdomain", auth, other.Subdomain, txt1, 401, "forbidden"},
+		{"not a subdomain", auth, "../etc", txt1, 400, "bad_subdomain"},
+		{"short txt", auth, acct.Subdomain, "abc", 400, "bad_txt"},
+		{"txt with bad characters", auth, acct.Subdomain, strings.Repeat("!", 43), 400, "bad_txt"},
+		{"address not allowed", map[string]string{"X-Api-User": other.Username, "X-Api-Key": other.Password}, other.Subdomain, txt1, 401, "forbidden"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := update(tc.hdr, tc.sub, tc.txt)
+			if code != tc.code || out["error"] != tc.err {
+				t.Fatalf("got %d %v, want %d %q", code, out, tc.code, tc.err)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name, method, path, body string
+		hdr                      map[string]string
+		code                     int
+	}{
+		{"malformed update", "POST", "/update", "{", auth, 400},
+		{"oversized update", "POST", "/update", `{"txt":"` + strings.Repeat("a", 70000) + `"}`, auth, 413},
+		{"bad allowfrom", "POST", "/register", `{"allowfrom": ["nope"]}`, nil, 400},
+		{"malformed register", "POST", "/register", `[`, nil, 400},
+		{"GET register", "GET", "/register", "", nil, 405},
+		{"GET update", "GET", "/update", "", auth, 405},
+		{"health", "GET", "/health", "", nil, 200},
+		{"unknown path", "GET", "/nope", "", nil, 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if code, out := a.do(tc.method, tc.path, tc.hdr, tc.body); code != tc.code {
+				t.Fatalf("got %d %v, want %d", code, out, tc.code)
+			}
+		})
+	}
+	vals, _ = a.store.TXT(context.Background(), acct.FullDomain)
+	if !slices.Equal(vals, []string{txt3, txt2}) {
+		t.Fatalf("rejected updates changed the values: %q", vals)
+	}
+}
+
+func TestAPIRegistrationLimits(t *testing.T) {
+	off := newAPI(t, acmedns.HandlerConfig{DisableRegistration: true})
+	if code, out := off.do("POST", "/register", nil, ""); code != 403 || out["error"] != "registration_disabled" {
+		t.Fatalf("disabled: %d %v", code, out)
+	}
+	elsewhere := newAPI(t, acmedns.HandlerConfig{RegisterFrom: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
+	if code, out := elsewhere.do("POST", "/register", nil, ""); code != 401 {
+		t.Fatalf("register from outside RegisterFrom: %d %v", code, out)
+	}
+	here := newAPI(t, acmedns.HandlerConfig{RegisterFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	here.register("")
+	proxied := newAPI(t, acmedns.HandlerConfig{ClientIPHeader: "X-Forwarded-For"})
+	acct := proxied.register(`{"allowfrom":["198.51.100.7"]}`)
+	b, _ := json.Marshal(acmedns.UpdateRequest{Subdomain: acct.Subdomain, TXT: txt1})
+	hdr := map[string]string{"X-Api-User": acct.Username, "X-Api-Key": acct.Password, "X-Forwarded-For": "198.51.100.7, 10.0.0.1"}
+	if code, out := proxied.do("POST", "/update", hdr, string(bytes.NewBuffer(b).String())); code != 200 {
+		t.Fatalf("update through a proxy header: %d %v", code, out)
+	}
+	if _, err := acmedns.NewHandler(acmedns.HandlerConfig{Zone: "x"}); err == nil {
+		t.Fatal("NewHandler without a store")
+	}
+	if _, err := acmedns.NewHandler(acmedns.HandlerConfig{Store: acmedns.NewMemStore(acmedns.MemStoreConfig{})}); err == nil {
+		t.Fatal("NewHandler without a zone")
+	}
+}

@@ -1,6 +1,7 @@
 package dnsauth_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -23,14 +24,18 @@ type answerCase struct {
 	qtype  uint16
 	rcode  int
 	aa     bool
+	// mapOnly cases need a directory state lore refuses to create.
+	mapOnly bool
 	answer []string
 	ns     []string
 	extra  []string
 }
 
 func TestAnswers(t *testing.T) {
-	h := newHandler(t, dnsauth.Config{Zones: testZones(), Directory: fixture()})
-	s := serve(t, h)
+	dirs := []struct {
+		name string
+		dir  dnsauth.Directory
+	}{{"lore", loreFixture(t)}, {"map", fixture()}}
 	cases := []answerCase{
 		{name: "repl A", qname: "blog.replbot.repl.test.", qtype: dns.TypeA, aa: true,
 			answer: []string{"blog.replbot.repl.test. 60 IN A 127.0.1.1"}},
@@ -77,14 +82,20 @@ func TestAnswers(t *testing.T) {
 		{name: "root", qname: ".", qtype: dns.TypeNS, rcode: dns.RcodeRefused},
 		{name: "AXFR refused", qname: "repl.test.", qtype: dns.TypeAXFR, rcode: dns.RcodeRefused},
 		{name: "IXFR refused", qname: "repl.test.", qtype: dns.TypeIXFR, rcode: dns.RcodeRefused},
-		{name: "repl in broken cluster", qname: "orphan.ghost.repl.test.", qtype: dns.TypeA, rcode: dns.RcodeServerFailure},
+		{name: "repl in broken cluster", qname: "orphan.ghost.repl.test.", qtype: dns.TypeA, rcode: dns.RcodeServerFailure, mapOnly: true},
 	}
-	for _, network := range []string{"udp", "tcp"} {
-		for _, tc := range cases {
-			t.Run(network+"/"+tc.name, func(t *testing.T) {
-				r := exchange(t, network, s.addr(network), query(tc.qname, tc.qtype))
-				checkAnswer(t, r, tc)
-			})
+	for _, d := range dirs {
+		s := serve(t, newHandler(t, dnsauth.Config{Zones: testZones(), Directory: d.dir}))
+		for _, network := range []string{"udp", "tcp"} {
+			for _, tc := range cases {
+				if tc.mapOnly && d.name != "map" {
+					continue
+				}
+				t.Run(d.name+"/"+network+"/"+tc.name, func(t *testing.T) {
+					r := exchange(t, network, s.addr(network), query(tc.qname, tc.qtype))
+					checkAnswer(t, r, tc)
+				})
+			}
 		}
 	}
 }
@@ -195,23 +206,42 @@ func TestOpcodesAndMalformed(t *testing.T) {
 }
 
 func TestDirectoryChangesAreVisible(t *testing.T) {
-	d := fixture()
+	d := loreFixture(t)
+	ctx := context.Background()
 	s := serve(t, newHandler(t, dnsauth.Config{Zones: testZones(), Directory: d}))
-	ask := func() *dns.Msg { return exchange(t, "udp", s.udp, query("new.replbot.repl.test.", dns.TypeA)) }
-	if r := ask(); r.Rcode != dns.RcodeNameError {
-		t.Fatalf("before create: %s", dns.RcodeToString[r.Rcode])
+	ask := func(name string) *dns.Msg { return exchange(t, "udp", s.udp, query(name, dns.TypeA)) }
+	for _, name := range []string{"new.replbot.repl.test.", "r9new.id.repl.test."} {
+		if r := ask(name); r.Rcode != dns.RcodeNameError {
+			t.Fatalf("before create: %s %s", name, dns.RcodeToString[r.Rcode])
+		}
 	}
-	d.putRepl(lore.Repl{ID: "r9new", Owner: "replbot", Slug: "new", Cluster: "a"})
-	if got := rrStrings(ask().Answer); !slices.Equal(got, []string{"new.replbot.repl.test. 60 IN A 127.0.1.1"}) {
-		t.Fatalf("after create: %q", got)
+	if _, err := d.CreateRepl(ctx, lore.Repl{ID: "r9new", Owner: "replbot", Slug: "new", Cluster: "a"}); err != nil {
+		t.Fatal(err)
 	}
-	d.putRepl(lore.Repl{ID: "r9new", Owner: "replbot", Slug: "new", Cluster: "b"})
-	if got := rrStrings(ask().Answer); len(got) != 2 || got[0] != "new.replbot.repl.test. 60 IN A 127.0.2.1" {
+	for _, name := range []string{"new.replbot.repl.test.", "r9new.id.repl.test."} {
+		if got := rrStrings(ask(name).Answer); !slices.Equal(got, []string{name + " 60 IN A 127.0.1.1"}) {
+			t.Fatalf("after create: %q", got)
+		}
+	}
+	if _, err := d.MoveRepl(ctx, "r9new", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rrStrings(ask("new.replbot.repl.test.").Answer); len(got) != 2 || got[0] != "new.replbot.repl.test. 60 IN A 127.0.2.1" {
 		t.Fatalf("after move: %q", got)
 	}
-	d.deleteRepl("r9new")
-	if r := ask(); r.Rcode != dns.RcodeNameError {
-		t.Fatalf("after delete: %s", dns.RcodeToString[r.Rcode])
+	if _, err := d.PutCluster(ctx, lore.Cluster{ID: "b", EvalURL: "ws://127.0.0.1:1/", Hosting4: addrs("127.0.2.9")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rrStrings(ask("new.replbot.repl.test.").Answer); !slices.Equal(got, []string{"new.replbot.repl.test. 60 IN A 127.0.2.9"}) {
+		t.Fatalf("after a cluster's addresses changed: %q", got)
+	}
+	if err := d.DeleteRepl(ctx, "r9new"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"new.replbot.repl.test.", "r9new.id.repl.test."} {
+		if r := ask(name); r.Rcode != dns.RcodeNameError {
+			t.Fatalf("after delete: %s %s", name, dns.RcodeToString[r.Rcode])
+		}
 	}
 }
 

@@ -1,0 +1,686 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/switchyard-dev/switchyard/placement"
+)
+
+// RelayMode selects how an established session's bytes are relayed. See the package
+// documentation of Sessions for the measured trade-offs.
+type RelayMode int
+
+const (
+	// Splice relays raw bytes between the client's and conman's TCP connections after both
+	// WebSocket handshakes, so Linux moves the payloads with splice(2) without copying them
+	// through user space. The proxy reads only the 2–14 byte header of each frame conman sends,
+	// so it always knows where a frame ends and can put a well-formed close frame on the wire
+	// at drain. Frame limits and keepalive are the end points' business in this mode.
+	Splice RelayMode = iota
+	// Frame terminates WebSocket on both legs (github.com/coder/websocket) and relays whole
+	// messages: a per-message size limit (close 1009), independent ping/pong keepalive on each
+	// leg to find dead peers, an idle timeout, and clean close codes on both legs.
+	Frame
+)
+
+// String returns "splice" or "frame".
+func (m RelayMode) String() string {
+	switch m {
+	case Splice:
+		return "splice"
+	case Frame:
+		return "frame"
+	}
+	return "RelayMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// Session outcome stages: every session attempt ends in exactly one of them, counted in
+// switchyard_proxy_sessions_total{stage}.
+const (
+	StageOK        = "ok"        // the session was established and ended normally
+	StageToken     = "token"     // missing, bad, expired or wrong-cluster token (401)
+	StagePlacement = "placement" // placement could not name a VM (404/503/504)
+	StageDial      = "dial"      // every conman attach within the retry budget failed (502/504)
+	StageBackend   = "backend"   // conman ended an established session abnormally
+	StageClient    = "client"    // the client went away during setup or sent a non-WebSocket request
+	StageLimit     = "limit"     // refused: too many sessions, draining, or oversized headers
+)
+
+// TokenSubprotocolPrefix is the Sec-WebSocket-Protocol prefix that carries a connect token for
+// clients that cannot set headers (browsers): a client offers
+//
+//	Sec-WebSocket-Protocol: switchyard.v1, switchyard.token.<jwt>
+//
+// and the proxy answers with Subprotocol ("switchyard.v1") — never the token. A JWT is made of
+// base64url characters and dots, all legal in a subprotocol token.
+const TokenSubprotocolPrefix = "switchyard.token."
+
+// Subprotocol is the subprotocol the proxy selects when the client offers it. Browsers fail a
+// connection whose server selects nothing while the client offered protocols, so a browser that
+// passes its token in Sec-WebSocket-Protocol must offer this one too.
+const Subprotocol = "switchyard.v1"
+
+// ErrSessionsClosed is returned by Shutdown when it is called a second time after it finished.
+var ErrSessionsClosed = errors.New("proxy: sessions proxy closed")
+
+// SessionsConfig configures a Sessions proxy. Cluster, Tokens and Placer are required.
+type SessionsConfig struct {
+	// Cluster is this cluster's ID: the audience connect tokens must carry.
+	Cluster string
+	// Tokens verifies connect tokens (*lore.KeySet, *lore.RemoteKeySet).
+	Tokens TokenVerifier
+	// Placer names the VM that runs a repl (*placement.Controlplane, *placement.Client).
+	Placer Placer
+	// Credential is sent to conman in the Switchyard-Credential header. Empty sends none
+	// (conman will answer 401).
+	Credential string
+	// Mode selects the relay; the zero value is Splice.
+	Mode RelayMode
+
+	// RetryBudget bounds the time spent placing and dialing conman before giving up; it is
+	// also capped by HandshakeTimeout. Zero means 3 s; negative means one attempt only.
+	RetryBudget time.Duration
+	// RetryBackoff is the pause before the first retry; it doubles (with ±25% jitter) up to
+	// MaxRetryBackoff. Zero means 20 ms.
+	RetryBackoff time.Duration
+	// MaxRetryBackoff caps the pause between retries. Zero means 500 ms.
+	MaxRetryBackoff time.Duration
+	// DialTimeout bounds one conman attach attempt (TCP connect, TLS, HTTP upgrade). Zero
+	// means 2 s.
+	DialTimeout time.Duration
+	// HandshakeTimeout bounds the whole setup: token, placement, every dial and the client's
+	// upgrade. Zero means 10 s.
+	HandshakeTimeout time.Duration
+
+	// MaxSessions caps concurrent sessions, counting those still in setup; past it the proxy
+	// answers 503. Zero means no limit.
+	MaxSessions int
+	// MaxHeaderBytes caps the size of the client's request line and headers; larger requests
+	// are answered 431. Zero means 8 KiB. (The http.Server's own MaxHeaderBytes applies first.)
+	MaxHeaderBytes int
+	// MaxMessageBytes caps one WebSocket message in Frame mode; a larger one closes that leg
+	// with 1009 (message too big) and the other with 1009 too. Zero means 4 MiB. Ignored in
+	// Splice mode.
+	MaxMessageBytes int64
+	// PingInterval is how often Frame mode pings each leg; a leg that does not answer within
+	// PingTimeout is dead and the session ends. Zero means 30 s; negative disables pings.
+	PingInterval time.Duration
+	// PingTimeout: zero means 15 s.
+	PingTimeout time.Duration
+	// IdleTimeout ends a Frame-mode session after this long without a message in either
+	// direction (close 1001). Zero means no idle timeout: shells are often idle for hours.
+	IdleTimeout time.Duration
+	// LingerTimeout bounds how long a session stays half-closed after one side finished (sent
+	// its FIN, or its close frame in Frame mode) before the other side is cut. Zero means 10 s.
+	LingerTimeout time.Duration
+
+	// BackendTLS configures TLS to conman addresses with an https:// or wss:// scheme. Nil
+	// means the system roots. TLS to conman disables splice(2): bytes are copied instead.
+	BackendTLS *tls.Config
+	// DialContext dials conman. Nil means a net.Dialer. Tests use it to inject faults.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// Logger receives one line per session end and per setup failure. Nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the proxy's metrics. Nil means no metrics.
+	Registerer prometheus.Registerer
+}
+
+// Sessions is the WebSocket session proxy (Eval): an http.Handler that verifies a connect token,
+// asks placement which VM runs the repl, dials that VM's conman attach endpoint (retrying on
+// another VM before the client has seen anything) and relays the session both ways until
+// either side closes. It never binds ports: mount it on an http.Server, at "GET /v1/connect" by
+// convention, and call Shutdown when the server shuts down — http.Server.Shutdown does not wait
+// for hijacked connections, Sessions.Shutdown does.
+//
+// The token comes from the query (?token=), an "Authorization: Bearer" header, or a
+// Sec-WebSocket-Protocol entry with TokenSubprotocolPrefix.
+//
+// # Splice or frame
+//
+// Measured on this project's machine (2 cores, loopback; docs/benchmarks/sessions.md has the
+// commands): Splice relays 1 MiB messages at about the speed of a direct connection and keeps
+// the least memory per idle session, because payloads never enter user space and an idle
+// session is two parked goroutines and two sockets; Linux holds up to six descriptors per
+// spliced session (two sockets and two pipes), so plan RLIMIT_NOFILE at 6 × MaxSessions plus
+// headroom (New warns when it cannot). Frame parses and re-frames every message: it costs CPU
+// per byte and a few more KiB per session, but it enforces MaxMessageBytes, finds dead peers
+// with pings on each leg, and uses two descriptors per session.
+type Sessions struct {
+	cfg     SessionsConfig
+	log     *slog.Logger
+	metrics *sessionsMetrics
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	wsHTTP  *http.Client // Frame mode's backend dialer
+
+	mu       sync.Mutex
+	closing  bool
+	inflight int // admitted ServeHTTP calls (setup or relay)
+	live     map[*sessionsLive]struct{}
+	idle     chan struct{} // closed when inflight reaches 0 while closing
+	stopCtx  context.Context
+	stopNow  context.CancelFunc // cancels setups still running when Shutdown's ctx ends
+	shutDone bool
+}
+
+// NewSessions returns a Sessions proxy. It returns an error wrapping nothing but a message when
+// the configuration is unusable, and registers its metrics with cfg.Registerer.
+func NewSessions(cfg SessionsConfig) (*Sessions, error) {
+	if cfg.Cluster == "" {
+		return nil, errors.New("proxy: SessionsConfig.Cluster is required")
+	}
+	if cfg.Tokens == nil {
+		return nil, errors.New("proxy: SessionsConfig.Tokens is required")
+	}
+	if cfg.Placer == nil {
+		return nil, errors.New("proxy: SessionsConfig.Placer is required")
+	}
+	if cfg.Mode != Splice && cfg.Mode != Frame {
+		return nil, fmt.Errorf("proxy: unknown relay mode %d", cfg.Mode)
+	}
+	if strings.ContainsAny(cfg.Credential, "\r\n") {
+		return nil, errors.New("proxy: SessionsConfig.Credential must not contain CR or LF")
+	}
+	if cfg.RetryBudget == 0 {
+		cfg.RetryBudget = 3 * time.Second
+	}
+	if cfg.RetryBackoff <= 0 {
+		cfg.RetryBackoff = 20 * time.Millisecond
+	}
+	if cfg.MaxRetryBackoff <= 0 {
+		cfg.MaxRetryBackoff = 500 * time.Millisecond
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 2 * time.Second
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = 8 << 10
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = 4 << 20
+	}
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = 30 * time.Second
+	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = 15 * time.Second
+	}
+	if cfg.LingerTimeout <= 0 {
+		cfg.LingerTimeout = 10 * time.Second
+	}
+	s := &Sessions{
+		cfg:  cfg,
+		log:  cfg.Logger,
+		live: make(map[*sessionsLive]struct{}),
+		idle: make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.log = s.log.With("component", "proxy.sessions", "mode", cfg.Mode.String())
+	s.dial = cfg.DialContext
+	if s.dial == nil {
+		d := &net.Dialer{KeepAlive: 30 * time.Second}
+		s.dial = d.DialContext
+	}
+	s.stopCtx, s.stopNow = context.WithCancel(context.Background())
+	m, err := newSessionsMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	if cfg.Mode == Frame {
+		s.wsHTTP = &http.Client{Transport: &http.Transport{
+			DialContext:       s.dial,
+			TLSClientConfig:   cfg.BackendTLS,
+			DisableKeepAlives: true, // upgraded connections never return to a pool anyway
+			ForceAttemptHTTP2: false,
+		}}
+	}
+	if cfg.Mode == Splice && cfg.MaxSessions > 0 {
+		if limit, ok := sessionsFileLimit(); ok && limit < uint64(cfg.MaxSessions)*sessionsSpliceFDs {
+			s.log.Warn("open-file limit cannot hold MaxSessions spliced sessions",
+				"rlimit_nofile", limit, "max_sessions", cfg.MaxSessions,
+				"needed", uint64(cfg.MaxSessions)*sessionsSpliceFDs,
+				"fds_per_session", sessionsSpliceFDs)
+		}
+	}
+	return s, nil
+}
+
+// sessionsSpliceFDs is how many descriptors one spliced session can hold on Linux: the two
+// sockets and, while a splice(2) is under way in each direction, a pipe (two descriptors) each.
+const sessionsSpliceFDs = 6
+
+// Active returns the number of established sessions.
+func (s *Sessions) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.live)
+}
+
+// Shutdown stops the proxy like http.Server.Shutdown, but for the hijacked WebSocket sessions
+// the standard library does not track: new sessions are refused with 503 at once, every live
+// session keeps running until it ends on its own, and Shutdown returns nil when the last one
+// has ended. When ctx ends first, the remaining sessions are closed with 1001 (going away),
+// setups still in progress are abandoned, and Shutdown returns ctx.Err() once every goroutine
+// the proxy started has finished. The grace period is the caller's: a context with a 30-hour
+// deadline keeps sessions for 30 hours.
+func (s *Sessions) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.shutDone {
+		s.mu.Unlock()
+		return ErrSessionsClosed
+	}
+	if !s.closing {
+		s.closing = true
+		if s.inflight == 0 {
+			close(s.idle)
+		}
+	}
+	n := len(s.live)
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Info("draining sessions", "live", n)
+	}
+	select {
+	case <-s.idle:
+		s.finishShutdown()
+		return nil
+	case <-ctx.Done():
+	}
+	s.stopNow()
+	s.mu.Lock()
+	live := make([]*sessionsLive, 0, len(s.live))
+	for l := range s.live {
+		live = append(live, l)
+	}
+	s.mu.Unlock()
+	if len(live) > 0 {
+		s.log.Warn("grace period over: closing sessions with 1001", "live", len(live))
+	}
+	for _, l := range live {
+		l.goAway()
+	}
+	<-s.idle
+	s.finishShutdown()
+	return ctx.Err()
+}
+
+func (s *Sessions) finishShutdown() {
+	s.stopNow()
+	s.mu.Lock()
+	s.shutDone = true
+	s.mu.Unlock()
+	if s.wsHTTP != nil {
+		s.wsHTTP.CloseIdleConnections()
+	}
+}
+
+// sessionsLive is an established session as Shutdown sees it.
+type sessionsLive struct {
+	goAway func() // closes the session with 1001; safe to call concurrently with its end
+}
+
+// admit reserves a session slot, or says why not.
+func (s *Sessions) admit() (ok bool, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false, "draining"
+	}
+	if s.cfg.MaxSessions > 0 && s.inflight >= s.cfg.MaxSessions {
+		return false, "too many sessions"
+	}
+	s.inflight++
+	s.metrics.inflight(s.inflight)
+	return true, ""
+}
+
+func (s *Sessions) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight--
+	s.metrics.inflight(s.inflight)
+	if s.inflight == 0 && s.closing {
+		close(s.idle)
+	}
+}
+
+func (s *Sessions) track(l *sessionsLive) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopCtx.Err() != nil {
+		return false // Shutdown's grace ended while this session was being set up
+	}
+	s.live[l] = struct{}{}
+	s.metrics.active.Set(float64(len(s.live)))
+	return true
+}
+
+func (s *Sessions) untrack(l *sessionsLive) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.live, l)
+	s.metrics.active.Set(float64(len(s.live)))
+}
+
+// sessionsAttempt is the state of one ServeHTTP call, for logs and metrics.
+type sessionsAttempt struct {
+	id    string
+	start time.Time
+	repl  string
+	vm    string
+	tries int
+}
+
+func (a *sessionsAttempt) attrs(stage string) []any {
+	return []any{"session", a.id, "repl", a.repl, "vm", a.vm, "stage", stage, "attempts", a.tries}
+}
+
+// ServeHTTP handles one session from the client's upgrade request to its end.
+func (s *Sessions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a := &sessionsAttempt{id: sessionsNewID(), start: time.Now()}
+
+	if size := sessionsHeaderSize(r); size > s.cfg.MaxHeaderBytes {
+		s.fail(w, a, StageLimit, http.StatusRequestHeaderFieldsTooLarge, "request headers too large",
+			fmt.Errorf("request headers are %d bytes, limit %d", size, s.cfg.MaxHeaderBytes))
+		return
+	}
+	if err := sessionsCheckUpgrade(r); err != nil {
+		w.Header().Set("Upgrade", "websocket")
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		status := http.StatusUpgradeRequired
+		if r.Method != http.MethodGet {
+			status = http.StatusMethodNotAllowed
+			w.Header().Set("Allow", http.MethodGet)
+		} else if errors.Is(err, errSessionsBadHandshake) {
+			status = http.StatusBadRequest
+		}
+		s.fail(w, a, StageClient, status, err.Error(), err)
+		return
+	}
+	if ok, reason := s.admit(); !ok {
+		w.Header().Set("Retry-After", "1")
+		s.fail(w, a, StageLimit, http.StatusServiceUnavailable, reason, errors.New(reason))
+		return
+	}
+	defer s.release()
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.HandshakeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(s.stopCtx, cancel)
+	defer stop()
+
+	token := sessionsToken(r)
+	if token == "" {
+		s.fail(w, a, StageToken, http.StatusUnauthorized, "missing connect token", errors.New("no token in query, Authorization or Sec-WebSocket-Protocol"))
+		return
+	}
+	claims, err := s.cfg.Tokens.Verify(ctx, token, s.cfg.Cluster)
+	if err != nil {
+		if s.clientGone(r) {
+			s.fail(w, a, StageClient, 0, "", err)
+			return
+		}
+		s.fail(w, a, StageToken, http.StatusUnauthorized, "invalid connect token", err)
+		return
+	}
+	if claims.Repl == "" || (claims.Cluster != "" && claims.Cluster != s.cfg.Cluster) {
+		s.fail(w, a, StageToken, http.StatusUnauthorized, "invalid connect token",
+			fmt.Errorf("claims for repl %q cluster %q", claims.Repl, claims.Cluster))
+		return
+	}
+	a.repl = claims.Repl
+
+	leg, stage, status, msg, err := s.connectBackend(ctx, r, a)
+	if err != nil {
+		if s.clientGone(r) {
+			stage, status = StageClient, 0
+		} else if s.stopCtx.Err() != nil {
+			stage, status, msg = StageLimit, http.StatusServiceUnavailable, "proxy shutting down"
+		}
+		s.fail(w, a, stage, status, msg, err)
+		return
+	}
+	if s.cfg.Mode == Frame {
+		s.serveFrame(ctx, w, r, a, leg)
+	} else {
+		s.serveSplice(ctx, w, r, a, leg)
+	}
+}
+
+func (s *Sessions) clientGone(r *http.Request) bool {
+	return r.Context().Err() != nil
+}
+
+// fail ends an attempt that never became a session: it answers the client (unless status is 0,
+// the client is gone), logs once and counts the stage once.
+func (s *Sessions) fail(w http.ResponseWriter, a *sessionsAttempt, stage string, status int, msg string, cause error) {
+	if status != 0 {
+		sessionsWriteError(w, status, msg)
+	}
+	s.metrics.outcome(stage)
+	lvl := slog.LevelWarn
+	if stage == StageClient || stage == StageToken {
+		lvl = slog.LevelInfo
+	}
+	s.log.Log(context.Background(), lvl, "session refused",
+		append(a.attrs(stage), "status", status, "err", cause)...)
+}
+
+// end records the outcome of an established session.
+func (s *Sessions) end(a *sessionsAttempt, stage string, established time.Time, reason string, c2b, b2c int64) {
+	s.metrics.outcome(stage)
+	s.metrics.duration.Observe(time.Since(established).Seconds())
+	lvl := slog.LevelInfo
+	if stage != StageOK {
+		lvl = slog.LevelWarn
+	}
+	s.log.Log(context.Background(), lvl, "session ended",
+		append(a.attrs(stage), "duration", time.Since(established), "reason", reason,
+			"bytes_in", c2b, "bytes_out", b2c)...)
+}
+
+func sessionsWriteError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Error string `json:"error"`
+	}{msg})
+}
+
+var errSessionsBadHandshake = errors.New("proxy: bad WebSocket handshake")
+
+// sessionsCheckUpgrade validates a client's RFC 6455 opening handshake.
+func sessionsCheckUpgrade(r *http.Request) error {
+	if !sessionsHeaderHasToken(r.Header, "Connection", "upgrade") ||
+		!sessionsHeaderHasToken(r.Header, "Upgrade", "websocket") {
+		return errors.New("WebSocket upgrade required")
+	}
+	if r.Method != http.MethodGet {
+		return fmt.Errorf("method %s not allowed for a WebSocket upgrade", r.Method)
+	}
+	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+		return fmt.Errorf("%w: HTTP/1.1 required", errSessionsBadHandshake)
+	}
+	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
+		return fmt.Errorf("%w: Sec-WebSocket-Version %q, want 13", errSessionsBadHandshake, v)
+	}
+	if !sessionsValidKey(r.Header.Get("Sec-WebSocket-Key")) {
+		return fmt.Errorf("%w: invalid Sec-WebSocket-Key", errSessionsBadHandshake)
+	}
+	return nil
+}
+
+// sessionsHeaderHasToken reports whether a comma-separated header holds token (any case).
+func sessionsHeaderHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// sessionsToken finds the connect token: ?token=, Authorization: Bearer, or a
+// Sec-WebSocket-Protocol entry switchyard.token.<jwt>, in that order.
+func sessionsToken(r *http.Request) string {
+	if t := r.URL.Query().Get("token"); t != "" {
+		return t
+	}
+	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	for _, p := range sessionsSubprotocols(r) {
+		if strings.HasPrefix(p, TokenSubprotocolPrefix) {
+			return p[len(TokenSubprotocolPrefix):]
+		}
+	}
+	return ""
+}
+
+func sessionsSubprotocols(r *http.Request) []string {
+	var out []string
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// sessionsSelectSubprotocol returns Subprotocol when the client offered it.
+func sessionsSelectSubprotocol(r *http.Request) string {
+	for _, p := range sessionsSubprotocols(r) {
+		if p == Subprotocol {
+			return p
+		}
+	}
+	return ""
+}
+
+func sessionsHeaderSize(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + 12
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+func sessionsNewID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// sessionsBackoff returns d with ±25% jitter.
+func sessionsJitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return d*3/4 + time.Duration(mrand.Int64N(int64(d)/2+1))
+}
+
+// connectBackend places the repl and attaches to conman, retrying on another VM within the
+// retry budget. On failure it returns the stage, the HTTP status and message for the client.
+func (s *Sessions) connectBackend(ctx context.Context, r *http.Request, a *sessionsAttempt) (sessionsBackend, string, int, string, error) {
+	budget := s.cfg.RetryBudget
+	deadline := time.Now().Add(budget)
+	backoff := s.cfg.RetryBackoff
+	var avoid []string
+	var lastErr error
+	stage, status, msg := StagePlacement, http.StatusServiceUnavailable, "no VM available for the repl"
+	dialFailed := false
+	for {
+		a.tries++
+		if a.tries > 1 {
+			s.metrics.retries.Inc()
+		}
+		asg, err := s.cfg.Placer.Place(ctx, placement.Request{Repl: a.repl, Avoid: avoid})
+		if err != nil {
+			lastErr = fmt.Errorf("place: %w", err)
+			switch {
+			case errors.Is(err, placement.ErrNotFound):
+				return nil, StagePlacement, http.StatusNotFound, "repl not found", lastErr
+			case errors.Is(err, placement.ErrInvalid):
+				return nil, StagePlacement, http.StatusBadGateway, "placement rejected the request", lastErr
+			case errors.Is(err, placement.ErrNoCapacity) && len(avoid) > 0:
+				// Every VM we could use has failed once; try them again after the backoff.
+				avoid = avoid[:0]
+			}
+			if !dialFailed {
+				stage, status, msg = StagePlacement, http.StatusServiceUnavailable, "no VM available for the repl"
+			}
+		} else {
+			a.vm = asg.VM
+			leg, err := s.attach(ctx, r, asg)
+			if err == nil {
+				return leg, "", 0, "", nil
+			}
+			lastErr = err
+			dialFailed = true
+			stage, status, msg = StageDial, http.StatusBadGateway, "could not attach to the repl"
+			s.log.Debug("attach failed", append(a.attrs(StageDial), "addr", asg.Addr, "err", err)...)
+			if !sessionsContains(avoid, asg.VM) {
+				avoid = append(avoid, asg.VM)
+			}
+		}
+		if ctx.Err() != nil {
+			if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+				status, msg = http.StatusGatewayTimeout, "session setup timed out"
+			}
+			return nil, stage, status, msg, lastErr
+		}
+		wait := sessionsJitter(backoff)
+		if budget < 0 || time.Now().Add(wait).After(deadline) {
+			return nil, stage, status, msg, lastErr
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+				status, msg = http.StatusGatewayTimeout, "session setup timed out"
+			}
+			return nil, stage, status, msg, lastErr
+		case <-t.C:
+		}
+		backoff = min(backoff*2, s.cfg.MaxRetryBackoff)
+	}
+}
+
+func sessionsContains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,242 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/switchyard-dev/switchyard/placement"
+)
+
+// sessionsBackend is an attached conman leg: *sessionsRawBackend in Splice mode,
+// *websocket.Conn in Frame mode.
+type sessionsBackend interface {
+	closeNow()
+}
+
+// sessionsRawBackend is conman's side of a spliced session after the handshake.
+type sessionsRawBackend struct {
+	conn    net.Conn
+	pending []byte // bytes the handshake reader read past the 101 response
+}
+
+func (b *sessionsRawBackend) closeNow() { _ = b.conn.Close() }
+
+type sessionsFrameBackend struct{ c *websocket.Conn }
+
+func (b *sessionsFrameBackend) closeNow() { _ = b.c.CloseNow() }
+
+// AttachError is a conman attach that did not upgrade: the status conman answered and the
+// error message from its JSON body.
+type AttachError struct {
+	VM      string
+	Status  int
+	Message string
+}
+
+func (e *AttachError) Error() string {
+	return fmt.Sprintf("proxy: conman on VM %s answered %d: %s", e.VM, e.Status, e.Message)
+}
+
+const sessionsWSGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+func sessionsAcceptKey(key string) string {
+	h := sha1.Sum([]byte(key + sessionsWSGUID))
+	return base64.StdEncoding.EncodeToString(h[:])
+}
+
+func sessionsValidKey(key string) bool {
+	b, err := base64.StdEncoding.DecodeString(key)
+	return err == nil && len(b) == 16
+}
+
+// sessionsAttachURL builds conman's attach URL for a repl, passing the client's terminal size.
+func sessionsAttachURL(addr, repl string, q url.Values) (*url.URL, error) {
+	u, err := url.Parse(addr)
+	if err != nil {
+		return nil, fmt.Errorf("conman address %q: %w", addr, err)
+	}
+	switch u.Scheme {
+	case "http", "ws":
+		u.Scheme = "http"
+	case "https", "wss":
+		u.Scheme = "https"
+	default:
+		return nil, fmt.Errorf("conman address %q: scheme must be http or https", addr)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("conman address %q: no host", addr)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/v1/repls/" + url.PathEscape(repl) + "/attach"
+	u.RawPath = ""
+	out := url.Values{}
+	for _, k := range []string{"cols", "rows"} {
+		if v := q.Get(k); v != "" {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 && n <= 65535 {
+				out.Set(k, strconv.Itoa(n))
+			}
+		}
+	}
+	u.RawQuery = out.Encode()
+	return u, nil
+}
+
+// attach dials conman for one attempt, bounded by DialTimeout.
+func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.Assignment) (sessionsBackend, error) {
+	u, err := sessionsAttachURL(asg.Addr, asg.Repl, r.URL.Query())
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	if s.cfg.Mode == Frame {
+		h := http.Header{}
+		if s.cfg.Credential != "" {
+			h.Set("Switchyard-Credential", s.cfg.Credential)
+		}
+		c, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
+			HTTPClient: s.wsHTTP,
+			HTTPHeader: h,
+		})
+		if err != nil {
+			if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+				return nil, &AttachError{VM: asg.VM, Status: resp.StatusCode, Message: sessionsErrorBody(resp)}
+			}
+			return nil, fmt.Errorf("attach to VM %s: %w", asg.VM, err)
+		}
+		c.SetReadLimit(s.cfg.MaxMessageBytes)
+		return &sessionsFrameBackend{c: c}, nil
+	}
+	return s.attachRaw(ctx, u, asg.VM)
+}
+
+func sessionsErrorBody(resp *http.Response) string {
+	if resp.Body == nil {
+		return http.StatusText(resp.StatusCode)
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	var e struct {
+		Error string `json:"error"`
+	}
+	if jerr := json.Unmarshal(b, &e); jerr == nil && e.Error != "" {
+		return e.Error
+	}
+	if s := strings.TrimSpace(string(b)); s != "" {
+		return s
+	}
+	return http.StatusText(resp.StatusCode)
+}
+
+// attachRaw performs the client side of the WebSocket opening handshake itself over a plain
+// connection, so the relay can splice the *net.TCPConn afterwards. Bytes conman sent right after
+// its 101 response stay in pending.
+func (s *Sessions) attachRaw(ctx context.Context, u *url.URL, vm string) (*sessionsRawBackend, error) {
+	host := u.Host
+	if u.Port() == "" {
+		if u.Scheme == "https" {
+			host = net.JoinHostPort(u.Hostname(), "443")
+		} else {
+			host = net.JoinHostPort(u.Hostname(), "80")
+		}
+	}
+	conn, err := s.dial(ctx, "tcp", host)
+	if err != nil {
+		return nil, fmt.Errorf("attach to VM %s: %w", vm, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = conn.Close()
+		}
+	}()
+	if dl, has := ctx.Deadline(); has {
+		_ = conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if u.Scheme == "https" {
+		cfg := s.cfg.BackendTLS.Clone()
+		if cfg == nil {
+			cfg = &tls.Config{}
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		tc := tls.Client(conn, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("attach to VM %s: tls: %w", vm, err)
+		}
+		conn = tc
+	}
+
+	var kb [16]byte
+	_, _ = rand.Read(kb[:])
+	key := base64.StdEncoding.EncodeToString(kb[:])
+	var req strings.Builder
+	req.Grow(256)
+	req.WriteString("GET ")
+	req.WriteString(u.RequestURI())
+	req.WriteString(" HTTP/1.1\r\nHost: ")
+	req.WriteString(u.Host)
+	req.WriteString("\r\nUser-Agent: switchyard-sessions\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ")
+	req.WriteString(key)
+	if s.cfg.Credential != "" {
+		req.WriteString("\r\nSwitchyard-Credential: ")
+		req.WriteString(s.cfg.Credential)
+	}
+	req.WriteString("\r\n\r\n")
+	if _, err := io.WriteString(conn, req.String()); err != nil {
+		return nil, fmt.Errorf("attach to VM %s: %w", vm, sessionsCtxErr(ctx, err))
+	}
+	br := bufio.NewReaderSize(conn, 2048)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+	if err != nil {
+		return nil, fmt.Errorf("attach to VM %s: reading response: %w", vm, sessionsCtxErr(ctx, err))
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		msg := sessionsErrorBody(resp)
+		return nil, &AttachError{VM: vm, Status: resp.StatusCode, Message: msg}
+	}
+	if !sessionsHeaderHasToken(resp.Header, "Upgrade", "websocket") ||
+		!sessionsHeaderHasToken(resp.Header, "Connection", "upgrade") {
+		return nil, fmt.Errorf("attach to VM %s: 101 response without WebSocket upgrade headers", vm)
+	}
+	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != sessionsAcceptKey(key) {
+		return nil, fmt.Errorf("attach to VM %s: bad Sec-WebSocket-Accept %q", vm, got)
+	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
+		return nil, fmt.Errorf("attach to VM %s: unrequested extension %q", vm, ext)
+	}
+	b := &sessionsRawBackend{conn: conn}
+	if n := br.Buffered(); n > 0 {
+		b.pending, _ = br.Peek(n)
+		b.pending = append([]byte(nil), b.pending...)
+	}
+	stop()
+	_ = conn.SetDeadline(time.Time{})
+	ok = true
+	return b, nil
+}
+
+// sessionsCtxErr prefers the context's error over the timeout its deadline caused.
+func sessionsCtxErr(ctx context.Context, err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}

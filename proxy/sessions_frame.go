@@ -1,0 +1,314 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+var sessionsCopyPool = sync.Pool{New: func() any {
+	b := make([]byte, 32<<10)
+	return &b
+}}
+
+// serveFrame accepts the client with coder/websocket and relays messages.
+func (s *Sessions) serveFrame(ctx context.Context, w http.ResponseWriter, r *http.Request, a *sessionsAttempt, leg sessionsBackend) {
+	back := leg.(*sessionsFrameBackend).c
+	opts := &websocket.AcceptOptions{
+		// The connect token, not the Origin, authenticates a session: a token is never ambient
+		// (cookies are not used), so a cross-origin page cannot ride on a user's credentials.
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	}
+	if p := sessionsSelectSubprotocol(r); p != "" {
+		opts.Subprotocols = []string{p}
+	}
+	client, err := websocket.Accept(w, r, opts)
+	if err != nil {
+		_ = back.CloseNow()
+		s.fail(nil, a, StageClient, 0, "", fmt.Errorf("accept: %w", err))
+		return
+	}
+	client.SetReadLimit(s.cfg.MaxMessageBytes)
+	established := time.Now()
+	s.metrics.setup.Observe(established.Sub(a.start).Seconds())
+
+	fr := &sessionsFrameRelay{client: client, back: back, cfg: &s.cfg}
+	fr.ctx, fr.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	defer fr.cancel()
+	live := &sessionsLive{goAway: fr.goAway}
+	if !s.track(live) {
+		fr.goAway()
+	} else {
+		defer s.untrack(live)
+	}
+	s.log.Debug("session established", a.attrs(StageOK)...)
+	fr.run()
+	s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(fr.c2b.Load()))
+	s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(fr.b2c.Load()))
+	s.end(a, fr.stage, established, fr.reason, fr.c2b.Load(), fr.b2c.Load())
+}
+
+// sessionsFrameRelay relays one Frame-mode session: a goroutine per direction, keepalive and
+// idle timers that run only when they fire, and exactly one decision about how it ended.
+type sessionsFrameRelay struct {
+	client, back *websocket.Conn
+	cfg          *SessionsConfig
+	ctx          context.Context
+	cancel       context.CancelFunc
+
+	c2b, b2c atomic.Int64
+	activity atomic.Int64 // unix nanoseconds of the last message either way
+
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	stopped bool // no more timer callbacks may start
+	timers  []*time.Timer
+
+	once          sync.Once
+	stage, reason string
+}
+
+func (fr *sessionsFrameRelay) run() {
+	fr.activity.Store(time.Now().UnixNano())
+	if fr.cfg.PingInterval > 0 {
+		fr.startPinger(fr.client, true)
+		fr.startPinger(fr.back, false)
+	}
+	if fr.cfg.IdleTimeout > 0 {
+		fr.startIdle()
+	}
+	fr.wg.Add(1)
+	go func() {
+		defer fr.wg.Done()
+		fr.pump(fr.client, fr.back, true)
+	}()
+	fr.pump(fr.back, fr.client, false)
+
+	fr.mu.Lock()
+	fr.stopped = true
+	for _, t := range fr.timers {
+		t.Stop()
+	}
+	fr.mu.Unlock()
+	fr.wg.Wait()
+	_ = fr.client.CloseNow()
+	_ = fr.back.CloseNow()
+}
+
+// goAway closes both legs with 1001 without blocking the caller.
+func (fr *sessionsFrameRelay) goAway() {
+	fr.spawn(func() {
+		fr.finish(StageOK, "drain: closed with 1001", websocket.StatusGoingAway, "proxy shutting down",
+			websocket.StatusGoingAway, "proxy shutting down")
+	})
+}
+
+// spawn runs f in a goroutine run waits for, unless the relay already stopped.
+func (fr *sessionsFrameRelay) spawn(f func()) {
+	fr.mu.Lock()
+	defer fr.mu.Unlock()
+	if fr.stopped {
+		return
+	}
+	fr.wg.Go(f)
+}
+
+func (fr *sessionsFrameRelay) afterFunc(d time.Duration, f func()) {
+	fr.mu.Lock()
+	defer fr.mu.Unlock()
+	if fr.stopped {
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		fr.mu.Lock()
+		if fr.stopped {
+			fr.mu.Unlock()
+			return
+		}
+		fr.wg.Add(1)
+		fr.mu.Unlock()
+		defer fr.wg.Done()
+		f()
+	})
+	fr.timers = append(fr.timers, t)
+}
+
+func (fr *sessionsFrameRelay) startPinger(c *websocket.Conn, isClient bool) {
+	var ping func()
+	ping = func() {
+		ctx, cancel := context.WithTimeout(fr.ctx, fr.cfg.PingTimeout)
+		err := c.Ping(ctx)
+		cancel()
+		if err == nil {
+			fr.afterFunc(fr.cfg.PingInterval, ping)
+			return
+		}
+		if fr.ctx.Err() != nil {
+			return
+		}
+		if isClient {
+			fr.finish(StageOK, "client did not answer ping", 0, "",
+				websocket.StatusGoingAway, "client went away")
+		} else {
+			fr.finish(StageBackend, "conman did not answer ping", websocket.StatusBadGateway, "backend unresponsive", 0, "")
+		}
+	}
+	fr.afterFunc(fr.cfg.PingInterval, ping)
+}
+
+func (fr *sessionsFrameRelay) startIdle() {
+	var check func()
+	check = func() {
+		idle := time.Since(time.Unix(0, fr.activity.Load()))
+		if idle < fr.cfg.IdleTimeout {
+			fr.afterFunc(fr.cfg.IdleTimeout-idle, check)
+			return
+		}
+		fr.finish(StageOK, "idle timeout", websocket.StatusGoingAway, "idle timeout",
+			websocket.StatusGoingAway, "idle timeout")
+	}
+	fr.afterFunc(fr.cfg.IdleTimeout, check)
+}
+
+// finish decides how the session ended (first caller wins) and closes both legs: a code of 0
+// means that leg is cut without a close handshake.
+func (fr *sessionsFrameRelay) finish(stage, reason string, clientCode websocket.StatusCode, clientReason string,
+	backCode websocket.StatusCode, backReason string) {
+	fr.once.Do(func() {
+		fr.stage, fr.reason = stage, reason
+		var wg sync.WaitGroup
+		wg.Go(func() { sessionsCloseLeg(fr.client, clientCode, clientReason) })
+		sessionsCloseLeg(fr.back, backCode, backReason)
+		wg.Wait()
+		fr.cancel()
+	})
+}
+
+func sessionsCloseLeg(c *websocket.Conn, code websocket.StatusCode, reason string) {
+	if code == 0 {
+		_ = c.CloseNow()
+		return
+	}
+	_ = c.Close(code, reason)
+}
+
+// sessionsWireCode maps a received close status to one that may be sent: 1005 (none), 1006
+// (abnormal) and 1015 (TLS) are reserved for local use and never appear on the wire.
+func sessionsWireCode(c websocket.StatusCode) websocket.StatusCode {
+	switch c {
+	case websocket.StatusNoStatusRcvd:
+		return websocket.StatusNormalClosure
+	case websocket.StatusAbnormalClosure, websocket.StatusTLSHandshake, -1:
+		return websocket.StatusGoingAway
+	}
+	if c < 1000 || c >= 5000 || (c >= 1016 && c < 3000) {
+		return websocket.StatusGoingAway
+	}
+	return c
+}
+
+type sessionsErrReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *sessionsErrReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
+}
+
+// pump relays messages from src to dst until either fails, then decides the ending.
+func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
+	counter := &fr.b2c
+	if fromClient {
+		counter = &fr.c2b
+	}
+	for {
+		typ, rd, err := src.Reader(fr.ctx)
+		if err != nil {
+			fr.srcFailed(err, fromClient)
+			return
+		}
+		fr.activity.Store(time.Now().UnixNano())
+		wr, err := dst.Writer(fr.ctx, typ)
+		if err != nil {
+			fr.dstFailed(err, fromClient)
+			return
+		}
+		bp := sessionsCopyPool.Get().(*[]byte)
+		er := &sessionsErrReader{r: rd}
+		n, err := io.CopyBuffer(wr, er, *bp)
+		sessionsCopyPool.Put(bp)
+		counter.Add(n)
+		if er.err != nil {
+			fr.srcFailed(er.err, fromClient)
+			return
+		}
+		if err == nil {
+			err = wr.Close()
+		}
+		if err != nil {
+			fr.dstFailed(err, fromClient)
+			return
+		}
+		fr.activity.Store(time.Now().UnixNano())
+	}
+}
+
+// srcFailed handles a read error on the leg messages came from.
+func (fr *sessionsFrameRelay) srcFailed(err error, fromClient bool) {
+	if fr.ctx.Err() != nil {
+		return // finish already ran
+	}
+	var ce websocket.CloseError
+	switch {
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		// coder/websocket already closed src with 1009.
+		if fromClient {
+			fr.finish(StageOK, "client message too big", 0, "", websocket.StatusGoingAway, "client went away")
+		} else {
+			fr.finish(StageBackend, "conman message too big", websocket.StatusMessageTooBig, "backend message too big", 0, "")
+		}
+	case errors.As(err, &ce):
+		code := sessionsWireCode(ce.Code)
+		if fromClient {
+			fr.finish(StageOK, fmt.Sprintf("client closed with %d", int(ce.Code)), 0, "", code, ce.Reason)
+		} else {
+			stage := StageOK
+			if !sessionsNormalClose(int(ce.Code)) && ce.Code != websocket.StatusNoStatusRcvd {
+				stage = StageBackend
+			}
+			fr.finish(stage, fmt.Sprintf("conman closed with %d", int(ce.Code)), code, ce.Reason, 0, "")
+		}
+	default:
+		if fromClient {
+			fr.finish(StageOK, "client went away", 0, "", websocket.StatusGoingAway, "client went away")
+		} else {
+			fr.finish(StageBackend, "conman connection broke: "+err.Error(), websocket.StatusBadGateway, "backend went away", 0, "")
+		}
+	}
+}
+
+// dstFailed handles a write error on the leg messages went to.
+func (fr *sessionsFrameRelay) dstFailed(err error, fromClient bool) {
+	if fr.ctx.Err() != nil {
+		return
+	}
+	if fromClient {
+		fr.finish(StageBackend, "writing to conman: "+err.Error(), websocket.StatusBadGateway, "backend went away", 0, "")
+	} else {
+		fr.finish(StageOK, "client went away", 0, "", websocket.StatusGoingAway, "client went away")
+	}
+}

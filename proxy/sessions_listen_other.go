@@ -1,0 +1,16 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// ListenReusePort is only supported on Linux; elsewhere it returns an error.
+func ListenReusePort(ctx context.Context, network, addr string) (net.Listener, error) {
+	return nil, errors.New("proxy: ListenReusePort needs Linux (SO_REUSEPORT with load balancing)")
+}
+
+func sessionsFileLimit() (uint64, bool) { return 0, false }

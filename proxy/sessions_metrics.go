@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// sessionsMetrics are the Sessions proxy's Prometheus metrics. With a nil Registerer they are
+// still updated (cheaply) but never exported.
+//
+// Exported series:
+//
+//	switchyard_proxy_sessions_total{stage}             counter: attempts by outcome stage
+//	switchyard_proxy_session_setup_seconds             histogram: request to established (ok only)
+//	switchyard_proxy_session_duration_seconds          histogram: established to end
+//	switchyard_proxy_sessions_active                   gauge: established sessions
+//	switchyard_proxy_sessions_inflight                 gauge: admitted attempts (setup + established)
+//	switchyard_proxy_session_retries_total             counter: extra place+attach attempts
+//	switchyard_proxy_session_bytes_total{direction}    counter: relayed bytes (client_to_backend,
+//	                                                   backend_to_client), added when a session ends
+type sessionsMetrics struct {
+	outcomes  *prometheus.CounterVec
+	setup     prometheus.Histogram
+	duration  prometheus.Histogram
+	active    prometheus.Gauge
+	inflightG prometheus.Gauge
+	retries   prometheus.Counter
+	bytes     *prometheus.CounterVec
+}
+
+// sessionsStages lists every stage so each series exists from the start (rates need both).
+var sessionsStages = []string{StageOK, StageToken, StagePlacement, StageDial, StageBackend, StageClient, StageLimit}
+
+func newSessionsMetrics(reg prometheus.Registerer) (*sessionsMetrics, error) {
+	m := &sessionsMetrics{
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_proxy_sessions_total",
+			Help: "Session attempts by outcome stage (ok, token, placement, dial, backend, client, limit).",
+		}, []string{"stage"}),
+		setup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "switchyard_proxy_session_setup_seconds",
+			Help:    "Time from the client's request to an established session (token, placement, attach with retries, upgrade).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "switchyard_proxy_session_duration_seconds",
+			Help:    "Lifetime of established sessions.",
+			Buckets: []float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600},
+		}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchyard_proxy_sessions_active",
+			Help: "Established sessions (the autoscaling signal for Eval).",
+		}),
+		inflightG: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchyard_proxy_sessions_inflight",
+			Help: "Admitted session attempts, in setup or established (what MaxSessions limits).",
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_proxy_session_retries_total",
+			Help: "Place-and-attach attempts after the first, across all sessions.",
+		}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_proxy_session_bytes_total",
+			Help: "Bytes relayed (WebSocket frames, headers included in splice mode; message payloads in frame mode), by direction.",
+		}, []string{"direction"}),
+	}
+	for _, st := range sessionsStages {
+		m.outcomes.WithLabelValues(st)
+	}
+	m.bytes.WithLabelValues("client_to_backend")
+	m.bytes.WithLabelValues("backend_to_client")
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.outcomes, m.setup, m.duration, m.active, m.inflightG, m.retries, m.bytes} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, errors.New("proxy: sessions metrics already registered (one Sessions per Registerer, or wrap it with prometheus.WrapRegistererWith)")
+			}
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *sessionsMetrics) outcome(stage string) { m.outcomes.WithLabelValues(stage).Inc() }
+
+func (m *sessionsMetrics) inflight(n int) { m.inflightG.Set(float64(n)) }

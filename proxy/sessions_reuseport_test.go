@@ -1,0 +1,230 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
+)
+
+const (
+	sessionsChildEnv     = "SWITCHYARD_SESSIONS_CHILD"
+	sessionsChildAddr    = "SWITCHYARD_SESSIONS_CHILD_ADDR"
+	sessionsChildBackend = "SWITCHYARD_SESSIONS_CHILD_BACKEND"
+	sessionsChildKey     = "SWITCHYARD_SESSIONS_CHILD_KEY"
+)
+
+// sessionsChildMain is the new proxy process of TestSessionsReusePortTwoProcesses: it listens on
+// the parent's address with SO_REUSEPORT, says "ready", serves until its stdin closes, drains,
+// and reports how many sessions it served.
+func sessionsChildMain() int {
+	seed, err := hex.DecodeString(os.Getenv(sessionsChildKey))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	pub := ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey)
+	backend := os.Getenv(sessionsChildBackend)
+	var served atomic.Int64
+	p, err := NewSessions(SessionsConfig{
+		Cluster:    sessTestCluster,
+		Tokens:     lore.NewKeySet(lore.PublicKey{KeyID: lore.KeyID(pub), Key: pub}),
+		Credential: sessTestCredential,
+		Placer: sessTestPlacerFunc(func(_ context.Context, req placement.Request) (placement.Assignment, error) {
+			served.Add(1)
+			return placement.Assignment{Repl: req.Repl, VM: "vm-1", Addr: backend}, nil
+		}),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ln, err := ListenReusePort(context.Background(), "tcp", os.Getenv(sessionsChildAddr))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	srv := &http.Server{Handler: p}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(ctx)
+	_ = p.Shutdown(ctx)
+	<-done
+	fmt.Printf("served %d\n", served.Load())
+	return 0
+}
+
+// TestSessionsReusePortTwoProcesses shows a deploy: the old proxy (this process) holds a live
+// session; a new proxy process starts on the same address with SO_REUSEPORT; the old one stops
+// accepting and drains. A client connecting in a loop throughout is never refused, the live
+// session stays byte-exact until it ends, and the old Shutdown returns right after it.
+func TestSessionsReusePortTwoProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a second process")
+	}
+	conman := newSessTestConman(t, "vm-1")
+	seed := make([]byte, ed25519.SeedSize)
+	for i := range seed {
+		seed[i] = byte(i * 7)
+	}
+	priv := ed25519.NewKeyFromSeed(seed)
+	iss, err := lore.NewIssuer(lore.IssuerConfig{Key: priv, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := NewSessions(SessionsConfig{
+		Cluster:    sessTestCluster,
+		Tokens:     lore.NewKeySet(iss.PublicKey()),
+		Credential: sessTestCredential,
+		Placer:     &sessTestPlacer{vms: []placement.VM{conman.vm()}},
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := ListenReusePort(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	srv := &http.Server{Handler: old}
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(ln) }()
+	url := "ws://" + addr + "/v1/connect?token="
+	tok := func() string {
+		s, _, err := iss.Issue(sessTestCluster, "r1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	live, _, err := websocket.Dial(ctx, url+tok(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.CloseNow()
+	sessTestReadBanner(t, live)
+
+	// The client loop: full sessions, one after another, until told to stop.
+	var attempts, failures atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			attempts.Add(1)
+			c, _, err := websocket.Dial(ctx, url+tok(), nil)
+			if err == nil {
+				_, _, err = c.Read(ctx)
+				c.Close(websocket.StatusNormalClosure, "")
+			}
+			if err != nil {
+				failures.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+			}
+		}
+	})
+	waitAttempts := func(n int64) {
+		target := attempts.Load() + n
+		for attempts.Load() < target && ctx.Err() == nil {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitAttempts(20)
+
+	child := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), sessionsChildEnv+"=1", sessionsChildAddr+"="+addr,
+		sessionsChildBackend+"="+conman.srv.URL, sessionsChildKey+"="+hex.EncodeToString(seed))
+	stdin, _ := child.StdinPipe()
+	stdout, _ := child.StdoutPipe()
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out := bufio.NewScanner(stdout)
+	if !out.Scan() || out.Text() != "ready" {
+		t.Fatalf("child said %q", out.Text())
+	}
+	waitAttempts(20)
+
+	// The old process stops accepting, then drains its hijacked sessions.
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- old.Shutdown(ctx) }()
+	waitAttempts(100)
+
+	// The live session is untouched by all of this.
+	for i := range 50 {
+		msg := []byte(strings.Repeat(fmt.Sprint(i), 1000+i))
+		sessTestEcho(t, live, websocket.MessageBinary, msg)
+	}
+	select {
+	case err := <-shutdown:
+		t.Fatalf("old Shutdown returned %v while a session was live", err)
+	default:
+	}
+	live.Close(websocket.StatusNormalClosure, "")
+	select {
+	case err := <-shutdown:
+		if err != nil {
+			t.Errorf("old Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("old Shutdown did not return after its last session ended")
+	}
+	waitAttempts(20)
+	close(stop)
+	wg.Wait()
+
+	stdin.Close()
+	var served string
+	for out.Scan() {
+		served = out.Text()
+	}
+	if err := child.Wait(); err != nil {
+		t.Errorf("child: %v", err)
+	}
+	if err := <-serveDone; !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("Serve: %v", err)
+	}
+	var n int
+	fmt.Sscanf(served, "served %d", &n)
+	t.Logf("%d client sessions during the handover, %d served by the new process", attempts.Load(), n)
+	if f := failures.Load(); f != 0 {
+		t.Errorf("%d of %d connections failed during the handover; first: %v", f, attempts.Load(), firstErr.Load())
+	}
+	if n < 100 {
+		t.Errorf("new process served %d sessions, want ≥ 100", n)
+	}
+}

@@ -1,0 +1,385 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// sessionsSmallFrame is the largest frame payload the splice relay reads into a pooled buffer
+// and writes with its header in one write; larger payloads move with splice(2).
+const sessionsSmallFrame = 16 << 10
+
+var sessionsFramePool = sync.Pool{New: func() any {
+	b := make([]byte, sessionsSmallFrame+14)
+	return &b
+}}
+
+// sessionsGoAwayWait bounds how long a session closed by Shutdown waits for the client's close
+// reply before its connection is cut.
+const sessionsGoAwayWait = time.Second
+
+// serveSplice upgrades the client by hand and relays raw bytes between the two TCP connections.
+func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *http.Request, a *sessionsAttempt, leg sessionsBackend) {
+	back := leg.(*sessionsRawBackend)
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		back.closeNow()
+		s.fail(w, a, StageClient, http.StatusHTTPVersionNotSupported, "connection cannot be upgraded",
+			errors.New("ResponseWriter is not an http.Hijacker (HTTP/2?)"))
+		return
+	}
+	client, brw, err := hj.Hijack()
+	if err != nil {
+		back.closeNow()
+		s.fail(w, a, StageClient, 0, "", fmt.Errorf("hijack: %w", err))
+		return
+	}
+	resp := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
+		sessionsAcceptKey(r.Header.Get("Sec-WebSocket-Key")) + "\r\n"
+	if p := sessionsSelectSubprotocol(r); p != "" {
+		resp += "Sec-WebSocket-Protocol: " + p + "\r\n"
+	}
+	resp += "\r\n"
+	if dl, ok := ctx.Deadline(); ok {
+		_ = client.SetWriteDeadline(dl)
+	}
+	var clientPending []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		p, _ := brw.Reader.Peek(n)
+		clientPending = append([]byte(nil), p...)
+	}
+	if _, err := io.WriteString(client, resp); err != nil {
+		_ = client.Close()
+		back.closeNow()
+		s.fail(nil, a, StageClient, 0, "", fmt.Errorf("writing 101 to client: %w", err))
+		return
+	}
+	_ = client.SetWriteDeadline(time.Time{})
+	established := time.Now()
+	s.metrics.setup.Observe(established.Sub(a.start).Seconds())
+
+	sp := &sessionsSplice{
+		client:        client,
+		clientPending: clientPending,
+		back:          back.conn,
+		backPending:   back.pending,
+		linger:        s.cfg.LingerTimeout,
+	}
+	live := &sessionsLive{goAway: sp.goAway}
+	if !s.track(live) {
+		sp.goAway()
+	} else {
+		defer s.untrack(live)
+	}
+	s.log.Debug("session established", a.attrs(StageOK)...)
+	stage, reason := sp.run()
+	s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(sp.c2b.Load()))
+	s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(sp.b2c.Load()))
+	s.end(a, stage, established, reason, sp.c2b.Load(), sp.b2c.Load())
+}
+
+// sessionsSplice relays one spliced session. The client→backend direction is a plain io.Copy
+// (splice(2) on Linux). The backend→client direction reads each frame header so the relay
+// always knows where frames end: payloads up to sessionsSmallFrame are copied with their header
+// in one write, larger ones are spliced with io.CopyN.
+type sessionsSplice struct {
+	client, back  net.Conn
+	clientPending []byte
+	backPending   []byte
+	linger        time.Duration
+
+	c2b, b2c atomic.Int64
+
+	mu        sync.Mutex // guards deadlines set from the two directions and goAway
+	goingAway bool
+	clientEOF bool // the client finished first (FIN or error)
+}
+
+// goAway asks the session to end with a 1001 close frame at the next frame boundary.
+func (sp *sessionsSplice) goAway() {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.goingAway {
+		return
+	}
+	sp.goingAway = true
+	past := time.Unix(1, 0)
+	_ = sp.back.SetReadDeadline(past)
+	// A write to a client that stopped reading must not hold the shutdown forever.
+	_ = sp.client.SetWriteDeadline(time.Now().Add(sessionsGoAwayWait))
+	_ = sp.client.SetReadDeadline(time.Now().Add(sessionsGoAwayWait))
+}
+
+func (sp *sessionsSplice) isGoingAway() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.goingAway
+}
+
+// run relays until both directions are done and returns the outcome stage and a reason.
+func (sp *sessionsSplice) run() (stage, reason string) {
+	done := make(chan error, 1)
+	go func() { done <- sp.clientToBackend() }()
+
+	res := sp.backendToClient()
+	var clientErr error
+	switch {
+	case res.goAway:
+		_, _ = sp.client.Write(sessionsCloseFrame(1001, "proxy shutting down"))
+		sessionsCloseWrite(sp.client)
+		_ = sp.back.Close()
+		_ = sp.client.SetReadDeadline(time.Now().Add(sessionsGoAwayWait))
+		clientErr = <-done
+		_ = sp.client.Close()
+		return StageOK, "drain: closed with 1001"
+	case res.err == nil && res.atBoundary:
+		// conman finished cleanly at a frame boundary (EOF).
+		if !res.sawClose && !sp.clientFinished() {
+			_, _ = sp.client.Write(sessionsCloseFrame(1014, "backend went away"))
+		}
+		sessionsCloseWrite(sp.client)
+		sp.setDeadline(sp.client.SetReadDeadline)
+		clientErr = <-done
+	default:
+		// Abnormal: a broken backend connection, a protocol error, or the client is gone.
+		_ = sp.client.Close()
+		_ = sp.back.Close()
+		clientErr = <-done
+	}
+	_ = sp.client.Close()
+	_ = sp.back.Close()
+
+	clientFirst := sp.clientFinished()
+	switch {
+	case res.clientWriteErr:
+		return StageOK, "client went away"
+	case res.sawClose && !sessionsNormalClose(res.closeCode):
+		return StageBackend, fmt.Sprintf("conman closed with %d", res.closeCode)
+	case res.sawClose:
+		return StageOK, fmt.Sprintf("conman closed with %d", res.closeCode)
+	case clientFirst:
+		if clientErr != nil {
+			return StageOK, "client went away"
+		}
+		return StageOK, "client closed"
+	case res.err != nil:
+		return StageBackend, "conman connection broke: " + res.err.Error()
+	default:
+		return StageBackend, "conman closed without a close frame"
+	}
+}
+
+func sessionsNormalClose(code int) bool {
+	return code == 0 || code == 1000 || code == 1001
+}
+
+func (sp *sessionsSplice) clientFinished() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.clientEOF
+}
+
+// setDeadline starts the linger period on one direction unless goAway already cut it.
+func (sp *sessionsSplice) setDeadline(set func(time.Time) error) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if !sp.goingAway {
+		_ = set(time.Now().Add(sp.linger))
+	}
+}
+
+func (sp *sessionsSplice) clientToBackend() error {
+	var err error
+	if len(sp.clientPending) > 0 {
+		var n int
+		n, err = sp.back.Write(sp.clientPending)
+		sp.c2b.Add(int64(n))
+		sp.clientPending = nil
+	}
+	if err == nil {
+		var n int64
+		n, err = io.Copy(sp.back, sp.client)
+		sp.c2b.Add(n)
+	}
+	sp.mu.Lock()
+	sp.clientEOF = true
+	sp.mu.Unlock()
+	if err != nil {
+		// The client broke off (or the linger ended): nothing more goes either way.
+		_ = sp.back.Close()
+		return err
+	}
+	sessionsCloseWrite(sp.back)
+	sp.setDeadline(sp.back.SetReadDeadline)
+	return nil
+}
+
+type sessionsPumpResult struct {
+	err            error
+	atBoundary     bool // the read ended between frames
+	goAway         bool // stopped by goAway at a frame boundary
+	clientWriteErr bool
+	sawClose       bool
+	closeCode      int
+}
+
+// backendToClient forwards conman's frames to the client until EOF or an error.
+func (sp *sessionsSplice) backendToClient() sessionsPumpResult {
+	var res sessionsPumpResult
+	var hdr [14]byte
+	for {
+		n, err := sp.readBack(hdr[:2])
+		if err != nil {
+			res.atBoundary = n == 0
+			if res.atBoundary && sp.isGoingAway() {
+				res.goAway = true
+				return res
+			}
+			if n == 0 && errors.Is(err, io.EOF) {
+				return res
+			}
+			res.err = err
+			return res
+		}
+		opcode := hdr[0] & 0x0f
+		masked := hdr[1]&0x80 != 0
+		length := uint64(hdr[1] & 0x7f)
+		hl := 2
+		switch length {
+		case 126:
+			if _, err := sp.readBack(hdr[2:4]); err != nil {
+				res.err = err
+				return res
+			}
+			length = uint64(binary.BigEndian.Uint16(hdr[2:4]))
+			hl = 4
+		case 127:
+			if _, err := sp.readBack(hdr[2:10]); err != nil {
+				res.err = err
+				return res
+			}
+			length = binary.BigEndian.Uint64(hdr[2:10])
+			hl = 10
+			if length > 1<<62 {
+				res.err = fmt.Errorf("conman sent a frame of %d bytes", length)
+				return res
+			}
+		}
+		if masked {
+			if _, err := sp.readBack(hdr[hl : hl+4]); err != nil {
+				res.err = err
+				return res
+			}
+			hl += 4
+		}
+		if opcode >= 8 && length > 125 {
+			res.err = fmt.Errorf("conman sent a control frame of %d bytes", length)
+			return res
+		}
+		if length <= sessionsSmallFrame {
+			bp := sessionsFramePool.Get().(*[]byte)
+			buf := (*bp)[:hl+int(length)]
+			copy(buf, hdr[:hl])
+			if _, err := sp.readBack(buf[hl:]); err != nil {
+				sessionsFramePool.Put(bp)
+				res.err = err
+				return res
+			}
+			if opcode == 8 {
+				res.sawClose = true
+				var key []byte
+				if masked {
+					key = buf[hl-4 : hl]
+				}
+				res.closeCode = sessionsCloseCode(key, buf[hl:])
+			}
+			_, err := sp.client.Write(buf)
+			sessionsFramePool.Put(bp)
+			if err != nil {
+				res.err, res.clientWriteErr = err, true
+				return res
+			}
+			sp.b2c.Add(int64(len(buf)))
+			continue
+		}
+		if _, err := sp.client.Write(hdr[:hl]); err != nil {
+			res.err, res.clientWriteErr = err, true
+			return res
+		}
+		sp.b2c.Add(int64(hl))
+		remaining := int64(length)
+		if len(sp.backPending) > 0 {
+			k := min(int64(len(sp.backPending)), remaining)
+			if _, err := sp.client.Write(sp.backPending[:k]); err != nil {
+				res.err, res.clientWriteErr = err, true
+				return res
+			}
+			sp.backPending = sp.backPending[k:]
+			remaining -= k
+			sp.b2c.Add(k)
+		}
+		n64, err := io.CopyN(sp.client, sp.back, remaining)
+		sp.b2c.Add(n64)
+		if err != nil {
+			if n64 < remaining && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			res.err = err
+			return res
+		}
+	}
+}
+
+// sessionsCloseCode extracts the status code of a close frame's payload, unmasking it with
+// key when conman (wrongly) masked it.
+func sessionsCloseCode(key, payload []byte) int {
+	if len(payload) < 2 {
+		return 0
+	}
+	b0, b1 := payload[0], payload[1]
+	if key != nil {
+		b0 ^= key[0]
+		b1 ^= key[1]
+	}
+	return int(b0)<<8 | int(b1)
+}
+
+// readBack fills p from the bytes left over from the handshake, then from conman's connection.
+func (sp *sessionsSplice) readBack(p []byte) (int, error) {
+	n := 0
+	if len(sp.backPending) > 0 {
+		n = copy(p, sp.backPending)
+		sp.backPending = sp.backPending[n:]
+		if n == len(p) {
+			return n, nil
+		}
+	}
+	m, err := io.ReadFull(sp.back, p[n:])
+	return n + m, err
+}
+
+// sessionsCloseFrame is an unmasked (server-to-client) close frame.
+func sessionsCloseFrame(code int, reason string) []byte {
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	b := make([]byte, 0, 4+len(reason))
+	b = append(b, 0x88, byte(2+len(reason)), byte(code>>8), byte(code))
+	return append(b, reason...)
+}
+
+func sessionsCloseWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}

@@ -1,0 +1,826 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
+)
+
+const (
+	sessTestCluster    = "a"
+	sessTestCredential = "internal-secret"
+)
+
+// sessTestConman is a real WebSocket server implementing conman's attach contract: it checks
+// the credential, answers the configured failure before the upgrade, and after it sends a
+// banner and echoes every message. Text commands steer it: "close:<code>" closes with that
+// code, "drop" cuts the TCP connection, "size" answers the cols/rows it was given.
+type sessTestConman struct {
+	id   string
+	srv  *httptest.Server
+	mu   sync.Mutex
+	fail int // non-zero: answer this status before the upgrade
+	hits int
+}
+
+func newSessTestConman(t *testing.T, id string) *sessTestConman {
+	t.Helper()
+	c := &sessTestConman{id: id}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/repls/{id}/attach", c.attach)
+	c.srv = httptest.NewServer(mux)
+	t.Cleanup(c.srv.Close)
+	return c
+}
+
+func (c *sessTestConman) setFail(status int) {
+	c.mu.Lock()
+	c.fail = status
+	c.mu.Unlock()
+}
+
+func (c *sessTestConman) hitCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hits
+}
+
+func (c *sessTestConman) attach(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	c.hits++
+	fail := c.fail
+	c.mu.Unlock()
+	if r.Header.Get("Switchyard-Credential") != sessTestCredential {
+		sessionsWriteError(w, http.StatusUnauthorized, "bad credential")
+		return
+	}
+	if fail != 0 {
+		sessionsWriteError(w, fail, "repl cannot start here")
+		return
+	}
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(64 << 20)
+	ctx := context.Background()
+	if err := ws.Write(ctx, websocket.MessageText, []byte("hello from "+c.id+" repl "+r.PathValue("id"))); err != nil {
+		return
+	}
+	for {
+		typ, b, err := ws.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ == websocket.MessageText {
+			s := string(b)
+			switch {
+			case strings.HasPrefix(s, "close:"):
+				var code int
+				fmt.Sscanf(s, "close:%d", &code)
+				ws.Close(websocket.StatusCode(code), "asked to")
+				return
+			case s == "drop":
+				return // CloseNow: no close frame
+			case s == "size":
+				b = []byte(r.URL.RawQuery)
+			}
+		}
+		if err := ws.Write(ctx, typ, b); err != nil {
+			return
+		}
+	}
+}
+
+func (c *sessTestConman) vm() placement.VM {
+	return placement.VM{ID: c.id, Addr: c.srv.URL, State: placement.Active}
+}
+
+// sessTestPlacer places a repl on the first VM of its list that the request does not avoid,
+// and records every request. A non-nil err is returned instead; block makes Place wait for ctx.
+type sessTestPlacer struct {
+	mu    sync.Mutex
+	vms   []placement.VM
+	err   error
+	block chan struct{} // closed once Place is waiting, when non-nil
+	calls []placement.Request
+}
+
+func (p *sessTestPlacer) Place(ctx context.Context, req placement.Request) (placement.Assignment, error) {
+	p.mu.Lock()
+	p.calls = append(p.calls, placement.Request{Repl: req.Repl, Avoid: append([]string(nil), req.Avoid...)})
+	err, block, vms := p.err, p.block, p.vms
+	p.mu.Unlock()
+	if block != nil {
+		close(block)
+		<-ctx.Done()
+		return placement.Assignment{}, ctx.Err()
+	}
+	if err != nil {
+		return placement.Assignment{}, err
+	}
+	for _, vm := range vms {
+		if !sessionsContains(req.Avoid, vm.ID) {
+			return placement.Assignment{Repl: req.Repl, VM: vm.ID, Addr: vm.Addr}, nil
+		}
+	}
+	return placement.Assignment{}, placement.ErrNoCapacity
+}
+
+func (p *sessTestPlacer) requests() []placement.Request {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]placement.Request(nil), p.calls...)
+}
+
+type sessTestEnv struct {
+	t      *testing.T
+	issuer *lore.Issuer
+	keys   *lore.KeySet
+	placer *sessTestPlacer
+	conman *sessTestConman
+	proxy  *Sessions
+	srv    *httptest.Server
+	url    string
+	logs   *sessTestLog
+}
+
+// sessTestLog collects log lines for assertions.
+type sessTestLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *sessTestLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *sessTestLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func newSessTestIssuer(t *testing.T, now func() time.Time) *lore.Issuer {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := lore.NewIssuer(lore.IssuerConfig{Key: priv, TTL: time.Minute, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iss
+}
+
+func newSessTestEnv(t *testing.T, mode RelayMode, tweak func(*SessionsConfig)) *sessTestEnv {
+	t.Helper()
+	e := &sessTestEnv{t: t, logs: &sessTestLog{}}
+	e.issuer = newSessTestIssuer(t, nil)
+	e.keys = lore.NewKeySet(e.issuer.PublicKey())
+	e.conman = newSessTestConman(t, "vm-1")
+	e.placer = &sessTestPlacer{vms: []placement.VM{e.conman.vm()}}
+	cfg := SessionsConfig{
+		Cluster:      sessTestCluster,
+		Tokens:       e.keys,
+		Placer:       e.placer,
+		Credential:   sessTestCredential,
+		Mode:         mode,
+		RetryBackoff: time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Registerer:   prometheus.NewRegistry(),
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	p, err := NewSessions(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.proxy = p
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/connect", p)
+	e.srv = httptest.NewServer(mux)
+	e.url = "ws" + strings.TrimPrefix(e.srv.URL, "http") + "/v1/connect"
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := p.Shutdown(ctx); err != nil && !errors.Is(err, ErrSessionsClosed) {
+			t.Errorf("Shutdown: %v", err)
+		}
+		e.srv.Close()
+	})
+	return e
+}
+
+func (e *sessTestEnv) token(repl string) string {
+	e.t.Helper()
+	tok, _, err := e.issuer.Issue(sessTestCluster, repl)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+func (e *sessTestEnv) dial(ctx context.Context, repl string) (*websocket.Conn, error) {
+	c, _, err := websocket.Dial(ctx, e.url+"?token="+e.token(repl), nil)
+	return c, err
+}
+
+// drain waits for every session to end (Shutdown) so the metrics are final.
+func (e *sessTestEnv) drain() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.proxy.Shutdown(ctx); err != nil {
+		e.t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// stages returns the outcome counters that are not zero.
+func (e *sessTestEnv) stages() map[string]int {
+	out := map[string]int{}
+	for _, st := range sessionsStages {
+		if n := int(sessTestValue(e.proxy.metrics.outcomes.WithLabelValues(st))); n != 0 {
+			out[st] = n
+		}
+	}
+	return out
+}
+
+func sessTestReadBanner(t *testing.T, c *websocket.Conn) string {
+	t.Helper()
+	c.SetReadLimit(64 << 20)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	typ, b, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("reading banner: %v", err)
+	}
+	if typ != websocket.MessageText || !strings.HasPrefix(string(b), "hello from ") {
+		t.Fatalf("banner = %v %q", typ, b)
+	}
+	return string(b)
+}
+
+func sessTestEcho(t *testing.T, c *websocket.Conn, typ websocket.MessageType, msg []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, typ, msg); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	gt, got, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if gt != typ || !bytes.Equal(got, msg) {
+		t.Fatalf("echo mismatch: type %v len %d, want %v len %d", gt, len(got), typ, len(msg))
+	}
+}
+
+// sessTestOutcome is what a client saw: an HTTP refusal or the close code of its session.
+type sessTestOutcome struct {
+	status    int    // HTTP status before upgrade, or 0 when the upgrade succeeded
+	errSubstr string // the JSON error message
+	closeCode websocket.StatusCode
+}
+
+var sessTestModes = []RelayMode{Splice, Frame}
+
+func TestSessionsRelay(t *testing.T) {
+	for _, mode := range sessTestModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			carriers := []struct {
+				name string
+				dial func(e *sessTestEnv) (*websocket.Conn, *http.Response, error)
+			}{
+				{"query", func(e *sessTestEnv) (*websocket.Conn, *http.Response, error) {
+					return websocket.Dial(context.Background(), e.url+"?token="+e.token("r1")+"&cols=120&rows=40", nil)
+				}},
+				{"bearer", func(e *sessTestEnv) (*websocket.Conn, *http.Response, error) {
+					return websocket.Dial(context.Background(), e.url+"?cols=120&rows=40", &websocket.DialOptions{
+						HTTPHeader: http.Header{"Authorization": {"Bearer " + e.token("r1")}}})
+				}},
+				{"subprotocol", func(e *sessTestEnv) (*websocket.Conn, *http.Response, error) {
+					return websocket.Dial(context.Background(), e.url+"?cols=120&rows=40", &websocket.DialOptions{
+						Subprotocols: []string{Subprotocol, TokenSubprotocolPrefix + e.token("r1")}})
+				}},
+			}
+			for _, tc := range carriers {
+				t.Run(tc.name, func(t *testing.T) {
+					e := newSessTestEnv(t, mode, nil)
+					c, resp, err := tc.dial(e)
+					if err != nil {
+						t.Fatalf("dial: %v", err)
+					}
+					defer c.CloseNow()
+					if tc.name == "subprotocol" && c.Subprotocol() != Subprotocol {
+						t.Errorf("subprotocol = %q, want %q", c.Subprotocol(), Subprotocol)
+					}
+					if p := resp.Header.Get("Sec-WebSocket-Protocol"); strings.Contains(p, "token") {
+						t.Errorf("token echoed in Sec-WebSocket-Protocol: %q", p)
+					}
+					if b := sessTestReadBanner(t, c); b != "hello from vm-1 repl r1" {
+						t.Errorf("banner %q", b)
+					}
+					sessTestEcho(t, c, websocket.MessageText, []byte("size"[:0]))
+					ctx := context.Background()
+					c.Write(ctx, websocket.MessageText, []byte("size"))
+					if _, b, err := c.Read(ctx); err != nil || string(b) != "cols=120&rows=40" {
+						t.Errorf("size = %q, %v", b, err)
+					}
+					for _, n := range []int{1, 125, 126, 65535, 65536, sessionsSmallFrame, sessionsSmallFrame + 1, 3 << 20} {
+						msg := make([]byte, n)
+						rand.Read(msg)
+						sessTestEcho(t, c, websocket.MessageBinary, msg)
+					}
+					if e.proxy.Active() != 1 {
+						t.Errorf("Active = %d", e.proxy.Active())
+					}
+					if err := c.Close(websocket.StatusNormalClosure, "bye"); err != nil {
+						t.Errorf("close: %v", err)
+					}
+					e.drain()
+					if got := e.stages(); len(got) != 1 || got[StageOK] != 1 {
+						t.Errorf("stages = %v, want ok:1", got)
+					}
+					if n := sessTestValue(e.proxy.metrics.bytes.WithLabelValues("backend_to_client")); n < 3<<20 {
+						t.Errorf("bytes backend_to_client = %v", n)
+					}
+					if !strings.Contains(e.logs.String(), "repl=r1") || !strings.Contains(e.logs.String(), "vm=vm-1") {
+						t.Errorf("logs lack session fields:\n%s", e.logs)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestSessionsStages injects one fault per case and checks the client's answer and that exactly
+// one outcome, of the right stage, was counted.
+func TestSessionsStages(t *testing.T) {
+	type result = sessTestOutcome
+	cases := []struct {
+		name  string
+		tweak func(*SessionsConfig)
+		setup func(e *sessTestEnv)
+		run   func(t *testing.T, e *sessTestEnv) result
+		stage string
+	}{
+		{name: "no token", stage: StageToken, run: func(t *testing.T, e *sessTestEnv) result {
+			return sessTestHTTP(t, e.url, nil)
+		}},
+		{name: "garbage token", stage: StageToken, run: func(t *testing.T, e *sessTestEnv) result {
+			return sessTestHTTP(t, e.url+"?token=abc.def.ghi", nil)
+		}},
+		{name: "wrong cluster", stage: StageToken, run: func(t *testing.T, e *sessTestEnv) result {
+			tok, _, _ := e.issuer.Issue("b", "r1")
+			return sessTestHTTP(t, e.url+"?token="+tok, nil)
+		}},
+		{name: "expired", stage: StageToken, run: func(t *testing.T, e *sessTestEnv) result {
+			iss := newSessTestIssuer(t, func() time.Time { return time.Now().Add(-time.Hour) })
+			e.keys.Add(iss.PublicKey())
+			tok, _, _ := iss.Issue(sessTestCluster, "r1")
+			return sessTestHTTP(t, e.url+"?token="+tok, nil)
+		}},
+		{name: "unknown key", stage: StageToken, run: func(t *testing.T, e *sessTestEnv) result {
+			tok, _, _ := newSessTestIssuer(t, nil).Issue(sessTestCluster, "r1")
+			return sessTestHTTP(t, e.url+"?token="+tok, nil)
+		}},
+		{name: "no upgrade", stage: StageClient, run: func(t *testing.T, e *sessTestEnv) result {
+			resp, err := http.Get(strings.Replace(e.url, "ws://", "http://", 1) + "?token=" + e.token("r1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			return sessTestResult(t, resp)
+		}},
+		{name: "bad key", stage: StageClient, run: func(t *testing.T, e *sessTestEnv) result {
+			return sessTestHTTP(t, e.url+"?token="+e.token("r1"), http.Header{"Sec-WebSocket-Key": {"short"}})
+		}},
+		{name: "oversized headers", stage: StageLimit, run: func(t *testing.T, e *sessTestEnv) result {
+			return sessTestHTTP(t, e.url+"?token="+e.token("r1"), http.Header{"X-Big": {strings.Repeat("x", 9000)}})
+		}},
+		{name: "no capacity", stage: StagePlacement, setup: func(e *sessTestEnv) { e.placer.err = placement.ErrNoCapacity },
+			run: func(t *testing.T, e *sessTestEnv) result { return sessTestHTTP(t, e.url+"?token="+e.token("r1"), nil) }},
+		{name: "repl not found", stage: StagePlacement, setup: func(e *sessTestEnv) { e.placer.err = fmt.Errorf("lookup: %w", placement.ErrNotFound) },
+			run: func(t *testing.T, e *sessTestEnv) result { return sessTestHTTP(t, e.url+"?token="+e.token("r1"), nil) }},
+		{name: "conman refuses", stage: StageDial, tweak: func(c *SessionsConfig) { c.RetryBudget = 50 * time.Millisecond },
+			setup: func(e *sessTestEnv) { e.conman.setFail(http.StatusServiceUnavailable) },
+			run:   func(t *testing.T, e *sessTestEnv) result { return sessTestHTTP(t, e.url+"?token="+e.token("r1"), nil) }},
+		{name: "wrong credential", stage: StageDial, tweak: func(c *SessionsConfig) { c.Credential = "nope"; c.RetryBudget = -1 },
+			run: func(t *testing.T, e *sessTestEnv) result { return sessTestHTTP(t, e.url+"?token="+e.token("r1"), nil) }},
+		{name: "conman closes 1011", stage: StageBackend, run: func(t *testing.T, e *sessTestEnv) result {
+			return sessTestCommand(t, e, "close:1011")
+		}},
+		{name: "conman drops", stage: StageBackend, run: func(t *testing.T, e *sessTestEnv) result {
+			return sessTestCommand(t, e, "drop")
+		}},
+		{name: "conman closes 1000", stage: StageOK, run: func(t *testing.T, e *sessTestEnv) result {
+			return sessTestCommand(t, e, "close:1000")
+		}},
+		{name: "client leaves during setup", stage: StageClient,
+			setup: func(e *sessTestEnv) { e.placer.block = make(chan struct{}) },
+			run: func(t *testing.T, e *sessTestEnv) result {
+				conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				fmt.Fprintf(conn, "GET /v1/connect?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", e.token("r1"))
+				<-e.placer.block
+				conn.Close()
+				return result{}
+			}},
+		{name: "too many sessions", stage: StageLimit, tweak: func(c *SessionsConfig) { c.MaxSessions = 1 },
+			run: func(t *testing.T, e *sessTestEnv) result {
+				c, err := e.dial(context.Background(), "r1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				sessTestReadBanner(t, c)
+				r := sessTestHTTP(t, e.url+"?token="+e.token("r2"), nil)
+				// The first session is still fine and ends normally but is counted as ok: the
+				// expected stage count below accounts for it.
+				c.Close(websocket.StatusNormalClosure, "")
+				return r
+			}},
+	}
+	want := map[string]result{
+		"no token":           {status: 401, errSubstr: "missing connect token"},
+		"garbage token":      {status: 401, errSubstr: "invalid connect token"},
+		"wrong cluster":      {status: 401, errSubstr: "invalid connect token"},
+		"expired":            {status: 401, errSubstr: "invalid connect token"},
+		"unknown key":        {status: 401, errSubstr: "invalid connect token"},
+		"no upgrade":         {status: 426, errSubstr: "upgrade required"},
+		"bad key":            {status: 400, errSubstr: "Sec-WebSocket-Key"},
+		"oversized headers":  {status: 431, errSubstr: "too large"},
+		"no capacity":        {status: 503, errSubstr: "no VM"},
+		"repl not found":     {status: 404, errSubstr: "not found"},
+		"conman refuses":     {status: 502, errSubstr: "could not attach"},
+		"wrong credential":   {status: 502, errSubstr: "could not attach"},
+		"conman closes 1011": {closeCode: 1011},
+		"conman drops":       {closeCode: 1014},
+		"conman closes 1000": {closeCode: 1000},
+		"too many sessions":  {status: 503, errSubstr: "too many sessions"},
+	}
+	for _, mode := range sessTestModes {
+		for _, tc := range cases {
+			t.Run(mode.String()+"/"+tc.name, func(t *testing.T) {
+				e := newSessTestEnv(t, mode, tc.tweak)
+				if tc.setup != nil {
+					tc.setup(e)
+				}
+				got := tc.run(t, e)
+				if w, ok := want[tc.name]; ok && got != w {
+					if !(w.errSubstr != "" && got.status == w.status && strings.Contains(strings.ToLower(got.errSubstr), strings.ToLower(w.errSubstr))) {
+						t.Errorf("result = %+v, want %+v", got, w)
+					}
+				}
+				e.drain()
+				wantStages := map[string]int{tc.stage: 1}
+				if tc.name == "too many sessions" {
+					wantStages[StageOK] = 1
+				}
+				if got := e.stages(); fmt.Sprint(got) != fmt.Sprint(wantStages) {
+					t.Errorf("stages = %v, want %v\nlogs:\n%s", got, wantStages, e.logs)
+				}
+			})
+		}
+	}
+}
+
+// sessTestHTTP sends a WebSocket upgrade request with plain net/http and returns the refusal.
+func sessTestHTTP(t *testing.T, url string, extra http.Header) sessTestOutcome {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, strings.Replace(url, "ws://", "http://", 1), nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	for k, v := range extra {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	return sessTestResult(t, resp)
+}
+
+func sessTestResult(t *testing.T, resp *http.Response) sessTestOutcome {
+	t.Helper()
+	var body struct {
+		Error string `json:"error"`
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		t.Fatalf("unexpected upgrade")
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Errorf("status %d: body is not a JSON error: %v", resp.StatusCode, err)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	return sessTestOutcome{status: resp.StatusCode, errSubstr: body.Error}
+}
+
+// sessTestCommand opens a session, sends one command to the fake conman and returns the close
+// code the client saw.
+func sessTestCommand(t *testing.T, e *sessTestEnv, cmd string) sessTestOutcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := e.dial(ctx, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	sessTestReadBanner(t, c)
+	if err := c.Write(ctx, websocket.MessageText, []byte(cmd)); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = c.Read(ctx)
+	code := websocket.CloseStatus(err)
+	if code == -1 {
+		t.Errorf("read after %q: %v, want a close frame", cmd, err)
+	}
+	return sessTestOutcome{closeCode: code}
+}
+
+// TestSessionsRetry: the first K dials fail in different ways; the session connects to the next
+// VM, placement was asked K+1 times avoiding every failed VM, and nothing reached the client.
+func TestSessionsRetry(t *testing.T) {
+	for _, mode := range sessTestModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			e := newSessTestEnv(t, mode, nil)
+			refused, _ := net.Listen("tcp", "127.0.0.1:0")
+			refusedAddr := "http://" + refused.Addr().String()
+			refused.Close() // connection refused from now on
+			hung, _ := net.Listen("tcp", "127.0.0.1:0")
+			defer hung.Close() // accepts in the kernel, never answers: the dial times out
+			bad := newSessTestConman(t, "vm-503")
+			bad.setFail(http.StatusServiceUnavailable)
+			good := newSessTestConman(t, "vm-good")
+			e.placer.vms = []placement.VM{
+				{ID: "vm-refused", Addr: refusedAddr},
+				{ID: "vm-hung", Addr: "http://" + hung.Addr().String()},
+				bad.vm(),
+				good.vm(),
+			}
+			e.proxy.cfg.DialTimeout = 100 * time.Millisecond
+			c, err := e.dial(context.Background(), "r1")
+			if err != nil {
+				t.Fatalf("dial: %v\n%s", err, e.logs)
+			}
+			if b := sessTestReadBanner(t, c); b != "hello from vm-good repl r1" {
+				t.Errorf("banner %q", b)
+			}
+			sessTestEcho(t, c, websocket.MessageBinary, []byte("after retries"))
+			c.Close(websocket.StatusNormalClosure, "")
+			e.drain()
+			reqs := e.placer.requests()
+			wantAvoid := [][]string{nil, {"vm-refused"}, {"vm-refused", "vm-hung"}, {"vm-refused", "vm-hung", "vm-503"}}
+			if len(reqs) != len(wantAvoid) {
+				t.Fatalf("placement asked %d times: %+v", len(reqs), reqs)
+			}
+			for i, r := range reqs {
+				if fmt.Sprint(r.Avoid) != fmt.Sprint(wantAvoid[i]) {
+					t.Errorf("request %d avoided %v, want %v", i, r.Avoid, wantAvoid[i])
+				}
+			}
+			if n := sessTestValue(e.proxy.metrics.retries); n != 3 {
+				t.Errorf("retries = %v, want 3", n)
+			}
+			if got := e.stages(); fmt.Sprint(got) != fmt.Sprint(map[string]int{StageOK: 1}) {
+				t.Errorf("stages = %v", got)
+			}
+			if bad.hitCount() != 1 || e.conman.hitCount() != 0 {
+				t.Errorf("hits: vm-503 %d, vm-1 %d", bad.hitCount(), e.conman.hitCount())
+			}
+		})
+	}
+}
+
+// TestSessionsRetryExhaustsAvoid: with a single VM that fails twice then recovers, placement
+// runs out of VMs to try, the avoid list is reset, and the session connects within the budget.
+func TestSessionsRetryExhaustsAvoid(t *testing.T) {
+	e := newSessTestEnv(t, Splice, nil)
+	e.conman.setFail(http.StatusServiceUnavailable)
+	fails := 0
+	e.proxy.cfg.Placer = sessTestPlacerFunc(func(ctx context.Context, req placement.Request) (placement.Assignment, error) {
+		a, err := e.placer.Place(ctx, req)
+		if err == nil {
+			fails++
+			if fails == 2 {
+				e.conman.setFail(0)
+			}
+		}
+		return a, err
+	})
+	c, err := e.dial(context.Background(), "r1")
+	if err != nil {
+		t.Fatalf("dial: %v\n%s", err, e.logs)
+	}
+	sessTestReadBanner(t, c)
+	c.Close(websocket.StatusNormalClosure, "")
+	e.drain()
+	if got := e.stages(); got[StageOK] != 1 || len(got) != 1 {
+		t.Errorf("stages = %v", got)
+	}
+}
+
+type sessTestPlacerFunc func(ctx context.Context, req placement.Request) (placement.Assignment, error)
+
+func (f sessTestPlacerFunc) Place(ctx context.Context, req placement.Request) (placement.Assignment, error) {
+	return f(ctx, req)
+}
+
+// TestSessionsFrameLimits: a message past MaxMessageBytes closes the sender's leg with 1009.
+func TestSessionsFrameLimits(t *testing.T) {
+	e := newSessTestEnv(t, Frame, func(c *SessionsConfig) { c.MaxMessageBytes = 1 << 10 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := e.dial(ctx, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	sessTestReadBanner(t, c)
+	sessTestEcho(t, c, websocket.MessageBinary, make([]byte, 1<<10))
+	if err := c.Write(ctx, websocket.MessageBinary, make([]byte, 1<<10+1)); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = c.Read(ctx)
+	if code := websocket.CloseStatus(err); code != websocket.StatusMessageTooBig {
+		t.Errorf("close = %v (%v), want 1009", code, err)
+	}
+	e.drain()
+	if got := e.stages(); got[StageOK] != 1 || len(got) != 1 {
+		t.Errorf("stages = %v", got)
+	}
+}
+
+// TestSessionsFrameDeadPeer: a client that stops answering pings is found and the session ends.
+func TestSessionsFrameDeadPeer(t *testing.T) {
+	e := newSessTestEnv(t, Frame, func(c *SessionsConfig) {
+		c.PingInterval = 20 * time.Millisecond
+		c.PingTimeout = 50 * time.Millisecond
+	})
+	// A raw client that completes the handshake and then never reads: pongs never come.
+	conn := sessTestRawUpgrade(t, e, nil)
+	defer conn.Close()
+	e.drain() // returns once the proxy declared the client dead
+	if got := e.stages(); got[StageOK] != 1 || len(got) != 1 {
+		t.Errorf("stages = %v", got)
+	}
+	if !strings.Contains(e.logs.String(), "did not answer ping") {
+		t.Errorf("logs:\n%s", e.logs)
+	}
+}
+
+// sessTestRawUpgrade upgrades over a plain TCP connection, writing extra right behind the
+// request (so the proxy's reader buffers it), and returns the connection after the 101.
+func sessTestRawUpgrade(t *testing.T, e *sessTestEnv, extra []byte) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := fmt.Sprintf("GET /v1/connect?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", e.token("r1"))
+	if _, err := conn.Write(append([]byte(req), extra...)); err != nil {
+		t.Fatal(err)
+	}
+	var resp bytes.Buffer
+	b := make([]byte, 1)
+	for !bytes.HasSuffix(resp.Bytes(), []byte("\r\n\r\n")) {
+		if _, err := conn.Read(b); err != nil {
+			t.Fatalf("reading 101: %v (%q)", err, resp.String())
+		}
+		resp.WriteByte(b[0])
+	}
+	if !strings.HasPrefix(resp.String(), "HTTP/1.1 101 ") || !strings.Contains(resp.String(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") {
+		t.Fatalf("response %q", resp.String())
+	}
+	return conn
+}
+
+// sessTestMaskedFrame builds a client-to-server frame.
+func sessTestMaskedFrame(opcode byte, payload []byte) []byte {
+	key := [4]byte{1, 2, 3, 4}
+	f := []byte{0x80 | opcode}
+	switch n := len(payload); {
+	case n < 126:
+		f = append(f, 0x80|byte(n))
+	case n < 1<<16:
+		f = append(f, 0x80|126, byte(n>>8), byte(n))
+	default:
+		f = append(f, 0x80|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	f = append(f, key[:]...)
+	for i, b := range payload {
+		f = append(f, b^key[i%4])
+	}
+	return f
+}
+
+// TestSessionsSplicePending: bytes the client sent right behind its request, which the HTTP
+// server's reader already buffered, reach conman first and intact; then the relay is raw.
+func TestSessionsSplicePending(t *testing.T) {
+	e := newSessTestEnv(t, Splice, nil)
+	conn := sessTestRawUpgrade(t, e, sessTestMaskedFrame(2, []byte("early bird")))
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	// Banner (text) then the echo of the early frame, unmasked.
+	want := append([]byte{0x81, byte(len("hello from vm-1 repl r1"))}, "hello from vm-1 repl r1"...)
+	want = append(want, 0x82, 10)
+	want = append(want, "early bird"...)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(conn, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	// Close handshake: our close frame goes through, conman answers 1000, then EOF.
+	conn.Write(sessTestMaskedFrame(8, []byte{0x03, 0xe8}))
+	rest, _ := io.ReadAll(conn) // ends at the proxy's FIN
+	conn.Close()
+	if !bytes.HasPrefix(rest, []byte{0x88, 2, 0x03, 0xe8}) {
+		t.Errorf("after close: %x", rest)
+	}
+	e.drain()
+	if got := e.stages(); got[StageOK] != 1 || len(got) != 1 {
+		t.Errorf("stages = %v", got)
+	}
+}
+
+// TestSessionsCycles: 1,000 connect/disconnect cycles leave no goroutine behind (TestMain's
+// goleak check fails the package otherwise) and every one is counted ok.
+func TestSessionsCycles(t *testing.T) {
+	n := 1000
+	if testing.Short() {
+		n = 100
+	}
+	for _, mode := range sessTestModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			e := newSessTestEnv(t, mode, nil)
+			ctx := context.Background()
+			for i := range n {
+				c, err := e.dial(ctx, "r1")
+				if err != nil {
+					t.Fatalf("cycle %d: %v", i, err)
+				}
+				sessTestReadBanner(t, c)
+				if i%2 == 0 {
+					c.Close(websocket.StatusNormalClosure, "")
+				} else {
+					c.CloseNow() // abrupt
+				}
+			}
+			e.drain()
+			if got := e.stages(); got[StageOK] != n || len(got) != 1 {
+				t.Errorf("stages = %v", got)
+			}
+			if e.proxy.Active() != 0 {
+				t.Errorf("Active = %d", e.proxy.Active())
+			}
+		})
+	}
+}
+
+// sessTestValue reads a counter or gauge.
+func sessTestValue(c prometheus.Metric) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}

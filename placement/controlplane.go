@@ -652,10 +652,14 @@ func (c *Controlplane) VMs(ctx context.Context) ([]VM, error) {
 	return c.store.VMs(ctx)
 }
 
-// Assignments returns the live assignments on a VM ("" = all), sorted by repl.
+// Assignments returns the live assignments on a VM ("" = all), sorted by repl. An unknown VM is
+// an error wrapping ErrNotFound.
 func (c *Controlplane) Assignments(ctx context.Context, vm string) ([]Assignment, error) {
 	if vm != "" {
 		if err := checkID("vm", vm); err != nil {
+			return nil, err
+		}
+		if _, err := c.store.VM(ctx, vm); err != nil {
 			return nil, err
 		}
 	}

@@ -1,0 +1,378 @@
+package placement
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+)
+
+// API is the method set *Controlplane (in-process) and *Client (HTTP) share. Consumers should
+// declare the smaller interface they need (the proxies need only Place).
+type API interface {
+	Place(ctx context.Context, req Request) (Assignment, error)
+	Lookup(ctx context.Context, repl string) (Assignment, error)
+	Release(ctx context.Context, repl, vm string) error
+	Register(ctx context.Context, vm VM) (VM, error)
+	Heartbeat(ctx context.Context, hb Heartbeat) error
+	SetState(ctx context.Context, vm string, s State) error
+	VM(ctx context.Context, id string) (VM, error)
+	VMs(ctx context.Context) ([]VM, error)
+	Deregister(ctx context.Context, id string) error
+	Assignments(ctx context.Context, vm string) ([]Assignment, error)
+	Explain(ctx context.Context, req Request) (Decision, error)
+	Autoscale(ctx context.Context) ([]PoolScale, error)
+}
+
+var (
+	_ API = (*Controlplane)(nil)
+	_ API = (*Client)(nil)
+)
+
+// HandlerConfig configures NewHandler.
+type HandlerConfig struct {
+	// Controlplane serves the requests. Required.
+	Controlplane *Controlplane
+	// Credential is the shared bearer credential every request but GET /healthz must carry as
+	// "Authorization: Bearer <Credential>". Empty means every such request is refused (401): the
+	// API never runs open by accident.
+	Credential string
+	// MaxBodyBytes bounds request bodies; larger ones get 413. 0 means 1 MiB.
+	MaxBodyBytes int64
+	// Logger receives internal errors (answered 500 without details). nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// NewHandler returns the Controlplane's HTTP API. Bodies are JSON; errors are
+// {"error": "...", "code": "..."} with status 400 (invalid), 401 (credential), 404 (not found),
+// 405 (method), 409 (conflict), 413 (body too large), 503 (no capacity) or 500. Routes:
+//
+//	GET    /healthz                          {"status":"ok"} (no credential needed)
+//	POST   /v1/vms                           register: VM → VM
+//	GET    /v1/vms                           {"vms":[VM...]}
+//	GET    /v1/vms/{id}                      VM
+//	DELETE /v1/vms/{id}                      deregister (409 while it has assignments) → 204
+//	POST   /v1/vms/{id}/heartbeat            Heartbeat (vm from the path) → 204
+//	PUT    /v1/vms/{id}/state                {"state":"draining"} → 204
+//	POST   /v1/vms/{id}/drain|cordon|activate  shortcuts for PUT state → 204
+//	GET    /v1/vms/{id}/assignments          {"assignments":[Assignment...]}
+//	POST   /v1/place                         Request → Assignment
+//	POST   /v1/explain                       Request → Decision
+//	GET    /v1/assignments                   {"assignments":[...]} (every live assignment)
+//	GET    /v1/assignments/{repl}            Assignment
+//	DELETE /v1/assignments/{repl}[?vm=ID]    release → 204
+//	GET    /v1/autoscale                     {"pools":[PoolScale...]}
+func NewHandler(cfg HandlerConfig) http.Handler {
+	h := &handler{cp: cfg.Controlplane, maxBody: cfg.MaxBodyBytes, log: cfg.Logger}
+	if cfg.Credential != "" {
+		sum := sha256.Sum256([]byte(cfg.Credential))
+		h.cred = sum[:]
+	}
+	if h.maxBody <= 0 {
+		h.maxBody = 1 << 20
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", h.methods(map[string]http.HandlerFunc{http.MethodGet: h.healthz}))
+	mux.HandleFunc("/v1/vms", h.auth(h.methods(map[string]http.HandlerFunc{
+		http.MethodPost: h.register, http.MethodGet: h.listVMs})))
+	mux.HandleFunc("/v1/vms/{id}", h.auth(h.methods(map[string]http.HandlerFunc{
+		http.MethodGet: h.getVM, http.MethodDelete: h.deregister})))
+	mux.HandleFunc("/v1/vms/{id}/heartbeat", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.heartbeat})))
+	mux.HandleFunc("/v1/vms/{id}/state", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPut: h.setState})))
+	for verb, s := range map[string]State{"drain": Draining, "cordon": Cordoned, "activate": Active} {
+		mux.HandleFunc("/v1/vms/{id}/"+verb, h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.setStateTo(s)})))
+	}
+	mux.HandleFunc("/v1/vms/{id}/assignments", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodGet: h.vmAssignments})))
+	mux.HandleFunc("/v1/place", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.place})))
+	mux.HandleFunc("/v1/explain", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.explain})))
+	mux.HandleFunc("/v1/assignments", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodGet: h.allAssignments})))
+	mux.HandleFunc("/v1/assignments/{repl}", h.auth(h.methods(map[string]http.HandlerFunc{
+		http.MethodGet: h.lookup, http.MethodDelete: h.release})))
+	mux.HandleFunc("/v1/autoscale", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodGet: h.autoscale})))
+	mux.HandleFunc("/", h.auth(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "placement: no such endpoint: "+r.URL.Path)
+	}))
+	return mux
+}
+
+type handler struct {
+	cp      *Controlplane
+	cred    []byte // sha256 of the credential; nil refuses everything
+	maxBody int64
+	log     *slog.Logger
+}
+
+func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(tok))
+		if !ok || h.cred == nil || subtle.ConstantTimeCompare(sum[:], h.cred) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="placement"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "placement: missing or wrong bearer credential")
+			return
+		}
+		next(w, r)
+	}
+}
+
+func (h *handler) methods(m map[string]http.HandlerFunc) http.HandlerFunc {
+	allow := make([]string, 0, len(m))
+	for k := range m {
+		allow = append(allow, k)
+	}
+	allowed := strings.Join(allow, ", ")
+	return func(w http.ResponseWriter, r *http.Request) {
+		f, ok := m[r.Method]
+		if !ok && r.Method == http.MethodHead {
+			f, ok = m[http.MethodGet]
+		}
+		if !ok {
+			w.Header().Set("Allow", allowed)
+			writeError(w, http.StatusMethodNotAllowed, "method", fmt.Sprintf("placement: method %s not allowed on %s", r.Method, r.URL.Path))
+			return
+		}
+		f(w, r)
+	}
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, errorBody{Error: msg, Code: code})
+}
+
+// fail maps a Controlplane error to its status.
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, ErrConflict):
+		writeError(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, ErrNoCapacity):
+		writeError(w, http.StatusServiceUnavailable, "no_capacity", err.Error())
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client is gone; the status is for the access log.
+		writeError(w, 499, "canceled", "placement: request canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		writeError(w, http.StatusServiceUnavailable, "timeout", "placement: timed out")
+	default:
+		h.log.Error("placement: internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "placement: internal error")
+	}
+}
+
+// decode reads one JSON value from the body into v; it answers the error itself and returns false.
+func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, h.maxBody)
+	dec := json.NewDecoder(r.Body)
+	err := dec.Decode(v)
+	if err == nil {
+		if _, e := dec.Token(); e != io.EOF {
+			err = errors.New("trailing data after the JSON value")
+		}
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("placement: body larger than %d bytes", h.maxBody))
+			return false
+		}
+		if errors.Is(err, io.EOF) {
+			err = errors.New("empty body")
+		}
+		writeError(w, http.StatusBadRequest, "invalid", "placement: invalid: bad JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (h *handler) register(w http.ResponseWriter, r *http.Request) {
+	var vm VM
+	if !h.decode(w, r, &vm) {
+		return
+	}
+	out, err := h.cp.Register(r.Context(), vm)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (h *handler) listVMs(w http.ResponseWriter, r *http.Request) {
+	vms, err := h.cp.VMs(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if vms == nil {
+		vms = []VM{}
+	}
+	writeJSON(w, http.StatusOK, struct {
+		VMs []VM `json:"vms"`
+	}{vms})
+}
+
+func (h *handler) getVM(w http.ResponseWriter, r *http.Request) {
+	vm, err := h.cp.VM(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vm)
+}
+
+func (h *handler) deregister(w http.ResponseWriter, r *http.Request) {
+	if err := h.cp.Deregister(r.Context(), r.PathValue("id")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) heartbeat(w http.ResponseWriter, r *http.Request) {
+	var hb Heartbeat
+	if !h.decode(w, r, &hb) {
+		return
+	}
+	id := r.PathValue("id")
+	if hb.VM != "" && hb.VM != id {
+		writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("placement: invalid: heartbeat for vm %q posted to vm %q", hb.VM, id))
+		return
+	}
+	hb.VM = id
+	if err := h.cp.Heartbeat(r.Context(), hb); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type stateBody struct {
+	State State `json:"state"`
+}
+
+func (h *handler) setState(w http.ResponseWriter, r *http.Request) {
+	var b stateBody
+	if !h.decode(w, r, &b) {
+		return
+	}
+	h.setStateTo(b.State)(w, r)
+}
+
+func (h *handler) setStateTo(s State) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h.cp.SetState(r.Context(), r.PathValue("id"), s); err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+type assignmentsBody struct {
+	Assignments []Assignment `json:"assignments"`
+}
+
+func (h *handler) vmAssignments(w http.ResponseWriter, r *http.Request) {
+	as, err := h.cp.Assignments(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if as == nil {
+		as = []Assignment{}
+	}
+	writeJSON(w, http.StatusOK, assignmentsBody{as})
+}
+
+func (h *handler) allAssignments(w http.ResponseWriter, r *http.Request) {
+	as, err := h.cp.Assignments(r.Context(), "")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if as == nil {
+		as = []Assignment{}
+	}
+	writeJSON(w, http.StatusOK, assignmentsBody{as})
+}
+
+func (h *handler) place(w http.ResponseWriter, r *http.Request) {
+	var req Request
+	if !h.decode(w, r, &req) {
+		return
+	}
+	a, err := h.cp.Place(r.Context(), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a)
+}
+
+func (h *handler) explain(w http.ResponseWriter, r *http.Request) {
+	var req Request
+	if !h.decode(w, r, &req) {
+		return
+	}
+	d, err := h.cp.Explain(r.Context(), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (h *handler) lookup(w http.ResponseWriter, r *http.Request) {
+	a, err := h.cp.Lookup(r.Context(), r.PathValue("repl"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a)
+}
+
+func (h *handler) release(w http.ResponseWriter, r *http.Request) {
+	if err := h.cp.Release(r.Context(), r.PathValue("repl"), r.URL.Query().Get("vm")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) autoscale(w http.ResponseWriter, r *http.Request) {
+	s, err := h.cp.Autoscale(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Pools []PoolScale `json:"pools"`
+	}{s})
+}

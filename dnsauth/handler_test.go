@@ -19,16 +19,16 @@ const (
 )
 
 type answerCase struct {
-	name   string
-	qname  string
-	qtype  uint16
-	rcode  int
-	aa     bool
+	name  string
+	qname string
+	qtype uint16
+	rcode int
+	aa    bool
 	// mapOnly cases need a directory state lore refuses to create.
 	mapOnly bool
-	answer []string
-	ns     []string
-	extra  []string
+	answer  []string
+	ns      []string
+	extra   []string
 }
 
 func TestAnswers(t *testing.T) {

@@ -238,14 +238,13 @@ func (h *Handler) addA(a *answer, owner string, c lore.Cluster) {
 		if !ip.Is4() && !ip.Is4In6() {
 			continue
 		}
-		v4 := ip.As4()
 		var rr *dns.A
 		if i < maxAddrs {
-			copy(a.ip[i][:4], v4[:])
+			*(*[4]byte)(a.ip[i][:4]) = ip.As4()
 			a.a[i] = dns.A{Hdr: hdr(owner, dns.TypeA, h.ttl), A: a.ip[i][:4]}
 			rr = &a.a[i]
 		} else {
-			rr = &dns.A{Hdr: hdr(owner, dns.TypeA, h.ttl), A: v4[:]}
+			rr = &dns.A{Hdr: hdr(owner, dns.TypeA, h.ttl), A: ip.Unmap().AsSlice()}
 		}
 		a.msg.Answer = append(a.msg.Answer, rr)
 	}
@@ -256,14 +255,13 @@ func (h *Handler) addAAAA(a *answer, owner string, c lore.Cluster) {
 		if !ip.Is6() || ip.Is4In6() {
 			continue
 		}
-		v6 := ip.As16()
 		var rr *dns.AAAA
 		if i < maxAddrs {
-			a.ip[i] = v6
+			a.ip[i] = ip.As16()
 			a.aaaa[i] = dns.AAAA{Hdr: hdr(owner, dns.TypeAAAA, h.ttl), AAAA: a.ip[i][:]}
 			rr = &a.aaaa[i]
 		} else {
-			rr = &dns.AAAA{Hdr: hdr(owner, dns.TypeAAAA, h.ttl), AAAA: v6[:]}
+			rr = &dns.AAAA{Hdr: hdr(owner, dns.TypeAAAA, h.ttl), AAAA: ip.AsSlice()}
 		}
 		a.msg.Answer = append(a.msg.Answer, rr)
 	}

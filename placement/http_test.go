@@ -130,8 +130,8 @@ func TestHTTPStatuses(t *testing.T) {
 	auth := "Bearer " + testCredential
 	for _, tc := range []struct {
 		name, method, path, auth, body string
-		status                          int
-		code                            string
+		status                         int
+		code                           string
 	}{
 		{"health without credential", "GET", "/healthz", "", "", 200, ""},
 		{"no credential", "GET", "/v1/vms", "", "", 401, "unauthorized"},

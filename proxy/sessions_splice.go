@@ -130,6 +130,7 @@ func (sp *sessionsSplice) run() (stage, reason string) {
 	go func() { done <- sp.clientToBackend() }()
 
 	res := sp.backendToClient()
+	clientFirst := sp.clientFinished() // before the endings below make the client finish too
 	var clientErr error
 	switch {
 	case res.goAway:
@@ -142,7 +143,7 @@ func (sp *sessionsSplice) run() (stage, reason string) {
 		return StageOK, "drain: closed with 1001"
 	case res.err == nil && res.atBoundary:
 		// conman finished cleanly at a frame boundary (EOF).
-		if !res.sawClose && !sp.clientFinished() {
+		if !res.sawClose && !clientFirst {
 			_, _ = sp.client.Write(sessionsCloseFrame(1014, "backend went away"))
 		}
 		sessionsCloseWrite(sp.client)
@@ -157,7 +158,6 @@ func (sp *sessionsSplice) run() (stage, reason string) {
 	_ = sp.client.Close()
 	_ = sp.back.Close()
 
-	clientFirst := sp.clientFinished()
 	switch {
 	case res.clientWriteErr:
 		return StageOK, "client went away"

@@ -1,0 +1,502 @@
+package process
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+)
+
+// Init runs the container init when the current process was started as one by this package's
+// Runtime, and otherwise returns at once. A binary that uses Runtime with the default
+// Config.InitPath (the binary itself, /proc/self/exe) must call Init first thing in main, before
+// flags are parsed or goroutines started:
+//
+//	func main() {
+//		process.Init()
+//		...
+//	}
+//
+// When it is the init, Init never returns: it becomes the container's PID 1 (sets up the mount,
+// UTS and network namespaces, starts Spec.Command, runs Exec requests, reaps zombies, forwards
+// signals) and exits with the container's exit code. Test binaries call it from TestMain.
+func Init() {
+	if os.Getenv(initEnv) == "" {
+		return
+	}
+	os.Unsetenv(initEnv)
+	code := runInit()
+	os.Exit(code)
+}
+
+// initThreads is how many OS threads the init creates up front. The Go runtime keeps idle
+// threads, so once a pids limit is exhausted by the repl the init still has the threads it needs
+// (a Go program that fails to create a thread dies). The limit is raised by initPidsHeadroom.
+const (
+	initThreads      = 6
+	initPidsHeadroom = 12
+)
+
+// prewarmThreads makes the runtime start n threads now: each goroutine locks one and parks.
+func prewarmThreads(n int) {
+	var wg sync.WaitGroup
+	parked := make(chan struct{}, n)
+	release := make(chan struct{})
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			parked <- struct{}{}
+			<-release
+			runtime.UnlockOSThread() // the thread goes idle instead of exiting
+		}()
+	}
+	for range n {
+		<-parked
+	}
+	close(release)
+	wg.Wait()
+}
+
+func initLog(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "conman-init: "+format+"\n", args...)
+}
+
+// initState is the init's process table.
+type initState struct {
+	cfg initConfig
+
+	mu      sync.Mutex
+	waiters map[int]chan int // pid → exit code, for the processes the init started
+	groups  map[int]bool     // process groups of started processes (value: has a tty)
+	mainPid int
+	ending  bool
+
+	// pending counts Exec connections that still have an exit code to hand out.
+	pending sync.WaitGroup
+}
+
+func runInit() int {
+	// Neither descriptor may leak into what the container runs.
+	syscall.CloseOnExec(3)
+	syscall.CloseOnExec(4)
+	prewarmThreads(initThreads)
+	cfgFile := os.NewFile(3, "config")
+	ready := os.NewFile(4, "ready")
+	fail := func(err error) int {
+		fmt.Fprintf(ready, "%v", err)
+		ready.Close()
+		return 1
+	}
+	var cfg initConfig
+	if err := json.NewDecoder(cfgFile).Decode(&cfg); err != nil {
+		return fail(fmt.Errorf("read config: %w", err))
+	}
+	cfgFile.Close()
+	s := &initState{cfg: cfg, waiters: make(map[int]chan int), groups: make(map[int]bool)}
+
+	// Signals first, so that nothing is lost between setup and the loop.
+	sigs := make(chan os.Signal, 64)
+	signal.Notify(sigs, syscall.SIGCHLD, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP,
+		syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+
+	if err := s.setup(); err != nil {
+		return fail(err)
+	}
+	sock, sockDir, err := socketPath(cfg.StateDir)
+	if err != nil {
+		return fail(err)
+	}
+	_ = os.Remove(filepath.Join(cfg.StateDir, socketName))
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		return fail(fmt.Errorf("listen %s: %w", sock, err))
+	}
+	if sockDir != nil {
+		sockDir.Close()
+	}
+	var mainDone chan int
+	if len(cfg.Command) > 0 {
+		pid, done, err := s.start(cfg.Command, nil, "", false, nil)
+		if err != nil {
+			return fail(fmt.Errorf("start %q: %w", cfg.Command[0], err))
+		}
+		s.mainPid, mainDone = pid, done
+	}
+	_, _ = io.WriteString(ready, readyMessage)
+	ready.Close()
+
+	go s.serve(ln)
+
+	mainCode := -1
+	for {
+		select {
+		case code := <-mainDone:
+			mainCode = code
+			return s.exit(mainCode)
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGCHLD:
+				if s.reap() && s.isEnding() {
+					if mainCode < 0 {
+						mainCode = 128 + int(syscall.SIGTERM)
+					}
+					return s.exit(mainCode)
+				}
+			case syscall.SIGTERM:
+				s.terminate()
+				if s.reap() {
+					return s.exit(128 + int(syscall.SIGTERM))
+				}
+			default:
+				if s.mainPid != 0 {
+					_ = syscall.Kill(s.mainPid, sig.(syscall.Signal))
+				}
+			}
+		}
+	}
+}
+
+// setup prepares the namespaces and the working directory.
+func (s *initState) setup() error {
+	cfg := s.cfg
+	if cfg.Namespaces {
+		// Keep our mounts to ourselves: the host's / is usually shared.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("make / private: %w", err)
+		}
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("mount /proc: %w", err)
+		}
+		if err := unix.Mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
+			"newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
+			return fmt.Errorf("mount /dev/pts: %w", err)
+		}
+		if err := unix.Mount("/dev/pts/ptmx", "/dev/ptmx", "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /dev/ptmx: %w", err)
+		}
+		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+		if cfg.Network {
+			if err := loopbackUp(); err != nil {
+				return fmt.Errorf("bring up lo: %w", err)
+			}
+		}
+	} else {
+		// Plain process: adopt orphans so they are reaped and stopped with the container.
+		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	}
+	// The init must outlive what it runs when memory runs out (needs privileges; best effort).
+	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0)
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+	if err := os.Chdir(cfg.Dir); err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+	return nil
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// start starts a process with files as its stdio (nil: /dev/null); tty makes it a session
+// leader with files[0] as its controlling terminal. The pid is registered before the reaper can
+// see it exit.
+func (s *initState) start(args, env []string, dir string, tty bool, files []*os.File) (int, chan int, error) {
+	if dir == "" {
+		dir = s.cfg.Dir
+	}
+	path := args[0]
+	if filepath.Base(path) == path {
+		lp, err := lookPath(path, append(append([]string{}, s.cfg.Env...), env...))
+		if err != nil {
+			return 0, nil, err
+		}
+		path = lp
+	}
+	if files == nil {
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer null.Close()
+		files = []*os.File{null, os.Stdout, os.Stderr}
+	}
+	sys := &syscall.SysProcAttr{Setpgid: true}
+	if tty {
+		sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	}
+	if !s.cfg.Namespaces {
+		sys.Pdeathsig = syscall.SIGKILL
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ending {
+		return 0, nil, errors.New("container is stopping")
+	}
+	p, err := os.StartProcess(path, args, &os.ProcAttr{
+		Dir: dir, Env: append(append([]string{}, s.cfg.Env...), env...), Files: files, Sys: sys,
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	pid := p.Pid
+	_ = p.Release()
+	ch := make(chan int, 1)
+	s.waiters[pid] = ch
+	s.groups[pid] = tty
+	return pid, ch, nil
+}
+
+func lookPath(file string, env []string) (string, error) {
+	pathVar := ""
+	for _, kv := range env {
+		if len(kv) > 5 && kv[:5] == "PATH=" {
+			pathVar = kv[5:]
+		}
+	}
+	for _, dir := range filepath.SplitList(pathVar) {
+		p := filepath.Join(dir, file)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: executable file not found in $PATH", file)
+}
+
+// reap collects every exited child and reports whether none is left.
+func (s *initState) reap() bool {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil { // ECHILD: nothing left
+			return true
+		}
+		if pid <= 0 {
+			return false
+		}
+		s.mu.Lock()
+		if ch, ok := s.waiters[pid]; ok {
+			ch <- exitCode(ws)
+			delete(s.waiters, pid)
+			delete(s.groups, pid)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func exitCode(ws syscall.WaitStatus) int {
+	switch {
+	case ws.Exited():
+		return ws.ExitStatus()
+	case ws.Signaled():
+		return 128 + int(ws.Signal())
+	}
+	return -1
+}
+
+func (s *initState) isEnding() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ending
+}
+
+// terminate asks every process of the container to stop: SIGTERM to all, SIGHUP to terminals.
+func (s *initState) terminate() {
+	s.mu.Lock()
+	s.ending = true
+	groups := make(map[int]bool, len(s.groups))
+	for g, tty := range s.groups {
+		groups[g] = tty
+	}
+	s.mu.Unlock()
+	for g, tty := range groups {
+		if tty {
+			_ = syscall.Kill(-g, syscall.SIGHUP)
+		}
+		_ = syscall.Kill(-g, syscall.SIGTERM)
+	}
+	if s.cfg.Namespaces {
+		// Everything in our PID namespace but ourselves.
+		_ = syscall.Kill(-1, syscall.SIGTERM)
+	}
+}
+
+// exit records the container's exit code for a runtime that is not our parent, kills what is
+// left and returns the code.
+func (s *initState) exit(code int) int {
+	// Let the Exec connections report their processes' exits first (bounded).
+	flushed := make(chan struct{})
+	go func() { s.pending.Wait(); close(flushed) }()
+	select {
+	case <-flushed:
+	case <-time.After(200 * time.Millisecond):
+	}
+	b, _ := json.Marshal(exitRecord{Code: code})
+	_ = os.WriteFile(filepath.Join(s.cfg.StateDir, exitName), b, 0o644)
+	if s.cfg.Namespaces {
+		return code // the kernel kills the rest of the PID namespace with us
+	}
+	s.mu.Lock()
+	for g := range s.groups {
+		_ = syscall.Kill(-g, syscall.SIGKILL)
+	}
+	s.mu.Unlock()
+	return code
+}
+
+func (s *initState) serve(ln *net.UnixListener) {
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		s.pending.Add(1)
+		go func() {
+			defer s.pending.Done()
+			s.handle(c)
+		}()
+	}
+}
+
+// handle runs one Exec connection.
+func (s *initState) handle(c *net.UnixConn) {
+	defer c.Close()
+	buf := make([]byte, maxPacket)
+	n, err := c.Read(buf)
+	if err != nil {
+		return
+	}
+	var req execRequest
+	reply := func(resp execResponse, fds []int) error {
+		b, _ := json.Marshal(resp)
+		var oob []byte
+		if len(fds) > 0 {
+			oob = syscall.UnixRights(fds...)
+		}
+		_, _, err := c.WriteMsgUnix(b, oob, nil)
+		return err
+	}
+	if err := json.Unmarshal(buf[:n], &req); err != nil || len(req.Args) == 0 {
+		_ = reply(execResponse{Error: "invalid exec request"}, nil)
+		return
+	}
+	var (
+		child  []*os.File // the process's ends
+		parent []*os.File // the runtime's ends
+	)
+	closeAll := func(fs []*os.File) {
+		for _, f := range fs {
+			f.Close()
+		}
+	}
+	if req.TTY {
+		master, slave, err := pty.Open()
+		if err != nil {
+			_ = reply(execResponse{Error: "open pty: " + err.Error()}, nil)
+			return
+		}
+		cols, rows := req.Cols, req.Rows
+		if cols == 0 || rows == 0 {
+			cols, rows = 80, 24
+		}
+		_ = pty.Setsize(master, &pty.Winsize{Cols: cols, Rows: rows})
+		child = []*os.File{slave, slave, slave}
+		parent = []*os.File{master}
+	} else {
+		for i := 0; i < 3; i++ {
+			r, w, err := os.Pipe()
+			if err != nil {
+				closeAll(child)
+				closeAll(parent)
+				_ = reply(execResponse{Error: "pipe: " + err.Error()}, nil)
+				return
+			}
+			if i == 0 {
+				child, parent = append(child, r), append(parent, w)
+			} else {
+				child, parent = append(child, w), append(parent, r)
+			}
+		}
+	}
+	env := req.Env
+	if req.TTY {
+		env = append([]string{"TERM=xterm-256color"}, env...)
+	}
+	pid, done, err := s.start(req.Args, env, req.Dir, req.TTY, child)
+	closeAll(child[:1])
+	if !req.TTY {
+		closeAll(child[1:])
+	}
+	if err != nil {
+		closeAll(parent)
+		_ = reply(execResponse{Error: err.Error()}, nil)
+		return
+	}
+	fds := make([]int, len(parent))
+	for i, f := range parent {
+		fds[i] = int(f.Fd())
+	}
+	err = reply(execResponse{Pid: pid}, fds)
+	closeAll(parent)
+	if err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		return
+	}
+	// Signals from the runtime; its hang-up kills the process group.
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		b := make([]byte, 512)
+		for {
+			n, err := c.Read(b)
+			if err != nil || n == 0 {
+				return
+			}
+			var m execMessage
+			if json.Unmarshal(b[:n], &m) == nil && m.Signal > 0 {
+				_ = syscall.Kill(pid, syscall.Signal(m.Signal))
+			}
+		}
+	}()
+	select {
+	case code := <-done:
+		b, _ := json.Marshal(execMessage{Exit: &code})
+		_, _ = c.Write(b)
+		c.Close()
+		<-gone
+	case <-gone:
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}

@@ -1,0 +1,758 @@
+package process
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-dev/switchyard/conman"
+)
+
+// Isolation selects how containers are isolated.
+type Isolation string
+
+const (
+	// Auto uses namespaces and cgroups where the process may, and falls back to plain processes
+	// (logged once, reported by Inspect) where it may not.
+	Auto Isolation = ""
+	// Namespaces requires namespaces: Start fails where they are not permitted.
+	Namespaces Isolation = "namespaces"
+	// None runs plain processes without namespaces or cgroups.
+	None Isolation = "none"
+)
+
+// Config configures a Runtime.
+type Config struct {
+	// StateDir holds one directory per container (state.json, output.log, init.sock, exit.json,
+	// and home/ when Spec.Dir is empty). Required. A new Runtime over the same StateDir recovers
+	// the containers recorded there.
+	StateDir string
+	// Isolation: zero value Auto.
+	Isolation Isolation
+	// CgroupRoot is where cgroups are mounted. Empty means /sys/fs/cgroup.
+	CgroupRoot string
+	// CgroupParent is the cgroup (relative to each hierarchy) under which containers get theirs.
+	// Empty means "switchyard".
+	CgroupParent string
+	// InitPath is the binary started as each container's init; it must call Init first thing in
+	// main. Empty means the running binary itself (/proc/self/exe), which then must call Init.
+	InitPath string
+	// StartTimeout bounds how long Start waits for the init to be ready. Zero means 10s.
+	StartTimeout time.Duration
+	// Logger receives the runtime's logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Runtime is a conman.Runtime running containers as Linux process trees in their own
+// namespaces and cgroups, or as plain processes where that is not permitted.
+type Runtime struct {
+	cfg  Config
+	log  *slog.Logger
+	cg   *cgroups // nil: no cgroups
+	cgEr error
+
+	mu         sync.Mutex
+	containers map[string]*container
+	closed     bool
+	noNS       error // set once namespaces were found unavailable (Auto)
+
+	wg sync.WaitGroup
+}
+
+var _ conman.Runtime = (*Runtime)(nil)
+
+type container struct {
+	id  string
+	dir string
+
+	mu       sync.Mutex
+	st       conman.Status
+	pidStart uint64 // start time of Pid in clock ticks since boot, against pid reuse
+	cg       *cgroup
+	pidfd    *os.File      // watched while running
+	done     chan struct{} // closed when the container exits (nil before start)
+	stopping bool
+}
+
+// persisted is state.json.
+type persisted struct {
+	Status   conman.Status `json:"status"`
+	PidStart uint64        `json:"pid_start,omitempty"`
+}
+
+// New returns a Runtime and recovers the containers recorded in cfg.StateDir: those still
+// running (same pid, same start time) are watched again, the others are marked exited.
+func New(cfg Config) (*Runtime, error) {
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("%w: process: StateDir is required", conman.ErrInvalid)
+	}
+	abs, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("process: state directory: %w", err)
+	}
+	cfg.StateDir = abs
+	if cfg.CgroupRoot == "" {
+		cfg.CgroupRoot = "/sys/fs/cgroup"
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = "switchyard"
+	}
+	if cfg.InitPath == "" {
+		cfg.InitPath = "/proc/self/exe"
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 10 * time.Second
+	}
+	switch cfg.Isolation {
+	case Auto, Namespaces, None:
+	default:
+		return nil, fmt.Errorf("%w: process: unknown isolation %q", conman.ErrInvalid, cfg.Isolation)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("process: state directory: %w", err)
+	}
+	r := &Runtime{cfg: cfg, log: cfg.Logger, containers: make(map[string]*container)}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	if cfg.Isolation != None {
+		if os.Geteuid() != 0 {
+			r.cgEr = errors.New("not root")
+		} else {
+			r.cg, r.cgEr = detectCgroups(cfg.CgroupRoot, cfg.CgroupParent)
+		}
+		if r.cgEr != nil {
+			if cfg.Isolation == Namespaces {
+				return nil, fmt.Errorf("process: cgroups: %w", r.cgEr)
+			}
+			r.log.Warn("conman/process: no cgroups, containers run without resource limits", "err", r.cgEr)
+		}
+	}
+	if err := r.recover(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Runtime) recover() error {
+	entries, err := os.ReadDir(r.cfg.StateDir)
+	if err != nil {
+		return fmt.Errorf("process: recover: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !conman.ValidID(e.Name()) {
+			continue
+		}
+		dir := filepath.Join(r.cfg.StateDir, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, stateName))
+		if err != nil {
+			continue // not created completely; Remove cleans it
+		}
+		var p persisted
+		if err := json.Unmarshal(b, &p); err != nil || p.Status.ID != e.Name() {
+			r.log.Warn("conman/process: unreadable container state, skipped", "dir", dir, "err", err)
+			continue
+		}
+		c := &container{id: p.Status.ID, dir: dir, st: p.Status, pidStart: p.PidStart}
+		if r.cg != nil {
+			c.cg = r.cg.open(c.id)
+		}
+		if c.st.State == conman.Running {
+			c.st.Recovered = true
+			if start, err := pidStartTime(c.st.Pid); err == nil && start == c.pidStart {
+				fd, err := unix.PidfdOpen(c.st.Pid, unix.PIDFD_NONBLOCK)
+				if err == nil {
+					c.pidfd = os.NewFile(uintptr(fd), "pidfd")
+					c.done = make(chan struct{})
+					r.wg.Add(1)
+					go r.watch(c)
+					r.log.Info("conman/process: recovered running container", "id", c.id, "pid", c.st.Pid)
+				}
+			}
+			if c.pidfd == nil {
+				// Gone while nobody watched: its init may have left its exit code.
+				r.finish(c, readExitCode(dir))
+			}
+		}
+		r.containers[c.id] = c
+	}
+	return nil
+}
+
+func readExitCode(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, exitName))
+	if err != nil {
+		return -1
+	}
+	var e exitRecord
+	if json.Unmarshal(b, &e) != nil {
+		return -1
+	}
+	return e.Code
+}
+
+// pidStartTime returns field 22 of /proc/<pid>/stat: the process's start time since boot.
+func pidStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, errors.New("malformed stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+func (r *Runtime) get(id string) (*container, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c, ok := r.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", conman.ErrNotFound, id)
+	}
+	return c, nil
+}
+
+func (c *container) save() error {
+	b, err := json.Marshal(persisted{Status: c.st, PidStart: c.pidStart})
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(c.dir, stateName+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(c.dir, stateName))
+}
+
+// Create implements conman.Runtime.
+func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error {
+	if !conman.ValidID(id) {
+		return fmt.Errorf("%w: container id %q", conman.ErrInvalid, id)
+	}
+	if spec.Port < 0 || spec.Port > 65535 || spec.Limits.MemoryBytes < 0 || spec.Limits.CPUMilli < 0 || spec.Limits.Pids < 0 {
+		return fmt.Errorf("%w: spec out of range", conman.ErrInvalid)
+	}
+	if spec.Hostname == "" {
+		spec.Hostname = id
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return errors.New("process: runtime closed")
+	}
+	if _, ok := r.containers[id]; ok {
+		return fmt.Errorf("%w: %q", conman.ErrExists, id)
+	}
+	dir := filepath.Join(r.cfg.StateDir, id)
+	_ = os.RemoveAll(dir) // leftovers of an incomplete create
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return fmt.Errorf("process: create %s: %w", id, err)
+	}
+	if spec.Dir == "" {
+		spec.Dir = filepath.Join(dir, homeName)
+	}
+	c := &container{id: id, dir: dir, st: conman.Status{
+		ID: id, State: conman.Created, Spec: spec, Created: time.Now().UTC(),
+	}}
+	if err := c.save(); err != nil {
+		_ = os.RemoveAll(dir)
+		return fmt.Errorf("process: create %s: %w", id, err)
+	}
+	r.containers[id] = c
+	return nil
+}
+
+func (r *Runtime) env(spec conman.Spec) []string {
+	env := []string{defaultPath, "HOME=" + spec.Dir, "HOSTNAME=" + spec.Hostname}
+	if spec.Port != 0 {
+		env = append(env, "PORT="+strconv.Itoa(spec.Port))
+	}
+	return append(env, spec.Env...)
+}
+
+// Start implements conman.Runtime.
+func (r *Runtime) Start(ctx context.Context, id string) error {
+	c, err := r.get(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st.State != conman.Created {
+		return fmt.Errorf("%w: container %q is %s", conman.ErrConflict, id, c.st.State)
+	}
+	spec := c.st.Spec
+	_ = os.Remove(filepath.Join(c.dir, exitName))
+	logf, err := os.OpenFile(filepath.Join(c.dir, outputName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("process: start %s: %w", id, err)
+	}
+	defer logf.Close()
+
+	var cg *cgroup
+	if r.cg != nil {
+		cg, err = r.cg.create(id, spec.Limits)
+		if err != nil {
+			return fmt.Errorf("process: start %s: %w", id, err)
+		}
+	}
+	fail := func(err error) error {
+		if cg != nil {
+			cg.kill()
+			cg.remove()
+		}
+		return fmt.Errorf("process: start %s: %w", id, err)
+	}
+
+	p, namespaces, err := r.startInit(logf, spec)
+	if err != nil {
+		return fail(err)
+	}
+	pid := p.Pid
+	fd, perr := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	kill := func() {
+		_ = p.Kill()
+		_, _ = p.Wait()
+	}
+	if perr != nil {
+		kill()
+		return fail(fmt.Errorf("pidfd_open: %w", perr))
+	}
+	pidfd := os.NewFile(uintptr(fd), "pidfd")
+	cfgW, readyR := p.cfgW, p.readyR
+	defer readyR.Close()
+	if cg != nil {
+		if err := cg.add(pid); err != nil {
+			cfgW.Close()
+			kill()
+			pidfd.Close()
+			return fail(err)
+		}
+	}
+	icfg := initConfig{
+		ID: id, Hostname: spec.Hostname, Command: spec.Command, Env: r.env(spec), Dir: spec.Dir,
+		StateDir: c.dir, Namespaces: namespaces, Network: spec.Network && namespaces,
+	}
+	werr := json.NewEncoder(cfgW).Encode(icfg)
+	cfgW.Close()
+	// Wait for the init's verdict, bounded by ctx and StartTimeout.
+	deadline := time.Now().Add(r.cfg.StartTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = readyR.SetReadDeadline(deadline)
+	stopCtx := context.AfterFunc(ctx, func() { _ = readyR.SetReadDeadline(time.Now()) })
+	msg, rerr := io.ReadAll(readyR)
+	stopCtx()
+	if werr != nil || rerr != nil || string(msg) != readyMessage {
+		kill()
+		pidfd.Close()
+		switch {
+		case ctx.Err() != nil:
+			return fail(ctx.Err())
+		case rerr != nil:
+			return fail(fmt.Errorf("init not ready: %w", rerr))
+		case len(msg) == 0:
+			return fail(fmt.Errorf("init exited without a word (does %s call process.Init first in main?)", r.cfg.InitPath))
+		}
+		return fail(fmt.Errorf("init: %s", msg))
+	}
+	start, _ := pidStartTime(pid)
+	_ = p.Release()
+	c.cg = cg
+	c.pidfd = pidfd
+	c.pidStart = start
+	c.done = make(chan struct{})
+	c.stopping = false
+	c.st.State = conman.Running
+	c.st.Pid = pid
+	c.st.Started = time.Now().UTC()
+	c.st.Finished = time.Time{}
+	c.st.ExitCode = 0
+	c.st.OOMKilled = false
+	c.st.Recovered = false
+	c.st.Isolated = namespaces
+	c.st.Isolation = r.describe(namespaces, spec)
+	if err := c.save(); err != nil {
+		r.log.Error("conman/process: persist container state", "id", id, "err", err)
+	}
+	r.wg.Add(1)
+	go r.watch(c)
+	return nil
+}
+
+func (r *Runtime) describe(namespaces bool, spec conman.Spec) string {
+	var parts []string
+	if namespaces {
+		ns := "namespaces pid,mnt,uts,ipc"
+		if spec.Network {
+			ns += ",net"
+		}
+		parts = append(parts, ns)
+	} else {
+		r.mu.Lock()
+		why := r.noNS
+		r.mu.Unlock()
+		s := "plain process"
+		if r.cfg.Isolation == None {
+			s += " (isolation disabled)"
+		} else if why != nil {
+			s += " (namespaces not permitted: " + why.Error() + ")"
+		}
+		parts = append(parts, s)
+	}
+	if r.cg != nil {
+		parts = append(parts, r.cg.describe())
+	} else if r.cgEr != nil {
+		parts = append(parts, "no cgroups ("+r.cgEr.Error()+")")
+	} else {
+		parts = append(parts, "no cgroups")
+	}
+	return strings.Join(parts, "; ")
+}
+
+type initProcess struct {
+	*os.Process
+	cfgW   *os.File
+	readyR *os.File
+}
+
+// startInit starts the init in new namespaces, or as a plain process when namespaces are not
+// permitted and the isolation is Auto.
+func (r *Runtime) startInit(logf *os.File, spec conman.Spec) (*initProcess, bool, error) {
+	r.mu.Lock()
+	tryNS := r.cfg.Isolation != None && r.noNS == nil
+	r.mu.Unlock()
+	if tryNS {
+		flags := uintptr(syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
+		if spec.Network {
+			flags |= syscall.CLONE_NEWNET
+		}
+		p, err := r.spawn(logf, &syscall.SysProcAttr{Setsid: true, Cloneflags: flags})
+		if err == nil {
+			return p, true, nil
+		}
+		if r.cfg.Isolation == Namespaces || !(errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EUSERS)) {
+			return nil, false, err
+		}
+		r.mu.Lock()
+		if r.noNS == nil {
+			r.noNS = err
+			r.log.Warn("conman/process: namespaces not permitted; containers run as plain processes without isolation", "err", err)
+		}
+		r.mu.Unlock()
+	}
+	p, err := r.spawn(logf, &syscall.SysProcAttr{Setsid: true})
+	return p, false, err
+}
+
+func (r *Runtime) spawn(logf *os.File, sys *syscall.SysProcAttr) (*initProcess, error) {
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		cfgR.Close()
+		cfgW.Close()
+		return nil, err
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer null.Close()
+	p, err := os.StartProcess(r.cfg.InitPath, []string{initArgv0}, &os.ProcAttr{
+		Env:   []string{initEnv + "=1", "GOMAXPROCS=1", "GOTRACEBACK=crash"},
+		Files: []*os.File{null, logf, logf, cfgR, readyW},
+		Sys:   sys,
+	})
+	cfgR.Close()
+	readyW.Close()
+	if err != nil {
+		cfgW.Close()
+		readyR.Close()
+		return nil, err
+	}
+	return &initProcess{Process: p, cfgW: cfgW, readyR: readyR}, nil
+}
+
+// watch waits for a running container's init to exit.
+func (r *Runtime) watch(c *container) {
+	defer r.wg.Done()
+	c.mu.Lock()
+	pidfd, pid := c.pidfd, c.st.Pid
+	c.mu.Unlock()
+	rc, err := pidfd.SyscallConn()
+	if err != nil {
+		return
+	}
+	err = rc.Read(func(fd uintptr) bool {
+		n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		return n > 0
+	})
+	if err != nil {
+		return // the runtime is closing; the container keeps running
+	}
+	code := -1
+	var ws syscall.WaitStatus
+	for {
+		wpid, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == nil && wpid == pid {
+			code = exitCode(ws)
+		} else {
+			code = readExitCode(c.dir) // not our child: recovered after a restart
+		}
+		break
+	}
+	r.finish(c, code)
+}
+
+// finish marks a container exited and releases its cgroup.
+func (r *Runtime) finish(c *container, code int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st.State != conman.Running {
+		return
+	}
+	if c.cg != nil {
+		c.st.OOMKilled = c.cg.oomKills() > 0
+		c.cg.kill()
+		c.cg.remove()
+		c.cg = nil
+	}
+	if code == -1 && c.stopping {
+		code = 128 + int(syscall.SIGKILL)
+	}
+	if c.pidfd != nil {
+		c.pidfd.Close()
+		c.pidfd = nil
+	}
+	c.st.State = conman.Exited
+	c.st.ExitCode = code
+	c.st.Finished = time.Now().UTC()
+	c.st.Pid = 0
+	c.pidStart = 0
+	_ = os.Remove(filepath.Join(c.dir, socketName))
+	if err := c.save(); err != nil {
+		r.log.Error("conman/process: persist container state", "id", c.id, "err", err)
+	}
+	if c.done != nil {
+		close(c.done)
+	}
+}
+
+// signal sends sig to the container's init if it is still the process we started.
+func (c *container) signal(sig syscall.Signal) error {
+	if c.st.State != conman.Running {
+		return conman.ErrNotRunning
+	}
+	if start, err := pidStartTime(c.st.Pid); err != nil || start != c.pidStart {
+		return conman.ErrNotRunning
+	}
+	return syscall.Kill(c.st.Pid, sig)
+}
+
+// Stop implements conman.Runtime.
+func (r *Runtime) Stop(ctx context.Context, id string, grace time.Duration) error {
+	c, err := r.get(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.st.State != conman.Running {
+		c.mu.Unlock()
+		return nil
+	}
+	c.stopping = true
+	done := c.done
+	_ = c.signal(syscall.SIGTERM)
+	c.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	c.mu.Lock()
+	_ = c.signal(syscall.SIGKILL)
+	if c.cg != nil {
+		c.cg.kill()
+	}
+	c.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Remove implements conman.Runtime.
+func (r *Runtime) Remove(ctx context.Context, id string) error {
+	c, err := r.get(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st.State == conman.Running {
+		return fmt.Errorf("%w: container %q is running", conman.ErrConflict, id)
+	}
+	r.mu.Lock()
+	delete(r.containers, id)
+	r.mu.Unlock()
+	if r.cg != nil {
+		g := r.cg.open(id)
+		g.kill()
+		g.remove()
+	}
+	if err := os.RemoveAll(c.dir); err != nil {
+		return fmt.Errorf("process: remove %s: %w", id, err)
+	}
+	return nil
+}
+
+// Wait implements conman.Runtime.
+func (r *Runtime) Wait(ctx context.Context, id string) (conman.Status, error) {
+	c, err := r.get(id)
+	if err != nil {
+		return conman.Status{}, err
+	}
+	c.mu.Lock()
+	done, state := c.done, c.st.State
+	c.mu.Unlock()
+	if state == conman.Running {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return conman.Status{}, ctx.Err()
+		}
+	}
+	return r.Inspect(ctx, id)
+}
+
+// Inspect implements conman.Runtime.
+func (r *Runtime) Inspect(ctx context.Context, id string) (conman.Status, error) {
+	c, err := r.get(id)
+	if err != nil {
+		return conman.Status{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.st
+	st.Spec.Command = append([]string(nil), st.Spec.Command...)
+	st.Spec.Env = append([]string(nil), st.Spec.Env...)
+	st.Spec.Shell = append([]string(nil), st.Spec.Shell...)
+	if st.State == conman.Running {
+		if c.cg != nil {
+			st.Usage = c.cg.usage()
+		} else {
+			st.Usage = procUsage(st.Pid)
+		}
+	}
+	return st, nil
+}
+
+// procUsage is the usage of a plain-process container's init and its waited-for children.
+func procUsage(pid int) conman.Usage {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return conman.Usage{}
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	if len(f) < 22 {
+		return conman.Usage{}
+	}
+	var ticks int64
+	for _, k := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+		n, _ := strconv.ParseInt(f[k], 10, 64)
+		ticks += n
+	}
+	rss, _ := strconv.ParseInt(f[21], 10, 64)
+	return conman.Usage{
+		CPU:         time.Duration(ticks) * (time.Second / 100),
+		MemoryBytes: rss * int64(os.Getpagesize()),
+		Pids:        1,
+	}
+}
+
+// List implements conman.Runtime.
+func (r *Runtime) List(ctx context.Context) ([]conman.Status, error) {
+	r.mu.Lock()
+	ids := make([]string, 0, len(r.containers))
+	for id := range r.containers {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	out := make([]conman.Status, 0, len(ids))
+	for _, id := range ids {
+		st, err := r.Inspect(ctx, id)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Close implements conman.Runtime: it stops watching containers and leaves them running.
+func (r *Runtime) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	cs := make([]*container, 0, len(r.containers))
+	for _, c := range r.containers {
+		cs = append(cs, c)
+	}
+	r.mu.Unlock()
+	for _, c := range cs {
+		c.mu.Lock()
+		if c.pidfd != nil {
+			_ = c.pidfd.SetReadDeadline(time.Now())
+		}
+		c.mu.Unlock()
+	}
+	r.wg.Wait()
+	for _, c := range cs {
+		c.mu.Lock()
+		if c.pidfd != nil {
+			c.pidfd.Close()
+			c.pidfd = nil
+		}
+		c.mu.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,803 @@
+// Command sessions is the load program for proxy.Sessions. It runs, side by side in one run and
+// only on loopback: a WebSocket echo backend (standing in for conman's attach endpoint), a
+// direct baseline, proxy.Sessions in splice and in frame mode (each in its own process, so its
+// memory and descriptors are its own), and, when installed, nginx and HAProxy configured as
+// WebSocket proxies from generated configs in a temp dir, run in the foreground and killed at
+// the end. It measures relay throughput with 1 MiB messages, added round-trip latency for
+// 64-byte messages at many sessions, memory per idle session, and session setup latency, and
+// prints a Markdown report.
+//
+// Every load is bounded in count and time and aimed at 127.0.0.1.
+//
+//	go run ./bench/sessions                       # everything, defaults below
+//	go run ./bench/sessions -sessions 1000 -idle 3000 -rounds 3
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
+	"github.com/switchyard-dev/switchyard/proxy"
+)
+
+var (
+	role       = flag.String("role", "driver", "driver (runs everything) or proxy (internal: one proxy.Sessions process)")
+	mode       = flag.String("mode", "splice", "proxy role: splice or frame")
+	backendURL = flag.String("backend", "", "proxy role: the echo backend's base URL")
+	rounds     = flag.Int("rounds", 3, "throughput rounds per target (the median is reported)")
+	msgs       = flag.Int("messages", 150, "1 MiB messages per throughput round")
+	sessions   = flag.Int("sessions", 1000, "concurrent sessions for the latency test")
+	rate       = flag.Float64("rate", 10, "messages per second per session in the latency test")
+	latDur     = flag.Duration("latency-duration", 5*time.Second, "duration of each latency run")
+	idle       = flag.Int("idle", 3000, "idle sessions for the memory test")
+	setups     = flag.Int("setups", 2000, "sessions opened for the setup-latency test")
+	only       = flag.String("only", "", "comma-separated tests to run: throughput,latency,memory,setup (empty = all)")
+	skipExt    = flag.Bool("no-external", false, "do not run nginx and HAProxy")
+)
+
+const cluster = "bench"
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	if *role == "proxy" {
+		if err := runProxy(); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if err := drive(); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// ---- the proxy process ----
+
+func runProxy() error {
+	seed, err := hex.DecodeString(os.Getenv("BENCH_KEY_SEED"))
+	if err != nil {
+		return err
+	}
+	pub := ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey)
+	m := proxy.Splice
+	if *mode == "frame" {
+		m = proxy.Frame
+	}
+	backend := *backendURL
+	s, err := proxy.NewSessions(proxy.SessionsConfig{
+		Cluster: cluster,
+		Tokens:  lore.NewKeySet(lore.PublicKey{KeyID: lore.KeyID(pub), Key: pub}),
+		Placer: placerFunc(func(_ context.Context, r placement.Request) (placement.Assignment, error) {
+			return placement.Assignment{Repl: r.Repl, VM: "vm-1", Addr: backend}, nil
+		}),
+		Mode:        m,
+		MaxSessions: 5000,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/connect", s)
+	mux.HandleFunc("GET /debug/mem", func(w http.ResponseWriter, r *http.Request) {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		json.NewEncoder(w).Encode(map[string]any{
+			"heap_inuse": ms.HeapInuse, "stack_inuse": ms.StackInuse,
+			"goroutines": runtime.NumGoroutine(), "active": s.Active(), "rss": rss(),
+		})
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	fmt.Println(ln.Addr().String())
+	io.Copy(io.Discard, os.Stdin) // the driver closes stdin to stop us
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+	s.Shutdown(ctx)
+	return nil
+}
+
+type placerFunc func(context.Context, placement.Request) (placement.Assignment, error)
+
+func (f placerFunc) Place(ctx context.Context, r placement.Request) (placement.Assignment, error) {
+	return f(ctx, r)
+}
+
+func rss() int64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n << 10
+		}
+	}
+	return 0
+}
+
+// ---- the driver ----
+
+type target struct {
+	name string
+	url  string // ws:// URL sessions open (token appended for ours)
+	mem  string // /debug/mem URL for our proxies
+	pid  int
+	stop func()
+}
+
+func drive() error {
+	tmp, err := os.MkdirTemp("", "bench-sessions-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	be, err := startBackend()
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	beAddr := be.Addr().String()
+
+	seed := make([]byte, ed25519.SeedSize)
+	for i := range seed {
+		seed[i] = byte(rand.Uint32())
+	}
+	iss, err := lore.NewIssuer(lore.IssuerConfig{Key: ed25519.NewKeyFromSeed(seed), TTL: time.Hour})
+	if err != nil {
+		return err
+	}
+	tok, _, err := iss.Issue(cluster, "r1")
+	if err != nil {
+		return err
+	}
+
+	targets := []*target{{name: "direct", url: "ws://" + beAddr + "/v1/repls/r1/attach"}}
+	for _, m := range []string{"splice", "frame"} {
+		t, err := startOurs(m, "http://"+beAddr, seed)
+		if err != nil {
+			return err
+		}
+		t.url += "?token=" + tok
+		defer t.stop()
+		targets = append(targets, t)
+	}
+	if !*skipExt {
+		if t, err := startNginx(tmp, beAddr); err != nil {
+			log.Printf("nginx: %v (skipped)", err)
+		} else {
+			defer t.stop()
+			targets = append(targets, t)
+		}
+		if t, err := startHAProxy(tmp, beAddr); err != nil {
+			log.Printf("haproxy: %v (skipped)", err)
+		} else {
+			defer t.stop()
+			targets = append(targets, t)
+		}
+	}
+	run := func(name string) bool { return *only == "" || slices.Contains(strings.Split(*only, ","), name) }
+
+	fmt.Printf("# proxy.Sessions load run, %s, GOMAXPROCS=%d, %s\n\n", time.Now().UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), runtime.Version())
+	if run("throughput") {
+		if err := benchThroughput(targets); err != nil {
+			return err
+		}
+	}
+	if run("latency") {
+		if err := benchLatency(targets); err != nil {
+			return err
+		}
+	}
+	if run("setup") {
+		if err := benchSetup(targets); err != nil {
+			return err
+		}
+	}
+	if run("memory") {
+		if err := benchMemory(targets); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startBackend runs the echo backend: every message comes back whole, as one frame.
+func startBackend() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		c.SetReadLimit(8 << 20)
+		ctx := context.Background()
+		var buf []byte
+		for {
+			typ, rd, err := c.Reader(ctx)
+			if err != nil {
+				return
+			}
+			buf, err = readAll(rd, buf)
+			if err != nil {
+				return
+			}
+			if err := c.Write(ctx, typ, buf); err != nil {
+				return
+			}
+		}
+	})
+	go (&http.Server{Handler: h}).Serve(ln)
+	return ln, nil
+}
+
+// readAll reads a message into buf's storage.
+func readAll(r io.Reader, buf []byte) ([]byte, error) {
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+func startOurs(m, backend string, seed []byte) (*target, error) {
+	cmd := exec.Command(os.Args[0], "-role=proxy", "-mode="+m, "-backend="+backend)
+	cmd.Env = append(os.Environ(), "BENCH_KEY_SEED="+hex.EncodeToString(seed))
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() {
+		cmd.Process.Kill()
+		return nil, fmt.Errorf("proxy %s did not start", m)
+	}
+	addr := sc.Text()
+	return &target{
+		name: "switchyard " + m, url: "ws://" + addr + "/v1/connect", mem: "http://" + addr + "/debug/mem",
+		pid: cmd.Process.Pid,
+		stop: func() {
+			stdin.Close()
+			done := make(chan struct{})
+			go func() { cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+		},
+	}, nil
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func startExternal(name string, args []string, port int) (*target, error) {
+	path, err := exec.LookPath(args[0])
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(path, args[1:]...)
+	cmd.Stderr = os.Stderr
+	cmd.Stdout = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i > 200 {
+			stop()
+			return nil, fmt.Errorf("%s did not listen on %s", name, addr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return &target{name: name, url: "ws://" + addr + "/v1/repls/r1/attach", pid: cmd.Process.Pid, stop: stop}, nil
+}
+
+func startNginx(tmp, backend string) (*target, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(tmp, "nginx")
+	os.MkdirAll(dir, 0o755)
+	conf := fmt.Sprintf(`daemon off;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid %[1]s/nginx.pid;
+error_log stderr warn;
+events { worker_connections 16000; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  upstream be { server %[2]s; }
+  server {
+    listen 127.0.0.1:%[3]d;
+    location / {
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffering off;
+    }
+  }
+}
+`, dir, backend, port)
+	cfg := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return startExternal("nginx", []string{"nginx", "-e", "stderr", "-p", dir, "-c", cfg}, port)
+}
+
+func startHAProxy(tmp, backend string) (*target, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(tmp, "haproxy")
+	os.MkdirAll(dir, 0o755)
+	conf := fmt.Sprintf(`global
+  maxconn 16000
+  nbthread 2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:%d
+  default_backend be
+backend be
+  server s1 %s
+`, port, backend)
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return startExternal("haproxy", []string{"haproxy", "-db", "-f", cfg}, port)
+}
+
+func dial(ctx context.Context, url string) (*websocket.Conn, error) {
+	c, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadLimit(8 << 20)
+	return c, nil
+}
+
+// ---- throughput ----
+
+func benchThroughput(targets []*target) error {
+	fmt.Printf("## Throughput: one session, %d × 1 MiB messages echoed (MiB/s each way, median of %d rounds)\n\n", *msgs, *rounds)
+	res := map[string][]float64{}
+	for r := 0; r < *rounds; r++ {
+		for _, t := range targets {
+			v, err := throughput(t.url)
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			res[t.name] = append(res[t.name], v)
+		}
+	}
+	direct := median(res["direct"])
+	fmt.Println("| target | MiB/s (median) | rounds | × direct |")
+	fmt.Println("|---|---|---|---|")
+	for _, t := range targets {
+		m := median(res[t.name])
+		fmt.Printf("| %s | %.0f | %s | %.2f |\n", t.name, m, fmtList(res[t.name]), m/direct)
+	}
+	fmt.Println()
+	return nil
+}
+
+func throughput(url string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := dial(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer c.CloseNow()
+	msg := make([]byte, 1<<20)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	// Warm up.
+	if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+		return 0, err
+	}
+	if _, _, err := c.Read(ctx); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		for range *msgs {
+			if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	var buf []byte
+	for range *msgs {
+		_, rd, err := c.Reader(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if buf, err = readAll(rd, buf); err != nil {
+			return 0, err
+		}
+		if len(buf) != len(msg) {
+			return 0, fmt.Errorf("echo of %d bytes", len(buf))
+		}
+	}
+	if err := <-errc; err != nil {
+		return 0, err
+	}
+	el := time.Since(start).Seconds()
+	c.Close(websocket.StatusNormalClosure, "")
+	return float64(*msgs) / el, nil
+}
+
+// ---- latency ----
+
+func benchLatency(targets []*target) error {
+	fmt.Printf("## Round trips: %d sessions × %.0f msg/s × 64 bytes for %v (µs)\n\n", *sessions, *rate, *latDur)
+	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	var direct []time.Duration
+	for _, t := range targets {
+		lat, err := latency(t.url)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		slices.Sort(lat)
+		if t.name == "direct" {
+			direct = lat
+		}
+		us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %d |\n", t.name,
+			us(pct(lat, 50)), us(pct(lat, 90)), us(pct(lat, 99)), us(pct(lat, 99.9)),
+			us(pct(lat, 50)-pct(direct, 50)), us(pct(lat, 99)-pct(direct, 99)), len(lat))
+	}
+	fmt.Println()
+	return nil
+}
+
+func latency(url string) ([]time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), *latDur+time.Minute)
+	defer cancel()
+	conns := make([]*websocket.Conn, *sessions)
+	var g errGroup
+	sem := make(chan struct{}, 16)
+	for i := range conns {
+		sem <- struct{}{}
+		g.Go(func() error {
+			defer func() { <-sem }()
+			c, err := dial(ctx, url)
+			conns[i] = c
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		closeAll(conns)
+		return nil, err
+	}
+	defer closeAll(conns)
+	var mu sync.Mutex
+	var all []time.Duration
+	interval := time.Duration(float64(time.Second) / *rate)
+	end := time.Now().Add(*latDur)
+	msg := make([]byte, 64)
+	for i, c := range conns {
+		g.Go(func() error {
+			local := make([]time.Duration, 0, int(latDur.Seconds()**rate)+1)
+			time.Sleep(time.Duration(rand.Int64N(int64(interval))))
+			next := time.Now()
+			for i := 0; time.Now().Before(end); i++ {
+				t0 := time.Now()
+				if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+					return err
+				}
+				if _, _, err := c.Read(ctx); err != nil {
+					return err
+				}
+				local = append(local, time.Since(t0))
+				next = next.Add(interval)
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+			}
+			mu.Lock()
+			all = append(all, local...)
+			mu.Unlock()
+			_ = i
+			return nil
+		})
+	}
+	return all, g.Wait()
+}
+
+func closeAll(conns []*websocket.Conn) {
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		if c != nil {
+			wg.Go(func() { c.CloseNow() })
+		}
+	}
+	wg.Wait()
+}
+
+// ---- setup ----
+
+func benchSetup(targets []*target) error {
+	fmt.Printf("## Session setup: %d sessions opened (4 at a time), request to 101 received (µs)\n\n", *setups)
+	fmt.Println("| target | p50 | p90 | p99 | max |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, t := range targets {
+		var mu sync.Mutex
+		var lat []time.Duration
+		var g errGroup
+		var next atomic.Int64
+		for range 4 {
+			g.Go(func() error {
+				for next.Add(1) <= int64(*setups) {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					t0 := time.Now()
+					c, err := dial(ctx, t.url)
+					d := time.Since(t0)
+					cancel()
+					if err != nil {
+						return err
+					}
+					c.CloseNow()
+					mu.Lock()
+					lat = append(lat, d)
+					mu.Unlock()
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		slices.Sort(lat)
+		us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f |\n", t.name, us(pct(lat, 50)), us(pct(lat, 90)), us(pct(lat, 99)), us(lat[len(lat)-1]))
+	}
+	fmt.Println()
+	return nil
+}
+
+// ---- memory ----
+
+type memStats struct {
+	HeapInuse  int64 `json:"heap_inuse"`
+	StackInuse int64 `json:"stack_inuse"`
+	Goroutines int   `json:"goroutines"`
+	Active     int   `json:"active"`
+	RSS        int64 `json:"rss"`
+}
+
+func getMem(url string) (memStats, error) {
+	var m memStats
+	resp, err := http.Get(url)
+	if err != nil {
+		return m, err
+	}
+	defer resp.Body.Close()
+	return m, json.NewDecoder(resp.Body).Decode(&m)
+}
+
+func procRSS(pid int) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n << 10
+		}
+	}
+	return 0
+}
+
+// procTreeRSS sums the RSS of a process and its children (nginx and HAProxy workers).
+func procTreeRSS(pid int) int64 {
+	total := procRSS(pid)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, f := range strings.Fields(string(b)) {
+		if c, err := strconv.Atoi(f); err == nil {
+			total += procTreeRSS(c)
+		}
+	}
+	return total
+}
+
+func benchMemory(targets []*target) error {
+	fmt.Printf("## Memory per idle session at %d sessions (proxy process only; bytes per session)\n\n", *idle)
+	fmt.Println("| target | heap+stacks | heap | stacks | RSS | goroutines/session |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, t := range targets {
+		if t.name == "direct" {
+			continue
+		}
+		var before memStats
+		var err error
+		if t.mem != "" {
+			if before, err = getMem(t.mem); err != nil {
+				return err
+			}
+		}
+		rss0 := procTreeRSS(t.pid)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		conns := make([]*websocket.Conn, *idle)
+		var g errGroup
+		sem := make(chan struct{}, 16)
+		for i := range conns {
+			sem <- struct{}{}
+			g.Go(func() error {
+				defer func() { <-sem }()
+				c, err := dial(ctx, t.url)
+				if err != nil {
+					return err
+				}
+				conns[i] = c
+				// One round trip so every session is fully established end to end.
+				if err := c.Write(ctx, websocket.MessageBinary, []byte("x")); err != nil {
+					return err
+				}
+				_, _, err = c.Read(ctx)
+				return err
+			})
+		}
+		err = g.Wait()
+		cancel()
+		if err != nil {
+			closeAll(conns)
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		n := float64(*idle)
+		rss1 := procTreeRSS(t.pid)
+		if t.mem != "" {
+			after, err := getMem(t.mem)
+			if err != nil {
+				closeAll(conns)
+				return err
+			}
+			heap := float64(after.HeapInuse-before.HeapInuse) / n
+			stack := float64(after.StackInuse-before.StackInuse) / n
+			fmt.Printf("| %s | %.1f KiB | %.1f KiB | %.1f KiB | %.1f KiB | %.2f |\n", t.name, (heap+stack)/1024, heap/1024, stack/1024,
+				float64(rss1-rss0)/n/1024, float64(after.Goroutines-before.Goroutines)/n)
+		} else {
+			fmt.Printf("| %s | – | – | – | %.1f KiB | – |\n", t.name, float64(rss1-rss0)/n/1024)
+		}
+		closeAll(conns)
+		time.Sleep(300 * time.Millisecond)
+	}
+	fmt.Println()
+	return nil
+}
+
+// ---- helpers ----
+
+type errGroup struct {
+	wg   sync.WaitGroup
+	once sync.Once
+	err  error
+}
+
+func (g *errGroup) Go(f func() error) {
+	g.wg.Go(func() {
+		if err := f(); err != nil {
+			g.once.Do(func() { g.err = err })
+		}
+	})
+}
+
+func (g *errGroup) Wait() error {
+	g.wg.Wait()
+	err := g.err
+	g.err, g.once = nil, sync.Once{}
+	return err
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func pct(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p / 100)
+	return sorted[i]
+}
+
+func fmtList(v []float64) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = strconv.FormatFloat(x, 'f', 0, 64)
+	}
+	return strings.Join(parts, ", ")
+}

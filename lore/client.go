@@ -341,4 +341,3 @@ func (c *Client) Watch(ctx context.Context) (<-chan Event, error) {
 func (c *Client) Health(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
 }
-

@@ -1,0 +1,54 @@
+package conman
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	containers    prometheus.Gauge
+	starts        *prometheus.CounterVec
+	startSeconds  prometheus.Histogram
+	exits         *prometheus.CounterVec
+	sessions      prometheus.Gauge
+	forwardErrors *prometheus.CounterVec
+	heartbeats    *prometheus.CounterVec
+}
+
+// newMetrics creates the server's metrics and registers them with reg (nil: not registered).
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		containers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "conman_containers", Help: "Repl containers running on this VM.",
+		}),
+		starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "conman_container_starts_total", Help: "Container start attempts by result (ok, error).",
+		}, []string{"result"}),
+		startSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "conman_container_start_seconds", Help: "Time to start a repl's container.",
+			Buckets: []float64{.005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 15},
+		}),
+		exits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "conman_container_exits_total", Help: "Container exits by reason (stopped, unexpected).",
+		}, []string{"reason"}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "conman_attach_sessions", Help: "Attach (shell) sessions open.",
+		}),
+		forwardErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "conman_forward_errors_total", Help: "Hosting requests conman answered itself, by Switchyard-Error reason.",
+		}, []string{"reason"}),
+		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "conman_heartbeats_total", Help: "Heartbeats sent to placement by result (ok, error).",
+		}, []string{"result"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.containers, m.starts, m.startSeconds, m.exits, m.sessions, m.forwardErrors, m.heartbeats} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("conman: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,596 @@
+package conman
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard-dev/switchyard/placement"
+)
+
+// Header names of the conman HTTP contract.
+const (
+	// HeaderCredential carries the internal credential on every request to conman.
+	HeaderCredential = "Switchyard-Credential"
+	// HeaderRepl marks a hosting request: forward it to this repl's web port.
+	HeaderRepl = "Switchyard-Repl"
+	// HeaderError says why conman answered a hosting request itself (502/503).
+	HeaderError = "Switchyard-Error"
+)
+
+// Values of HeaderError.
+const (
+	ErrorStart       = "start-failed"
+	ErrorUnreachable = "port-unreachable"
+	ErrorDraining    = "draining"
+	ErrorInvalid     = "invalid-repl"
+)
+
+// WebSocket close codes conman uses on attach sessions.
+const (
+	CloseShellExited   = 1000 // the shell (or its container) exited
+	CloseInternalError = 1011
+	CloseDraining      = 1012 // service restart: the VM drains; reconnect elsewhere
+)
+
+// PortRange is an inclusive range of TCP ports.
+type PortRange struct {
+	Min, Max int
+}
+
+// Config configures a Server.
+type Config struct {
+	// Runtime runs the containers. Required. The Server does not close it.
+	Runtime Runtime
+	// Credential is the internal credential every request must carry in HeaderCredential.
+	// Required.
+	Credential string
+	// Spec returns what the repl runs (command, environment, limits, shell). Nil means a
+	// shell-only container (no main process, /bin/sh on attach). The Server sets Spec.Port and
+	// adds HOST (ReplHost) and PORT to its environment.
+	Spec func(ctx context.Context, repl string) (Spec, error)
+	// ReplHost is the address at which the repls' web ports are reached, exported to the repl as
+	// HOST (bind HOST:PORT). Empty means 127.0.0.1; use the VM's address when several VMs share
+	// a host.
+	ReplHost string
+	// Ports is the range web ports are assigned from. Zero means 20000-29999.
+	Ports PortRange
+	// StartTimeout bounds starting a container. Zero means 15s.
+	StartTimeout time.Duration
+	// PortWait is how long a hosting request waits for a just-started repl's port to accept.
+	// Zero means 10s.
+	PortWait time.Duration
+	// StopGrace is how long a stopping container gets between SIGTERM and SIGKILL. Zero means 10s.
+	StopGrace time.Duration
+
+	// Placement, when set, runs the agent: it registers VM, heartbeats every HeartbeatInterval,
+	// releases repls whose containers exit, and marks the VM draining on Shutdown.
+	// *placement.Controlplane and *placement.Client satisfy it.
+	Placement Placement
+	// VM is what the agent registers; VM.ID and VM.Addr are required with Placement.
+	VM placement.VM
+	// HeartbeatInterval: zero means 5s.
+	HeartbeatInterval time.Duration
+
+	// Logger: nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the server's metrics. Nil means no metrics.
+	Registerer prometheus.Registerer
+}
+
+// Placement is what the agent needs of the control plane.
+type Placement interface {
+	Register(ctx context.Context, vm placement.VM) (placement.VM, error)
+	Heartbeat(ctx context.Context, hb placement.Heartbeat) error
+	SetState(ctx context.Context, vm string, s placement.State) error
+	Release(ctx context.Context, repl, vm string) error
+}
+
+var (
+	_ Placement = (*placement.Controlplane)(nil)
+	_ Placement = (*placement.Client)(nil)
+)
+
+// Server is one VM's container manager: the HTTP endpoints the proxies call (attach, hosting
+// forwarding, health), the repls' containers, and the agent that reports to placement. It does
+// not listen: serve it with an http.Server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	rt      Runtime
+	credSum [32]byte
+	mux     *http.ServeMux
+	proxy   *httputil.ReverseProxy
+	tr      *http.Transport
+	m       *metrics
+
+	ctx    context.Context // the server's lifetime
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	repls    map[string]*repl
+	ports    map[int]string
+	nextPort int
+	sessions map[*session]struct{}
+	draining bool
+	closed   bool
+
+	agentDone chan struct{}
+}
+
+// repl is a repl whose container is starting or running on this VM.
+type repl struct {
+	id       string
+	port     int
+	ready    chan struct{} // closed when the start attempt ends
+	err      error         // why it did not start
+	stopping bool          // the server stops it: its exit is expected
+	exited   chan struct{} // closed when the container exited
+}
+
+// New returns a Server over cfg.Runtime, adopting the containers the runtime recovered, and
+// starts the agent when cfg.Placement is set.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Runtime == nil {
+		return nil, fmt.Errorf("%w: conman: Config.Runtime is required", ErrInvalid)
+	}
+	if cfg.Credential == "" {
+		return nil, fmt.Errorf("%w: conman: Config.Credential is required", ErrInvalid)
+	}
+	if cfg.Placement != nil && (cfg.VM.ID == "" || cfg.VM.Addr == "") {
+		return nil, fmt.Errorf("%w: conman: Config.VM.ID and Addr are required with Placement", ErrInvalid)
+	}
+	if cfg.ReplHost == "" {
+		cfg.ReplHost = "127.0.0.1"
+	}
+	if cfg.Ports == (PortRange{}) {
+		cfg.Ports = PortRange{Min: 20000, Max: 29999}
+	}
+	if cfg.Ports.Min < 1 || cfg.Ports.Max > 65535 || cfg.Ports.Min > cfg.Ports.Max {
+		return nil, fmt.Errorf("%w: conman: port range %d-%d", ErrInvalid, cfg.Ports.Min, cfg.Ports.Max)
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 15 * time.Second
+	}
+	if cfg.PortWait == 0 {
+		cfg.PortWait = 10 * time.Second
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 10 * time.Second
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		rt:       cfg.Runtime,
+		credSum:  sha256.Sum256([]byte(cfg.Credential)),
+		repls:    make(map[string]*repl),
+		ports:    make(map[int]string),
+		nextPort: cfg.Ports.Min,
+		sessions: make(map[*session]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	s.tr = &http.Transport{
+		DialContext:         s.dialRepl,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+		ForceAttemptHTTP2:   false,
+	}
+	s.proxy = &httputil.ReverseProxy{
+		Rewrite:      rewrite,
+		Transport:    s.tr,
+		ErrorHandler: s.forwardError,
+		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	s.mux = http.NewServeMux()
+	s.mux.HandleFunc("GET /v1/repls/{id}/attach", s.serveAttach)
+	s.mux.HandleFunc("GET /v1/repls", s.serveList)
+	s.mux.HandleFunc("GET /healthz", s.serveHealth)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint", "")
+	})
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+
+	if err := s.adopt(ctx); err != nil {
+		s.cancel()
+		return nil, err
+	}
+	if cfg.Placement != nil {
+		s.agentDone = make(chan struct{})
+		s.wg.Add(1)
+		go s.agent()
+	}
+	return s, nil
+}
+
+// adopt takes over the containers the runtime knows: running ones are served again, exited
+// ones are removed.
+func (s *Server) adopt(ctx context.Context) error {
+	sts, err := s.rt.List(ctx)
+	if err != nil {
+		return fmt.Errorf("conman: list containers: %w", err)
+	}
+	for _, st := range sts {
+		if st.State != Running {
+			if err := s.rt.Remove(ctx, st.ID); err != nil && !errors.Is(err, ErrNotFound) {
+				s.log.Warn("conman: remove exited container", "repl", st.ID, "err", err)
+			}
+			continue
+		}
+		r := &repl{id: st.ID, port: st.Spec.Port, ready: make(chan struct{}), exited: make(chan struct{})}
+		close(r.ready)
+		s.mu.Lock()
+		s.repls[r.id] = r
+		if r.port != 0 {
+			s.ports[r.port] = r.id
+		}
+		s.mu.Unlock()
+		s.m.containers.Inc()
+		s.wg.Add(1)
+		go s.watch(r)
+		s.log.Info("conman: adopted running container", "repl", st.ID, "port", st.Spec.Port, "pid", st.Pid)
+	}
+	return nil
+}
+
+// ServeHTTP implements the conman HTTP contract: every request must carry the credential;
+// requests with HeaderRepl are forwarded to the repl's web port; the rest is the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	got := sha256.Sum256([]byte(r.Header.Get(HeaderCredential)))
+	if r.Header.Get(HeaderCredential) == "" || subtle.ConstantTimeCompare(got[:], s.credSum[:]) != 1 {
+		writeError(w, http.StatusUnauthorized, "missing or wrong "+HeaderCredential, "")
+		return
+	}
+	if id := r.Header.Get(HeaderRepl); id != "" {
+		s.serveForward(w, r, id)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func writeError(w http.ResponseWriter, status int, msg, reason string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if reason != "" {
+		h.Set(HeaderError, reason)
+	}
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	draining, n := s.draining, len(s.repls)
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	status, state := http.StatusOK, "ok"
+	if draining {
+		status, state = http.StatusServiceUnavailable, "draining"
+	}
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"status": state, "containers": n})
+}
+
+func (s *Server) serveList(w http.ResponseWriter, r *http.Request) {
+	sts, err := s.rt.List(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error(), "")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"containers": sts})
+}
+
+// Running returns the IDs of the repls whose containers run (or are starting) on this VM.
+func (s *Server) Running() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.repls))
+	for id := range s.repls {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Ensure starts the repl's container unless it runs already, and returns its web port.
+// Concurrent callers for one repl share one start. ErrDraining once Shutdown began.
+func (s *Server) Ensure(ctx context.Context, id string) (int, error) {
+	r, err := s.ensure(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	return r.port, nil
+}
+
+func (s *Server) ensure(ctx context.Context, id string) (*repl, error) {
+	if !ValidID(id) {
+		return nil, fmt.Errorf("%w: repl id %q", ErrInvalid, id)
+	}
+	s.mu.Lock()
+	if s.draining || s.closed {
+		s.mu.Unlock()
+		return nil, ErrDraining
+	}
+	r, ok := s.repls[id]
+	if !ok {
+		r = &repl{id: id, ready: make(chan struct{}), exited: make(chan struct{})}
+		s.repls[id] = r
+		s.wg.Add(1)
+		go s.start(r)
+	}
+	s.mu.Unlock()
+	select {
+	case <-r.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return r, nil
+}
+
+// start runs one start attempt for r, detached from any one caller.
+func (s *Server) start(r *repl) {
+	defer s.wg.Done()
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StartTimeout)
+	defer cancel()
+	began := time.Now()
+	err := s.startContainer(ctx, r)
+	s.m.startSeconds.Observe(time.Since(began).Seconds())
+	s.mu.Lock()
+	if err != nil {
+		r.err = err
+		delete(s.repls, r.id)
+		if r.port != 0 && s.ports[r.port] == r.id {
+			delete(s.ports, r.port)
+		}
+		s.m.starts.WithLabelValues("error").Inc()
+		s.log.Warn("conman: repl failed to start", "repl", r.id, "err", err)
+	} else {
+		s.m.starts.WithLabelValues("ok").Inc()
+		s.m.containers.Inc()
+		s.wg.Add(1)
+		go s.watch(r)
+	}
+	close(r.ready)
+	s.mu.Unlock()
+}
+
+func (s *Server) startContainer(ctx context.Context, r *repl) error {
+	var spec Spec
+	if s.cfg.Spec != nil {
+		var err error
+		if spec, err = s.cfg.Spec(ctx, r.id); err != nil {
+			return fmt.Errorf("conman: spec for %s: %w", r.id, err)
+		}
+	}
+	port, err := s.allocPort(r.id)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	r.port = port
+	s.mu.Unlock()
+	spec.Port = port
+	spec.Env = append([]string{"HOST=" + s.cfg.ReplHost}, spec.Env...)
+	err = s.rt.Create(ctx, r.id, spec)
+	if errors.Is(err, ErrExists) {
+		// A leftover of an earlier container of this repl.
+		_ = s.rt.Stop(ctx, r.id, 0)
+		if err = s.rt.Remove(ctx, r.id); err == nil {
+			err = s.rt.Create(ctx, r.id, spec)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("conman: create %s: %w", r.id, err)
+	}
+	if err := s.rt.Start(ctx, r.id); err != nil {
+		_ = s.rt.Remove(context.WithoutCancel(ctx), r.id)
+		return fmt.Errorf("conman: start %s: %w", r.id, err)
+	}
+	return nil
+}
+
+// allocPort picks a free port of the range: not assigned here and bindable on ReplHost.
+func (s *Server) allocPort(id string) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.cfg.Ports.Max - s.cfg.Ports.Min + 1
+	for range n {
+		p := s.nextPort
+		s.nextPort++
+		if s.nextPort > s.cfg.Ports.Max {
+			s.nextPort = s.cfg.Ports.Min
+		}
+		if _, used := s.ports[p]; used {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort(s.cfg.ReplHost, strconv.Itoa(p)))
+		if err != nil {
+			continue // something else holds it
+		}
+		ln.Close()
+		s.ports[p] = id
+		return p, nil
+	}
+	return 0, fmt.Errorf("conman: no free port in %d-%d", s.cfg.Ports.Min, s.cfg.Ports.Max)
+}
+
+// watch waits for r's container to exit, reports an unexpected exit and cleans up so that the
+// next request starts a fresh container.
+func (s *Server) watch(r *repl) {
+	defer s.wg.Done()
+	st, err := s.rt.Wait(s.ctx, r.id)
+	if err != nil && s.ctx.Err() != nil {
+		return // Close: the container keeps running for the next conman
+	}
+	s.mu.Lock()
+	expected := r.stopping
+	if s.repls[r.id] == r {
+		delete(s.repls, r.id)
+	}
+	if r.port != 0 && s.ports[r.port] == r.id {
+		delete(s.ports, r.port)
+	}
+	close(r.exited)
+	s.mu.Unlock()
+	s.m.containers.Dec()
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	if expected {
+		s.m.exits.WithLabelValues("stopped").Inc()
+	} else {
+		s.m.exits.WithLabelValues("unexpected").Inc()
+		s.log.Warn("conman: repl container exited unexpectedly", "repl", r.id, "exit_code", st.ExitCode,
+			"oom_killed", st.OOMKilled, "err", err)
+		if s.cfg.Placement != nil {
+			if err := s.cfg.Placement.Release(ctx, r.id, s.cfg.VM.ID); err != nil && !errors.Is(err, placement.ErrNotFound) {
+				s.log.Warn("conman: release exited repl in placement", "repl", r.id, "err", err)
+			}
+		}
+	}
+	if err := s.rt.Remove(ctx, r.id); err != nil && !errors.Is(err, ErrNotFound) {
+		s.log.Warn("conman: remove exited container", "repl", r.id, "err", err)
+	}
+}
+
+// Stop stops a repl's container (grace StopGrace) and removes it; it is not an unexpected exit.
+func (s *Server) Stop(ctx context.Context, id string) error {
+	s.mu.Lock()
+	r, ok := s.repls[id]
+	if ok {
+		r.stopping = true
+	}
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	select {
+	case <-r.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if r.err != nil {
+		return nil
+	}
+	if err := s.rt.Stop(ctx, id, s.cfg.StopGrace); err != nil {
+		return err
+	}
+	select {
+	case <-r.exited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// serveForward forwards a hosting request to the repl's web port.
+func (s *Server) serveForward(w http.ResponseWriter, req *http.Request, id string) {
+	if !ValidID(id) {
+		writeError(w, http.StatusBadRequest, "invalid "+HeaderRepl, ErrorInvalid)
+		return
+	}
+	r, err := s.ensure(req.Context(), id)
+	switch {
+	case errors.Is(err, ErrDraining):
+		s.m.forwardErrors.WithLabelValues(ErrorDraining).Inc()
+		writeError(w, http.StatusServiceUnavailable, "conman is draining", ErrorDraining)
+		return
+	case err != nil:
+		s.m.forwardErrors.WithLabelValues(ErrorStart).Inc()
+		writeError(w, http.StatusBadGateway, "repl cannot start: "+err.Error(), ErrorStart)
+		return
+	}
+	target := &url.URL{Scheme: "http", Host: net.JoinHostPort(s.cfg.ReplHost, strconv.Itoa(r.port))}
+	ctx := context.WithValue(req.Context(), targetKey{}, forwardTarget{url: target, repl: r})
+	s.proxy.ServeHTTP(w, req.WithContext(ctx))
+}
+
+type targetKey struct{}
+
+type forwardTarget struct {
+	url  *url.URL
+	repl *repl
+}
+
+// rewrite points the outbound request at the repl, keeps the original Host and the forwarding
+// headers the hosting proxy set, and strips every Switchyard-* header.
+func rewrite(pr *httputil.ProxyRequest) {
+	t := pr.In.Context().Value(targetKey{}).(forwardTarget)
+	pr.SetURL(t.url)
+	pr.Out.Host = pr.In.Host
+	for _, h := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
+	}
+	for k := range pr.Out.Header {
+		if strings.HasPrefix(k, "Switchyard-") {
+			delete(pr.Out.Header, k)
+		}
+	}
+}
+
+// dialRepl dials a repl's port, retrying while a just-started app is not listening yet.
+func (s *Server) dialRepl(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	var exited <-chan struct{}
+	if t, ok := ctx.Value(targetKey{}).(forwardTarget); ok {
+		exited = t.repl.exited
+	}
+	deadline := time.Now().Add(s.cfg.PortWait)
+	wait := 5 * time.Millisecond
+	for {
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			return c, err
+		}
+		t := time.NewTimer(min(wait, time.Until(deadline)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-exited:
+			t.Stop()
+			return nil, fmt.Errorf("repl exited: %w", err)
+		case <-t.C:
+		}
+		wait = min(wait*2, 100*time.Millisecond)
+	}
+}
+
+func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
+	s.m.forwardErrors.WithLabelValues(ErrorUnreachable).Inc()
+	s.log.Debug("conman: forward to repl failed", "repl", r.Header.Get(HeaderRepl), "err", err)
+	writeError(w, http.StatusBadGateway, "repl web port does not answer: "+err.Error(), ErrorUnreachable)
+}

@@ -1,0 +1,556 @@
+package conman_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/conman/process"
+	"github.com/switchyard-dev/switchyard/placement"
+)
+
+const testCredential = "s3cret-internal"
+
+func TestMain(m *testing.M) {
+	process.Init() // the test binary is the containers' init
+	if os.Getenv("CONMAN_TEST_WEBAPP") != "" {
+		webApp() // the test binary is also the repls' web app
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// webApp is the demo repl program of these tests: it echoes requests on HOST:PORT and echoes
+// WebSocket messages on /ws.
+func webApp() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, b, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if err := c.Write(r.Context(), typ, append([]byte("echo:"), b...)); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		hostname, _ := os.Hostname()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"method": r.Method, "path": r.URL.Path, "query": r.URL.RawQuery, "body": string(body),
+			"host": r.Host, "headers": r.Header, "hostname": hostname, "pid": os.Getpid(),
+		})
+	})
+	addr := net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT"))
+	fmt.Println("web app listening on", addr)
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func webAppSpec(ctx context.Context, repl string) (conman.Spec, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return conman.Spec{}, err
+	}
+	return conman.Spec{Command: []string{exe}, Env: []string{"CONMAN_TEST_WEBAPP=1"}}, nil
+}
+
+// recordingPlacement is a real Controlplane that also records Release calls.
+type recordingPlacement struct {
+	*placement.Controlplane
+	mu       sync.Mutex
+	released []string
+	releases chan string
+}
+
+func (p *recordingPlacement) Release(ctx context.Context, repl, vm string) error {
+	err := p.Controlplane.Release(ctx, repl, vm)
+	p.mu.Lock()
+	p.released = append(p.released, repl)
+	p.mu.Unlock()
+	select {
+	case p.releases <- repl:
+	default:
+	}
+	return err
+}
+
+type env struct {
+	rt  *process.Runtime
+	srv *conman.Server
+	ts  *httptest.Server
+	pl  *recordingPlacement
+}
+
+type envOpts struct {
+	stateDir  string
+	spec      func(ctx context.Context, repl string) (conman.Spec, error)
+	portWait  time.Duration
+	placement bool
+	ports     conman.PortRange
+}
+
+func newEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if o.stateDir == "" {
+		o.stateDir = t.TempDir()
+	}
+	rt, err := process.New(process.Config{StateDir: o.stateDir, CgroupParent: "switchyard-test"})
+	require.NoError(t, err)
+	e := &env{rt: rt}
+	cfg := conman.Config{
+		Runtime: rt, Credential: testCredential, Spec: o.spec, PortWait: o.portWait,
+		StopGrace: 2 * time.Second, Ports: o.ports,
+	}
+	if o.placement {
+		cp, err := placement.New(placement.Config{})
+		require.NoError(t, err)
+		e.pl = &recordingPlacement{Controlplane: cp, releases: make(chan string, 16)}
+		cfg.Placement = e.pl
+		cfg.HeartbeatInterval = 50 * time.Millisecond
+	}
+	e.ts = httptest.NewUnstartedServer(nil)
+	cfg.VM = placement.VM{ID: "vm1", Addr: "http://" + e.ts.Listener.Addr().String(),
+		Capacity: placement.Resources{Containers: 100}}
+	srv, err := conman.New(context.Background(), cfg)
+	require.NoError(t, err)
+	e.srv = srv
+	e.ts.Config.Handler = srv
+	e.ts.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		require.NoError(t, srv.Shutdown(ctx))
+		e.ts.Close()
+		sts, _ := rt.List(ctx)
+		for _, st := range sts {
+			_ = rt.Stop(ctx, st.ID, 0)
+			_ = rt.Remove(ctx, st.ID)
+		}
+		require.NoError(t, rt.Close())
+	})
+	return e
+}
+
+func (e *env) request(t *testing.T, method, path string, hdr map[string]string, body io.Reader) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, e.ts.URL+path, body)
+	require.NoError(t, err)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.ts.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, b
+}
+
+func (e *env) dialAttach(t *testing.T, repl, query string) (*websocket.Conn, *http.Response, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	u := "ws" + strings.TrimPrefix(e.ts.URL, "http") + "/v1/repls/" + repl + "/attach" + query
+	return websocket.Dial(ctx, u, &websocket.DialOptions{
+		HTTPHeader: http.Header{conman.HeaderCredential: {testCredential}},
+	})
+}
+
+// term reads a session's output into a buffer.
+type term struct {
+	mu     sync.Mutex
+	out    strings.Builder
+	closed chan struct{}
+	err    error
+}
+
+func readTerm(c *websocket.Conn) *term {
+	tm := &term{closed: make(chan struct{})}
+	go func() {
+		defer close(tm.closed)
+		for {
+			_, b, err := c.Read(context.Background())
+			if err != nil {
+				tm.mu.Lock()
+				tm.err = err
+				tm.mu.Unlock()
+				return
+			}
+			tm.mu.Lock()
+			tm.out.Write(b)
+			tm.mu.Unlock()
+		}
+	}()
+	return tm
+}
+
+func (tm *term) String() string {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	return tm.out.String()
+}
+
+func (tm *term) waitFor(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(tm.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %q in %q", want, tm.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (tm *term) closeStatus(t *testing.T) websocket.StatusCode {
+	t.Helper()
+	select {
+	case <-tm.closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("session did not close")
+	}
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	return websocket.CloseStatus(tm.err)
+}
+
+func send(t *testing.T, c *websocket.Conn, s string) {
+	t.Helper()
+	require.NoError(t, c.Write(context.Background(), websocket.MessageBinary, []byte(s)))
+}
+
+func TestCredential(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	tests := []struct {
+		name   string
+		path   string
+		hdr    map[string]string
+		status int
+	}{
+		{"missing", "/healthz", nil, 401},
+		{"wrong", "/healthz", map[string]string{conman.HeaderCredential: "nope"}, 401},
+		{"prefix of the right one", "/healthz", map[string]string{conman.HeaderCredential: testCredential[:4]}, 401},
+		{"Authorization is not the credential", "/healthz", map[string]string{"Authorization": "Bearer " + testCredential}, 401},
+		{"hosting without credential", "/", map[string]string{conman.HeaderRepl: "r1"}, 401},
+		{"attach without credential", "/v1/repls/r1/attach", nil, 401},
+		{"right", "/healthz", map[string]string{conman.HeaderCredential: testCredential}, 200},
+		{"unknown endpoint", "/nope", map[string]string{conman.HeaderCredential: testCredential}, 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := e.request(t, "GET", tt.path, tt.hdr, nil)
+			require.Equal(t, tt.status, resp.StatusCode, string(body))
+			require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+			if tt.status != 200 {
+				var m map[string]string
+				require.NoError(t, json.Unmarshal(body, &m))
+				require.NotEmpty(t, m["error"])
+			}
+		})
+	}
+	require.Empty(t, e.srv.Running(), "no request without credential started anything")
+}
+
+func TestAttachShell(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	c, _, err := e.dialAttach(t, "shell1", "?cols=100&rows=30")
+	require.NoError(t, err)
+	defer c.CloseNow()
+	tm := readTerm(c)
+	send(t, c, "stty size; hostname; echo $$\n")
+	tm.waitFor(t, "30 100")
+	tm.waitFor(t, "shell1")
+	require.NoError(t, c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"resize","cols":120,"rows":40}`)))
+	send(t, c, "stty size\n")
+	tm.waitFor(t, "40 120")
+	send(t, c, "exit 3\n")
+	require.Equal(t, websocket.StatusNormalClosure, tm.closeStatus(t))
+	require.Contains(t, e.srv.Running(), "shell1", "the container outlives the shell")
+}
+
+func TestAttachBadInput(t *testing.T) {
+	e := newEnv(t, envOpts{spec: func(ctx context.Context, repl string) (conman.Spec, error) {
+		if repl == "broken" {
+			return conman.Spec{}, errors.New("no such repl in this pool")
+		}
+		return conman.Spec{}, nil
+	}})
+	tests := []struct {
+		name   string
+		repl   string
+		query  string
+		status int
+	}{
+		{"invalid id", "Bad.ID", "", 400},
+		{"cols not a number", "ok1", "?cols=abc", 400},
+		{"rows out of range", "ok1", "?rows=0", 400},
+		{"spec fails", "broken", "", 503},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, resp, err := e.dialAttach(t, tt.repl, tt.query)
+			require.Error(t, err)
+			require.Equal(t, tt.status, resp.StatusCode)
+		})
+	}
+	// A malformed control message closes with 1007; the shell is not left behind.
+	c, _, err := e.dialAttach(t, "ok2", "")
+	require.NoError(t, err)
+	tm := readTerm(c)
+	require.NoError(t, c.Write(context.Background(), websocket.MessageText, []byte(`{not json`)))
+	require.Equal(t, websocket.StatusInvalidFramePayloadData, tm.closeStatus(t))
+}
+
+func TestForward(t *testing.T) {
+	e := newEnv(t, envOpts{spec: webAppSpec})
+	hdr := map[string]string{
+		conman.HeaderCredential: testCredential, conman.HeaderRepl: "web1",
+		"Switchyard-Other": "x", "X-Forwarded-For": "203.0.113.9", "Authorization": "Bearer app-token",
+	}
+	req, err := http.NewRequest("POST", e.ts.URL+"/some/path?a=1&b=two", strings.NewReader("payload"))
+	require.NoError(t, err)
+	req.Host = "blog.alice.repl.test"
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.ts.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	var got struct {
+		Method, Path, Query, Body, Host, Hostname string
+		Headers                                   http.Header
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&got))
+	require.Equal(t, "POST", got.Method)
+	require.Equal(t, "/some/path", got.Path)
+	require.Equal(t, "a=1&b=two", got.Query)
+	require.Equal(t, "payload", got.Body)
+	require.Equal(t, "blog.alice.repl.test", got.Host)
+	require.Equal(t, "web1", got.Hostname)
+	require.Equal(t, "Bearer app-token", got.Headers.Get("Authorization"))
+	require.Equal(t, "203.0.113.9", got.Headers.Get("X-Forwarded-For"))
+	for k := range got.Headers {
+		require.False(t, strings.HasPrefix(k, "Switchyard-"), "leaked header %s", k)
+	}
+
+	// WebSocket upgrades are forwarded too.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.ts.URL, "http")+"/ws", &websocket.DialOptions{
+		HTTPHeader: http.Header{conman.HeaderCredential: {testCredential}, conman.HeaderRepl: {"web1"}},
+	})
+	require.NoError(t, err)
+	defer c.CloseNow()
+	require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("hi")))
+	_, b, err := c.Read(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "echo:hi", string(b))
+	require.NoError(t, c.Close(websocket.StatusNormalClosure, ""))
+}
+
+func TestForwardErrors(t *testing.T) {
+	e := newEnv(t, envOpts{portWait: 300 * time.Millisecond, spec: func(ctx context.Context, repl string) (conman.Spec, error) {
+		switch repl {
+		case "nolisten":
+			return conman.Spec{Command: []string{"sleep", "600"}}, nil
+		case "nostart":
+			return conman.Spec{Command: []string{"/no/such/program"}}, nil
+		}
+		return conman.Spec{}, errors.New("unknown repl")
+	}})
+	tests := []struct {
+		name   string
+		repl   string
+		status int
+		reason string
+	}{
+		{"port does not answer", "nolisten", 502, conman.ErrorUnreachable},
+		{"program does not start", "nostart", 502, conman.ErrorStart},
+		{"spec fails", "other", 502, conman.ErrorStart},
+		{"invalid repl id", "../etc", 400, conman.ErrorInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := e.request(t, "GET", "/", map[string]string{conman.HeaderCredential: testCredential, conman.HeaderRepl: tt.repl}, nil)
+			require.Equal(t, tt.status, resp.StatusCode, string(body))
+			require.Equal(t, tt.reason, resp.Header.Get(conman.HeaderError))
+			var m map[string]string
+			require.NoError(t, json.Unmarshal(body, &m))
+			require.NotEmpty(t, m["error"])
+		})
+	}
+}
+
+func TestUnexpectedExitIsReportedAndRestarted(t *testing.T) {
+	e := newEnv(t, envOpts{placement: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	waitRegistered(t, e)
+	_, err := e.pl.Place(ctx, placement.Request{Repl: "dies1"})
+	require.NoError(t, err)
+
+	c, _, err := e.dialAttach(t, "dies1", "")
+	require.NoError(t, err)
+	tm := readTerm(c)
+	send(t, c, "echo pid=$$; kill 1\n")
+	require.Equal(t, websocket.StatusNormalClosure, tm.closeStatus(t))
+	select {
+	case got := <-e.pl.releases:
+		require.Equal(t, "dies1", got)
+	case <-ctx.Done():
+		t.Fatal("the exit was not reported to placement")
+	}
+	_, err = e.pl.Lookup(ctx, "dies1")
+	require.ErrorIs(t, err, placement.ErrNotFound)
+
+	// The next attach starts a fresh container.
+	var c2 *websocket.Conn
+	for {
+		c2, _, err = e.dialAttach(t, "dies1", "")
+		if err == nil {
+			break
+		}
+		require.Less(t, time.Now().UnixNano(), mustDeadline(ctx), "attach after exit: %v", err)
+		time.Sleep(10 * time.Millisecond) // the old container is being cleaned up
+	}
+	defer c2.CloseNow()
+	tm2 := readTerm(c2)
+	send(t, c2, "echo fresh; exit\n")
+	tm2.waitFor(t, "fresh")
+	require.Equal(t, websocket.StatusNormalClosure, tm2.closeStatus(t))
+}
+
+func mustDeadline(ctx context.Context) int64 {
+	d, _ := ctx.Deadline()
+	return d.UnixNano()
+}
+
+func waitRegistered(t *testing.T, e *env) placement.VM {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		vm, err := e.pl.VM(context.Background(), "vm1")
+		if err == nil {
+			return vm
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VM never registered: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAgentHeartbeats(t *testing.T) {
+	e := newEnv(t, envOpts{placement: true})
+	vm := waitRegistered(t, e)
+	require.Equal(t, placement.Active, vm.State)
+	port, err := e.srv.Ensure(context.Background(), "hb1")
+	require.NoError(t, err)
+	require.NotZero(t, port)
+	// A heartbeat carrying hb1 keeps the assignment; its usage shows up.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = e.pl.Place(ctx, placement.Request{Repl: "hb1", Prefer: "vm1"})
+	require.NoError(t, err)
+	before := vm.LastHeartbeat
+	for {
+		vm, err = e.pl.VM(ctx, "vm1")
+		require.NoError(t, err)
+		if vm.LastHeartbeat.After(before) {
+			break
+		}
+		require.NoError(t, ctx.Err())
+		time.Sleep(10 * time.Millisecond)
+	}
+	a, err := e.pl.Lookup(ctx, "hb1")
+	require.NoError(t, err)
+	require.Equal(t, "vm1", a.VM)
+}
+
+func TestShutdownDrains(t *testing.T) {
+	e := newEnv(t, envOpts{placement: true, spec: webAppSpec})
+	waitRegistered(t, e)
+	c, _, err := e.dialAttach(t, "drain1", "")
+	require.NoError(t, err)
+	tm := readTerm(c)
+	send(t, c, "echo ready\n")
+	tm.waitFor(t, "ready")
+	st, err := e.rt.Inspect(context.Background(), "drain1")
+	require.NoError(t, err)
+	require.Equal(t, conman.Running, st.State)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, e.srv.Shutdown(ctx))
+	require.Equal(t, websocket.StatusServiceRestart, tm.closeStatus(t))
+	vm, err := e.pl.VM(ctx, "vm1")
+	require.NoError(t, err)
+	require.Equal(t, placement.Draining, vm.State)
+	_, err = e.rt.Inspect(ctx, "drain1")
+	require.ErrorIs(t, err, conman.ErrNotFound, "stopped and removed")
+
+	_, resp, err := e.dialAttach(t, "drain2", "")
+	require.Error(t, err)
+	require.Equal(t, 503, resp.StatusCode)
+	resp2, _ := e.request(t, "GET", "/", map[string]string{conman.HeaderCredential: testCredential, conman.HeaderRepl: "drain1"}, nil)
+	require.Equal(t, 503, resp2.StatusCode)
+	require.Equal(t, conman.ErrorDraining, resp2.Header.Get(conman.HeaderError))
+	resp3, _ := e.request(t, "GET", "/healthz", map[string]string{conman.HeaderCredential: testCredential}, nil)
+	require.Equal(t, 503, resp3.StatusCode)
+}
+
+func TestRestartAdoptsContainers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	rt1, err := process.New(process.Config{StateDir: dir, CgroupParent: "switchyard-test"})
+	require.NoError(t, err)
+	srv1, err := conman.New(context.Background(), conman.Config{Runtime: rt1, Credential: testCredential, Spec: webAppSpec})
+	require.NoError(t, err)
+	port, err := srv1.Ensure(context.Background(), "keep1")
+	require.NoError(t, err)
+	st1, err := rt1.Inspect(context.Background(), "keep1")
+	require.NoError(t, err)
+	require.NoError(t, srv1.Close())
+	require.NoError(t, rt1.Close())
+
+	e := newEnv(t, envOpts{stateDir: dir, spec: webAppSpec})
+	require.Equal(t, []string{"keep1"}, e.srv.Running())
+	resp, body := e.request(t, "GET", "/", map[string]string{conman.HeaderCredential: testCredential, conman.HeaderRepl: "keep1"}, nil)
+	require.Equal(t, 200, resp.StatusCode, string(body))
+	st2, err := e.rt.Inspect(context.Background(), "keep1")
+	require.NoError(t, err)
+	require.Equal(t, st1.Pid, st2.Pid, "the same container")
+	require.Equal(t, port, st2.Spec.Port)
+	require.True(t, st2.Recovered)
+}

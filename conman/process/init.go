@@ -70,9 +70,6 @@ func prewarmThreads(n int) {
 	wg.Wait()
 }
 
-func initLog(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "conman-init: "+format+"\n", args...)
-}
 
 // initState is the init's process table.
 type initState struct {

@@ -45,14 +45,16 @@ func bigDirectory(b *testing.B) *lore.Directory {
 		if err != nil {
 			b.Fatal(err)
 		}
-		for _, c := range []string{"a", "b"} {
+		clusters := []string{"a", "b"}
+		for _, c := range clusters {
 			if _, err := dir.PutCluster(ctx, lore.Cluster{ID: c, EvalURL: "ws://" + c, Healthy: true}); err != nil {
 				b.Fatal(err)
 			}
 		}
 		start := time.Now()
 		for i := 0; i < benchRepls; i++ {
-			r, err := dir.CreateRepl(ctx, lore.Repl{Owner: fmt.Sprintf("user-%d", i/10), Slug: fmt.Sprintf("project-%d", i%10), Plan: "free"})
+			r, err := dir.CreateRepl(ctx, lore.Repl{Owner: fmt.Sprintf("user-%d", i/10), Slug: fmt.Sprintf("project-%d", i%10),
+				Plan: "free", Cluster: clusters[i%2]})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -19,14 +19,19 @@ type MemStoreConfig struct {
 
 // MemStore is the in-process Store on hashicorp/go-memdb.
 //
-// go-memdb is the source of truth: every write is one memdb write transaction that checks
-// uniqueness and references and aborts on any error. A lookup in memdb's radix trees costs
-// several microseconds and allocations (a read transaction, index keys, an iterator), too much for
-// the DNS and hosting hot path, so MemStore also keeps read indexes — plain maps from ID, from
-// (owner, slug) and from domain name to the same immutable *Repl and *Domain values memdb holds —
-// updated under the write lock right after each memdb commit. Point lookups (Repl, ReplByName,
-// ReplByDomain, Cluster) read only those maps under a read lock and do not allocate; listings
-// read memdb's ordered indexes.
+// go-memdb holds the records: every write is one memdb write transaction, under a store-wide
+// write lock, that checks uniqueness and references and aborts on any error. A lookup in
+// memdb's radix trees costs several microseconds and allocations (a read transaction, index
+// keys, an iterator), too much for the DNS and hosting hot path, so MemStore also keeps read
+// indexes — plain maps from ID, from (owner, slug) and from domain name to the same immutable
+// *Repl and *Domain values memdb holds — updated under the write lock right after each memdb
+// commit. Point lookups (Repl, ReplByName, ReplByDomain, Cluster) read only those maps under a
+// read lock and do not allocate; listings walk memdb's ordered index.
+//
+// Memory: each memdb index costs about 350 bytes per row (radix nodes, leaves and their watch
+// channels), so repls have one memdb index, keyed by (owner, slug), which also orders listings;
+// the uniqueness of IDs is checked against the ID map under the write lock. At 1,000,000 repls
+// the store's live heap is recorded in docs/benchmarks/lore.md.
 type MemStore struct {
 	db     *memdb.MemDB
 	buffer int
@@ -61,8 +66,9 @@ const (
 
 var memSchema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 	tableRepls: {Name: tableRepls, Indexes: map[string]*memdb.IndexSchema{
-		"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-		"name": {Name: "name", Unique: true, Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
+		// The primary key of a repl in memdb is its name (owner, slug): one radix tree per repl
+		// instead of two (see MemStore); IDs are indexed by the byID map.
+		"id": {Name: "id", Unique: true, Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
 			&memdb.StringFieldIndex{Field: "Owner"}, &memdb.StringFieldIndex{Field: "Slug"},
 		}}},
 	}},
@@ -155,9 +161,9 @@ func (s *MemStore) Repls(_ context.Context, owner string) ([]Repl, error) {
 		err error
 	)
 	if owner == "" {
-		it, err = txn.Get(tableRepls, "name")
+		it, err = txn.Get(tableRepls, "id")
 	} else {
-		it, err = txn.Get(tableRepls, "name_prefix", owner, "")
+		it, err = txn.Get(tableRepls, "id_prefix", owner, "")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lore: memdb: %w", err)
@@ -292,12 +298,10 @@ func memErr(err error) error { return fmt.Errorf("lore: memdb: %w", err) }
 func (s *MemStore) CreateRepl(_ context.Context, r Repl) (Repl, error) {
 	p := &r
 	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		if o, err := txn.First(tableRepls, "id", r.ID); err != nil {
-			return nil, nil, memErr(err)
-		} else if o != nil {
+		if s.byID[r.ID] != nil { // read under wmu: only writers change it
 			return nil, nil, fmt.Errorf("%w: repl id %q", ErrExists, r.ID)
 		}
-		if o, err := txn.First(tableRepls, "name", r.Owner, r.Slug); err != nil {
+		if o, err := txn.First(tableRepls, "id", r.Owner, r.Slug); err != nil {
 			return nil, nil, memErr(err)
 		} else if o != nil {
 			return nil, nil, fmt.Errorf("%w: repl %s/%s", ErrExists, r.Owner, r.Slug)
@@ -330,14 +334,10 @@ func (s *MemStore) MoveRepl(_ context.Context, id, cluster string) (Repl, string
 		from string
 	)
 	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		o, err := txn.First(tableRepls, "id", id)
-		if err != nil {
-			return nil, nil, memErr(err)
-		}
-		if o == nil {
+		old := s.byID[id]
+		if old == nil {
 			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, id)
 		}
-		old := o.(*Repl)
 		out, from = *old, old.Cluster
 		if old.Cluster == cluster {
 			return nil, nil, nil
@@ -372,14 +372,10 @@ func (s *MemStore) MoveRepl(_ context.Context, id, cluster string) (Repl, string
 func (s *MemStore) DeleteRepl(_ context.Context, id string) (Repl, error) {
 	var out Repl
 	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		o, err := txn.First(tableRepls, "id", id)
-		if err != nil {
-			return nil, nil, memErr(err)
-		}
-		if o == nil {
+		old := s.byID[id]
+		if old == nil {
 			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, id)
 		}
-		old := o.(*Repl)
 		out = *old
 		var events []Event
 		var gone []string
@@ -445,9 +441,7 @@ func (s *MemStore) CreateDomain(_ context.Context, d Domain) (Domain, error) {
 		} else if o != nil {
 			return nil, nil, fmt.Errorf("%w: domain %q", ErrExists, d.Name)
 		}
-		if o, err := txn.First(tableRepls, "id", d.Repl); err != nil {
-			return nil, nil, memErr(err)
-		} else if o == nil {
+		if s.byID[d.Repl] == nil {
 			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, d.Repl)
 		}
 		if err := txn.Insert(tableDomains, p); err != nil {

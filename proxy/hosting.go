@@ -257,6 +257,9 @@ func (h *Hosting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.trusted = h.cfg.TrustForwarded(r)
+	// Let the app stream its answer while the request body is still arriving (HTTP/1.1 servers
+	// otherwise discard the unread body when the response starts).
+	_ = http.NewResponseController(w).EnableFullDuplex()
 
 	rctx, cancel := context.WithTimeout(r.Context(), h.cfg.ResolveTimeout)
 	repl, err := h.ResolveRepl(rctx, r.Host)
@@ -342,6 +345,11 @@ func (h *Hosting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.log.Info("hosting: retrying on another VM", "request_id", st.id, "repl", repl.ID, "vm", st.vm, "err", st.err)
 			avoid = append(avoid, st.vm)
 			continue
+		}
+		if replay == nil && !replayable {
+			// The transport may still hold the streamed body: do not read another request
+			// from this connection.
+			w.Header().Set("Connection", "close")
 		}
 		h.fail(w, r, st, start, outcomeBackend, http.StatusBadGateway,
 			"the repl could not be started or did not answer", fmt.Errorf("repl %s on vm %s: %w", repl.ID, st.vm, st.err))

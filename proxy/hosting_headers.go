@@ -53,11 +53,11 @@ func SetForwarded(pr *httputil.ProxyRequest, trusted bool) {
 	if host, _, err := net.SplitHostPort(in.RemoteAddr); err == nil {
 		peer = host
 	}
-	proto := "http"
+	connProto := "http"
 	if in.TLS != nil {
-		proto = "https"
+		connProto = "https"
 	}
-	host := in.Host
+	proto, host := connProto, in.Host
 
 	var xff, fwd []string
 	if trusted {
@@ -83,7 +83,7 @@ func SetForwarded(pr *httputil.ProxyRequest, trusted bool) {
 	if peer != "" {
 		elem = append(elem, "for="+forwardedNode(peer))
 	}
-	elem = append(elem, "host="+forwardedValue(in.Host), "proto="+proto)
+	elem = append(elem, "host="+forwardedValue(in.Host), "proto="+connProto)
 	if !trusted {
 		// The first element describes what the client asked for.
 		fwd = nil

@@ -172,7 +172,8 @@ type Sessions struct {
 	closing  bool
 	inflight int // admitted ServeHTTP calls (setup or relay)
 	live     map[*sessionsLive]struct{}
-	idle     chan struct{} // closed when inflight reaches 0 while closing
+	relays   sync.WaitGroup // relay goroutines of established sessions
+	idle     chan struct{}  // closed when inflight reaches 0 while closing
 	stopCtx  context.Context
 	stopNow  context.CancelFunc // cancels setups still running when Shutdown's ctx ends
 	shutDone bool
@@ -248,12 +249,7 @@ func NewSessions(cfg SessionsConfig) (*Sessions, error) {
 	}
 	s.metrics = m
 	if cfg.Mode == Frame {
-		s.wsHTTP = &http.Client{Transport: &http.Transport{
-			DialContext:       s.dial,
-			TLSClientConfig:   cfg.BackendTLS,
-			DisableKeepAlives: true, // upgraded connections never return to a pool anyway
-			ForceAttemptHTTP2: false,
-		}}
+		s.wsHTTP = &http.Client{Transport: &sessionsUpgradeTransport{s: s}}
 	}
 	if cfg.Mode == Splice && cfg.MaxSessions > 0 {
 		if limit, ok := sessionsFileLimit(); ok && limit < uint64(cfg.MaxSessions)*sessionsSpliceFDs {
@@ -303,6 +299,7 @@ func (s *Sessions) Shutdown(ctx context.Context) error {
 	}
 	select {
 	case <-s.idle:
+		s.relays.Wait()
 		s.finishShutdown()
 		return nil
 	case <-ctx.Done():
@@ -321,6 +318,7 @@ func (s *Sessions) Shutdown(ctx context.Context) error {
 		l.goAway()
 	}
 	<-s.idle
+	s.relays.Wait()
 	s.finishShutdown()
 	return ctx.Err()
 }
@@ -330,9 +328,6 @@ func (s *Sessions) finishShutdown() {
 	s.mu.Lock()
 	s.shutDone = true
 	s.mu.Unlock()
-	if s.wsHTTP != nil {
-		s.wsHTTP.CloseIdleConnections()
-	}
 }
 
 // sessionsLive is an established session as Shutdown sees it.
@@ -423,7 +418,12 @@ func (s *Sessions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, a, StageLimit, http.StatusServiceUnavailable, reason, errors.New(reason))
 		return
 	}
-	defer s.release()
+	started := false // an established session releases its slot when it ends
+	defer func() {
+		if !started {
+			s.release()
+		}
+	}()
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.HandshakeTimeout)
 	defer cancel()
@@ -462,10 +462,30 @@ func (s *Sessions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.cfg.Mode == Frame {
-		s.serveFrame(ctx, w, r, a, leg)
+		started = s.serveFrame(ctx, w, r, a, leg)
 	} else {
-		s.serveSplice(ctx, w, r, a, leg)
+		started = s.serveSplice(ctx, w, r, a, leg)
 	}
+}
+
+// relay runs an established session's relay in a goroutine of its own, so the HTTP server's
+// connection goroutine, its buffers and the request can go as soon as the upgrade is done (an
+// idle session then holds only its relay goroutines and sockets). It takes over the admission
+// slot and releases it when the session ends.
+func (s *Sessions) relay(goAway func(), run func()) {
+	live := &sessionsLive{goAway: goAway}
+	tracked := s.track(live)
+	s.relays.Add(1)
+	go func() {
+		defer s.relays.Done()
+		defer s.release()
+		if tracked {
+			defer s.untrack(live)
+		} else {
+			goAway()
+		}
+		run()
+	}()
 }
 
 func (s *Sessions) clientGone(r *http.Request) bool {

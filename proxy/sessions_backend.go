@@ -108,7 +108,7 @@ func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.As
 		if s.cfg.Credential != "" {
 			h.Set("Switchyard-Credential", s.cfg.Credential)
 		}
-		c, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
+		c, resp, err := websocket.Dial(context.WithValue(ctx, sessionsVMKey{}, asg.VM), u.String(), &websocket.DialOptions{
 			HTTPClient: s.wsHTTP,
 			HTTPHeader: h,
 		})
@@ -145,6 +145,50 @@ func sessionsErrorBody(resp *http.Response) string {
 // connection, so the relay can splice the *net.TCPConn afterwards. Bytes conman sent right after
 // its 101 response stay in pending.
 func (s *Sessions) attachRaw(ctx context.Context, u *url.URL, vm string) (*sessionsRawBackend, error) {
+	var kb [16]byte
+	_, _ = rand.Read(kb[:])
+	key := base64.StdEncoding.EncodeToString(kb[:])
+	var req strings.Builder
+	req.Grow(256)
+	req.WriteString("GET ")
+	req.WriteString(u.RequestURI())
+	req.WriteString(" HTTP/1.1\r\nHost: ")
+	req.WriteString(u.Host)
+	req.WriteString("\r\nUser-Agent: switchyard-sessions\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ")
+	req.WriteString(key)
+	if s.cfg.Credential != "" {
+		req.WriteString("\r\nSwitchyard-Credential: ")
+		req.WriteString(s.cfg.Credential)
+	}
+	req.WriteString("\r\n\r\n")
+	conn, resp, pending, err := s.upgrade(ctx, u, vm, func(c io.Writer) error {
+		_, err := io.WriteString(c, req.String())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*sessionsRawBackend, error) {
+		_ = conn.Close()
+		return nil, err
+	}
+	if !sessionsHeaderHasToken(resp.Header, "Upgrade", "websocket") ||
+		!sessionsHeaderHasToken(resp.Header, "Connection", "upgrade") {
+		return fail(fmt.Errorf("attach to VM %s: 101 response without WebSocket upgrade headers", vm))
+	}
+	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != sessionsAcceptKey(key) {
+		return fail(fmt.Errorf("attach to VM %s: bad Sec-WebSocket-Accept %q", vm, got))
+	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
+		return fail(fmt.Errorf("attach to VM %s: unrequested extension %q", vm, ext))
+	}
+	return &sessionsRawBackend{conn: conn, pending: pending}, nil
+}
+
+// upgrade dials conman (TLS for https), writes the upgrade request and reads the response. It
+// returns the connection only with a 101; any other status is an *AttachError. pending holds
+// the bytes read past the response.
+func (s *Sessions) upgrade(ctx context.Context, u *url.URL, vm string, write func(io.Writer) error) (net.Conn, *http.Response, []byte, error) {
 	host := u.Host
 	if u.Port() == "" {
 		if u.Scheme == "https" {
@@ -155,7 +199,7 @@ func (s *Sessions) attachRaw(ctx context.Context, u *url.URL, vm string) (*sessi
 	}
 	conn, err := s.dial(ctx, "tcp", host)
 	if err != nil {
-		return nil, fmt.Errorf("attach to VM %s: %w", vm, err)
+		return nil, nil, nil, fmt.Errorf("attach to VM %s: %w", vm, err)
 	}
 	ok := false
 	defer func() {
@@ -178,58 +222,72 @@ func (s *Sessions) attachRaw(ctx context.Context, u *url.URL, vm string) (*sessi
 		}
 		tc := tls.Client(conn, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
-			return nil, fmt.Errorf("attach to VM %s: tls: %w", vm, err)
+			return nil, nil, nil, fmt.Errorf("attach to VM %s: tls: %w", vm, err)
 		}
 		conn = tc
 	}
-
-	var kb [16]byte
-	_, _ = rand.Read(kb[:])
-	key := base64.StdEncoding.EncodeToString(kb[:])
-	var req strings.Builder
-	req.Grow(256)
-	req.WriteString("GET ")
-	req.WriteString(u.RequestURI())
-	req.WriteString(" HTTP/1.1\r\nHost: ")
-	req.WriteString(u.Host)
-	req.WriteString("\r\nUser-Agent: switchyard-sessions\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ")
-	req.WriteString(key)
-	if s.cfg.Credential != "" {
-		req.WriteString("\r\nSwitchyard-Credential: ")
-		req.WriteString(s.cfg.Credential)
-	}
-	req.WriteString("\r\n\r\n")
-	if _, err := io.WriteString(conn, req.String()); err != nil {
-		return nil, fmt.Errorf("attach to VM %s: %w", vm, sessionsCtxErr(ctx, err))
+	if err := write(conn); err != nil {
+		return nil, nil, nil, fmt.Errorf("attach to VM %s: %w", vm, sessionsCtxErr(ctx, err))
 	}
 	br := bufio.NewReaderSize(conn, 2048)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
 	if err != nil {
-		return nil, fmt.Errorf("attach to VM %s: reading response: %w", vm, sessionsCtxErr(ctx, err))
+		return nil, nil, nil, fmt.Errorf("attach to VM %s: reading response: %w", vm, sessionsCtxErr(ctx, err))
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		msg := sessionsErrorBody(resp)
-		return nil, &AttachError{VM: vm, Status: resp.StatusCode, Message: msg}
+		return nil, nil, nil, &AttachError{VM: vm, Status: resp.StatusCode, Message: sessionsErrorBody(resp)}
 	}
-	if !sessionsHeaderHasToken(resp.Header, "Upgrade", "websocket") ||
-		!sessionsHeaderHasToken(resp.Header, "Connection", "upgrade") {
-		return nil, fmt.Errorf("attach to VM %s: 101 response without WebSocket upgrade headers", vm)
-	}
-	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != sessionsAcceptKey(key) {
-		return nil, fmt.Errorf("attach to VM %s: bad Sec-WebSocket-Accept %q", vm, got)
-	}
-	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
-		return nil, fmt.Errorf("attach to VM %s: unrequested extension %q", vm, ext)
-	}
-	b := &sessionsRawBackend{conn: conn}
+	var pending []byte
 	if n := br.Buffered(); n > 0 {
-		b.pending, _ = br.Peek(n)
-		b.pending = append([]byte(nil), b.pending...)
+		p, _ := br.Peek(n)
+		pending = append([]byte(nil), p...)
 	}
-	stop()
+	if !stop() {
+		return nil, nil, nil, fmt.Errorf("attach to VM %s: %w", vm, ctx.Err())
+	}
 	_ = conn.SetDeadline(time.Time{})
 	ok = true
-	return b, nil
+	return conn, resp, pending, nil
+}
+
+// sessionsUpgradeTransport is the http.RoundTripper Frame mode gives coder/websocket.Dial: it
+// performs the upgrade on a connection of its own and returns the connection itself as the
+// response body, so the backend leg carries coder/websocket's buffers only (http.Transport would
+// keep its own 8 KiB of bufio buffers alive under the upgraded body).
+type sessionsUpgradeTransport struct{ s *Sessions }
+
+type sessionsVMKey struct{}
+
+func (t *sessionsUpgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	vm, _ := req.Context().Value(sessionsVMKey{}).(string)
+	conn, resp, pending, err := t.s.upgrade(req.Context(), req.URL, vm, req.Write)
+	if err != nil {
+		var ae *AttachError
+		if errors.As(err, &ae) {
+			return &http.Response{StatusCode: ae.Status, Status: strconv.Itoa(ae.Status), Header: http.Header{},
+				Body: io.NopCloser(strings.NewReader(`{"error":` + strconv.Quote(ae.Message) + `}`)), Request: req}, nil
+		}
+		return nil, err
+	}
+	resp.Body = &sessionsUpgradedBody{Conn: conn, pending: pending}
+	resp.Request = req
+	return resp, nil
+}
+
+// sessionsUpgradedBody is an upgraded connection as a response body (io.ReadWriteCloser),
+// replaying first the bytes read past the 101.
+type sessionsUpgradedBody struct {
+	net.Conn
+	pending []byte
+}
+
+func (b *sessionsUpgradedBody) Read(p []byte) (int, error) {
+	if len(b.pending) > 0 {
+		n := copy(p, b.pending)
+		b.pending = b.pending[n:]
+		return n, nil
+	}
+	return b.Conn.Read(p)
 }
 
 // sessionsCtxErr prefers the context's error over the timeout its deadline caused.

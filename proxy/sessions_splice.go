@@ -27,20 +27,21 @@ var sessionsFramePool = sync.Pool{New: func() any {
 const sessionsGoAwayWait = time.Second
 
 // serveSplice upgrades the client by hand and relays raw bytes between the two TCP connections.
-func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *http.Request, a *sessionsAttempt, leg sessionsBackend) {
+// It reports whether the session was established (and its relay started).
+func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *http.Request, a *sessionsAttempt, leg sessionsBackend) bool {
 	back := leg.(*sessionsRawBackend)
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		back.closeNow()
 		s.fail(w, a, StageClient, http.StatusHTTPVersionNotSupported, "connection cannot be upgraded",
 			errors.New("ResponseWriter is not an http.Hijacker (HTTP/2?)"))
-		return
+		return false
 	}
 	client, brw, err := hj.Hijack()
 	if err != nil {
 		back.closeNow()
 		s.fail(w, a, StageClient, 0, "", fmt.Errorf("hijack: %w", err))
-		return
+		return false
 	}
 	resp := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
 		sessionsAcceptKey(r.Header.Get("Sec-WebSocket-Key")) + "\r\n"
@@ -60,7 +61,7 @@ func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *ht
 		_ = client.Close()
 		back.closeNow()
 		s.fail(nil, a, StageClient, 0, "", fmt.Errorf("writing 101 to client: %w", err))
-		return
+		return false
 	}
 	_ = client.SetWriteDeadline(time.Time{})
 	established := time.Now()
@@ -73,17 +74,14 @@ func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *ht
 		backPending:   back.pending,
 		linger:        s.cfg.LingerTimeout,
 	}
-	live := &sessionsLive{goAway: sp.goAway}
-	if !s.track(live) {
-		sp.goAway()
-	} else {
-		defer s.untrack(live)
-	}
 	s.log.Debug("session established", a.attrs(StageOK)...)
-	stage, reason := sp.run()
-	s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(sp.c2b.Load()))
-	s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(sp.b2c.Load()))
-	s.end(a, stage, established, reason, sp.c2b.Load(), sp.b2c.Load())
+	s.relay(sp.goAway, func() {
+		stage, reason := sp.run()
+		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(sp.c2b.Load()))
+		s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(sp.b2c.Load()))
+		s.end(a, stage, established, reason, sp.c2b.Load(), sp.b2c.Load())
+	})
+	return true
 }
 
 // sessionsSplice relays one spliced session. The client→backend direction is a plain io.Copy

@@ -748,10 +748,16 @@ func sessTestMaskedFrame(opcode byte, payload []byte) []byte {
 	return f
 }
 
-// TestSessionsSplicePending: bytes the client sent right behind its request, which the HTTP
-// server's reader already buffered, reach conman first and intact; then the relay is raw.
-func TestSessionsSplicePending(t *testing.T) {
-	e := newSessTestEnv(t, Splice, nil)
+// TestSessionsPending: bytes the client sent right behind its request, which the HTTP server's
+// reader already buffered, reach conman first and intact, in both modes.
+func TestSessionsPending(t *testing.T) {
+	for _, mode := range sessTestModes {
+		t.Run(mode.String(), func(t *testing.T) { sessTestPending(t, mode) })
+	}
+}
+
+func sessTestPending(t *testing.T, mode RelayMode) {
+	e := newSessTestEnv(t, mode, nil)
 	conn := sessTestRawUpgrade(t, e, sessTestMaskedFrame(2, []byte("early bird")))
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -823,4 +829,47 @@ func sessTestValue(c prometheus.Metric) float64 {
 		return m.Counter.GetValue()
 	}
 	return m.Gauge.GetValue()
+}
+
+// TestSessionsPipelined: many large messages in flight both ways at once arrive intact and in
+// order.
+func TestSessionsPipelined(t *testing.T) {
+	for _, mode := range sessTestModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			e := newSessTestEnv(t, mode, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err := e.dial(ctx, "r1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseNow()
+			sessTestReadBanner(t, c)
+			const n = 40
+			errc := make(chan error, 1)
+			go func() {
+				for i := range n {
+					msg := bytes.Repeat([]byte{byte(i)}, 1<<20+i)
+					if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+						errc <- err
+						return
+					}
+				}
+				errc <- nil
+			}()
+			for i := range n {
+				_, b, err := c.Read(ctx)
+				if err != nil {
+					t.Fatalf("message %d: %v\n%s", i, err, e.logs)
+				}
+				if len(b) != 1<<20+i || b[0] != byte(i) || b[len(b)-1] != byte(i) {
+					t.Fatalf("message %d: %d bytes starting %d", i, len(b), b[0])
+				}
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
+	}
 }

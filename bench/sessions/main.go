@@ -27,6 +27,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,7 +98,7 @@ func runProxy() error {
 		}),
 		Mode:        m,
 		MaxSessions: 5000,
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),
 	})
 	if err != nil {
 		return err
@@ -114,6 +115,10 @@ func runProxy() error {
 			"goroutines": runtime.NumGoroutine(), "active": s.Active(), "rss": rss(),
 		})
 	})
+	mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
+	if os.Getenv("BENCH_HOLD") != "" {
+		fmt.Fprintln(os.Stderr, "proxy pid", os.Getpid())
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -742,6 +747,15 @@ func benchMemory(targets []*target) error {
 			}
 			heap := float64(after.HeapInuse-before.HeapInuse) / n
 			stack := float64(after.StackInuse-before.StackInuse) / n
+			if os.Getenv("BENCH_HOLD") != "" {
+				resp, err := http.Get(strings.Replace(t.mem, "/debug/mem", "/debug/pprof/heap", 1))
+				if err == nil {
+					f, _ := os.Create("/tmp/bench-heap-" + strings.ReplaceAll(t.name, " ", "-") + ".pprof")
+					io.Copy(f, resp.Body)
+					f.Close()
+					resp.Body.Close()
+				}
+			}
 			fmt.Printf("| %s | %.1f KiB | %.1f KiB | %.1f KiB | %.1f KiB | %.2f |\n", t.name, (heap+stack)/1024, heap/1024, stack/1024,
 				float64(rss1-rss0)/n/1024, float64(after.Goroutines-before.Goroutines)/n)
 		} else {
@@ -800,4 +814,15 @@ func fmtList(v []float64) string {
 		parts[i] = strconv.FormatFloat(x, 'f', 0, 64)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// logLevel is the proxy processes' log level: BENCH_LOG=info or debug, else warnings only.
+func logLevel() slog.Level {
+	switch os.Getenv("BENCH_LOG") {
+	case "debug":
+		return slog.LevelDebug
+	case "info":
+		return slog.LevelInfo
+	}
+	return slog.LevelWarn
 }

@@ -651,7 +651,9 @@ func (s *Sessions) connectBackend(ctx context.Context, r *http.Request, a *sessi
 				return nil, StagePlacement, http.StatusNotFound, "repl not found", lastErr
 			case errors.Is(err, placement.ErrInvalid):
 				return nil, StagePlacement, http.StatusBadGateway, "placement rejected the request", lastErr
-			case errors.Is(err, placement.ErrNoCapacity) && len(avoid) > 0:
+			case errors.Is(err, placement.ErrNoCapacity) && len(avoid) == 0:
+				return nil, StagePlacement, http.StatusServiceUnavailable, "no VM available for the repl", lastErr
+			case errors.Is(err, placement.ErrNoCapacity):
 				// Every VM we could use has failed once; try them again after the backoff.
 				avoid = avoid[:0]
 			}

@@ -36,7 +36,10 @@ type sessionsRawBackend struct {
 
 func (b *sessionsRawBackend) closeNow() { _ = b.conn.Close() }
 
-type sessionsFrameBackend struct{ c *websocket.Conn }
+type sessionsFrameBackend struct {
+	c   *websocket.Conn
+	raw net.Conn // under c, to cut a close handshake short
+}
 
 func (b *sessionsFrameBackend) closeNow() { _ = b.c.CloseNow() }
 
@@ -108,7 +111,8 @@ func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.As
 		if s.cfg.Credential != "" {
 			h.Set("Switchyard-Credential", s.cfg.Credential)
 		}
-		c, resp, err := websocket.Dial(context.WithValue(ctx, sessionsVMKey{}, asg.VM), u.String(), &websocket.DialOptions{
+		slot := &sessionsDialSlot{vm: asg.VM}
+		c, resp, err := websocket.Dial(context.WithValue(ctx, sessionsDialKey{}, slot), u.String(), &websocket.DialOptions{
 			HTTPClient: s.wsHTTP,
 			HTTPHeader: h,
 		})
@@ -119,7 +123,7 @@ func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.As
 			return nil, fmt.Errorf("attach to VM %s: %w", asg.VM, err)
 		}
 		c.SetReadLimit(s.cfg.MaxMessageBytes)
-		return &sessionsFrameBackend{c: c}, nil
+		return &sessionsFrameBackend{c: c, raw: slot.conn}, nil
 	}
 	return s.attachRaw(ctx, u, asg.VM)
 }
@@ -256,11 +260,20 @@ func (s *Sessions) upgrade(ctx context.Context, u *url.URL, vm string, write fun
 // keep its own 8 KiB of bufio buffers alive under the upgraded body).
 type sessionsUpgradeTransport struct{ s *Sessions }
 
-type sessionsVMKey struct{}
+// sessionsDialKey carries a *sessionsDialSlot through coder/websocket.Dial to the transport.
+type sessionsDialKey struct{}
+
+type sessionsDialSlot struct {
+	vm   string
+	conn net.Conn
+}
 
 func (t *sessionsUpgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	vm, _ := req.Context().Value(sessionsVMKey{}).(string)
-	conn, resp, pending, err := t.s.upgrade(req.Context(), req.URL, vm, req.Write)
+	slot, _ := req.Context().Value(sessionsDialKey{}).(*sessionsDialSlot)
+	if slot == nil {
+		slot = &sessionsDialSlot{}
+	}
+	conn, resp, pending, err := t.s.upgrade(req.Context(), req.URL, slot.vm, req.Write)
 	if err != nil {
 		var ae *AttachError
 		if errors.As(err, &ae) {
@@ -269,6 +282,7 @@ func (t *sessionsUpgradeTransport) RoundTrip(req *http.Request) (*http.Response,
 		}
 		return nil, err
 	}
+	slot.conn = conn
 	resp.Body = &sessionsUpgradedBody{Conn: conn, pending: pending}
 	resp.Request = req
 	return resp, nil

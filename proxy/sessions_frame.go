@@ -24,7 +24,8 @@ var sessionsCopyPool = sync.Pool{New: func() any {
 // serveFrame accepts the client with coder/websocket and relays messages.
 // It reports whether the session was established (and its relay started).
 func (s *Sessions) serveFrame(ctx context.Context, w http.ResponseWriter, r *http.Request, a *sessionsAttempt, leg sessionsBackend) bool {
-	back := leg.(*sessionsFrameBackend).c
+	fb := leg.(*sessionsFrameBackend)
+	back := fb.c
 	opts := &websocket.AcceptOptions{
 		// The connect token, not the Origin, authenticates a session: a token is never ambient
 		// (cookies are not used), so a cross-origin page cannot ride on a user's credentials.
@@ -41,7 +42,8 @@ func (s *Sessions) serveFrame(ctx context.Context, w http.ResponseWriter, r *htt
 			errors.New("ResponseWriter is not an http.Hijacker (HTTP/2?)"))
 		return false
 	}
-	client, err := websocket.Accept(sessionsSmallHijack{ResponseWriter: w, hj: hj}, r, opts)
+	sh := &sessionsSmallHijack{ResponseWriter: w, hj: hj}
+	client, err := websocket.Accept(sh, r, opts)
 	if err != nil {
 		_ = back.CloseNow()
 		s.fail(nil, a, StageClient, 0, "", fmt.Errorf("accept: %w", err))
@@ -51,7 +53,7 @@ func (s *Sessions) serveFrame(ctx context.Context, w http.ResponseWriter, r *htt
 	established := time.Now()
 	s.metrics.setup.Observe(established.Sub(a.start).Seconds())
 
-	fr := &sessionsFrameRelay{client: client, back: back, cfg: &s.cfg}
+	fr := &sessionsFrameRelay{client: client, back: back, rawClient: sh.conn, rawBack: fb.raw, cfg: &s.cfg}
 	fr.ctx, fr.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.log.Debug("session established", a.attrs(StageOK)...)
 	s.relay(fr.goAway, func() {
@@ -69,14 +71,16 @@ func (s *Sessions) serveFrame(ctx context.Context, w http.ResponseWriter, r *htt
 // per idle Frame-mode session.
 type sessionsSmallHijack struct {
 	http.ResponseWriter
-	hj http.Hijacker
+	hj   http.Hijacker
+	conn net.Conn
 }
 
-func (w sessionsSmallHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *sessionsSmallHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := w.hj.Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
+	w.conn = c
 	n := brw.Reader.Buffered()
 	if n == 0 {
 		return c, bufio.NewReadWriter(bufio.NewReaderSize(c, 512), bufio.NewWriterSize(c, 512)), nil
@@ -95,10 +99,11 @@ func (w sessionsSmallHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // sessionsFrameRelay relays one Frame-mode session: a goroutine per direction, keepalive and
 // idle timers that run only when they fire, and exactly one decision about how it ended.
 type sessionsFrameRelay struct {
-	client, back *websocket.Conn
-	cfg          *SessionsConfig
-	ctx          context.Context
-	cancel       context.CancelFunc
+	client, back       *websocket.Conn
+	rawClient, rawBack net.Conn // the connections under them (either may be nil)
+	cfg                *SessionsConfig
+	ctx                context.Context
+	cancel             context.CancelFunc
 
 	c2b, b2c atomic.Int64
 	activity atomic.Int64 // unix nanoseconds of the last message either way
@@ -221,6 +226,16 @@ func (fr *sessionsFrameRelay) finish(stage, reason string, clientCode websocket.
 	backCode websocket.StatusCode, backReason string) {
 	fr.once.Do(func() {
 		fr.stage, fr.reason = stage, reason
+		// coder/websocket waits up to 5 s for each close handshake; a peer that does not
+		// answer within sessionsGoAwayWait is cut instead.
+		cut := time.AfterFunc(sessionsGoAwayWait, func() {
+			for _, c := range []net.Conn{fr.rawClient, fr.rawBack} {
+				if c != nil {
+					_ = c.Close()
+				}
+			}
+		})
+		defer cut.Stop()
 		var wg sync.WaitGroup
 		wg.Go(func() { sessionsCloseLeg(fr.client, clientCode, clientReason) })
 		sessionsCloseLeg(fr.back, backCode, backReason)

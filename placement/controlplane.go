@@ -419,6 +419,9 @@ func (c *Controlplane) Lookup(ctx context.Context, repl string) (Assignment, err
 		return Assignment{}, err
 	}
 	a, err := c.store.Assignment(ctx, repl)
+	if errors.Is(err, ErrNotFound) {
+		return Assignment{}, fmt.Errorf("%w: no assignment for repl %q", ErrNotFound, repl)
+	}
 	if err != nil {
 		return Assignment{}, err
 	}

@@ -198,33 +198,35 @@ func TestAvoidReleasesAndReplaces(t *testing.T) {
 func TestStickiness(t *testing.T) {
 	ctx := context.Background()
 	for _, strat := range []placement.Strategy{placement.BinPack(), placement.Spread()} {
-		t.Run(strat.Name, func(t *testing.T) {
-			cp := newCP(t, placement.Config{DefaultStrategy: strat})
-			for i := range 50 {
-				register(t, cp, vm(fmt.Sprintf("vm-%02d", i), "", 4))
-			}
-			homes := map[string]string{}
-			for i := range 60 {
-				r := fmt.Sprint("r", i)
-				a, err := cp.Place(ctx, placement.Request{Repl: r})
-				require.NoError(t, err)
-				homes[r] = a.VM
-			}
-			// Restart every repl: release, then place again; each lands on its old VM.
-			for r, home := range homes {
+		for store, mk := range stores {
+			t.Run(strat.Name+"/"+store, func(t *testing.T) {
+				cp := newCP(t, placement.Config{DefaultStrategy: strat, Store: mk()})
+				for i := range 50 {
+					register(t, cp, vm(fmt.Sprintf("vm-%02d", i), "", 4))
+				}
+				homes := map[string]string{}
+				for i := range 60 {
+					r := fmt.Sprint("r", i)
+					a, err := cp.Place(ctx, placement.Request{Repl: r})
+					require.NoError(t, err)
+					homes[r] = a.VM
+				}
+				// Restart every repl: release, then place again; each lands on its old VM.
+				for r, home := range homes {
+					require.NoError(t, cp.Release(ctx, r, home))
+					a, err := cp.Place(ctx, placement.Request{Repl: r})
+					require.NoError(t, err)
+					require.Equal(t, home, a.VM, "repl %s", r)
+				}
+				// While the old VM is not feasible, the repl goes elsewhere.
+				r, home := "r0", homes["r0"]
 				require.NoError(t, cp.Release(ctx, r, home))
+				require.NoError(t, cp.SetState(ctx, home, placement.Cordoned))
 				a, err := cp.Place(ctx, placement.Request{Repl: r})
 				require.NoError(t, err)
-				require.Equal(t, home, a.VM, "repl %s", r)
-			}
-			// While the old VM is not feasible, the repl goes elsewhere.
-			r, home := "r0", homes["r0"]
-			require.NoError(t, cp.Release(ctx, r, home))
-			require.NoError(t, cp.SetState(ctx, home, placement.Cordoned))
-			a, err := cp.Place(ctx, placement.Request{Repl: r})
-			require.NoError(t, err)
-			require.NotEqual(t, home, a.VM)
-		})
+				require.NotEqual(t, home, a.VM)
+			})
+		}
 	}
 }
 
@@ -489,8 +491,19 @@ func TestSamplingConsidersFewCandidates(t *testing.T) {
 // cluster and checks after every step that no VM exceeds its capacity and no repl lands on a VM
 // that was not Active.
 func TestConcurrentPlaceRelease(t *testing.T) {
+	for name, mk := range stores {
+		t.Run(name, func(t *testing.T) { concurrentPlaceRelease(t, mk()) })
+	}
+}
+
+var stores = map[string]func() placement.Store{
+	"memdb": func() placement.Store { return placement.NewMemStore() },
+	"map":   func() placement.Store { return placement.NewMapStore() },
+}
+
+func concurrentPlaceRelease(t *testing.T, store placement.Store) {
 	ctx := context.Background()
-	cp := newCP(t, placement.Config{MaxAttempts: 64})
+	cp := newCP(t, placement.Config{MaxAttempts: 64, Store: store})
 	const nVM, workers, ops = 12, 16, 400
 	caps := map[string]int{}
 	for i := range nVM {

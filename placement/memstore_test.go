@@ -10,3 +10,7 @@ import (
 func TestMemStoreConformance(t *testing.T) {
 	placementtest.TestStore(t, func(t *testing.T) placement.Store { return placement.NewMemStore() })
 }
+
+func TestMapStoreConformance(t *testing.T) {
+	placementtest.TestStore(t, func(t *testing.T) placement.Store { return placement.NewMapStore() })
+}

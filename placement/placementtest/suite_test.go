@@ -17,3 +17,7 @@ func TestMain(m *testing.M) {
 func TestMemStore(t *testing.T) {
 	placementtest.TestStore(t, func(t *testing.T) placement.Store { return placement.NewMemStore() })
 }
+
+func TestMapStore(t *testing.T) {
+	placementtest.TestStore(t, func(t *testing.T) placement.Store { return placement.NewMapStore() })
+}

@@ -148,6 +148,12 @@ func serve(t testing.TB, h dns.Handler) server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, h, pc, ln)
+}
+
+// serveOn serves h on pc (UDP) and ln (TCP) until the test ends.
+func serveOn(t testing.TB, h dns.Handler, pc net.PacketConn, ln net.Listener) server {
+	t.Helper()
 	var s server
 	s.udp, s.tcp = pc.LocalAddr().String(), ln.Addr().String()
 	for _, srv := range []*dns.Server{

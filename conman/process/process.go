@@ -221,9 +221,15 @@ func pidStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
+// ErrClosed is returned by every method of a closed Runtime.
+var ErrClosed = errors.New("process: runtime closed")
+
 func (r *Runtime) get(id string) (*container, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrClosed
+	}
 	c, ok := r.containers[id]
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", conman.ErrNotFound, id)
@@ -243,6 +249,9 @@ func (c *container) save() error {
 	return os.Rename(tmp, filepath.Join(c.dir, stateName))
 }
 
+// StateDir returns the absolute state directory, for a successor Runtime to recover from.
+func (r *Runtime) StateDir() string { return r.cfg.StateDir }
+
 // Create implements conman.Runtime.
 func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error {
 	if !conman.ValidID(id) {
@@ -260,7 +269,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		return errors.New("process: runtime closed")
+		return ErrClosed
 	}
 	if _, ok := r.containers[id]; ok {
 		return fmt.Errorf("%w: %q", conman.ErrExists, id)

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/conman/conmantest"
 	"github.com/switchyard-dev/switchyard/conman/process"
 )
 
@@ -365,4 +366,30 @@ func dumpLogs(t *testing.T, dir string) {
 		b, _ := os.ReadFile(l)
 		t.Logf("%s:\n%s", l, b)
 	}
+}
+
+func TestConformance(t *testing.T) {
+	newRT := func(iso process.Isolation) func(t *testing.T) conman.Runtime {
+		return func(t *testing.T) conman.Runtime {
+			r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test", Isolation: iso})
+			require.NoError(t, err)
+			return r
+		}
+	}
+	reopen := func(iso process.Isolation) func(t *testing.T, old conman.Runtime) conman.Runtime {
+		return func(t *testing.T, old conman.Runtime) conman.Runtime {
+			st, err := old.(*process.Runtime).StateDir(), error(nil)
+			require.NoError(t, err)
+			r, err := process.New(process.Config{StateDir: st, CgroupParent: "switchyard-test", Isolation: iso})
+			require.NoError(t, err)
+			return r
+		}
+	}
+	t.Run("namespaces", func(t *testing.T) {
+		needRoot(t)
+		conmantest.Run(t, conmantest.Options{New: newRT(process.Namespaces), Reopen: reopen(process.Namespaces), Isolated: true, Limits: true})
+	})
+	t.Run("plain", func(t *testing.T) {
+		conmantest.Run(t, conmantest.Options{New: newRT(process.None), Reopen: reopen(process.None)})
+	})
 }

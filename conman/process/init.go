@@ -70,7 +70,6 @@ func prewarmThreads(n int) {
 	wg.Wait()
 }
 
-
 // initState is the init's process table.
 type initState struct {
 	cfg initConfig

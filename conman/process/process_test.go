@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -392,4 +393,73 @@ func TestConformance(t *testing.T) {
 	t.Run("plain", func(t *testing.T) {
 		conmantest.Run(t, conmantest.Options{New: newRT(process.None), Reopen: reopen(process.None)})
 	})
+}
+
+// TestUnprivilegedFallback runs TestUnprivilegedChild as an unprivileged user (nobody): the
+// runtime cannot create namespaces or cgroups there and must fall back to plain processes.
+func TestUnprivilegedFallback(t *testing.T) {
+	needRoot(t)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	dir, err := os.MkdirTemp("", "conman-unpriv")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	bin := filepath.Join(dir, "process.test")
+	b, err := os.ReadFile(exe)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, b, 0o755))
+	state := filepath.Join(dir, "state")
+	require.NoError(t, os.Mkdir(state, 0o755))
+	require.NoError(t, os.Chown(state, 65534, 65534))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-test.run=^TestUnprivilegedChild$", "-test.v", "-test.count=1")
+	cmd.Dir = dir
+	cmd.Env = []string{"CONMAN_TEST_UNPRIVILEGED_STATE=" + state, "PATH=/usr/bin:/bin", "HOME=" + dir}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "--- PASS: TestUnprivilegedChild", "%s", out)
+	require.Contains(t, string(out), "containers run as plain processes", "the fallback is logged")
+}
+
+func TestUnprivilegedChild(t *testing.T) {
+	state := os.Getenv("CONMAN_TEST_UNPRIVILEGED_STATE")
+	if state == "" {
+		t.Skip("run by TestUnprivilegedFallback")
+	}
+	require.NotEqual(t, 0, os.Geteuid(), "must run unprivileged")
+	r, err := process.New(process.Config{StateDir: state})
+	require.NoError(t, err)
+	t.Cleanup(func() { cleanup(t, r) })
+	start(t, r, "nobody1", conman.Spec{Hostname: "ignored", Limits: conman.Limits{MemoryBytes: 32 << 20}})
+	st, err := r.Inspect(context.Background(), "nobody1")
+	require.NoError(t, err)
+	require.False(t, st.Isolated)
+	require.Contains(t, st.Isolation, "plain process (namespaces not permitted")
+	require.Contains(t, st.Isolation, "no cgroups (not root)")
+	t.Log("isolation:", st.Isolation)
+	out, _, code := run(t, r, "nobody1", "/bin/sh", "-c", "id -u")
+	require.Equal(t, 0, code)
+	require.Equal(t, "65534\n", out)
+
+	// The shell on a pty works without namespaces too.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := r.Exec(ctx, "nobody1", conman.ExecOptions{Args: []string{"/bin/sh"}, TTY: true})
+	require.NoError(t, err)
+	defer p.Close()
+	buf := &syncBuffer{}
+	go func() { _, _ = io.Copy(buf, p.Stdout()) }()
+	_, _ = io.WriteString(p.Stdin(), "stty size; exit\n")
+	waitFor(t, buf, "24 80")
+	code, err = p.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 0, code)
+	require.NoError(t, r.Stop(ctx, "nobody1", 5*time.Second))
+	st, err = r.Inspect(ctx, "nobody1")
+	require.NoError(t, err)
+	require.Equal(t, 143, st.ExitCode)
 }

@@ -243,7 +243,6 @@ func freeUDPPort(t *testing.T) string {
 	return port
 }
 
-
 // verbosity is unbound's log level: 1, or UNBOUND_VERBOSITY to debug a failing run.
 func verbosity() int {
 	if v, err := strconv.Atoi(os.Getenv("UNBOUND_VERBOSITY")); err == nil {

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+// adminHandler serves the platform's own operations, so the rollout story can be watched live:
+//
+//	POST /v1/clusters/{cluster}/roll            drain the oldest active VM and start a replacement
+//	POST /v1/clusters/{cluster}/vms/{vm}/roll   the same for a named VM
+//	POST /v1/clusters/{cluster}/eval/restart    start a new Eval on the same address; the old one drains
+//	GET  /v1/clusters                           what runs where
+//
+// Every request needs "Authorization: Bearer <admin key>".
+func (p *Platform) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/clusters/{cluster}/roll", func(w http.ResponseWriter, r *http.Request) {
+		p.adminRoll(w, r, "")
+	})
+	mux.HandleFunc("POST /v1/clusters/{cluster}/vms/{vm}/roll", func(w http.ResponseWriter, r *http.Request) {
+		p.adminRoll(w, r, r.PathValue("vm"))
+	})
+	mux.HandleFunc("POST /v1/clusters/{cluster}/eval/restart", func(w http.ResponseWriter, r *http.Request) {
+		c := p.clusters[r.PathValue("cluster")]
+		if c == nil {
+			writeJSONError(w, http.StatusNotFound, "no such cluster")
+			return
+		}
+		draining, err := c.restartEval(r.Context())
+		if err != nil {
+			writeJSONError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"eval": c.evalURL(), "draining_sessions": draining})
+	})
+	mux.HandleFunc("GET /v1/clusters", func(w http.ResponseWriter, r *http.Request) {
+		out := []map[string]any{}
+		for _, id := range p.order {
+			c := p.clusters[id]
+			var vms []map[string]string
+			for _, v := range c.liveVMs() {
+				vms = append(vms, map[string]string{"id": v.id, "addr": v.addr})
+			}
+			out = append(out, map[string]any{
+				"id": id, "hosting": "http://" + c.hosting.Addr(), "eval": c.evalURL(),
+				"controlplane": c.controlplaneURL(), "vms": vms, "sessions": c.activeSessions(),
+			})
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	return p.requireAdmin(mux)
+}
+
+func (p *Platform) adminRoll(w http.ResponseWriter, r *http.Request, vm string) {
+	c := p.clusters[r.PathValue("cluster")]
+	if c == nil {
+		writeJSONError(w, http.StatusNotFound, "no such cluster")
+		return
+	}
+	old, replacement, err := c.rollVM(r.Context(), vm)
+	switch {
+	case errors.Is(err, errNoSuchVM):
+		writeJSONError(w, http.StatusNotFound, err.Error())
+	case err != nil:
+		writeJSONError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"drained": old, "replacement": replacement})
+	}
+}
+
+func (p *Platform) requireAdmin(next http.Handler) http.Handler {
+	want := []byte("Bearer " + p.cfg.AdminKey)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			writeJSONError(w, http.StatusUnauthorized, "admin key required (Authorization: Bearer <key>)")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// runAdmin is the roll and restart-eval subcommands: clients of adminHandler.
+func runAdmin(cmd string, args []string) error {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	admin := fs.String("admin", "http://127.0.0.1:8401", "platform admin API base URL")
+	key := fs.String("admin-key", os.Getenv("SWITCHYARD_ADMIN_KEY"), "admin key (default $SWITCHYARD_ADMIN_KEY)")
+	cluster := fs.String("cluster", "a", "cluster")
+	vm := fs.String("vm", "", "VM to roll (roll only; default the oldest active VM)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	path := "/v1/clusters/" + *cluster + "/eval/restart"
+	if cmd == "roll" {
+		path = "/v1/clusters/" + *cluster + "/roll"
+		if *vm != "" {
+			path = "/v1/clusters/" + *cluster + "/vms/" + *vm + "/roll"
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(*admin, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+*key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body := readAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	fmt.Println(body)
+	return nil
+}

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
+	"github.com/switchyard-dev/switchyard/proxy"
+)
+
+var errNoSuchVM = errors.New("no such active VM")
+
+// cluster is one regional cluster: a controlplane, an Eval, a hosting proxy and its conman VMs,
+// on the cluster's own /24.
+type cluster struct {
+	p   *Platform
+	id  string
+	n   int // cluster number, from 1: its addresses are in the Nth /24
+	log *slog.Logger
+
+	credential string // the cluster's internal credential (placement and conman)
+
+	cp       *placement.Controlplane
+	cpClient *placement.Client
+	cpSrv    *server
+	cpStop   context.CancelFunc
+	cpDone   chan struct{}
+
+	hostingProxy *proxy.Hosting
+	hosting      *server
+	tomb         *tombstones
+
+	mu     sync.Mutex
+	eval   *evalInstance
+	old    []*evalInstance // draining Evals
+	vms    []*vm
+	nextVM int // host number of the next VM address
+	stops  group
+}
+
+// evalInstance is one generation of the cluster's Eval: a sessions proxy and its listener.
+type evalInstance struct {
+	sessions *proxy.Sessions
+	srv      *server
+	drained  chan struct{}
+}
+
+func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluster, err error) {
+	c = &cluster{p: p, id: id, n: n, log: p.log.With("cluster", id), credential: randomKey(), nextVM: 11}
+	defer func() {
+		if err != nil {
+			c.shutdown(context.Background())
+		}
+	}()
+	cfg := &p.cfg
+
+	// The controlplane, served over HTTP; every other component of the cluster uses its client,
+	// as separate machines would.
+	c.cp, err = placement.New(placement.Config{
+		DefaultStrategy:  placement.Spread(),
+		HeartbeatTimeout: 3 * time.Second,
+		Logger:           c.log.With("component", "controlplane"),
+	})
+	if err != nil {
+		return c, err
+	}
+	cpCtx, cpStop := context.WithCancel(context.Background())
+	c.cpStop, c.cpDone = cpStop, make(chan struct{})
+	go func() { defer close(c.cpDone); c.cp.Run(cpCtx) }()
+	c.stops.add(func(context.Context) error { c.cpStop(); <-c.cpDone; return nil })
+	c.cpSrv, err = serve(ctx, "controlplane", c.hostPort(1, cfg.ControlplanePort), placement.NewHandler(placement.HandlerConfig{
+		Controlplane: c.cp, Credential: c.credential, Logger: c.log.With("component", "controlplane"),
+	}), false)
+	if err != nil {
+		return c, err
+	}
+	c.stops.add(c.cpSrv.Shutdown)
+	c.cpClient = placement.NewClient(c.controlplaneURL(), c.credential, nil)
+
+	// Conman VMs.
+	for i := 0; i < cfg.VMs; i++ {
+		if _, err := c.addVM(ctx); err != nil {
+			return c, err
+		}
+	}
+
+	// Eval: the sessions proxy, on an SO_REUSEPORT listener so a new generation can take over.
+	if err := c.startEval(ctx); err != nil {
+		return c, err
+	}
+
+	// Hosting, behind the tombstone middleware.
+	c.hostingProxy, err = proxy.NewHosting(proxy.HostingConfig{
+		Zone:       cfg.Zone,
+		Cluster:    id,
+		Directory:  p.dir,
+		Placer:     c.cpClient,
+		Credential: c.credential,
+		Logger:     c.log.With("component", "hosting"),
+	})
+	if err != nil {
+		return c, err
+	}
+	handler, err := c.startTombstones(ctx)
+	if err != nil {
+		return c, err
+	}
+	c.hosting, err = serve(ctx, "hosting", c.hostPort(1, cfg.HostingPort), handler, false)
+	if err != nil {
+		return c, err
+	}
+	c.stops.add(func(ctx context.Context) error {
+		return errors.Join(c.hosting.Shutdown(ctx), c.hostingProxy.Shutdown(ctx))
+	})
+
+	// Publish the cluster in lore last, when it can serve.
+	hostAddr := cfg.clusterAddr(n, 1)
+	_, err = p.dir.PutCluster(ctx, lore.Cluster{
+		ID:         id,
+		Region:     "loopback-" + id,
+		EvalURL:    c.evalURL(),
+		HostingURL: "http://" + c.hosting.Addr(),
+		Hosting4:   []netip.Addr{hostAddr},
+		Healthy:    true,
+	})
+	return c, err
+}
+
+func (c *cluster) hostPort(host, port int) string {
+	return net.JoinHostPort(c.p.cfg.clusterAddr(c.n, host).String(), itoa(port))
+}
+
+func (c *cluster) cfgHostingHost() string { return c.p.cfg.clusterAddr(c.n, 1).String() }
+
+func (c *cluster) controlplaneURL() string { return "http://" + c.cpSrv.Addr() }
+
+func (c *cluster) evalURL() string {
+	return "ws://" + c.hostPort(1, c.p.cfg.EvalPort) + "/v1/connect"
+}
+
+func (c *cluster) startEval(ctx context.Context) error {
+	cfg := &c.p.cfg
+	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
+		Cluster:    c.id,
+		Tokens:     lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: c.p.LoreURL() + "/v1/keys"}),
+		Placer:     c.cpClient,
+		Credential: c.credential,
+		Mode:       proxy.Splice,
+		Logger:     c.log.With("component", "eval"),
+	})
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/connect", sessions)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	srv, err := serve(ctx, "eval", c.hostPort(1, cfg.EvalPort), mux, true)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.eval = &evalInstance{sessions: sessions, srv: srv, drained: make(chan struct{})}
+	c.mu.Unlock()
+	return nil
+}
+
+// restartEval starts a new Eval generation on the same address, then drains the old one in the
+// background for the configured grace: live sessions stay on the old process until they end, new
+// ones reach the new one, and no connection is refused. It returns the sessions left draining.
+func (c *cluster) restartEval(ctx context.Context) (int, error) {
+	c.mu.Lock()
+	old := c.eval
+	c.mu.Unlock()
+	if err := c.startEval(ctx); err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	c.old = append(c.old, old)
+	c.mu.Unlock()
+	n := old.sessions.Active()
+	go func() {
+		dctx, cancel := context.WithTimeout(context.Background(), c.p.cfg.EvalGrace)
+		defer cancel()
+		c.drainEval(dctx, old)
+	}()
+	return n, nil
+}
+
+// drainEval stops one Eval generation: no new sessions, live ones kept until they end or ctx
+// does (then closed with 1001).
+func (c *cluster) drainEval(ctx context.Context, e *evalInstance) error {
+	select {
+	case <-e.drained:
+		return nil
+	default:
+	}
+	err := errors.Join(e.srv.Shutdown(ctx), e.sessions.Shutdown(ctx))
+	select {
+	case <-e.drained:
+	default:
+		close(e.drained)
+	}
+	return err
+}
+
+func (c *cluster) activeSessions() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.eval.sessions.Active()
+	for _, e := range c.old {
+		n += e.sessions.Active()
+	}
+	return n
+}
+
+// shutdown stops the cluster: Eval drains (bounded by the grace), hosting drains, VMs stop their
+// containers, the controlplane stops.
+func (c *cluster) shutdown(ctx context.Context) error {
+	c.mu.Lock()
+	evals := append([]*evalInstance{}, c.old...)
+	if c.eval != nil {
+		evals = append(evals, c.eval)
+	}
+	vms := append([]*vm{}, c.vms...)
+	c.mu.Unlock()
+
+	gctx, cancel := context.WithTimeout(ctx, c.p.cfg.EvalGrace)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(evals)+len(vms))
+	for i, e := range evals {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = c.drainEval(gctx, e) }()
+	}
+	wg.Wait()
+	for i, v := range vms {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[len(evals)+i] = v.stop(ctx) }()
+	}
+	wg.Wait()
+	return errors.Join(append(errs, c.stops.shutdown(ctx))...)
+}
+
+func (c *cluster) liveVMs() []*vm {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*vm
+	for _, v := range c.vms {
+		if !v.stopped() {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// rollVM drains a VM (the named one, or the oldest live one) and starts its replacement on the
+// next address, as a rollout does.
+func (c *cluster) rollVM(ctx context.Context, id string) (old, replacement string, err error) {
+	var target *vm
+	for _, v := range c.liveVMs() {
+		if id == "" || v.id == id {
+			target = v
+			break
+		}
+	}
+	if target == nil {
+		return "", "", fmt.Errorf("%w %q in cluster %s", errNoSuchVM, id, c.id)
+	}
+	nv, err := c.addVM(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	if err := target.stop(ctx); err != nil {
+		return target.id, nv.id, err
+	}
+	return target.id, nv.id, nil
+}

@@ -1,0 +1,154 @@
+// Command platform runs the whole switchyard system on loopback: dnsauth, lore, and N clusters,
+// each with a controlplane (placement), an Eval (proxy.Sessions), a hosting proxy
+// (tombstone.Middleware around proxy.Hosting) and M conman VMs running repls with conman/process.
+//
+// Usage:
+//
+//	go run ./examples/platform [flags]                 run the platform (see -h)
+//	go run ./examples/platform connect owner/slug      open a shell in a repl through Eval
+//	go run ./examples/platform roll -cluster a         drain a conman VM and replace it
+//	go run ./examples/platform restart-eval -cluster a start a new Eval; the old one drains
+//
+// Defaults: zone repl.test, DNS 127.0.0.1:5353, lore http://127.0.0.1:8400, clusters a and b on
+// 127.0.1.0/24 and 127.0.2.0/24 (hosting .1:8080, Eval .1:8443, controlplane .1:8500, VMs
+// .11, .12, … :8600).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/switchyard-dev/switchyard/conman/process"
+)
+
+func main() {
+	// conman/process starts each repl's init by running this binary again; Init takes over
+	// such a run and never returns. It must come first.
+	process.Init()
+
+	args := os.Args[1:]
+	cmd := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "", "run":
+		err = runPlatform(args)
+	case "connect":
+		err = runConnect(args)
+	case "roll":
+		err = runAdmin("roll", args)
+	case "restart-eval":
+		err = runAdmin("restart-eval", args)
+	case demoAppCommand:
+		err = runDemoApp()
+	case "help", "-h", "--help":
+		fmt.Fprintln(os.Stderr, "usage: platform [run|connect|roll|restart-eval] [flags]; platform <command> -h for flags")
+		return
+	default:
+		err = fmt.Errorf("unknown command %q (run, connect, roll, restart-eval)", cmd)
+	}
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "platform:", err)
+		os.Exit(1)
+	}
+}
+
+func runPlatform(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var (
+		cfg        Config
+		clusters   = fs.String("clusters", "a,b", "cluster IDs, comma-separated")
+		clusterNet = fs.String("cluster-net", "127.0.0.0/16", "IPv4 prefix holding one /24 per cluster (cluster N in the Nth /24)")
+		state      = fs.String("state", "", "directory for repl files and conman state (default: a temporary directory removed on exit)")
+		verbose    = fs.Bool("v", false, "log at debug level")
+	)
+	fs.StringVar(&cfg.Zone, "zone", "repl.test", "the platform DNS zone")
+	fs.StringVar(&cfg.DNSAddr, "dns", "127.0.0.1:5353", "dnsauth address (UDP and TCP)")
+	fs.StringVar(&cfg.LoreAddr, "lore", "127.0.0.1:8400", "lore HTTP API address")
+	fs.StringVar(&cfg.AdminAddr, "admin", "127.0.0.1:8401", "platform admin API address (roll VMs, restart Eval)")
+	fs.StringVar(&cfg.AdminKey, "admin-key", os.Getenv("SWITCHYARD_ADMIN_KEY"), "admin key for lore and the platform admin API (default $SWITCHYARD_ADMIN_KEY, else generated)")
+	fs.IntVar(&cfg.VMs, "vms", 2, "conman VMs per cluster")
+	fs.IntVar(&cfg.HostingPort, "hosting-port", 8080, "hosting proxy port on each cluster's .1 address")
+	fs.IntVar(&cfg.EvalPort, "eval-port", 8443, "Eval (sessions proxy) port on each cluster's .1 address")
+	fs.IntVar(&cfg.ControlplanePort, "controlplane-port", 8500, "controlplane port on each cluster's .1 address")
+	fs.IntVar(&cfg.ConmanPort, "conman-port", 8600, "conman port on each VM address")
+	fs.DurationVar(&cfg.EvalGrace, "eval-grace", 30*time.Hour, "how long a draining Eval keeps live sessions")
+	fs.StringVar(&cfg.Isolation, "isolation", "", `conman/process isolation: "" (namespaces when permitted), "namespaces" or "none"`)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	pfx, err := netip.ParsePrefix(*clusterNet)
+	if err != nil {
+		return fmt.Errorf("-cluster-net: %w", err)
+	}
+	cfg.ClusterNet = pfx.Masked()
+	for _, c := range strings.Split(*clusters, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			cfg.Clusters = append(cfg.Clusters, c)
+		}
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *state == "" {
+		dir, err := os.MkdirTemp("", "switchyard-platform-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		*state = dir
+	}
+	cfg.StateDir = *state
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	p, err := Start(ctx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	p.printEndpoints(os.Stdout)
+
+	sig := <-sigs
+	cfg.Logger.Info("stopping: live sessions drain; signal again to close them at once", "signal", sig.String())
+	sctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	err = p.Shutdown(sctx)
+	if errors.Is(err, context.Canceled) {
+		err = nil // the second signal asked for it
+	}
+	return err
+}
+
+// readAll reads a small response body for an error message.
+func readAll(r io.Reader) string {
+	b, _ := io.ReadAll(io.LimitReader(r, 4<<10))
+	return strings.TrimSpace(string(b))
+}

@@ -1,0 +1,333 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/switchyard-dev/switchyard/dnsauth"
+	"github.com/switchyard-dev/switchyard/lore"
+)
+
+// Config is the shape of one reference deployment. Every address is a flag of the run command.
+type Config struct {
+	// Zone is the platform zone: repls are <slug>.<owner>.<Zone>.
+	Zone string
+	// DNSAddr is where dnsauth answers, over UDP and TCP.
+	DNSAddr string
+	// LoreAddr is lore's HTTP API.
+	LoreAddr string
+	// AdminAddr serves the platform's own admin endpoints (roll a VM, restart Eval).
+	AdminAddr string
+	// AdminKey guards lore's admin API and the platform admin endpoints.
+	AdminKey string
+	// Clusters are the cluster IDs; the Nth (from 1) lives in ClusterNet's Nth /24.
+	Clusters []string
+	// ClusterNet holds every cluster's /24: cluster N is ClusterNet.Addr() + N<<8.
+	ClusterNet netip.Prefix
+	// VMs is the number of conman VMs per cluster.
+	VMs int
+	// Ports of each cluster's components, on the cluster's .1 address (VMs on .11, .12, …).
+	HostingPort, EvalPort, ControlplanePort, ConmanPort int
+	// StateDir holds the repls' files and conman state. It must exist.
+	StateDir string
+	// EvalGrace is how long a draining Eval keeps live sessions.
+	EvalGrace time.Duration
+	// Isolation is the conman/process isolation mode ("" = namespaces when permitted).
+	Isolation string
+	// Logger receives every component's log lines.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Zone == "" {
+		c.Zone = "repl.test"
+	}
+	if len(c.Clusters) == 0 {
+		c.Clusters = []string{"a", "b"}
+	}
+	if !c.ClusterNet.IsValid() {
+		c.ClusterNet = netip.MustParsePrefix("127.0.0.0/16")
+	}
+	if !c.ClusterNet.Addr().Is4() || c.ClusterNet.Bits() > 16 {
+		return fmt.Errorf("cluster net %s: need an IPv4 prefix of /16 or wider", c.ClusterNet)
+	}
+	if len(c.Clusters) > 254 {
+		return errors.New("at most 254 clusters")
+	}
+	if c.VMs <= 0 {
+		c.VMs = 2
+	}
+	if c.VMs > 200 {
+		return errors.New("at most 200 VMs per cluster")
+	}
+	for _, p := range []*int{&c.HostingPort, &c.EvalPort, &c.ControlplanePort, &c.ConmanPort} {
+		if *p < 0 || *p > 65535 {
+			return fmt.Errorf("bad port %d", *p)
+		}
+	}
+	if c.HostingPort == 0 {
+		c.HostingPort = 8080
+	}
+	if c.EvalPort == 0 {
+		c.EvalPort = 8443
+	}
+	if c.ControlplanePort == 0 {
+		c.ControlplanePort = 8500
+	}
+	if c.ConmanPort == 0 {
+		c.ConmanPort = 8600
+	}
+	if c.EvalGrace <= 0 {
+		c.EvalGrace = 30 * time.Hour
+	}
+	if c.StateDir == "" {
+		return errors.New("no state directory")
+	}
+	if c.AdminKey == "" {
+		c.AdminKey = randomKey()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	seen := map[string]bool{}
+	for _, id := range c.Clusters {
+		if _, err := lore.NormalizeName("cluster", id); err != nil {
+			return err
+		}
+		if seen[id] {
+			return fmt.Errorf("cluster %q named twice", id)
+		}
+		seen[id] = true
+	}
+	return nil
+}
+
+// clusterAddr is host .h of cluster number n (from 1).
+func (c *Config) clusterAddr(n, h int) netip.Addr {
+	a := c.ClusterNet.Addr().As4()
+	a[2] += byte(n)
+	a[3] = byte(h)
+	return netip.AddrFrom4(a)
+}
+
+func randomKey() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Platform is a running reference deployment.
+type Platform struct {
+	cfg  Config
+	log  *slog.Logger
+	dir  *lore.Directory
+	lore *server
+	dns  []*dns.Server
+
+	admin    *server
+	clusters map[string]*cluster
+	order    []string // cluster IDs in start order
+
+	stop     group
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start brings the whole deployment up: lore, DNS, then every cluster. On error it stops what it
+// started.
+func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	p := &Platform{cfg: cfg, log: cfg.Logger, clusters: map[string]*cluster{}}
+	defer func() {
+		if err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			p.Shutdown(sctx)
+		}
+	}()
+
+	// lore: the global directory and the connect-token issuer.
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	issuer, err := lore.NewIssuer(lore.IssuerConfig{Key: key})
+	if err != nil {
+		return nil, err
+	}
+	p.dir, err = lore.New(lore.Config{Zone: cfg.Zone, Issuer: issuer, Logger: p.log.With("component", "lore")})
+	if err != nil {
+		return nil, err
+	}
+	p.stop.add(func(context.Context) error { return p.dir.Close() })
+	p.lore, err = serve(ctx, "lore", cfg.LoreAddr, lore.NewHandler(lore.HandlerConfig{
+		Directory: p.dir, AdminKey: cfg.AdminKey, Logger: p.log.With("component", "lore"),
+	}), false)
+	if err != nil {
+		return nil, err
+	}
+	p.stop.add(p.lore.Shutdown)
+
+	// dnsauth on UDP and TCP.
+	if err := p.startDNS(); err != nil {
+		return nil, err
+	}
+
+	// The clusters.
+	for i, id := range cfg.Clusters {
+		c, err := startCluster(ctx, p, id, i+1)
+		if c != nil {
+			p.clusters[id] = c
+			p.order = append(p.order, id)
+			p.stop.add(c.shutdown)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", id, err)
+		}
+	}
+
+	p.admin, err = serve(ctx, "admin", cfg.AdminAddr, p.adminHandler(), false)
+	if err != nil {
+		return nil, err
+	}
+	p.stop.add(p.admin.Shutdown)
+	return p, nil
+}
+
+func (p *Platform) startDNS() error {
+	h, err := dnsauth.New(dnsauth.Config{
+		Zones: []dnsauth.Zone{{
+			Name: p.cfg.Zone,
+			NS:   []dnsauth.NameServer{{Name: "ns1." + p.cfg.Zone, Addrs: []netip.Addr{dnsHostAddr(p.cfg.DNSAddr)}}},
+		}},
+		Directory: p.dir,
+		Logger:    p.log.With("component", "dns"),
+	})
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp", p.cfg.DNSAddr)
+	if err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	// TCP on the port UDP got, so a ":0" address gives one port for both.
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("dns: %w", err)
+	}
+	for _, s := range []*dns.Server{
+		{PacketConn: pc, Handler: h},
+		{Listener: ln, Handler: h, MaxTCPQueries: -1, IdleTimeout: func() time.Duration { return 30 * time.Second }},
+	} {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		errc := make(chan error, 1)
+		go func() { errc <- s.ActivateAndServe() }()
+		select {
+		case <-started:
+		case err := <-errc:
+			return fmt.Errorf("dns: %w", err)
+		}
+		p.dns = append(p.dns, s)
+		p.stop.add(s.ShutdownContext)
+	}
+	return nil
+}
+
+// dnsHostAddr is the address of host:port, or 127.0.0.1 when host is empty or unparsable.
+func dnsHostAddr(hostport string) netip.Addr {
+	host, _, _ := net.SplitHostPort(hostport)
+	if a, err := netip.ParseAddr(host); err == nil && !a.IsUnspecified() {
+		return a
+	}
+	return netip.MustParseAddr("127.0.0.1")
+}
+
+// DNSAddr is where dnsauth answers (UDP and TCP).
+func (p *Platform) DNSAddr() string { return p.dns[0].PacketConn.LocalAddr().String() }
+
+// LoreURL is lore's API base URL.
+func (p *Platform) LoreURL() string { return "http://" + p.lore.Addr() }
+
+// AdminURL is the platform admin API's base URL.
+func (p *Platform) AdminURL() string { return "http://" + p.admin.Addr() }
+
+// Directory is lore's in-process directory.
+func (p *Platform) Directory() *lore.Directory { return p.dir }
+
+// Cluster returns a running cluster by ID.
+func (p *Platform) Cluster(id string) *cluster { return p.clusters[id] }
+
+// Shutdown stops everything in reverse order: admin, clusters (Eval and hosting drain, VMs stop
+// their containers), DNS, lore. It returns when all is stopped or ctx ends.
+func (p *Platform) Shutdown(ctx context.Context) error {
+	p.stopOnce.Do(func() { p.stopErr = p.stop.shutdown(ctx) })
+	return p.stopErr
+}
+
+// printEndpoints writes the endpoints and a "try it" block for people.
+func (p *Platform) printEndpoints(w *os.File) {
+	zone := p.cfg.Zone
+	dnsHost, dnsPort, _ := net.SplitHostPort(p.DNSAddr())
+	fmt.Fprintf(w, "\nswitchyard reference platform is up\n\n")
+	fmt.Fprintf(w, "  zone            %s\n", zone)
+	fmt.Fprintf(w, "  DNS (UDP+TCP)   %s\n", p.DNSAddr())
+	fmt.Fprintf(w, "  lore API        %s   (admin key: %s)\n", p.LoreURL(), p.cfg.AdminKey)
+	fmt.Fprintf(w, "  platform admin  %s\n", p.AdminURL())
+	ids := append([]string(nil), p.order...)
+	sort.Strings(ids)
+	for _, id := range ids {
+		c := p.clusters[id]
+		fmt.Fprintf(w, "  cluster %-7s hosting http://%s  eval %s  controlplane %s\n", id, c.hosting.Addr(), c.evalURL(), c.controlplaneURL())
+		for _, v := range c.liveVMs() {
+			fmt.Fprintf(w, "                  vm %-10s %s\n", v.id, v.addr)
+		}
+	}
+	a := p.clusters[p.order[0]]
+	_, hostingPort, _ := net.SplitHostPort(a.hosting.Addr())
+	fmt.Fprintf(w, `
+Try it (in another terminal):
+
+  export SWITCHYARD_ADMIN_KEY=%[1]s LORE=%[2]s
+  curl -s -H "Authorization: Bearer $SWITCHYARD_ADMIN_KEY" $LORE/v1/repls \
+       -d '{"owner":"replbot","slug":"blog","cluster":"%[3]s"}'
+  dig @%[4]s -p %[5]s blog.replbot.%[6]s A +short
+  curl -s -H 'Host: blog.replbot.%[6]s' http://%[7]s:%[8]s/
+  go run ./examples/platform connect -lore $LORE replbot/blog       # a shell in the repl
+  curl -s -H "Authorization: Bearer $SWITCHYARD_ADMIN_KEY" $LORE/v1/repls/<id>/move -d '{"cluster":"%[9]s"}'
+  go run ./examples/platform roll -admin %[10]s -cluster %[3]s        # drain and replace a VM
+  go run ./examples/platform restart-eval -admin %[10]s -cluster %[3]s
+
+Stop with Ctrl-C (a second Ctrl-C closes open sessions at once).
+`, p.cfg.AdminKey, p.LoreURL(), a.id, dnsHost, dnsPort, zone, a.cfgHostingHost(), hostingPort, p.otherCluster(a.id), p.AdminURL())
+}
+
+func (p *Platform) otherCluster(id string) string {
+	for _, o := range p.order {
+		if o != id {
+			return o
+		}
+	}
+	return id
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/conman/process"
+	"github.com/switchyard-dev/switchyard/placement"
+)
+
+// vm is one conman VM: a process runtime, the conman server with its placement agent, and the
+// HTTP listener on the VM's own address.
+type vm struct {
+	id   string
+	addr string // conman base URL
+
+	rt   *process.Runtime
+	cm   *conman.Server
+	srv  *server
+	once     sync.Once
+	stopping atomic.Bool
+	done     chan struct{}
+	err      error
+}
+
+// addVM starts a conman VM on the cluster's next VM address and registers it with placement.
+func (c *cluster) addVM(ctx context.Context) (*vm, error) {
+	c.mu.Lock()
+	host := c.nextVM
+	c.nextVM++
+	c.mu.Unlock()
+	if host > 254 {
+		return nil, errors.New("out of VM addresses in the cluster's /24")
+	}
+	cfg := &c.p.cfg
+	v := &vm{id: fmt.Sprintf("%s-vm%d", c.id, host-10), done: make(chan struct{})}
+	log := c.log // conman and the runtime name the VM in their own lines
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	v.rt, err = process.New(process.Config{
+		StateDir:     filepath.Join(cfg.StateDir, "conman", v.id),
+		Isolation:    process.Isolation(cfg.Isolation),
+		CgroupParent: "switchyard-platform/" + v.id,
+		Logger:       log.With("component", "runtime", "vm", v.id),
+	})
+	if err != nil {
+		return nil, err
+	}
+	vmAddr := cfg.clusterAddr(c.n, host)
+	v.addr = "http://" + c.hostPort(host, cfg.ConmanPort)
+	v.cm, err = conman.New(ctx, conman.Config{
+		Runtime:    v.rt,
+		Credential: c.credential,
+		ReplHost:   vmAddr.String(),
+		Spec: func(ctx context.Context, repl string) (conman.Spec, error) {
+			name := repl
+			if r, err := c.p.dir.Repl(ctx, repl); err == nil {
+				name = r.Slug + "." + r.Owner
+			}
+			return conman.Spec{
+				Hostname: repl,
+				Command:  []string{exe, demoAppCommand},
+				Env: []string{
+					envRepl + "=" + repl, envName + "=" + name,
+					envCluster + "=" + c.id, envVM + "=" + v.id,
+				},
+				Dir:    filepath.Join(cfg.StateDir, "repls", repl),
+				Shell:  []string{"/bin/sh"},
+				Limits: conman.Limits{MemoryBytes: 512 << 20, Pids: 512},
+			}, nil
+		},
+		StopGrace:         3 * time.Second,
+		Placement:         c.cpClient,
+		VM:                placement.VM{ID: v.id, Cluster: c.id, Addr: v.addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
+		HeartbeatInterval: time.Second,
+		Logger:            log.With("component", "conman"),
+	})
+	if err != nil {
+		v.rt.Close()
+		return nil, err
+	}
+	v.srv, err = serve(ctx, "conman "+v.id, c.hostPort(host, cfg.ConmanPort), v.cm, false)
+	if err != nil {
+		v.cm.Close()
+		v.rt.Close()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.vms = append(c.vms, v)
+	c.mu.Unlock()
+	return v, nil
+}
+
+// stop drains the VM as a rollout does: placement marks it draining, its containers stop, its
+// attached sessions close with 1012, then its listener and runtime close.
+func (v *vm) stop(ctx context.Context) error {
+	v.stopping.Store(true)
+	v.once.Do(func() {
+		v.err = errors.Join(v.cm.Shutdown(ctx), v.srv.Shutdown(ctx), v.rt.Close())
+		close(v.done)
+	})
+	<-v.done
+	return v.err
+}
+
+// stopped reports whether the VM is stopping or stopped.
+func (v *vm) stopped() bool { return v.stopping.Load() }

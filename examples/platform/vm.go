@@ -21,9 +21,9 @@ type vm struct {
 	id   string
 	addr string // conman base URL
 
-	rt   *process.Runtime
-	cm   *conman.Server
-	srv  *server
+	rt       *process.Runtime
+	cm       *conman.Server
+	srv      *server
 	once     sync.Once
 	stopping atomic.Bool
 	done     chan struct{}

@@ -1,0 +1,533 @@
+package tombstone
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/proxy"
+)
+
+// Clusters is the part of lore's cluster registry the forwarder needs. *lore.Directory and
+// *lore.Client satisfy it.
+type Clusters interface {
+	Cluster(ctx context.Context, id string) (lore.Cluster, error)
+}
+
+// Resolver maps a Host that is not a platform name (a custom domain) to its repl.
+// *proxy.Hosting satisfies it.
+type Resolver interface {
+	ResolveRepl(ctx context.Context, host string) (lore.Repl, error)
+}
+
+// Config configures a Forwarder. Cluster, Zone, Store, Clusters and Secret are required.
+type Config struct {
+	// Cluster is this cluster's ID.
+	Cluster string
+	// Zone is the platform zone; hosts <slug>.<owner>.<Zone> and <id>.id.<Zone> are looked up
+	// in the store directly.
+	Zone string
+	// Store holds this cluster's tombstones.
+	Store Store
+	// Clusters gives the HostingURL of the cluster a repl moved to. The address always comes
+	// from here, never from the request.
+	Clusters Clusters
+	// Resolver maps other hosts (custom domains) to repls. Nil means requests for custom
+	// domains are never forwarded. It is called only for hosts outside the zone.
+	Resolver Resolver
+	// Secret is the platform-wide key (at least 32 bytes) that signs and verifies HopHeader.
+	// Every cluster shares it; whoever holds it can claim to be a cluster.
+	Secret []byte
+	// PreviousSecrets are also accepted when verifying, for key rotation: add the new key as
+	// Secret everywhere with the old one here, then remove the old one.
+	PreviousSecrets [][]byte
+	// MaxHops is the most clusters a request may pass. Zero means 4.
+	MaxHops int
+	// MaxHopAge is how far a hop header's signing time may be from now (clock skew plus
+	// transit). Zero means one minute.
+	MaxHopAge time.Duration
+	// TrustForwarded reports whether an external request's forwarding headers come from a
+	// trusted load balancer (see proxy.HostingConfig.TrustForwarded); a verified hop is always
+	// trusted. Nil trusts none.
+	TrustForwarded func(r *http.Request) bool
+	// ClusterCacheTTL is how long a cluster's HostingURL is cached. Zero means 10 s.
+	ClusterCacheTTL time.Duration
+	// Transport carries forwarded requests. Nil means proxy.NewTransport().
+	Transport http.RoundTripper
+	// Now is the clock for hop headers. Nil means time.Now.
+	Now func() time.Time
+	// Logger receives one line per failed forward. Nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the forwarder's metrics. Nil means no metrics.
+	Registerer prometheus.Registerer
+}
+
+// Forwarder is the tombstone middleware: Wrap puts it in front of the cluster's hosting proxy.
+type Forwarder struct {
+	cfg     Config
+	secrets [][]byte
+	log     *slog.Logger
+	rp      *httputil.ReverseProxy
+	metrics *forwardMetrics
+
+	cacheMu sync.Mutex
+	cache   map[string]cachedCluster
+
+	closing  atomic.Bool
+	inflight sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[*trackedConn]struct{}
+	hardStop context.Context
+	stopAll  context.CancelFunc
+}
+
+type cachedCluster struct {
+	url     *url.URL
+	fetched time.Time
+}
+
+// New checks cfg and returns a Forwarder.
+func New(cfg Config) (*Forwarder, error) {
+	switch {
+	case cfg.Cluster == "":
+		return nil, fmt.Errorf("%w: Config.Cluster is required", ErrInvalid)
+	case cfg.Zone == "":
+		return nil, fmt.Errorf("%w: Config.Zone is required", ErrInvalid)
+	case cfg.Store == nil:
+		return nil, fmt.Errorf("%w: Config.Store is required", ErrInvalid)
+	case cfg.Clusters == nil:
+		return nil, fmt.Errorf("%w: Config.Clusters is required", ErrInvalid)
+	case len(cfg.Secret) < 32:
+		return nil, fmt.Errorf("%w: Config.Secret must be at least 32 bytes", ErrInvalid)
+	}
+	if cfg.MaxHops <= 0 {
+		cfg.MaxHops = 4
+	}
+	if cfg.MaxHopAge <= 0 {
+		cfg.MaxHopAge = time.Minute
+	}
+	if cfg.ClusterCacheTTL <= 0 {
+		cfg.ClusterCacheTTL = 10 * time.Second
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = proxy.NewTransport()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TrustForwarded == nil {
+		cfg.TrustForwarded = func(*http.Request) bool { return false }
+	}
+	f := &Forwarder{
+		cfg:     cfg,
+		secrets: append([][]byte{cfg.Secret}, cfg.PreviousSecrets...),
+		log:     cfg.Logger,
+		cache:   make(map[string]cachedCluster),
+		conns:   make(map[*trackedConn]struct{}),
+	}
+	if f.log == nil {
+		f.log = slog.Default()
+	}
+	f.hardStop, f.stopAll = context.WithCancel(context.Background())
+	m, err := newForwardMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	f.metrics = m
+	f.rp = &httputil.ReverseProxy{
+		Rewrite:        f.rewrite,
+		Transport:      cfg.Transport,
+		ErrorHandler:   f.proxyError,
+		ModifyResponse: func(*http.Response) error { return nil },
+		ErrorLog:       slog.NewLogLogger(f.log.Handler(), slog.LevelWarn),
+	}
+	return f, nil
+}
+
+type internalKey struct{}
+
+// Internal reports whether r arrived from another cluster of the platform with a verified
+// HopHeader (it is false outside a Forwarder's Wrap). Use it as proxy.HostingConfig.TrustForwarded
+// so the hosting proxy keeps the original client's address.
+func Internal(r *http.Request) bool {
+	v, _ := r.Context().Value(internalKey{}).(bool)
+	return v
+}
+
+// forwardState is one forwarded request's routing, carried in its context.
+type forwardState struct {
+	id      string
+	target  *url.URL
+	stone   Tombstone
+	via     []string
+	trusted bool
+	err     error
+}
+
+type forwardKey struct{}
+
+// Wrap returns next behind the forwarder: a request for a repl with a live tombstone here is
+// forwarded to the repl's new cluster; every other request goes to next. A request carrying a
+// HopHeader that does not verify, that has already passed this cluster, or that has passed
+// MaxHops clusters is answered 508 Loop Detected.
+func (f *Forwarder) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.serve(w, r, next)
+	})
+}
+
+func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	var via []string
+	internal := false
+	if vals := r.Header.Values(HopHeader); len(vals) > 0 {
+		if len(vals) > 1 {
+			f.refuse(w, r, outcomeForged, "the request carries more than one "+HopHeader+" header", nil)
+			return
+		}
+		h, err := parseHop(vals[0], f.secrets, f.cfg.Now(), f.cfg.MaxHopAge, r.Host, r.Method, r.RequestURI)
+		if err != nil {
+			// Only a cluster of the platform may send this header. Refusing (rather than
+			// stripping) keeps a misconfigured cluster (a wrong secret) from forwarding in
+			// circles unseen.
+			f.refuse(w, r, outcomeForged, "the request's "+HopHeader+" header does not verify", err)
+			return
+		}
+		if slices.Contains(h.via, f.cfg.Cluster) {
+			f.refuse(w, r, outcomeLoop, fmt.Sprintf("the request has already passed cluster %s (via %s)", f.cfg.Cluster, strings.Join(h.via, ",")), nil)
+			return
+		}
+		if len(h.via) > f.cfg.MaxHops {
+			f.refuse(w, r, outcomeLoop, fmt.Sprintf("the request has passed %d clusters, the limit is %d", len(h.via), f.cfg.MaxHops), nil)
+			return
+		}
+		via, internal = h.via, true
+		r.Header.Del(HopHeader)
+	}
+
+	stone, ok := f.lookup(r)
+	if !ok || stone.Cluster == f.cfg.Cluster {
+		f.metrics.passed.Inc()
+		if internal {
+			r = r.WithContext(context.WithValue(r.Context(), internalKey{}, true))
+		}
+		next.ServeHTTP(w, r)
+		return
+	}
+	f.forward(w, r, stone, via, internal)
+}
+
+// lookup finds the live tombstone for r's Host, if any.
+func (f *Forwarder) lookup(r *http.Request) (Tombstone, bool) {
+	ctx := r.Context()
+	var (
+		t   Tombstone
+		err error
+	)
+	name, perr := lore.ParseHost(r.Host, f.cfg.Zone)
+	switch {
+	case perr == nil && name.ID != "":
+		t, err = f.cfg.Store.Get(ctx, name.ID)
+	case perr == nil:
+		t, err = f.cfg.Store.GetByName(ctx, name.Owner, name.Slug)
+	case f.cfg.Resolver != nil:
+		repl, rerr := f.cfg.Resolver.ResolveRepl(ctx, r.Host)
+		if rerr != nil {
+			return Tombstone{}, false // unknown domain, or the directory failed: next answers
+		}
+		t, err = f.cfg.Store.Get(ctx, repl.ID)
+	default:
+		return Tombstone{}, false
+	}
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) && ctx.Err() == nil {
+			f.log.Warn("tombstone: store lookup failed; serving locally", "host", r.Host, "err", err)
+		}
+		return Tombstone{}, false
+	}
+	return t, true
+}
+
+// forward sends r to the hosting proxy of stone.Cluster.
+func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombstone, via []string, internal bool) {
+	id := newID()
+	if f.closing.Load() {
+		w.Header().Set("Connection", "close")
+		f.fail(w, r, id, outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", nil)
+		return
+	}
+	f.inflight.Add(1)
+	defer f.inflight.Done()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(f.hardStop, cancel)()
+	r = r.WithContext(ctx)
+
+	newVia := append(slices.Clip(via), f.cfg.Cluster)
+	if slices.Contains(via, stone.Cluster) {
+		f.fail(w, r, id, outcomeLoop, http.StatusLoopDetected,
+			fmt.Sprintf("repl %s moved to cluster %s, which this request has already passed", stone.Repl, stone.Cluster), nil)
+		return
+	}
+	if len(newVia) > f.cfg.MaxHops {
+		f.fail(w, r, id, outcomeLoop, http.StatusLoopDetected,
+			fmt.Sprintf("forwarding would pass more than %d clusters", f.cfg.MaxHops), nil)
+		return
+	}
+	target, err := f.clusterURL(ctx, stone.Cluster)
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		f.fail(w, r, id, outcomeError, http.StatusBadGateway,
+			"the repl has moved to another cluster, which cannot be reached right now", fmt.Errorf("cluster %s: %w", stone.Cluster, err))
+		return
+	}
+	st := &forwardState{id: id, target: target, stone: stone, via: newVia, trusted: internal || f.cfg.TrustForwarded(r)}
+	_ = http.NewResponseController(w).EnableFullDuplex()
+	tw := &trackWriter{ResponseWriter: w, f: f}
+	f.rp.ServeHTTP(tw, r.WithContext(context.WithValue(ctx, forwardKey{}, st)))
+	if st.err == nil {
+		f.metrics.requests.WithLabelValues(outcomeForwarded).Inc()
+		return
+	}
+	if tw.wrote || tw.hijacked || ctx.Err() != nil {
+		f.metrics.requests.WithLabelValues(outcomeClient).Inc()
+		return
+	}
+	f.invalidate(stone.Cluster)
+	w.Header().Set("Connection", "close") // the transport may still hold the body
+	f.fail(w, r, id, outcomeError, http.StatusBadGateway, "the repl has moved to another cluster, which did not answer",
+		fmt.Errorf("forward repl %s to cluster %s at %s: %w", stone.Repl, stone.Cluster, target, st.err))
+}
+
+func (f *Forwarder) rewrite(pr *httputil.ProxyRequest) {
+	st := pr.In.Context().Value(forwardKey{}).(*forwardState)
+	pr.SetURL(st.target)
+	pr.Out.Host = pr.In.Host // the next cluster routes by the name the client used
+	proxy.StripSwitchyardHeaders(pr.Out.Header)
+	proxy.SetForwarded(pr, st.trusted)
+	pr.Out.Header.Set(HopHeader, signHop(f.cfg.Secret, st.via, f.cfg.Now(), pr.In.Host, pr.In.Method, pr.In.RequestURI))
+	pr.Out.Header.Add(CDNLoopHeader, "switchyard; cluster="+f.cfg.Cluster)
+}
+
+func (f *Forwarder) proxyError(_ http.ResponseWriter, r *http.Request, err error) {
+	r.Context().Value(forwardKey{}).(*forwardState).err = err
+}
+
+// clusterURL returns the validated HostingURL of a cluster, from the cache or lore.
+func (f *Forwarder) clusterURL(ctx context.Context, id string) (*url.URL, error) {
+	now := time.Now()
+	f.cacheMu.Lock()
+	c, ok := f.cache[id]
+	f.cacheMu.Unlock()
+	if ok && now.Sub(c.fetched) < f.cfg.ClusterCacheTTL {
+		return c.url, nil
+	}
+	cl, err := f.cfg.Clusters.Cluster(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(cl.HostingURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+		return nil, fmt.Errorf("%w: cluster %s has no usable hosting URL (%q)", ErrInvalid, id, cl.HostingURL)
+	}
+	f.cacheMu.Lock()
+	f.cache[id] = cachedCluster{url: u, fetched: now}
+	f.cacheMu.Unlock()
+	return u, nil
+}
+
+func (f *Forwarder) invalidate(id string) {
+	f.cacheMu.Lock()
+	delete(f.cache, id)
+	f.cacheMu.Unlock()
+}
+
+func (f *Forwarder) refuse(w http.ResponseWriter, r *http.Request, outcome, msg string, cause error) {
+	f.fail(w, r, newID(), outcome, http.StatusLoopDetected, msg, cause)
+}
+
+func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, id, outcome string, status int, msg string, cause error) {
+	f.metrics.requests.WithLabelValues(outcome).Inc()
+	level := slog.LevelInfo
+	if status >= 500 && status != http.StatusLoopDetected {
+		level = slog.LevelWarn
+	}
+	attrs := []any{"request_id", id, "status", status, "host", r.Host, "outcome", outcome, "reason", msg}
+	if cause != nil {
+		attrs = append(attrs, "err", cause)
+	}
+	f.log.Log(r.Context(), level, "tombstone: request refused", attrs...)
+	proxy.WriteError(w, r, status, msg, id)
+}
+
+// Upgraded returns the number of upgraded (WebSocket) connections being forwarded.
+func (f *Forwarder) Upgraded() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.conns)
+}
+
+// Shutdown drains the forwarder like proxy.Hosting.Shutdown: new forwards are answered 503, and
+// it waits for in-flight forwards and forwarded upgraded connections. When ctx ends first it
+// closes them, cancels the rest, waits for them to return and returns ctx.Err().
+func (f *Forwarder) Shutdown(ctx context.Context) error {
+	f.closing.Store(true)
+	done := make(chan struct{})
+	go func() {
+		f.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	f.stopAll()
+	f.mu.Lock()
+	conns := make([]*trackedConn, 0, len(f.conns))
+	for c := range f.conns {
+		conns = append(conns, c)
+	}
+	f.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	return ctx.Err()
+}
+
+// trackWriter notes whether an answer has begun and tracks hijacked (upgraded) connections.
+type trackWriter struct {
+	http.ResponseWriter
+	f        *Forwarder
+	wrote    bool
+	hijacked bool
+}
+
+func (w *trackWriter) WriteHeader(code int) {
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		w.wrote = true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *trackWriter) Write(p []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *trackWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
+
+func (w *trackWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *trackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.hijacked = true
+	tc := &trackedConn{Conn: c, f: w.f}
+	w.f.mu.Lock()
+	w.f.conns[tc] = struct{}{}
+	n := len(w.f.conns)
+	w.f.mu.Unlock()
+	w.f.metrics.upgrades.Set(float64(n))
+	return tc, brw, nil
+}
+
+type trackedConn struct {
+	net.Conn
+	f    *Forwarder
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.f.mu.Lock()
+		delete(c.f.conns, c)
+		n := len(c.f.conns)
+		c.f.mu.Unlock()
+		c.f.metrics.upgrades.Set(float64(n))
+	})
+	return c.Conn.Close()
+}
+
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Outcomes, the "outcome" label of switchyard_tombstone_requests_total.
+const (
+	outcomeForwarded = "forwarded" // sent to the new cluster, which answered
+	outcomeLoop      = "loop"      // 508: already passed this cluster, or too many hops
+	outcomeForged    = "forged"    // 508: a hop header that does not verify
+	outcomeError     = "error"     // 502: the new cluster is unknown or did not answer
+	outcomeDraining  = "draining"  // 503: shutting down
+	outcomeClient    = "client"    // the client left, or the answer broke off mid-way
+)
+
+type forwardMetrics struct {
+	requests *prometheus.CounterVec
+	passed   prometheus.Counter
+	upgrades prometheus.Gauge
+}
+
+func newForwardMetrics(reg prometheus.Registerer) (*forwardMetrics, error) {
+	m := &forwardMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "switchyard", Subsystem: "tombstone", Name: "requests_total",
+			Help: "Requests the tombstone middleware handled itself, by outcome: forwarded, loop, forged, error, draining, client.",
+		}, []string{"outcome"}),
+		passed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "switchyard", Subsystem: "tombstone", Name: "passed_total",
+			Help: "Requests without a tombstone, handed to the hosting proxy.",
+		}),
+		upgrades: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "switchyard", Subsystem: "tombstone", Name: "upgraded_connections",
+			Help: "Forwarded upgraded (WebSocket) connections.",
+		}),
+	}
+	for _, o := range []string{outcomeForwarded, outcomeLoop, outcomeForged, outcomeError, outcomeDraining, outcomeClient} {
+		m.requests.WithLabelValues(o)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.passed, m.upgrades} {
+		if err := reg.Register(c); err != nil {
+			return nil, errors.Join(errors.New("tombstone: register metrics"), err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,111 @@
+package tombstone
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HopHeader is the header a forwarding cluster adds to the request it forwards:
+//
+//	Switchyard-Hop: v1; via=a,b; t=1795316400; sig=<base64url HMAC-SHA256>
+//
+// via lists the clusters the request has passed, in order; t is the Unix time of signing; sig is
+// HMAC-SHA256 under the platform's shared hop secret of
+//
+//	"switchyard-hop v1\n" + via + "\n" + t + "\n" + lowercase(Host) + "\n" + method + " " + request-target
+//
+// so a header cannot be forged without the secret, nor reused for another host or URL, nor
+// replayed after MaxHopAge.
+const HopHeader = "Switchyard-Hop"
+
+// CDNLoopHeader is RFC 8586's loop header; forwarding clusters append "switchyard; cluster=<id>"
+// to it, for people and for RFC-aware intermediaries. Loop detection relies only on HopHeader,
+// which a client cannot forge; inbound CDN-Loop values are kept as RFC 8586 asks.
+const CDNLoopHeader = "CDN-Loop"
+
+// hop is a verified HopHeader.
+type hop struct {
+	via []string
+	at  time.Time
+}
+
+var errHop = errors.New("tombstone: bad hop header")
+
+func hopMAC(secret []byte, via string, ts int64, host, method, target string) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("switchyard-hop v1\n"))
+	m.Write([]byte(via))
+	m.Write([]byte{'\n'})
+	m.Write(strconv.AppendInt(nil, ts, 10))
+	m.Write([]byte{'\n'})
+	m.Write([]byte(strings.ToLower(host)))
+	m.Write([]byte{'\n'})
+	m.Write([]byte(method))
+	m.Write([]byte{' '})
+	m.Write([]byte(target))
+	return m.Sum(nil)
+}
+
+// signHop returns the header value for a request that has passed via.
+func signHop(secret []byte, via []string, at time.Time, host, method, target string) string {
+	v := strings.Join(via, ",")
+	ts := at.Unix()
+	sig := hopMAC(secret, v, ts, host, method, target)
+	return "v1; via=" + v + "; t=" + strconv.FormatInt(ts, 10) + "; sig=" + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// parseHop verifies value against any of secrets, for a request to host with method and target,
+// at time now, accepting signing times within maxAge either side.
+func parseHop(value string, secrets [][]byte, now time.Time, maxAge time.Duration, host, method, target string) (hop, error) {
+	parts := strings.Split(value, ";")
+	if len(parts) != 4 || strings.TrimSpace(parts[0]) != "v1" {
+		return hop{}, fmt.Errorf("%w: want \"v1; via=...; t=...; sig=...\"", errHop)
+	}
+	var via, ts, sig string
+	for i, want := range []string{"via=", "t=", "sig="} {
+		p := strings.TrimSpace(parts[i+1])
+		if !strings.HasPrefix(p, want) {
+			return hop{}, fmt.Errorf("%w: field %d is not %s", errHop, i+1, want)
+		}
+		switch i {
+		case 0:
+			via = p[len(want):]
+		case 1:
+			ts = p[len(want):]
+		case 2:
+			sig = p[len(want):]
+		}
+	}
+	t, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return hop{}, fmt.Errorf("%w: bad time", errHop)
+	}
+	mac, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil || len(mac) != sha256.Size {
+		return hop{}, fmt.Errorf("%w: bad signature encoding", errHop)
+	}
+	ok := false
+	for _, s := range secrets {
+		if hmac.Equal(mac, hopMAC(s, via, t, host, method, target)) {
+			ok = true
+			break
+		}
+	}
+	if !ok {
+		return hop{}, fmt.Errorf("%w: signature does not verify", errHop)
+	}
+	at := time.Unix(t, 0)
+	if d := now.Sub(at); d > maxAge || d < -maxAge {
+		return hop{}, fmt.Errorf("%w: signed %s ago, outside the %s window", errHop, d.Round(time.Second), maxAge)
+	}
+	if via == "" {
+		return hop{}, fmt.Errorf("%w: empty via", errHop)
+	}
+	return hop{via: strings.Split(via, ","), at: at}, nil
+}

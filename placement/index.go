@@ -3,7 +3,6 @@ package placement
 import (
 	"math/bits"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -127,18 +126,6 @@ func (x *index) reload(vms []VM) {
 			x.removeLocked(e, id)
 		}
 	}
-}
-
-// poolNames returns the pools with at least one VM, sorted.
-func (x *index) poolNames() []string {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	names := make([]string, 0, len(x.pools))
-	for n := range x.pools {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
 }
 
 // permutation visits 0..n-1 in a pseudo-random order without allocating: start + i·stride mod n

@@ -1,0 +1,99 @@
+// Package conman is switchyard's container manager: the Runtime interface that runs repls'
+// containers, and the per-VM Server that the session proxy and the hosting proxy talk to.
+//
+// # What runs where
+//
+// Every conman VM runs one Server over one Runtime. A repl gets one container on the VM that
+// placement assigned it to. The container's main process (Spec.Command, e.g. the repl's web app)
+// starts with the container; an attach runs the repl's shell (Spec.Shell, default /bin/sh)
+// inside the same container on a fresh pty. conman/process is the Linux runtime (namespaces,
+// cgroups, a pty per attach); conman/conmantest is the conformance suite any other backend
+// (Docker, Firecracker, gVisor) must pass.
+//
+// # Isolation, not a sandbox
+//
+// conman/process isolates repls from each other (own PID, mount, UTS and IPC namespaces, own
+// /proc and /dev/pts, cgroup limits on memory, CPU and processes) but it is not a security
+// boundary: containers run as root on the VM's kernel and file system, with no seccomp, no
+// capability dropping, no user namespace and no chroot. Run untrusted code only on a runtime
+// built for it — gVisor (runsc), Firecracker microVMs, or at least Docker/runc with user
+// namespaces and seccomp — and treat the VM itself as the blast radius. Where the process may not
+// create namespaces (not root), conman/process runs plain processes, logs it once and reports it
+// in Status.Isolated / Status.Isolation.
+//
+// # The HTTP contract (what the proxies call)
+//
+// The Server does not listen; serve it with an http.Server on the VM's address (placement's
+// VM.Addr). Every request must carry HeaderCredential (Switchyard-Credential) equal to
+// Config.Credential — compared in constant time — or gets 401 with a JSON error.
+//
+//   - GET /v1/repls/{id}/attach[?cols=N&rows=M]: a WebSocket to the repl's shell on a pty, the
+//     container started first if needed. Before the upgrade: 400 for a bad id or size, 503 with
+//     a JSON error when the VM drains or the repl cannot start here (the session proxy retries on
+//     another VM). After it: binary messages carry pty bytes both ways; a text message
+//     {"type":"resize","cols":N,"rows":M} resizes the pty (other types are ignored, malformed
+//     JSON closes with 1007). conman closes with 1000 when the shell or its container exits,
+//     1012 when the VM drains or conman restarts, 1011 on an internal error.
+//   - Hosting: any request with HeaderRepl (Switchyard-Repl: <id>) is forwarded to that repl's
+//     web port, method, path, query, body, Host and X-Forwarded-* unchanged, WebSocket upgrades
+//     included, every Switchyard-* header stripped. The repl is started if needed and the
+//     request waits up to Config.PortWait for its port to accept. conman answers 502 with a JSON
+//     error and HeaderError set to ErrorStart or ErrorUnreachable when it cannot start the repl
+//     or the port does not answer, 503 (ErrorDraining) while draining, 400 (ErrorInvalid) for a
+//     malformed id.
+//   - GET /healthz: 200 {"status":"ok"}, or 503 while draining. GET /v1/repls lists the
+//     containers' Status (state, pid, port, usage, isolation) for operators.
+//
+// # Ports
+//
+// The Server assigns each repl a web port from Config.Ports (default 20000-29999), skipping
+// ports in use on Config.ReplHost, and exports PORT and HOST to the repl: the app listens on
+// HOST:PORT and the Server forwards there. When several conman VMs share one machine (the
+// reference deployment), give each its own ReplHost (its 127.0.N.x address) or disjoint port
+// ranges.
+//
+// # Lifecycle
+//
+// New adopts the containers the Runtime recovered (a restarted conman keeps its repls running:
+// conman/process persists pid, pid start time, port and spec per container) and, with
+// Config.Placement, starts the agent: it registers Config.VM, heartbeats every
+// HeartbeatInterval with the running repls and their summed usage, and registers again if
+// placement forgot the VM. A container that exits without the Server stopping it (the repl ran
+// `kill 1`, was OOM-killed, its app crashed) is logged, counted, released in placement and
+// removed, so the next attach or request starts a fresh one.
+//
+// Shutdown drains the VM for a rollout: new attaches and requests get 503, placement marks the
+// VM draining, attach sessions close with 1012 so clients reconnect elsewhere, every container
+// gets SIGTERM and Config.StopGrace before SIGKILL, and the repls are released. Close instead
+// leaves the containers running for the next conman process to adopt (an in-place upgrade).
+//
+// # Metrics
+//
+// With Config.Registerer: conman_containers (gauge), conman_container_starts_total{result},
+// conman_container_start_seconds (histogram), conman_container_exits_total{reason="stopped"|
+// "unexpected"}, conman_attach_sessions (gauge), conman_forward_errors_total{reason} (the
+// HeaderError values) and conman_heartbeats_total{result}.
+//
+// # A VM in a few lines
+//
+//	func main() {
+//		process.Init() // the binary is also each container's init (see conman/process)
+//		rt, err := process.New(process.Config{StateDir: "/var/lib/conman"})
+//		...
+//		srv, err := conman.New(ctx, conman.Config{
+//			Runtime: rt, Credential: os.Getenv("CONMAN_CREDENTIAL"),
+//			Spec: func(ctx context.Context, repl string) (conman.Spec, error) {
+//				return conman.Spec{Command: []string{"/srv/demo-app"}, Dir: "/home/repls/" + repl}, nil
+//			},
+//			ReplHost: "10.0.0.11", Placement: placementClient,
+//			VM: placement.VM{ID: "vm-11", Addr: "http://10.0.0.11:8600", Capacity: placement.Resources{Containers: 500}},
+//		})
+//		...
+//		hs := &http.Server{Addr: "10.0.0.11:8600", Handler: srv}
+//		go hs.ListenAndServe()
+//		<-sigterm
+//		srv.Shutdown(ctx) // drain: 1012 to sessions, stop containers, release repls
+//		hs.Shutdown(ctx)
+//		rt.Close()
+//	}
+package conman

@@ -157,11 +157,24 @@ func serveSamePort(t *testing.T, h dns.Handler) server {
 }
 
 // startUnbound runs unbound on a free loopback port with stub zones pointing at port authPort
-// and returns its address once it answers a real query.
+// and returns its address once it answers a real query. A port taken between choosing it and
+// unbound binding it is retried with another.
 func startUnbound(t *testing.T, bin, authPort string, zones ...string) string {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		addr, out, err := tryUnbound(t, bin, authPort, zones)
+		if err == nil {
+			return addr
+		}
+		if attempt == 5 || !strings.Contains(out, "could not open ports") {
+			t.Fatalf("%v; unbound's output:\n%s", err, out)
+		}
+	}
+}
+
+func tryUnbound(t *testing.T, bin, authPort string, zones []string) (addr, output string, err error) {
 	dir := t.TempDir()
-	port := freeUDPPort(t)
+	port := freePort(t)
 	var stubs strings.Builder
 	for _, z := range zones {
 		fmt.Fprintf(&stubs, "stub-zone:\n  name: %q\n  stub-addr: 127.0.0.1@%s\n", z+".", authPort)
@@ -201,7 +214,7 @@ remote-control:
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
+	stop := func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -209,8 +222,8 @@ remote-control:
 			_ = cmd.Process.Kill()
 			<-exited
 		}
-	})
-	addr := net.JoinHostPort("127.0.0.1", port)
+	}
+	addr = net.JoinHostPort("127.0.0.1", port)
 	// Ready when it resolves the zone's SOA through the stub: bounded polling, no fixed sleep.
 	deadline := time.Now().Add(15 * time.Second)
 	c := &dns.Client{Net: "udp", Timeout: 250 * time.Millisecond}
@@ -218,29 +231,40 @@ remote-control:
 		m := new(dns.Msg)
 		m.SetQuestion(dns.Fqdn(zones[0]), dns.TypeSOA)
 		if r, _, err := c.Exchange(m, addr); err == nil && r.Rcode == dns.RcodeSuccess {
-			return addr
+			t.Cleanup(stop)
+			return addr, "", nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("unbound not ready after 15s; its output:\n%s", out.String())
+			stop()
+			return "", out.String(), fmt.Errorf("unbound not ready after 15s")
 		}
 		select {
 		case err := <-exited:
 			exited <- err
-			t.Fatalf("unbound exited: %v; its output:\n%s", err, out.String())
+			return "", out.String(), fmt.Errorf("unbound exited: %v", err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
 
-func freeUDPPort(t *testing.T) string {
+// freePort returns a loopback port that was free for both UDP and TCP a moment ago.
+func freePort(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		pc.Close()
+		if err == nil {
+			ln.Close()
+			_, port, _ := net.SplitHostPort(pc.LocalAddr().String())
+			return port
+		}
 	}
-	defer pc.Close()
-	_, port, _ := net.SplitHostPort(pc.LocalAddr().String())
-	return port
+	t.Fatal("no port free for both UDP and TCP")
+	return ""
 }
 
 // verbosity is unbound's log level: 1, or UNBOUND_VERBOSITY to debug a failing run.

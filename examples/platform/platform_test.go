@@ -1,0 +1,274 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/miekg/dns"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/switchyard-dev/switchyard/conman/process"
+	"github.com/switchyard-dev/switchyard/lore"
+)
+
+func TestMain(m *testing.M) {
+	process.Init() // this test binary is each repl's init too
+	if len(os.Args) > 1 && os.Args[1] == demoAppCommand {
+		if err := runDemoApp(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// startPlatform runs the platform in-process on its own /16 of loopback, every listener of its
+// own on port 0 or on that /16, and stops it when the test ends.
+func startPlatform(t *testing.T, net16 string) *Platform {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pfx := netip.MustParsePrefix(net16)
+	base := pfx.Addr().Next().String() // x.y.0.1
+	p, err := Start(ctx, Config{
+		DNSAddr:    base + ":0",
+		LoreAddr:   base + ":0",
+		AdminAddr:  base + ":0",
+		AdminKey:   "test-admin-key",
+		ClusterNet: pfx,
+		StateDir:   t.TempDir(),
+		EvalGrace:  time.Minute,
+		Logger:     testLogger(t),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		require.NoError(t, p.Shutdown(ctx))
+	})
+	return p
+}
+
+func TestPlatformEndToEnd(t *testing.T) {
+	p := startPlatform(t, "127.77.0.0/16")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	lc := lore.NewClient(p.LoreURL(), "test-admin-key", nil)
+
+	// Create blog for replbot in cluster a.
+	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "a"})
+	require.NoError(t, err)
+	host := "blog.replbot.repl.test"
+
+	// DNS over UDP and TCP answers cluster a's hosting address, for the name and the id name.
+	for _, name := range []string{host, repl.ID + ".id.repl.test"} {
+		for _, proto := range []string{"udp", "tcp"} {
+			require.Equal(t, []string{"127.77.1.1"}, lookupA(t, p.DNSAddr(), proto, name), "%s over %s", name, proto)
+		}
+	}
+
+	// The page comes back through cluster a's hosting proxy.
+	page := getPage(t, "127.77.1.1:8080", host)
+	require.Contains(t, page, "cluster <b>a</b>")
+
+	// A session through Eval runs echo in the repl's shell.
+	s := openSession(ctx, t, lc, "replbot/blog")
+	vm1 := s.run(ctx, t, "echo MARK-$SWITCHYARD_VM")
+	require.True(t, strings.HasPrefix(vm1, "a-vm"), vm1)
+	require.Equal(t, "hi-there", s.run(ctx, t, "echo MARK-hi-there"))
+
+	// A bad token is refused before any upgrade.
+	info, err := lc.Connect(ctx, repl.ID)
+	require.NoError(t, err)
+	for _, tok := range []string{"", "not-a-token", info.Token[:len(info.Token)-4] + "AAAA"} {
+		status := dialStatus(ctx, t, info.URL, tok)
+		require.Equal(t, http.StatusUnauthorized, status, "token %q", tok)
+	}
+	// A token for cluster a is refused by cluster b's Eval.
+	require.Equal(t, http.StatusUnauthorized, dialStatus(ctx, t, p.Cluster("b").evalURL(), info.Token))
+
+	// Roll the VM the session is on: the session closes with 1012 and the reconnect lands on
+	// another VM.
+	old, replacement, err := p.Cluster("a").rollVM(ctx, vm1)
+	require.NoError(t, err)
+	require.Equal(t, vm1, old)
+	require.Equal(t, websocket.StatusServiceRestart, s.waitClose(ctx, t))
+	s = openSession(ctx, t, lc, "replbot/blog")
+	vm2 := s.run(ctx, t, "echo MARK-$SWITCHYARD_VM")
+	require.NotEqual(t, vm1, vm2)
+	t.Logf("rolled %s (replacement %s); reconnected on %s", old, replacement, vm2)
+	s.close()
+
+	// Move the repl to b: DNS answers b, and cluster a still serves the page, from b, by its
+	// tombstone.
+	_, err = lc.MoveRepl(ctx, repl.ID, "b")
+	require.NoError(t, err)
+	require.Equal(t, []string{"127.77.2.1"}, lookupA(t, p.DNSAddr(), "udp", host))
+	require.Contains(t, getPage(t, "127.77.2.1:8080", host), "cluster <b>b</b>")
+	require.Contains(t, getPage(t, "127.77.1.1:8080", host), "cluster <b>b</b>")
+
+	// Eval drains with a session open: the session keeps working until it closes, new sessions
+	// reach the new Eval generation, and the drain then completes.
+	cb := p.Cluster("b")
+	s = openSession(ctx, t, lc, "replbot/blog")
+	require.True(t, strings.HasPrefix(s.run(ctx, t, "echo MARK-$SWITCHYARD_VM"), "b-vm"))
+	cb.mu.Lock()
+	oldEval := cb.eval
+	cb.mu.Unlock()
+	draining, err := cb.restartEval(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, draining)
+	s2 := openSession(ctx, t, lc, "replbot/blog") // the new generation takes new sessions
+	require.Equal(t, "two", s2.run(ctx, t, "echo MARK-two"))
+	s2.close()
+	require.Equal(t, "still-here", s.run(ctx, t, "echo MARK-still-here"))
+	select {
+	case <-oldEval.drained:
+		t.Fatal("the old Eval finished draining with a session open")
+	default:
+	}
+	s.close()
+	select {
+	case <-oldEval.drained:
+	case <-ctx.Done():
+		t.Fatal("the old Eval did not finish draining after its last session closed")
+	}
+}
+
+func lookupA(t *testing.T, server, proto, name string) []string {
+	t.Helper()
+	c := &dns.Client{Net: proto, Timeout: 5 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	r, _, err := c.Exchange(m, server)
+	require.NoError(t, err)
+	require.Equal(t, dns.RcodeSuccess, r.Rcode, "%s %s", proto, name)
+	require.True(t, r.Authoritative)
+	var out []string
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			out = append(out, a.A.String())
+		}
+	}
+	return out
+}
+
+func getPage(t *testing.T, addr, host string) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	require.NoError(t, err)
+	req.Host = host
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	return string(body)
+}
+
+// dialStatus opens a WebSocket to an Eval URL with a token and returns the HTTP status it was
+// refused with (101 if it was accepted).
+func dialStatus(ctx context.Context, t *testing.T, url, token string) int {
+	t.Helper()
+	h := http.Header{}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	c, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: h})
+	if err == nil {
+		c.CloseNow()
+		return http.StatusSwitchingProtocols
+	}
+	require.NotNil(t, resp, "dial %s: %v", url, err)
+	return resp.StatusCode
+}
+
+// session is a shell session through Eval, read by one goroutine into a channel.
+type session struct {
+	conn   *websocket.Conn
+	out    chan string
+	closed chan websocket.StatusCode
+}
+
+var markRE = regexp.MustCompile(`MARK-([a-z0-9-]+)\r?\n`)
+
+func openSession(ctx context.Context, t *testing.T, lc *lore.Client, target string) *session {
+	t.Helper()
+	conn, err := dialRepl(ctx, lc, target)
+	require.NoError(t, err)
+	s := &session{conn: conn, out: make(chan string, 64), closed: make(chan websocket.StatusCode, 1)}
+	go func() {
+		for {
+			_, data, err := conn.Read(context.Background())
+			if err != nil {
+				s.closed <- websocket.CloseStatus(err)
+				close(s.out)
+				return
+			}
+			s.out <- string(data)
+		}
+	}()
+	t.Cleanup(s.close)
+	return s
+}
+
+// run sends a command line and returns the first MARK-<word> the shell prints.
+func (s *session) run(ctx context.Context, t *testing.T, cmd string) string {
+	t.Helper()
+	require.NoError(t, s.conn.Write(ctx, websocket.MessageBinary, []byte(cmd+"\n")))
+	var buf strings.Builder
+	for {
+		select {
+		case chunk, ok := <-s.out:
+			require.True(t, ok, "session ended while waiting for %q; got %q", cmd, buf.String())
+			buf.WriteString(chunk)
+			if m := markRE.FindStringSubmatch(buf.String()); m != nil {
+				return m[1]
+			}
+		case <-ctx.Done():
+			t.Fatalf("no answer to %q; got %q", cmd, buf.String())
+		}
+	}
+}
+
+func (s *session) waitClose(ctx context.Context, t *testing.T) websocket.StatusCode {
+	t.Helper()
+	for {
+		select {
+		case _, ok := <-s.out:
+			if !ok {
+				return <-s.closed
+			}
+		case <-ctx.Done():
+			t.Fatal("the session did not close")
+		}
+	}
+}
+
+func (s *session) close() {
+	s.conn.Close(websocket.StatusNormalClosure, "")
+	for range s.out {
+	}
+}
+
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) { w.t.Log(strings.TrimSpace(string(b))); return len(b), nil }

@@ -21,8 +21,10 @@ type Watcher interface {
 	Watch(ctx context.Context) (<-chan lore.Event, error)
 }
 
-// Releaser frees a repl's VM. *placement.Controlplane and *placement.Client satisfy it.
-type Releaser interface {
+// Placement is the part of placement the Follower needs to free a moved repl's VM.
+// *placement.Controlplane and *placement.Client satisfy it.
+type Placement interface {
+	Lookup(ctx context.Context, repl string) (placement.Assignment, error)
 	Release(ctx context.Context, repl, vm string) error
 }
 
@@ -34,9 +36,14 @@ type FollowerConfig struct {
 	Store Store
 	// Watcher delivers lore's events.
 	Watcher Watcher
-	// Releaser frees the VM of a repl that moved away (placement's Release; the VM's conman
-	// then stops the container). Nil means nothing is released.
-	Releaser Releaser
+	// Placement frees the VM of a repl that moved away: its assignment is looked up, Stop is
+	// called with it, then it is released. Nil means nothing is released.
+	Placement Placement
+	// Stop stops the repl's container on the VM of assignment a (in-process:
+	// (*conman.Server).Stop of that VM). Nil means the container is left to the VM (conman
+	// stops a released repl's container when its own policy says so); a Stop error is logged
+	// and the assignment released anyway, so the repl can never run in two clusters' books.
+	Stop func(ctx context.Context, a placement.Assignment) error
 	// TTL is how long a tombstone forwards. Zero means DefaultTTL (24 h).
 	TTL time.Duration
 	// RetryInterval is the wait before re-opening a broken watch. Zero means one second.
@@ -241,12 +248,24 @@ func (f *Follower) remove(ctx context.Context, repl string) error {
 	return nil
 }
 
-// release frees the repl's VM here, retrying briefly; no assignment is fine.
+// release stops the repl's container here and frees its VM, retrying briefly; no assignment is
+// fine (the repl was not running).
 func (f *Follower) release(ctx context.Context, repl string) error {
-	if f.cfg.Releaser == nil {
+	if f.cfg.Placement == nil {
 		return nil
 	}
-	var err error
+	a, err := f.cfg.Placement.Lookup(ctx, repl)
+	if errors.Is(err, placement.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up repl %s in placement: %w", repl, err)
+	}
+	if f.cfg.Stop != nil {
+		if err := f.cfg.Stop(ctx, a); err != nil && ctx.Err() == nil {
+			f.log.Warn("tombstone: stopping a moved repl failed; releasing it anyway", "repl", repl, "vm", a.VM, "err", err)
+		}
+	}
 	for attempt := 0; attempt < 3; attempt++ {
 		if attempt > 0 {
 			t := time.NewTimer(time.Duration(attempt) * 200 * time.Millisecond)
@@ -257,11 +276,13 @@ func (f *Follower) release(ctx context.Context, repl string) error {
 			case <-t.C:
 			}
 		}
-		err = f.cfg.Releaser.Release(ctx, repl, "")
-		if err == nil || errors.Is(err, placement.ErrNotFound) {
+		err = f.cfg.Placement.Release(ctx, repl, a.VM)
+		if err == nil || errors.Is(err, placement.ErrNotFound) || errors.Is(err, placement.ErrConflict) {
+			// ErrConflict: the repl is no longer on that VM, someone else released it.
 			f.applied.WithLabelValues("released").Inc()
+			f.log.Info("tombstone: moved repl released", "repl", repl, "vm", a.VM)
 			return nil
 		}
 	}
-	return fmt.Errorf("release repl %s: %w", repl, err)
+	return fmt.Errorf("release repl %s from vm %s: %w", repl, a.VM, err)
 }

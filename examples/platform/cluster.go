@@ -14,6 +14,7 @@ import (
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
 var errNoSuchVM = errors.New("no such active VM")
@@ -36,7 +37,6 @@ type cluster struct {
 
 	hostingProxy *proxy.Hosting
 	hosting      *server
-	tomb         *tombstones
 
 	mu     sync.Mutex
 	eval   *evalInstance
@@ -104,7 +104,9 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 		Directory:  p.dir,
 		Placer:     c.cpClient,
 		Credential: c.credential,
-		Logger:     c.log.With("component", "hosting"),
+		// A request another cluster forwarded (verified hop header) keeps its client address.
+		TrustForwarded: tombstone.Internal,
+		Logger:         c.log.With("component", "hosting"),
 	})
 	if err != nil {
 		return c, err

@@ -140,6 +140,9 @@ type Platform struct {
 	lore *server
 	dns  []*dns.Server
 
+	// hopSecret signs the hop header tombstone forwarding sends between clusters.
+	hopSecret []byte
+
 	admin    *server
 	clusters map[string]*cluster
 	order    []string // cluster IDs in start order
@@ -155,7 +158,10 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Platform{cfg: cfg, log: cfg.Logger, clusters: map[string]*cluster{}}
+	p := &Platform{cfg: cfg, log: cfg.Logger, clusters: map[string]*cluster{}, hopSecret: make([]byte, 32)}
+	if _, err := rand.Read(p.hopSecret); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

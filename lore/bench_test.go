@@ -99,6 +99,23 @@ func BenchmarkReplByName(b *testing.B) {
 	}
 }
 
+// BenchmarkMemdbReplByName is the same lookup done in go-memdb itself (read transaction and
+// radix-tree First), what MemStore's read maps avoid.
+func BenchmarkMemdbReplByName(b *testing.B) {
+	dir := bigDirectory(b)
+	store := dir.Store().(*lore.MemStore)
+	b.ReportAllocs()
+	b.ResetTimer()
+	j := 0
+	for i := 0; i < b.N; i++ {
+		j = (j + stride) % benchRepls
+		r := &bigRepls[j]
+		if _, err := lore.MemdbReplByName(store, r.Owner, r.Slug); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkReplByHost adds ParseHost: a Host header or DNS name to the repl.
 func BenchmarkReplByHost(b *testing.B) {
 	dir := bigDirectory(b)

@@ -54,6 +54,7 @@ type Store interface {
 	// with a growing Index. The channel is closed when ctx ends, when the store closes, or when
 	// the watcher falls too far behind; in the last two cases ctx.Err() is still nil and the
 	// watcher must re-read what it caches and watch again (no event is ever silently dropped).
+	// Events are shared between watchers: treat what their pointers point to as read-only.
 	Watch(ctx context.Context) (<-chan Event, error)
 }
 

@@ -299,6 +299,7 @@ func (p *Platform) printEndpoints(w *os.File) {
 	fmt.Fprintf(w, "  DNS (UDP+TCP)   %s\n", p.DNSAddr())
 	fmt.Fprintf(w, "  lore API        %s   (admin key: %s)\n", p.LoreURL(), p.cfg.AdminKey)
 	fmt.Fprintf(w, "  platform admin  %s\n", p.AdminURL())
+	fmt.Fprintf(w, "  state           %s\n", p.cfg.StateDir)
 	ids := append([]string(nil), p.order...)
 	sort.Strings(ids)
 	for _, id := range ids {

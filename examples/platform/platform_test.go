@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -8,8 +9,12 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,8 +29,16 @@ import (
 
 func TestMain(m *testing.M) {
 	process.Init() // this test binary is each repl's init too
-	if len(os.Args) > 1 && os.Args[1] == demoAppCommand {
-		if err := runDemoApp(); err != nil {
+	// The test binary also plays the platform binary's roles: a repl's demo app, and the
+	// platform itself for the signal test.
+	if len(os.Args) > 1 && (os.Args[1] == demoAppCommand || os.Args[1] == "run") {
+		var err error
+		if os.Args[1] == "run" {
+			err = runPlatform(os.Args[2:])
+		} else {
+			err = runDemoApp()
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -273,4 +286,110 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
+}
+
+// TestPlatformProcessStopsOnSignal runs the platform as its own process, as a person does, with
+// a repl serving, and checks SIGTERM stops every component and container within seconds and
+// removes the temporary state directory.
+func TestPlatformProcessStopsOnSignal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a whole platform process")
+	}
+	cmd := exec.Command(os.Args[0], "run", "-cluster-net", "127.78.0.0/16", "-clusters", "a",
+		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-admin-key", "k")
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	lines := make(chan string, 128)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+
+	// The banner names lore and the state directory; its last line says how to stop.
+	var loreURL, stateDir string
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for up := false; !up; {
+		select {
+		case line, ok := <-lines:
+			require.True(t, ok, "the platform exited before it was up: %s", stderr.String())
+			f := strings.Fields(line)
+			switch {
+			case strings.HasPrefix(line, "  lore API") && len(f) > 2:
+				loreURL = f[2]
+			case strings.HasPrefix(line, "  state") && len(f) > 1:
+				stateDir = f[1]
+			case strings.HasPrefix(line, "Stop with"):
+				up = true
+			}
+		case <-ctx.Done():
+			t.Fatalf("the platform did not come up: %s", stderr.String())
+		}
+	}
+	require.NotEmpty(t, loreURL)
+	require.DirExists(t, stateDir)
+
+	// A repl serving its page, so there is a container to stop.
+	lc := lore.NewClient(loreURL, "k", nil)
+	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog"})
+	require.NoError(t, err)
+	require.Contains(t, getPage(t, "127.78.1.1:8080", "blog.replbot.repl.test"), repl.ID)
+	require.NotEmpty(t, demoApps(t), "no demo app process found while the repl serves")
+
+	start := time.Now()
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-exited:
+		require.NoError(t, err, "exit status; stderr: %s", stderr.String())
+		exited <- err // for the cleanup
+	case <-time.After(15 * time.Second):
+		t.Fatalf("still running 15 s after SIGTERM: %s", stderr.String())
+	}
+	t.Logf("stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	require.NoDirExists(t, stateDir)
+	require.Empty(t, demoApps(t), "repl processes outlived the platform")
+}
+
+// demoApps lists the PIDs of demo apps started from this test binary.
+func demoApps(t *testing.T) []string {
+	t.Helper()
+	want := os.Args[0] + "\x00" + demoAppCommand + "\x00"
+	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	require.NoError(t, err)
+	var pids []string
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && string(b) == want {
+			pids = append(pids, filepath.Base(filepath.Dir(p)))
+		}
+	}
+	return pids
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

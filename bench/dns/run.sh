@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# dnsperf load test of dnsauth against a bare miekg/dns server and NSD, in one run, side by side.
+#
+#   bench/dns/run.sh            # DURATION=15 ROUNDS=3 REPLS=100000
+#
+# Each server runs pinned to CPU 0 (Go servers with GOMAXPROCS=1, NSD with server-count 1) and
+# dnsperf pinned to CPU 1. Servers:
+#   bare     a miekg/dns server answering a fixed A record        (bench/dns/server -mode bare)
+#   dnsauth  dnsauth over a lore memdb Directory of REPLS repls     (bench/dns/server -mode dnsauth)
+#   nsd      NSD with a zone file of the same shape (REPLS names with A and AAAA)
+# Query mix (QUERIES lines, repeated for DURATION s): 80% A and 10% AAAA of random repl names,
+# 10% A of names that do not exist (NXDOMAIN). Over UDP and TCP; ROUNDS rounds, servers
+# interleaved within a round so drift on this shared machine hits all of them alike; the
+# summary prints each server's median qps and its ratio to bare.
+#
+# Needs: go, dnsperf, nsd, dig (apt-get install dnsperf nsd bind9-dnsutils), taskset, 2 CPUs.
+# Only loopback (127.0.0.1) is used.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-3}
+REPLS=${REPLS:-100000}
+QUERIES=${QUERIES:-100000}
+CLIENTS=${CLIENTS:-8}
+OUTSTANDING=${OUTSTANDING:-100}
+ZONE=repl.test
+PORT_BARE=${PORT_BARE:-5390}
+PORT_DNSAUTH=${PORT_DNSAUTH:-5391}
+PORT_NSD=${PORT_NSD:-5392}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+
+for cmd in go dnsperf nsd dig taskset; do
+  command -v "$cmd" >/dev/null || { echo "run.sh: $cmd not found (apt-get install dnsperf nsd bind9-dnsutils)" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/dnsbench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== building and generating (repls=$REPLS queries=$QUERIES) in $work"
+go build -o "$work/server" ./bench/dns/server
+
+# Query file and NSD zone of the same shape as the server's directory.
+awk -v n="$REPLS" -v q="$QUERIES" -v zone="$ZONE" 'BEGIN {
+  srand(42)
+  for (i = 0; i < q; i++) {
+    r = int(rand() * n); k = i % 10
+    if (k < 8)       printf "s%d.o%d.%s A\n", r, int(r / 10), zone
+    else if (k == 8) printf "s%d.o%d.%s AAAA\n", r, int(r / 10), zone
+    else             printf "nx%d.o%d.%s A\n", r, int(r / 10), zone
+  }
+}' > "$work/queries.txt"
+awk -v n="$REPLS" -v zone="$ZONE" 'BEGIN {
+  printf "$ORIGIN %s.\n$TTL 60\n", zone
+  printf "@ IN SOA ns1.%s. hostmaster.%s. 1 3600 600 604800 60\n@ IN NS ns1.%s.\nns1 IN A 127.0.0.53\n", zone, zone, zone
+  for (i = 0; i < n; i++) {
+    k = i % 4
+    printf "s%d.o%d IN A 127.0.%d.1\ns%d.o%d IN AAAA fd00::%d:1\n", i, int(i / 10), k + 1, i, int(i / 10), k + 1
+  }
+}' > "$work/$ZONE.zone"
+cat > "$work/nsd.conf" <<NSD
+server:
+  ip-address: 127.0.0.1@$PORT_NSD
+  server-count: 1
+  username: ""
+  chroot: ""
+  zonesdir: "$work"
+  database: ""
+  zonelistfile: "$work/zone.list"
+  xfrdfile: "$work/xfrd.state"
+  xfrdir: "$work"
+  pidfile: "$work/nsd.pid"
+  logfile: "$work/nsd.log"
+  hide-version: yes
+  rrl-ratelimit: 0
+  verbosity: 0
+remote-control:
+  control-enable: no
+zone:
+  name: $ZONE
+  zonefile: $ZONE.zone
+NSD
+
+# wait_ready PORT: bounded poll with a real query until the server answers the zone's SOA.
+wait_ready() {
+  for _ in $(seq 1 600); do
+    if dig +time=1 +tries=1 +short -p "$1" @127.0.0.1 "$ZONE" SOA >/dev/null 2>&1 &&
+       [ -n "$(dig +time=1 +tries=1 +short -p "$1" @127.0.0.1 "s1.o0.$ZONE" A)" ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "run.sh: server on port $1 not ready" >&2
+  return 1
+}
+
+echo "== starting servers on CPU $SERVER_CPU"
+GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode bare -addr "127.0.0.1:$PORT_BARE" > "$work/bare.log" 2>&1 &
+pids+=($!)
+GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode dnsauth -repls "$REPLS" -addr "127.0.0.1:$PORT_DNSAUTH" > "$work/dnsauth.log" 2>&1 &
+pids+=($!)
+taskset -c "$SERVER_CPU" nsd -d -c "$work/nsd.conf" > "$work/nsd.out" 2>&1 &
+pids+=($!)
+wait_ready "$PORT_BARE"; wait_ready "$PORT_DNSAUTH"; wait_ready "$PORT_NSD"
+
+# Check the answers before measuring them: same rcodes from dnsauth and NSD.
+for q in "s12345.o1234.$ZONE A" "s12345.o1234.$ZONE AAAA" "nx1.o0.$ZONE A"; do
+  a=$(dig +norec -p "$PORT_DNSAUTH" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
+  n=$(dig +norec -p "$PORT_NSD" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
+  echo "   $q: dnsauth $a, nsd $n"
+  [ "$a" = "$n" ] || { echo "run.sh: dnsauth and NSD disagree on $q" >&2; exit 1; }
+done
+
+declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD)
+results="$work/results.txt"
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in udp tcp; do
+    for srv in bare dnsauth nsd; do
+      out=$(taskset -c "$CLIENT_CPU" dnsperf -m "$mode" -s 127.0.0.1 -p "${port[$srv]}" -d "$work/queries.txt" \
+        -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 2>&1)
+      qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
+      lost=$(echo "$out" | awk '/Queries lost/ {print $3}')
+      lat=$(echo "$out" | awk '/Average Latency/ {print $4}')
+      rc=$(echo "$out" | awk '/Response codes/ {sub(/.*codes: */, ""); print}')
+      echo "round $round $mode $srv qps=$qps lost=$lost avg_latency_s=$lat codes: $rc"
+      echo "$mode $srv $qps" >> "$results"
+    done
+  done
+done
+
+echo "== median qps over $ROUNDS rounds of ${DURATION}s (ratio to bare)"
+for mode in udp tcp; do
+  bare_med=""
+  for srv in bare dnsauth nsd; do
+    med=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $3}' "$results" | sort -n |
+      awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+    [ "$srv" = bare ] && bare_med=$med
+    printf "%-4s %-8s %10.0f qps  %.2fx\n" "$mode" "$srv" "$med" "$(awk -v a="$med" -v b="$bare_med" 'BEGIN {print a / b}')"
+  done
+done

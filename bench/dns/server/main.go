@@ -1,0 +1,161 @@
+// Command server is the DNS server the dnsperf load script (bench/dns/run.sh) measures:
+//
+//	server -mode bare    -addr 127.0.0.1:5390   a bare miekg/dns server answering a fixed A record
+//	server -mode dnsauth -addr 127.0.0.1:5391   dnsauth over a lore memdb Directory of -repls repls
+//
+// Both serve UDP and TCP on addr (TCP with MaxTCPQueries -1, so dnsperf's pipelined connections
+// stay open), print "ready" on stdout once both listen, and stop on SIGINT or SIGTERM. The repls
+// are named s<i>.o<i/10>.<zone> in 4 clusters, cluster c<k> answering 127.0.<k+1>.1 and
+// fd00::<k+1>:1, the same shape run.sh writes for NSD.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard-dev/switchyard/dnsauth"
+	"github.com/switchyard-dev/switchyard/lore"
+)
+
+func main() {
+	mode := flag.String("mode", "dnsauth", "bare or dnsauth")
+	addr := flag.String("addr", "127.0.0.1:5391", "UDP and TCP listen address")
+	zone := flag.String("zone", "repl.test", "zone")
+	repls := flag.Int("repls", 100_000, "repls in the directory (dnsauth mode)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the serving phase to this file")
+	flag.Parse()
+	if *cpuprofile != "" {
+		profile = *cpuprofile
+	}
+	if err := run(*mode, *addr, *zone, *repls); err != nil {
+		fmt.Fprintln(os.Stderr, "server:", err)
+		os.Exit(1)
+	}
+}
+
+var profile string
+
+func run(mode, addr, zone string, repls int) error {
+	var h dns.Handler
+	switch mode {
+	case "bare":
+		h = bare()
+	case "dnsauth":
+		dir, err := directory(zone, repls)
+		if err != nil {
+			return err
+		}
+		defer dir.Close()
+		// Metrics on, as a production embedder would run it (the registry is just not served).
+		h, err = dnsauth.New(dnsauth.Config{
+			Directory:  dir,
+			Zones:      []dnsauth.Zone{{Name: zone, NS: []dnsauth.NameServer{{Name: "ns1." + zone, Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.53")}}}}},
+			Registerer: prometheus.NewRegistry(),
+			Logger:     slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		})
+		if err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown mode %q", mode)
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h, MaxTCPQueries: -1}}
+	errs := make(chan error, len(servers))
+	for _, s := range servers {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		go func() { errs <- s.ActivateAndServe() }()
+		select {
+		case <-started:
+		case err := <-errs:
+			return err
+		}
+	}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	select {
+	case <-sig:
+	case err := <-errs:
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var errAll error
+	for _, s := range servers {
+		errAll = errors.Join(errAll, s.ShutdownContext(ctx))
+	}
+	return errAll
+}
+
+// bare answers every query with one fixed A record.
+func bare() dns.Handler {
+	a := &dns.A{Hdr: dns.RR_Header{Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(127, 0, 1, 1).To4()}
+	return dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		if len(r.Question) == 1 && r.Question[0].Qtype == dns.TypeA {
+			rr := *a
+			rr.Hdr.Name = r.Question[0].Name
+			m.Answer = []dns.RR{&rr}
+		}
+		_ = w.WriteMsg(m)
+	})
+}
+
+func directory(zone string, repls int) (*lore.Directory, error) {
+	dir, err := lore.New(lore.Config{Zone: zone})
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	for k := 0; k < 4; k++ {
+		_, err := dir.PutCluster(ctx, lore.Cluster{ID: fmt.Sprintf("c%d", k), EvalURL: "ws://127.0.0.1:8443/",
+			Hosting4: []netip.Addr{netip.AddrFrom4([4]byte{127, 0, byte(k + 1), 1})},
+			Hosting6: []netip.Addr{netip.MustParseAddr(fmt.Sprintf("fd00::%d:1", k+1))}})
+		if err != nil {
+			return nil, err
+		}
+	}
+	for i := 0; i < repls; i++ {
+		_, err := dir.CreateRepl(ctx, lore.Repl{ID: fmt.Sprintf("r%d", i), Owner: fmt.Sprintf("o%d", i/10),
+			Slug: fmt.Sprintf("s%d", i), Cluster: fmt.Sprintf("c%d", i%4)})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return dir, nil
+}

@@ -197,9 +197,20 @@ func checkID(kind, id string) error {
 	return nil
 }
 
+// Bounds on any Resources value, far above any real VM, so sums of many cannot overflow.
+const (
+	maxContainers  = 1 << 24
+	maxCPUMilli    = 1 << 40
+	maxMemoryBytes = 1 << 56
+)
+
 func checkResources(what string, r Resources) error {
 	if r.Containers < 0 || r.CPUMilli < 0 || r.MemoryBytes < 0 {
 		return fmt.Errorf("%w: negative %s", ErrInvalid, what)
+	}
+	if r.Containers > maxContainers || r.CPUMilli > maxCPUMilli || r.MemoryBytes > maxMemoryBytes {
+		return fmt.Errorf("%w: %s out of range (at most %d containers, %d cpu_milli, %d memory_bytes)",
+			ErrInvalid, what, maxContainers, maxCPUMilli, maxMemoryBytes)
 	}
 	return nil
 }

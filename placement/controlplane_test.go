@@ -607,3 +607,21 @@ func concurrentPlaceRelease(t *testing.T, store placement.Store) {
 		}
 	}
 }
+
+func TestResourceOverflow(t *testing.T) {
+	ctx := context.Background()
+	cp := newCP(t, placement.Config{})
+	v := vm("a", "", 10)
+	v.Capacity.MemoryBytes = 1 << 30
+	register(t, cp, v)
+	_, err := cp.Place(ctx, placement.Request{Repl: "r", Resources: placement.Resources{MemoryBytes: 1<<63 - 1}})
+	require.ErrorIs(t, err, placement.ErrInvalid)
+	_, err = cp.Place(ctx, placement.Request{Repl: "r", Resources: placement.Resources{MemoryBytes: 1 << 30}})
+	require.NoError(t, err)
+	// Near the bound, a request that would wrap a naive sum is refused as too big.
+	_, err = cp.Place(ctx, placement.Request{Repl: "s", Resources: placement.Resources{MemoryBytes: 1 << 56}})
+	require.ErrorIs(t, err, placement.ErrNoCapacity)
+	v.Capacity.Containers = -1
+	_, err = cp.Register(ctx, v)
+	require.ErrorIs(t, err, placement.ErrInvalid)
+}

@@ -60,15 +60,16 @@ type BatchAssigner interface {
 }
 
 // fits reports whether adding req to used stays within capacity, on every dimension the capacity
-// constrains (a zero capacity field is unconstrained).
+// constrains (a zero capacity field is unconstrained). It compares against the remaining room so
+// huge requests cannot overflow into a pass.
 func fits(capacity, used, req Resources) bool {
-	if capacity.Containers > 0 && used.Containers+req.Containers > capacity.Containers {
+	if capacity.Containers > 0 && req.Containers > capacity.Containers-used.Containers {
 		return false
 	}
-	if capacity.CPUMilli > 0 && used.CPUMilli+req.CPUMilli > capacity.CPUMilli {
+	if capacity.CPUMilli > 0 && req.CPUMilli > capacity.CPUMilli-used.CPUMilli {
 		return false
 	}
-	if capacity.MemoryBytes > 0 && used.MemoryBytes+req.MemoryBytes > capacity.MemoryBytes {
+	if capacity.MemoryBytes > 0 && req.MemoryBytes > capacity.MemoryBytes-used.MemoryBytes {
 		return false
 	}
 	return true

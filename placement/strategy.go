@@ -141,13 +141,13 @@ func (Fits) Name() string { return "fits" }
 
 func (Fits) Filter(c *Cycle, vm *VM) (bool, string) {
 	req, capa, used := c.Request.Resources, vm.Capacity, vm.Usage
-	if capa.Containers > 0 && used.Containers+req.Containers > capa.Containers {
+	if capa.Containers > 0 && req.Containers > capa.Containers-used.Containers {
 		return false, "no room: containers"
 	}
-	if capa.CPUMilli > 0 && used.CPUMilli+req.CPUMilli > capa.CPUMilli {
+	if capa.CPUMilli > 0 && req.CPUMilli > capa.CPUMilli-used.CPUMilli {
 		return false, "no room: cpu"
 	}
-	if capa.MemoryBytes > 0 && used.MemoryBytes+req.MemoryBytes > capa.MemoryBytes {
+	if capa.MemoryBytes > 0 && req.MemoryBytes > capa.MemoryBytes-used.MemoryBytes {
 		return false, "no room: memory"
 	}
 	return true, ""

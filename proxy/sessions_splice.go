@@ -229,111 +229,167 @@ type sessionsPumpResult struct {
 	closeCode      int
 }
 
-// backendToClient forwards conman's frames to the client until EOF or an error.
+// sessionsHeadBuf is the splice relay's read buffer for conman's side: big enough for the
+// header and payload of a typical terminal frame, so those move with one read and one write.
+const sessionsHeadBuf = 512
+
+// backendToClient forwards conman's frames to the client until EOF or an error. Each read takes
+// what is available into a small buffer; complete frames in it are written to the client at
+// once; a frame up to sessionsSmallFrame is completed in a pooled buffer; the payload of a
+// bigger one is spliced.
 func (sp *sessionsSplice) backendToClient() sessionsPumpResult {
 	var res sessionsPumpResult
-	var hdr [14]byte
+	var buf [sessionsHeadBuf]byte
+	have := 0 // bytes of buf holding the start of the next frame(s)
 	for {
-		n, err := sp.readBack(hdr[:2])
-		if err != nil {
-			res.atBoundary = n == 0
-			if res.atBoundary && sp.isGoingAway() {
-				res.goAway = true
-				return res
-			}
-			if n == 0 && errors.Is(err, io.EOF) {
-				return res
-			}
-			res.err = err
-			return res
-		}
-		opcode := hdr[0] & 0x0f
-		masked := hdr[1]&0x80 != 0
-		length := uint64(hdr[1] & 0x7f)
-		hl := 2
-		switch length {
-		case 126:
-			if _, err := sp.readBack(hdr[2:4]); err != nil {
+		// Parse the next frame header, reading until it is complete.
+		var hl int
+		var length uint64
+		for {
+			var ok bool
+			var err error
+			hl, length, ok, err = sessionsParseHeader(buf[:have])
+			if err != nil {
 				res.err = err
 				return res
 			}
-			length = uint64(binary.BigEndian.Uint16(hdr[2:4]))
-			hl = 4
-		case 127:
-			if _, err := sp.readBack(hdr[2:10]); err != nil {
+			if ok {
+				break
+			}
+			n, err := sp.readSome(buf[have:])
+			have += n
+			if err != nil && n == 0 {
+				res.atBoundary = have == 0
+				if res.atBoundary && sp.isGoingAway() {
+					res.goAway = true
+					return res
+				}
+				if have == 0 && errors.Is(err, io.EOF) {
+					return res
+				}
 				res.err = err
 				return res
 			}
-			length = binary.BigEndian.Uint64(hdr[2:10])
-			hl = 10
-			if length > 1<<62 {
-				res.err = fmt.Errorf("conman sent a frame of %d bytes", length)
-				return res
-			}
 		}
-		if masked {
-			if _, err := sp.readBack(hdr[hl : hl+4]); err != nil {
-				res.err = err
-				return res
-			}
-			hl += 4
-		}
+		opcode := buf[0] & 0x0f
+		masked := buf[1]&0x80 != 0
+		total := uint64(hl) + length
 		if opcode >= 8 && length > 125 {
 			res.err = fmt.Errorf("conman sent a control frame of %d bytes", length)
 			return res
 		}
-		if length <= sessionsSmallFrame {
+		if opcode == 8 {
+			// Control frames fit in buf: complete it to read the status code.
+			for uint64(have) < total {
+				n, err := sp.readSome(buf[have:total])
+				have += n
+				if err != nil {
+					res.err = err
+					return res
+				}
+			}
+			res.sawClose = true
+			var key []byte
+			if masked {
+				key = buf[hl-4 : hl]
+			}
+			res.closeCode = sessionsCloseCode(key, buf[hl:total])
+		}
+		switch {
+		case total <= uint64(have):
+			// Complete in buf; write it along with any other complete frames behind it.
+			end := int(total)
+			for {
+				h2, l2, ok, err := sessionsParseHeader(buf[end:have])
+				if err != nil || !ok || uint64(end)+uint64(h2)+l2 > uint64(have) || buf[end]&0x0f == 8 {
+					break
+				}
+				end += h2 + int(l2)
+			}
+			if err := sp.writeClient(buf[:end], &res); err != nil {
+				return res
+			}
+			have = copy(buf[:], buf[end:have])
+		case total <= sessionsSmallFrame+14:
 			bp := sessionsFramePool.Get().(*[]byte)
-			buf := (*bp)[:hl+int(length)]
-			copy(buf, hdr[:hl])
-			if _, err := sp.readBack(buf[hl:]); err != nil {
+			fb := (*bp)[:total]
+			copy(fb, buf[:have])
+			if _, err := sp.readFull(fb[have:]); err != nil {
 				sessionsFramePool.Put(bp)
 				res.err = err
 				return res
 			}
-			if opcode == 8 {
-				res.sawClose = true
-				var key []byte
-				if masked {
-					key = buf[hl-4 : hl]
-				}
-				res.closeCode = sessionsCloseCode(key, buf[hl:])
-			}
-			_, err := sp.client.Write(buf)
+			err := sp.writeClient(fb, &res)
 			sessionsFramePool.Put(bp)
 			if err != nil {
-				res.err, res.clientWriteErr = err, true
 				return res
 			}
-			sp.b2c.Add(int64(len(buf)))
-			continue
-		}
-		if _, err := sp.client.Write(hdr[:hl]); err != nil {
-			res.err, res.clientWriteErr = err, true
-			return res
-		}
-		sp.b2c.Add(int64(hl))
-		remaining := int64(length)
-		if len(sp.backPending) > 0 {
-			k := min(int64(len(sp.backPending)), remaining)
-			if _, err := sp.client.Write(sp.backPending[:k]); err != nil {
-				res.err, res.clientWriteErr = err, true
+			have = 0
+		default:
+			if err := sp.writeClient(buf[:have], &res); err != nil {
 				return res
 			}
-			sp.backPending = sp.backPending[k:]
-			remaining -= k
-			sp.b2c.Add(k)
-		}
-		n64, err := io.CopyN(sp.client, sp.back, remaining)
-		sp.b2c.Add(n64)
-		if err != nil {
-			if n64 < remaining && errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
+			remaining := int64(total) - int64(have)
+			have = 0
+			if len(sp.backPending) > 0 {
+				k := min(int64(len(sp.backPending)), remaining)
+				if err := sp.writeClient(sp.backPending[:k], &res); err != nil {
+					return res
+				}
+				sp.backPending = sp.backPending[k:]
+				remaining -= k
 			}
-			res.err = err
-			return res
+			n64, err := io.CopyN(sp.client, sp.back, remaining)
+			sp.b2c.Add(n64)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				res.err = err
+				return res
+			}
 		}
 	}
+}
+
+func (sp *sessionsSplice) writeClient(p []byte, res *sessionsPumpResult) error {
+	n, err := sp.client.Write(p)
+	sp.b2c.Add(int64(n))
+	if err != nil {
+		res.err, res.clientWriteErr = err, true
+	}
+	return err
+}
+
+// sessionsParseHeader parses a frame header at the start of p: ok is false while p is too short.
+func sessionsParseHeader(p []byte) (hl int, length uint64, ok bool, err error) {
+	if len(p) < 2 {
+		return 0, 0, false, nil
+	}
+	hl = 2
+	length = uint64(p[1] & 0x7f)
+	switch length {
+	case 126:
+		hl = 4
+	case 127:
+		hl = 10
+	}
+	if p[1]&0x80 != 0 {
+		hl += 4
+	}
+	if len(p) < hl {
+		return 0, 0, false, nil
+	}
+	switch length {
+	case 126:
+		length = uint64(binary.BigEndian.Uint16(p[2:4]))
+	case 127:
+		length = binary.BigEndian.Uint64(p[2:10])
+		if length > 1<<62 {
+			return 0, 0, false, fmt.Errorf("conman sent a frame of %d bytes", length)
+		}
+	}
+	return hl, length, true, nil
 }
 
 // sessionsCloseCode extracts the status code of a close frame's payload, unmasking it with
@@ -350,18 +406,31 @@ func sessionsCloseCode(key, payload []byte) int {
 	return int(b0)<<8 | int(b1)
 }
 
-// readBack fills p from the bytes left over from the handshake, then from conman's connection.
-func (sp *sessionsSplice) readBack(p []byte) (int, error) {
-	n := 0
+// readSome reads at least one byte into p: first the bytes left over from the handshake, then
+// from conman's connection.
+func (sp *sessionsSplice) readSome(p []byte) (int, error) {
 	if len(sp.backPending) > 0 {
-		n = copy(p, sp.backPending)
+		n := copy(p, sp.backPending)
 		sp.backPending = sp.backPending[n:]
-		if n == len(p) {
-			return n, nil
+		return n, nil
+	}
+	return sp.back.Read(p)
+}
+
+// readFull fills p like io.ReadFull, through readSome.
+func (sp *sessionsSplice) readFull(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := sp.readSome(p[n:])
+		n += m
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return n, err
 		}
 	}
-	m, err := io.ReadFull(sp.back, p[n:])
-	return n + m, err
+	return n, nil
 }
 
 // sessionsCloseFrame is an unmasked (server-to-client) close frame.

@@ -3,6 +3,7 @@ package tombstone
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -16,10 +17,26 @@ type MemStoreConfig struct {
 
 // MemStore is the in-process Store, on hashicorp/go-memdb. The zero value is not usable; call
 // NewMemStore.
+//
+// Reads are the hot path (every hosting request asks Get or GetByName), writes are rare (one per
+// move), so besides the memdb tables MemStore keeps a read index of plain maps, updated key by
+// key after each commit under a read-write lock: a lookup is a map read without allocations.
 type MemStore struct {
 	db  *memdb.MemDB
 	now func() time.Time
+	wmu sync.Mutex // serializes writers, so each publishes the index of its own commit
+	rmu sync.RWMutex
+	idx memIndex // guarded by rmu
 }
+
+// memIndex is the read index: the committed table by id and by name.
+type memIndex struct {
+	byID   map[string]*Tombstone
+	byName map[memName]*Tombstone // the newest tombstone of each name (live or not)
+	names  map[memName][]*Tombstone
+}
+
+type memName struct{ owner, slug string }
 
 var _ Store = (*MemStore)(nil)
 
@@ -47,7 +64,61 @@ func NewMemStore(cfg MemStoreConfig) (*MemStore, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &MemStore{db: db, now: now}, nil
+	s := &MemStore{db: db, now: now}
+	s.idx = memIndex{byID: map[string]*Tombstone{}, byName: map[memName]*Tombstone{}, names: map[memName][]*Tombstone{}}
+	return s, nil
+}
+
+// publish updates the read index after a commit changed the given repls and names: the
+// touched keys are recomputed from the committed table. Callers hold wmu.
+func (s *MemStore) publish(repls []string, names []memName) error {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	next := &s.idx
+	txn := s.db.Txn(false)
+	for _, id := range repls {
+		raw, err := txn.First(memTable, "id", id)
+		if err != nil {
+			return err
+		}
+		if raw == nil {
+			delete(next.byID, id)
+		} else {
+			next.byID[id] = raw.(*Tombstone)
+		}
+	}
+	for _, n := range names {
+		if n.owner == "" {
+			continue
+		}
+		it, err := txn.Get(memTable, "name", n.owner, n.slug)
+		if err != nil {
+			return err
+		}
+		var all []*Tombstone
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			all = append(all, raw.(*Tombstone))
+		}
+		if len(all) == 0 {
+			delete(next.names, n)
+			delete(next.byName, n)
+			continue
+		}
+		next.names[n] = all
+		next.byName[n] = newestLive(all, time.Time{})
+	}
+	return nil
+}
+
+// newestLive returns the newest tombstone of all that is live at now (any, when now is zero).
+func newestLive(all []*Tombstone, now time.Time) *Tombstone {
+	var best *Tombstone
+	for _, t := range all {
+		if (now.IsZero() || t.Expires.After(now)) && (best == nil || t.Created.After(best.Created)) {
+			best = t
+		}
+	}
+	return best
 }
 
 // Put creates or replaces the tombstone of t.Repl.
@@ -58,13 +129,20 @@ func (s *MemStore) Put(ctx context.Context, t Tombstone) error {
 	if err := t.Validate(); err != nil {
 		return err
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	txn := s.db.Txn(true)
 	defer txn.Abort()
+	names := []memName{{t.Owner, t.Slug}}
+	if raw, err := txn.First(memTable, "id", t.Repl); err == nil && raw != nil {
+		old := raw.(*Tombstone)
+		names = append(names, memName{old.Owner, old.Slug})
+	}
 	if err := txn.Insert(memTable, &t); err != nil {
 		return fmt.Errorf("tombstone: put %s: %w", t.Repl, err)
 	}
 	txn.Commit()
-	return nil
+	return s.publish([]string{t.Repl}, names)
 }
 
 // Get returns the live tombstone of a repl, or ErrNotFound.
@@ -72,15 +150,10 @@ func (s *MemStore) Get(ctx context.Context, repl string) (Tombstone, error) {
 	if err := ctx.Err(); err != nil {
 		return Tombstone{}, err
 	}
-	raw, err := s.db.Txn(false).First(memTable, "id", repl)
-	if err != nil {
-		return Tombstone{}, fmt.Errorf("tombstone: get %s: %w", repl, err)
-	}
-	if raw == nil {
-		return Tombstone{}, ErrNotFound
-	}
-	t := raw.(*Tombstone)
-	if !t.Expires.After(s.now()) {
+	s.rmu.RLock()
+	t := s.idx.byID[repl]
+	s.rmu.RUnlock()
+	if t == nil || !t.Expires.After(s.now()) {
 		return Tombstone{}, ErrNotFound
 	}
 	return *t, nil
@@ -94,22 +167,21 @@ func (s *MemStore) GetByName(ctx context.Context, owner, slug string) (Tombstone
 	if owner == "" || slug == "" {
 		return Tombstone{}, ErrNotFound
 	}
-	it, err := s.db.Txn(false).Get(memTable, "name", owner, slug)
-	if err != nil {
-		return Tombstone{}, fmt.Errorf("tombstone: get %s.%s: %w", slug, owner, err)
-	}
-	now := s.now()
-	var best *Tombstone
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		t := raw.(*Tombstone)
-		if t.Expires.After(now) && (best == nil || t.Created.After(best.Created)) {
-			best = t
-		}
-	}
-	if best == nil {
+	n := memName{owner, slug}
+	s.rmu.RLock()
+	t, all := s.idx.byName[n], s.idx.names[n]
+	s.rmu.RUnlock()
+	if t == nil {
 		return Tombstone{}, ErrNotFound
 	}
-	return *best, nil
+	now := s.now()
+	if !t.Expires.After(now) {
+		// The newest has expired; an older one of the same name may still live.
+		if t = newestLive(all, now); t == nil {
+			return Tombstone{}, ErrNotFound
+		}
+	}
+	return *t, nil
 }
 
 // Delete removes the tombstone of a repl; ErrNotFound if there is none.
@@ -117,17 +189,23 @@ func (s *MemStore) Delete(ctx context.Context, repl string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	txn := s.db.Txn(true)
 	defer txn.Abort()
-	n, err := txn.DeleteAll(memTable, "id", repl)
+	raw, err := txn.First(memTable, "id", repl)
 	if err != nil {
 		return fmt.Errorf("tombstone: delete %s: %w", repl, err)
 	}
-	if n == 0 {
+	if raw == nil {
 		return ErrNotFound
 	}
+	old := raw.(*Tombstone)
+	if err := txn.Delete(memTable, old); err != nil {
+		return fmt.Errorf("tombstone: delete %s: %w", repl, err)
+	}
 	txn.Commit()
-	return nil
+	return s.publish([]string{repl}, []memName{{old.Owner, old.Slug}})
 }
 
 // List returns every live tombstone, ordered by repl ID.
@@ -154,6 +232,8 @@ func (s *MemStore) DeleteExpired(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	txn := s.db.Txn(true)
 	defer txn.Abort()
 	it, err := txn.Get(memTable, "id")
@@ -173,5 +253,14 @@ func (s *MemStore) DeleteExpired(ctx context.Context) (int, error) {
 		}
 	}
 	txn.Commit()
-	return len(dead), nil
+	if len(dead) == 0 {
+		return 0, nil
+	}
+	repls := make([]string, 0, len(dead))
+	names := make([]memName, 0, len(dead))
+	for _, t := range dead {
+		repls = append(repls, t.Repl)
+		names = append(names, memName{t.Owner, t.Slug})
+	}
+	return len(dead), s.publish(repls, names)
 }

@@ -16,10 +16,18 @@ import (
 	"github.com/coder/websocket"
 )
 
-var sessionsCopyPool = sync.Pool{New: func() any {
-	b := make([]byte, 32<<10)
-	return &b
-}}
+// Frame mode reads each message into a 32 KiB buffer; a message that fills it streams on in
+// fragments of 256 KiB, so big messages cost few frames and syscalls.
+var (
+	sessionsCopyPool = sync.Pool{New: func() any {
+		b := make([]byte, 32<<10)
+		return &b
+	}}
+	sessionsBigPool = sync.Pool{New: func() any {
+		b := make([]byte, 256<<10)
+		return &b
+	}}
+)
 
 // serveFrame accepts the client with coder/websocket and relays messages.
 // It reports whether the session was established (and its relay started).
@@ -315,7 +323,9 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 				var m int64
 				_, err = wr.Write(buf[:n])
 				if err == nil {
-					m, err = io.CopyBuffer(wr, er, buf)
+					big := sessionsBigPool.Get().(*[]byte)
+					m, err = io.CopyBuffer(wr, er, *big)
+					sessionsBigPool.Put(big)
 				}
 				counter.Add(int64(n) + m)
 				if er.err != nil {

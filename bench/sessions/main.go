@@ -413,7 +413,7 @@ func startHAProxy(tmp, backend string) (*target, error) {
 	dir := filepath.Join(tmp, "haproxy")
 	os.MkdirAll(dir, 0o755)
 	conf := fmt.Sprintf(`global
-  maxconn 16000
+  maxconn 9000
   nbthread 2
 defaults
   mode http

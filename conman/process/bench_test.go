@@ -27,14 +27,21 @@ func (l latencies) report(b *testing.B, name string) {
 	}
 	b.ReportMetric(p(0.50), name+"-p50-ms")
 	b.ReportMetric(p(0.99), name+"-p99-ms")
+	if os.Getenv("CONMAN_BENCH_VERBOSE") != "" {
+		b.Logf("%s slowest: %v", name, l[max(0, len(l)-5):])
+	}
 }
 
 func benchRuntime(b *testing.B, iso process.Isolation) *process.Runtime {
+	return benchRuntimeInit(b, iso, "")
+}
+
+func benchRuntimeInit(b *testing.B, iso process.Isolation, initPath string) *process.Runtime {
 	b.Helper()
 	if os.Geteuid() != 0 && iso != process.None {
 		b.Skip("needs root")
 	}
-	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench", Isolation: iso})
+	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench", Isolation: iso, InitPath: initPath})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -53,10 +60,19 @@ func benchRuntime(b *testing.B, iso process.Isolation) *process.Runtime {
 // BenchmarkColdStart measures Create+Start of a container with limits, until its init is ready
 // for Exec (namespaces, cgroups, /proc and devpts mounted).
 func BenchmarkColdStart(b *testing.B) {
-	for _, iso := range []process.Isolation{process.Namespaces, process.None} {
-		name := string(iso)
-		b.Run(name, func(b *testing.B) {
-			r := benchRuntime(b, iso)
+	type variant struct {
+		name     string
+		iso      process.Isolation
+		initPath string
+	}
+	vs := []variant{{"namespaces", process.Namespaces, ""}, {"plain", process.None, ""}}
+	if p := os.Getenv("CONMAN_BENCH_INIT"); p != "" {
+		// A standalone init (go build ./conman/process/cmd/conman-init) instead of the test binary.
+		vs = append(vs, variant{"namespaces-standalone-init", process.Namespaces, p})
+	}
+	for _, v := range vs {
+		b.Run(v.name, func(b *testing.B) {
+			r := benchRuntimeInit(b, v.iso, v.initPath)
 			ctx := context.Background()
 			spec := conman.Spec{Limits: conman.Limits{MemoryBytes: 256 << 20, Pids: 256, CPUMilli: 1000}}
 			var lat latencies

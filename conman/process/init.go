@@ -88,7 +88,6 @@ func runInit() int {
 	// Neither descriptor may leak into what the container runs.
 	syscall.CloseOnExec(3)
 	syscall.CloseOnExec(4)
-	prewarmThreads(initThreads)
 	cfgFile := os.NewFile(3, "config")
 	ready := os.NewFile(4, "ready")
 	fail := func(err error) int {
@@ -101,6 +100,8 @@ func runInit() int {
 		return fail(fmt.Errorf("read config: %w", err))
 	}
 	cfgFile.Close()
+	// Only now, inside the cgroups: thread creation would wait behind the cgroup migration.
+	prewarmThreads(initThreads)
 	s := &initState{cfg: cfg, waiters: make(map[int]chan int), groups: make(map[int]bool)}
 
 	// Signals first, so that nothing is lost between setup and the loop.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/switchyard-dev/switchyard/placement"
 )
 
 // resizeMessage is the text message that resizes an attach session's pty.
@@ -19,6 +21,23 @@ type resizeMessage struct {
 	Type string `json:"type"`
 	Cols int    `json:"cols"`
 	Rows int    `json:"rows"`
+}
+
+// ParseControl parses a text (control) message of an attach session. It returns the new size
+// and true for a valid resize, false for a well-formed message of another type (ignored, for
+// forward compatibility), and an ErrInvalid error for anything else.
+func ParseControl(data []byte) (WindowSize, bool, error) {
+	var m resizeMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return WindowSize{}, false, fmt.Errorf("%w: text messages must be JSON control messages", ErrInvalid)
+	}
+	if m.Type != "resize" {
+		return WindowSize{}, false, nil
+	}
+	if m.Cols < 1 || m.Rows < 1 || m.Cols > 10000 || m.Rows > 10000 {
+		return WindowSize{}, false, fmt.Errorf("%w: resize needs cols and rows in 1-10000", ErrInvalid)
+	}
+	return WindowSize{Cols: uint16(m.Cols), Rows: uint16(m.Rows)}, true, nil
 }
 
 func parseSize(q string, def uint16) (uint16, error) {
@@ -171,19 +190,14 @@ func (ss *session) run(s *Server) {
 				}
 				continue
 			}
-			var m resizeMessage
-			if err := json.Unmarshal(data, &m); err != nil {
-				ss.end(websocket.StatusInvalidFramePayloadData, "text messages must be JSON control messages")
+			size, ok, err := ParseControl(data)
+			if err != nil {
+				ss.end(websocket.StatusInvalidFramePayloadData, err.Error())
 				return
 			}
-			if m.Type != "resize" {
-				continue // unknown control messages are ignored for compatibility
+			if ok {
+				_ = ss.proc.Resize(size)
 			}
-			if m.Cols < 1 || m.Rows < 1 || m.Cols > 10000 || m.Rows > 10000 {
-				ss.end(websocket.StatusInvalidFramePayloadData, "resize needs cols and rows in 1-10000")
-				return
-			}
-			_ = ss.proc.Resize(WindowSize{Cols: uint16(m.Cols), Rows: uint16(m.Rows)})
 		}
 	}()
 	select {
@@ -226,7 +240,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining = true
 	s.mu.Unlock()
 	if s.cfg.Placement != nil {
-		if err := s.cfg.Placement.SetState(ctx, s.cfg.VM.ID, "draining"); err != nil {
+		if err := s.cfg.Placement.SetState(ctx, s.cfg.VM.ID, placement.Draining); err != nil {
 			s.log.Warn("conman: mark VM draining in placement", "vm", s.cfg.VM.ID, "err", err)
 		}
 	}

@@ -141,6 +141,7 @@ type repl struct {
 	ready    chan struct{} // closed when the start attempt ends
 	err      error         // why it did not start
 	stopping bool          // the server stops it: its exit is expected
+	noWeb    bool          // no main process: nothing listens on the port
 	exited   chan struct{} // closed when the container exited
 }
 
@@ -242,7 +243,8 @@ func (s *Server) adopt(ctx context.Context) error {
 			}
 			continue
 		}
-		r := &repl{id: st.ID, port: st.Spec.Port, ready: make(chan struct{}), exited: make(chan struct{})}
+		r := &repl{id: st.ID, port: st.Spec.Port, noWeb: len(st.Spec.Command) == 0,
+			ready: make(chan struct{}), exited: make(chan struct{})}
 		close(r.ready)
 		s.mu.Lock()
 		s.repls[r.id] = r
@@ -411,6 +413,9 @@ func (s *Server) startContainer(ctx context.Context, r *repl) error {
 	if err != nil {
 		return fmt.Errorf("conman: create %s: %w", r.id, err)
 	}
+	s.mu.Lock()
+	r.noWeb = len(spec.Command) == 0
+	s.mu.Unlock()
 	if err := s.rt.Start(ctx, r.id); err != nil {
 		_ = s.rt.Remove(context.WithoutCancel(ctx), r.id)
 		return fmt.Errorf("conman: start %s: %w", r.id, err)
@@ -526,6 +531,11 @@ func (s *Server) serveForward(w http.ResponseWriter, req *http.Request, id strin
 	case err != nil:
 		s.m.forwardErrors.WithLabelValues(ErrorStart).Inc()
 		writeError(w, http.StatusBadGateway, "repl cannot start: "+err.Error(), ErrorStart)
+		return
+	}
+	if r.noWeb {
+		s.m.forwardErrors.WithLabelValues(ErrorUnreachable).Inc()
+		writeError(w, http.StatusBadGateway, "repl runs no web app (its spec has no command)", ErrorUnreachable)
 		return
 	}
 	target := &url.URL{Scheme: "http", Host: net.JoinHostPort(s.cfg.ReplHost, strconv.Itoa(r.port))}

@@ -384,6 +384,8 @@ func TestForwardErrors(t *testing.T) {
 			return conman.Spec{Command: []string{"sleep", "600"}}, nil
 		case "nostart":
 			return conman.Spec{Command: []string{"/no/such/program"}}, nil
+		case "shellonly":
+			return conman.Spec{}, nil
 		}
 		return conman.Spec{}, errors.New("unknown repl")
 	}})
@@ -394,6 +396,7 @@ func TestForwardErrors(t *testing.T) {
 		reason string
 	}{
 		{"port does not answer", "nolisten", 502, conman.ErrorUnreachable},
+		{"no web app", "shellonly", 502, conman.ErrorUnreachable},
 		{"program does not start", "nostart", 502, conman.ErrorStart},
 		{"spec fails", "other", 502, conman.ErrorStart},
 		{"invalid repl id", "../etc", 400, conman.ErrorInvalid},

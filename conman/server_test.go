@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -86,6 +87,20 @@ type recordingPlacement struct {
 	mu       sync.Mutex
 	released []string
 	releases chan string
+	lastHB   placement.Heartbeat
+}
+
+func (p *recordingPlacement) Heartbeat(ctx context.Context, hb placement.Heartbeat) error {
+	p.mu.Lock()
+	p.lastHB = hb
+	p.mu.Unlock()
+	return p.Controlplane.Heartbeat(ctx, hb)
+}
+
+func (p *recordingPlacement) heartbeat() placement.Heartbeat {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastHB
 }
 
 func (p *recordingPlacement) Release(ctx context.Context, repl, vm string) error {
@@ -497,63 +512,71 @@ func TestAgentHeartbeats(t *testing.T) {
 	a, err := e.pl.Lookup(ctx, "hb1")
 	require.NoError(t, err)
 	require.Equal(t, "vm1", a.VM)
+	for {
+		hb := e.pl.heartbeat()
+		if len(hb.Running) == 1 {
+			require.Equal(t, []string{"hb1"}, hb.Running)
+			require.Equal(t, 1, hb.Used.Containers)
+			require.Positive(t, hb.Used.MemoryBytes)
+			break
+		}
+		require.NoError(t, ctx.Err(), "no heartbeat with hb1 running")
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
-func TestShutdownDrains(t *testing.T) {
-	e := newEnv(t, envOpts{placement: true, spec: webAppSpec})
-	waitRegistered(t, e)
-	c, _, err := e.dialAttach(t, "drain1", "")
-	require.NoError(t, err)
-	tm := readTerm(c)
-	send(t, c, "echo ready\n")
-	tm.waitFor(t, "ready")
-	st, err := e.rt.Inspect(context.Background(), "drain1")
-	require.NoError(t, err)
-	require.Equal(t, conman.Running, st.State)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	require.NoError(t, e.srv.Shutdown(ctx))
-	require.Equal(t, websocket.StatusServiceRestart, tm.closeStatus(t))
-	vm, err := e.pl.VM(ctx, "vm1")
-	require.NoError(t, err)
-	require.Equal(t, placement.Draining, vm.State)
-	_, err = e.rt.Inspect(ctx, "drain1")
-	require.ErrorIs(t, err, conman.ErrNotFound, "stopped and removed")
-
-	_, resp, err := e.dialAttach(t, "drain2", "")
-	require.Error(t, err)
-	require.Equal(t, 503, resp.StatusCode)
-	resp2, _ := e.request(t, "GET", "/", map[string]string{conman.HeaderCredential: testCredential, conman.HeaderRepl: "drain1"}, nil)
-	require.Equal(t, 503, resp2.StatusCode)
-	require.Equal(t, conman.ErrorDraining, resp2.Header.Get(conman.HeaderError))
-	resp3, _ := e.request(t, "GET", "/healthz", map[string]string{conman.HeaderCredential: testCredential}, nil)
-	require.Equal(t, 503, resp3.StatusCode)
-}
-
-func TestRestartAdoptsContainers(t *testing.T) {
+func TestMetrics(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	dir := t.TempDir()
-	rt1, err := process.New(process.Config{StateDir: dir, CgroupParent: "switchyard-test"})
+	reg := prometheus.NewPedanticRegistry()
+	rt, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test"})
 	require.NoError(t, err)
-	srv1, err := conman.New(context.Background(), conman.Config{Runtime: rt1, Credential: testCredential, Spec: webAppSpec})
+	srv, err := conman.New(context.Background(), conman.Config{Runtime: rt, Credential: testCredential, Registerer: reg,
+		Spec: func(ctx context.Context, repl string) (conman.Spec, error) {
+			if repl == "bad" {
+				return conman.Spec{}, errors.New("no")
+			}
+			return conman.Spec{}, nil
+		}})
 	require.NoError(t, err)
-	port, err := srv1.Ensure(context.Background(), "keep1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = srv.Ensure(ctx, "m1")
 	require.NoError(t, err)
-	st1, err := rt1.Inspect(context.Background(), "keep1")
-	require.NoError(t, err)
-	require.NoError(t, srv1.Close())
-	require.NoError(t, rt1.Close())
+	_, err = srv.Ensure(ctx, "bad")
+	require.Error(t, err)
+	require.Equal(t, 1.0, metricValue(t, reg, "conman_containers", ""))
+	require.Equal(t, 1.0, metricValue(t, reg, "conman_container_starts_total", "ok"))
+	require.Equal(t, 1.0, metricValue(t, reg, "conman_container_starts_total", "error"))
+	require.NoError(t, srv.Stop(ctx, "m1"))
+	require.Equal(t, 1.0, metricValue(t, reg, "conman_container_exits_total", "stopped"))
+	require.Equal(t, 0.0, metricValue(t, reg, "conman_containers", ""))
+	require.NoError(t, srv.Shutdown(ctx))
+	require.NoError(t, rt.Close())
+	// A second server on the same registry is refused, not a panic.
+	_, err = conman.New(ctx, conman.Config{Runtime: rt, Credential: "x", Registerer: reg})
+	require.Error(t, err)
+}
 
-	e := newEnv(t, envOpts{stateDir: dir, spec: webAppSpec})
-	require.Equal(t, []string{"keep1"}, e.srv.Running())
-	resp, body := e.request(t, "GET", "/", map[string]string{conman.HeaderCredential: testCredential, conman.HeaderRepl: "keep1"}, nil)
-	require.Equal(t, 200, resp.StatusCode, string(body))
-	st2, err := e.rt.Inspect(context.Background(), "keep1")
+// metricValue returns the value of a metric (with one label of value label, or none).
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
 	require.NoError(t, err)
-	require.Equal(t, st1.Pid, st2.Pid, "the same container")
-	require.Equal(t, port, st2.Spec.Port)
-	require.True(t, st2.Recovered)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label != "" && (len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != label) {
+				continue
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
 }

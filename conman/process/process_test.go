@@ -463,3 +463,45 @@ func TestUnprivilegedChild(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 143, st.ExitCode)
 }
+
+// TestRecoverAcrossProcesses: a conman process starts containers and dies; a new process
+// recovers them from the state directory (its inits were re-parented, so the exit code comes
+// from exit.json).
+func TestRecoverAcrossProcesses(t *testing.T) {
+	needRoot(t)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "-test.run=^TestRecoverChild$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "CONMAN_TEST_RECOVER_STATE="+dir)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "--- PASS: TestRecoverChild", "%s", out)
+
+	r := newRuntime(t, process.Config{StateDir: dir})
+	st, err := r.Inspect(ctx, "across1")
+	require.NoError(t, err)
+	require.Equal(t, conman.Running, st.State)
+	require.True(t, st.Recovered)
+	out2, _, code := run(t, r, "across1", "/bin/sh", "-c", "echo $PORT; hostname")
+	require.Equal(t, 0, code)
+	require.Equal(t, "20003\nacross1\n", out2)
+	require.NoError(t, r.Stop(ctx, "across1", 5*time.Second))
+	st, err = r.Inspect(ctx, "across1")
+	require.NoError(t, err)
+	require.Equal(t, conman.Exited, st.State)
+	require.Equal(t, 143, st.ExitCode, "read from exit.json: the init is not our child")
+}
+
+func TestRecoverChild(t *testing.T) {
+	dir := os.Getenv("CONMAN_TEST_RECOVER_STATE")
+	if dir == "" {
+		t.Skip("run by TestRecoverAcrossProcesses")
+	}
+	r, err := process.New(process.Config{StateDir: dir, CgroupParent: "switchyard-test"})
+	require.NoError(t, err)
+	start(t, r, "across1", conman.Spec{Port: 20003, Command: []string{"sleep", "600"}})
+	require.NoError(t, r.Close()) // and the process exits with the container running
+}

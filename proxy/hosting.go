@@ -275,13 +275,13 @@ func (h *Hosting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, st, start, outcomeDirectory, http.StatusServiceUnavailable, "the directory is unavailable; retry shortly", err)
 		return
 	}
+	st.repl = repl
 	if h.cfg.Cluster != "" && repl.Cluster != h.cfg.Cluster {
 		h.fail(w, r, st, start, outcomeUnknownHost, http.StatusNotFound,
 			fmt.Sprintf("no repl is served at %s in this cluster", hostOnly(r.Host)),
 			fmt.Errorf("%w: repl %s lives in cluster %q", ErrNotHere, repl.ID, repl.Cluster))
 		return
 	}
-	st.repl = repl
 
 	// A body that may have to be sent twice is read once, up front (bounded by MaxReplayBody).
 	var replay []byte

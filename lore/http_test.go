@@ -383,3 +383,54 @@ func TestRemoteKeySet(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestClientOddServers: answers that are not lore's JSON still become clear errors.
+func TestClientOddServers(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/repls/html":
+			w.WriteHeader(http.StatusBadGateway)
+			io.WriteString(w, "<html>bad gateway</html>")
+		case "/v1/repls/gone":
+			w.WriteHeader(http.StatusNotFound)
+		default:
+			io.WriteString(w, "{not json")
+		}
+	}))
+	defer srv.Close()
+	c := lore.NewClient(srv.URL, "k", nil)
+	ctx := context.Background()
+	var apiErr *lore.APIError
+	if _, err := c.Repl(ctx, "html"); !errors.As(err, &apiErr) || apiErr.StatusCode != 502 || !strings.Contains(err.Error(), "502") {
+		t.Fatalf("html 502: %v", err)
+	}
+	if _, err := c.Repl(ctx, "gone"); !errors.Is(err, lore.ErrNotFound) {
+		t.Fatalf("bare 404: %v", err)
+	}
+	if _, err := c.Repl(ctx, "junk"); err == nil || !strings.Contains(err.Error(), "decoding") {
+		t.Fatalf("junk: %v", err)
+	}
+	srv.Close()
+	if _, err := c.Repl(ctx, "x"); err == nil {
+		t.Fatal("no error from a closed server")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := lore.NewClient("http://127.0.0.1:1", "", nil).Clusters(cctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
+	}
+}
+
+func TestHTTPHead(t *testing.T) {
+	s := newServer(t)
+	req, _ := http.NewRequest(http.MethodHead, s.url+"/v1/clusters", nil)
+	req.Header.Set("Authorization", "Bearer "+readKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("HEAD = %d", resp.StatusCode)
+	}
+}

@@ -118,31 +118,52 @@ for q in "s12345.o1234.$ZONE A" "s12345.o1234.$ZONE AAAA" "nx1.o0.$ZONE A"; do
   [ "$a" = "$n" ] || { echo "run.sh: dnsauth and NSD disagree on $q" >&2; exit 1; }
 done
 
+# cpu_ticks PID: CPU time (utime+stime, clock ticks) of PID and its descendants (NSD forks its
+# serving process). Queries per server CPU second is the cost metric that survives other load on
+# a shared machine; qps alone does not.
+cpu_ticks() {
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
+
 declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD)
+declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [nsd]=${pids[2]})
 results="$work/results.txt"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in udp tcp; do
     for srv in bare dnsauth nsd; do
+      t0=$(cpu_ticks "${pid[$srv]}")
       out=$(taskset -c "$CLIENT_CPU" dnsperf -m "$mode" -s 127.0.0.1 -p "${port[$srv]}" -d "$work/queries.txt" \
         -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 2>&1)
-      qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
-      lost=$(echo "$out" | awk '/Queries lost/ {print $3}')
-      lat=$(echo "$out" | awk '/Average Latency/ {print $4}')
-      rc=$(echo "$out" | awk '/Response codes/ {sub(/.*codes: */, ""); print}')
-      echo "round $round $mode $srv qps=$qps lost=$lost avg_latency_s=$lat codes: $rc"
-      echo "$mode $srv $qps" >> "$results"
+      t1=$(cpu_ticks "${pid[$srv]}")
+      qps=$(echo "$out" | awk '/Queries per second/ {print $4; exit}')
+      done_q=$(echo "$out" | awk '/Queries completed/ {print $3; exit}')
+      lost=$(echo "$out" | awk '/Queries lost/ {print $3; exit}')
+      lat=$(echo "$out" | awk '/Average Latency/ {print $4; exit}')
+      rc=$(echo "$out" | awk '/Response codes/ {sub(/.*codes: */, ""); print; exit}')
+      cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
+      per_cpu=$(awk -v q="$done_q" -v c="$cpu" 'BEGIN {if (c > 0) printf "%.0f", q / c; else print 0}')
+      echo "round $round $mode $srv qps=$qps q/cpu-s=$per_cpu server_cpu_s=$cpu lost=$lost avg_latency_s=$lat codes: $rc"
+      echo "$mode $srv $qps $per_cpu" >> "$results"
     done
   done
 done
 
-echo "== median qps over $ROUNDS rounds of ${DURATION}s (ratio to bare)"
+median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+echo "== medians over $ROUNDS rounds of ${DURATION}s (ratio to bare)"
+printf "%-4s %-8s %10s %6s %14s %6s\n" mode server qps ratio "q/server-cpu-s" ratio
 for mode in udp tcp; do
-  bare_med=""
   for srv in bare dnsauth nsd; do
-    med=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $3}' "$results" | sort -n |
-      awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}')
-    [ "$srv" = bare ] && bare_med=$med
-    printf "%-4s %-8s %10.0f qps  %.2fx\n" "$mode" "$srv" "$med" "$(awk -v a="$med" -v b="$bare_med" 'BEGIN {print a / b}')"
+    q=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $3}' "$results" | median)
+    c=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $4}' "$results" | median)
+    [ "$srv" = bare ] && { bq=$q; bc=$c; }
+    printf "%-4s %-8s %10.0f %5.2fx %14.0f %5.2fx\n" "$mode" "$srv" "$q" "$(awk -v a="$q" -v b="$bq" 'BEGIN {print a / b}')" \
+      "$c" "$(awk -v a="$c" -v b="$bc" 'BEGIN {print (b > 0) ? a / b : 0}')"
   done
 done

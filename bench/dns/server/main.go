@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -36,17 +37,16 @@ func main() {
 	zone := flag.String("zone", "repl.test", "zone")
 	repls := flag.Int("repls", 100_000, "repls in the directory (dnsauth mode)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the serving phase to this file")
+	memprofile := flag.String("memprofile", "", "write an allocation profile of the serving phase to this file at exit")
 	flag.Parse()
-	if *cpuprofile != "" {
-		profile = *cpuprofile
-	}
+	profile, memProfile = *cpuprofile, *memprofile
 	if err := run(*mode, *addr, *zone, *repls); err != nil {
 		fmt.Fprintln(os.Stderr, "server:", err)
 		os.Exit(1)
 	}
 }
 
-var profile string
+var profile, memProfile string
 
 func run(mode, addr, zone string, repls int) error {
 	var h dns.Handler
@@ -102,6 +102,15 @@ func run(mode, addr, zone string, repls int) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if memProfile != "" {
+		runtime.MemProfileRate = 64 << 10
+		defer func() {
+			if f, err := os.Create(memProfile); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 	fmt.Println("ready")
 	sig := make(chan os.Signal, 1)

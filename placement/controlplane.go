@@ -148,7 +148,7 @@ func New(cfg Config) (*Controlplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("placement: loading vms: %w", err)
 	}
-	c.idx.reload(vms)
+	c.idx.reload(vms, 0)
 	return c, nil
 }
 
@@ -321,7 +321,7 @@ func (c *Controlplane) keep(ctx context.Context, req *Request, a Assignment) (bo
 	if dead, err := c.deadVM(ctx, a.VM); err != nil {
 		return false, err
 	} else if dead {
-		return false, nil
+		return false, c.dropDead(ctx, a)
 	}
 	if !slices.Contains(req.Avoid, a.VM) {
 		return true, nil
@@ -363,6 +363,21 @@ func (c *Controlplane) deadVM(ctx context.Context, id string) (bool, error) {
 		return false, nil
 	}
 	return c.expire(ctx, id)
+}
+
+// dropDead releases one assignment found on a dead VM. Normally marking the VM Dead released it
+// already; this covers an assignment whose VM row is gone or a commit that raced the release.
+func (c *Controlplane) dropDead(ctx context.Context, a Assignment) error {
+	_, vm, err := c.store.Release(ctx, a.Repl, a.VM)
+	switch {
+	case err == nil:
+		c.idx.put(vm)
+		c.m.released.WithLabelValues("dead").Inc()
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict):
+	default:
+		return err
+	}
+	return nil
 }
 
 // expire marks the VM Dead if its heartbeat is still expired, and releases its assignments.
@@ -441,6 +456,9 @@ func (c *Controlplane) Lookup(ctx context.Context, repl string) (Assignment, err
 		return Assignment{}, err
 	}
 	if dead {
+		if err := c.dropDead(ctx, a); err != nil {
+			return Assignment{}, err
+		}
 		return Assignment{}, fmt.Errorf("%w: repl %q was on dead vm %q", ErrNotFound, repl, a.VM)
 	}
 	return a, nil
@@ -626,15 +644,9 @@ func (c *Controlplane) SetState(ctx context.Context, id string, s State) error {
 		return fmt.Errorf("%w: unknown vm state %q", ErrInvalid, s)
 	}
 	errDead := errors.New("dead")
-	now := c.now()
 	vm, err := c.store.UpdateVM(ctx, id, func(vm *VM) error {
 		if vm.State == Dead && s != Dead {
 			return errDead
-		}
-		if s == Active && vm.State != Active {
-			// An operator un-cordoning a VM vouches for it: restart its heartbeat clock so a VM
-			// that was cordoned for long is not immediately considered expired.
-			vm.LastHeartbeat = now
 		}
 		vm.State = s
 		return nil
@@ -696,11 +708,12 @@ func (c *Controlplane) Deregister(ctx context.Context, id string) error {
 // Sweep marks Dead every VM whose heartbeat expired, releasing its assignments, and reloads the
 // VM cache from the store. It returns the VMs it marked Dead. Run calls it periodically.
 func (c *Controlplane) Sweep(ctx context.Context) ([]string, error) {
+	gen := c.idx.generation()
 	vms, err := c.store.VMs(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c.idx.reload(vms)
+	c.idx.reload(vms, gen)
 	now := c.now()
 	var dead []string
 	var errs []error

@@ -625,3 +625,30 @@ func TestResourceOverflow(t *testing.T) {
 	_, err = cp.Register(ctx, v)
 	require.ErrorIs(t, err, placement.ErrInvalid)
 }
+
+// TestSweepKeepsVMsRegisteredMeanwhile: a VM registered while Sweep reloads the cache must stay
+// placeable (the reload's snapshot may predate it).
+func TestSweepKeepsNewVMs(t *testing.T) {
+	ctx := context.Background()
+	cp := newCP(t, placement.Config{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for range 200 {
+			if _, err := cp.Sweep(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for i := range 200 {
+		id := fmt.Sprint("vm-", i)
+		register(t, cp, vm(id, "", 1))
+		// Placing with only this VM feasible proves the cache holds it.
+		a, err := cp.Place(ctx, placement.Request{Repl: fmt.Sprint("r", i), Prefer: id})
+		require.NoError(t, err)
+		require.Equal(t, id, a.VM)
+	}
+	wg.Wait()
+}

@@ -14,12 +14,14 @@ import (
 // whole (which is how changes made by another Controlplane sharing the store arrive).
 type index struct {
 	mu    sync.RWMutex
+	gen   uint64 // counts entries created; guarded by mu
 	byID  map[string]*vmEntry
 	pools map[string][]*vmEntry // immutable slices, replaced on membership change
 }
 
 type vmEntry struct {
 	pool string
+	gen  uint64 // index.gen when the entry was created
 	vm   atomic.Pointer[VM] // immutable snapshot
 }
 
@@ -79,7 +81,8 @@ func (x *index) put(vm VM) {
 	if e != nil {
 		x.removeLocked(e, vm.ID)
 	}
-	e = &vmEntry{pool: vm.Pool}
+	x.gen++
+	e = &vmEntry{pool: vm.Pool, gen: x.gen}
 	e.vm.Store(v)
 	x.byID[vm.ID] = e
 	p := x.pools[vm.Pool]
@@ -112,8 +115,17 @@ func (x *index) removeLocked(e *vmEntry, id string) {
 	}
 }
 
-// reload replaces the cache with vms (from the store).
-func (x *index) reload(vms []VM) {
+// generation returns a mark to pass to reload: entries created after it survive a reload even if
+// the store snapshot (read after the mark) did not contain them yet.
+func (x *index) generation() uint64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.gen
+}
+
+// reload refreshes the cache from vms, a store snapshot read after generation() returned gen:
+// it puts every VM and drops the cached VMs missing from the snapshot that existed at gen.
+func (x *index) reload(vms []VM, gen uint64) {
 	seen := make(map[string]bool, len(vms))
 	for _, vm := range vms {
 		seen[vm.ID] = true
@@ -122,7 +134,7 @@ func (x *index) reload(vms []VM) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for id, e := range x.byID {
-		if !seen[id] {
+		if !seen[id] && e.gen <= gen {
 			x.removeLocked(e, id)
 		}
 	}

@@ -21,7 +21,7 @@ type index struct {
 
 type vmEntry struct {
 	pool string
-	gen  uint64 // index.gen when the entry was created
+	gen  uint64             // index.gen when the entry was created
 	vm   atomic.Pointer[VM] // immutable snapshot
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -169,24 +170,31 @@ func (c *Client) ReplByDomain(ctx context.Context, domain string) (Repl, error) 
 	return c.getRepl(ctx, "/v1/domains/"+esc(name)+"/repl")
 }
 
-// Repls lists the repls of owner (all repls when owner is empty).
-func (c *Client) Repls(ctx context.Context, owner string) ([]Repl, error) {
+// Repls lists one page of repls; see Directory.Repls.
+func (c *Client) Repls(ctx context.Context, q ReplQuery) (ReplPage, error) {
+	v := url.Values{}
+	if q.Owner != "" {
+		v.Set("owner", q.Owner)
+	}
+	if q.After != "" {
+		v.Set("after", q.After)
+	}
+	if q.Limit != 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
 	path := "/v1/repls"
-	if owner != "" {
-		if err := label("owner", owner); err != nil {
-			return nil, err
-		}
-		path += "?owner=" + url.QueryEscape(owner)
+	if len(v) > 0 {
+		path += "?" + v.Encode()
 	}
-	var infos []ReplInfo
-	if err := c.do(ctx, http.MethodGet, path, nil, &infos); err != nil {
-		return nil, err
+	var body replsJSON
+	if err := c.do(ctx, http.MethodGet, path, nil, &body); err != nil {
+		return ReplPage{}, err
 	}
-	out := make([]Repl, len(infos))
-	for i, ri := range infos {
-		out[i] = ri.Repl
+	page := ReplPage{Repls: make([]Repl, len(body.Repls)), Next: body.Next}
+	for i, ri := range body.Repls {
+		page.Repls[i] = ri.Repl
 	}
-	return out, nil
+	return page, nil
 }
 
 // CreateRepl creates a repl; see Directory.CreateRepl.

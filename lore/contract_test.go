@@ -14,7 +14,7 @@ type directoryContract interface {
 	ReplByName(ctx context.Context, owner, slug string) (lore.Repl, error)
 	ReplByDomain(ctx context.Context, domain string) (lore.Repl, error)
 	ReplByHost(ctx context.Context, host string) (lore.Repl, error)
-	Repls(ctx context.Context, owner string) ([]lore.Repl, error)
+	Repls(ctx context.Context, q lore.ReplQuery) (lore.ReplPage, error)
 	Cluster(ctx context.Context, id string) (lore.Cluster, error)
 	Clusters(ctx context.Context) ([]lore.Cluster, error)
 	Watch(ctx context.Context) (<-chan lore.Event, error)

@@ -248,14 +248,50 @@ func (d *Directory) ReplByDomain(ctx context.Context, domain string) (Repl, erro
 	return d.store.ReplByDomain(ctx, name)
 }
 
-// Repls lists the repls of owner (all repls when owner is empty), ordered by owner and slug.
-func (d *Directory) Repls(ctx context.Context, owner string) ([]Repl, error) {
-	if owner != "" {
-		if err := checkLabel(owner); err != nil {
-			return nil, fmt.Errorf("owner: %w", err)
-		}
+// Repls lists one page of repls ordered by owner then slug: those of q.Owner (every owner when
+// empty), after the cursor q.After, at most q.Limit (zero: DefaultListLimit; above
+// MaxListLimit: ErrInvalid). Pass the page's Next as the following query's After.
+func (d *Directory) Repls(ctx context.Context, q ReplQuery) (ReplPage, error) {
+	var err error
+	if q, err = normalizeQuery(q); err != nil {
+		return ReplPage{}, err
 	}
-	return d.store.Repls(ctx, lower(owner))
+	want := q.Limit
+	q.Limit++ // one more tells whether there is a next page
+	list, err := d.store.Repls(ctx, q)
+	if err != nil {
+		return ReplPage{}, err
+	}
+	page := ReplPage{Repls: list}
+	if len(list) > want {
+		page.Repls = list[:want]
+		last := list[want-1]
+		page.Next = last.Owner + "/" + last.Slug
+	}
+	return page, nil
+}
+
+func normalizeQuery(q ReplQuery) (ReplQuery, error) {
+	if q.Owner != "" {
+		if err := checkLabel(q.Owner); err != nil {
+			return q, fmt.Errorf("owner: %w", err)
+		}
+		q.Owner = lower(q.Owner)
+	}
+	if q.After != "" {
+		o, s, ok := strings.Cut(q.After, "/")
+		if !ok || checkLabel(o) != nil || checkLabel(s) != nil {
+			return q, fmt.Errorf("%w: cursor %q is not <owner>/<slug>", ErrInvalid, q.After)
+		}
+		q.After = lower(o) + "/" + lower(s)
+	}
+	switch {
+	case q.Limit < 0 || q.Limit > MaxListLimit:
+		return q, fmt.Errorf("%w: limit %d is not between 1 and %d", ErrInvalid, q.Limit, MaxListLimit)
+	case q.Limit == 0:
+		q.Limit = DefaultListLimit
+	}
+	return q, nil
 }
 
 // Cluster returns one cluster.

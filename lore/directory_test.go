@@ -3,6 +3,7 @@ package lore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -97,15 +98,38 @@ func TestDirectoryRepls(t *testing.T) {
 			t.Fatalf("lookup = %+v, %v; want %+v", got, err, r)
 		}
 	}
-	list, err := f.dir.Repls(ctx, "replbot")
-	if err != nil || len(list) != 2 || list[0].Slug != "blog" || list[1].Slug != "two" {
+	list, err := f.dir.Repls(ctx, lore.ReplQuery{Owner: "REPLBOT"})
+	if err != nil || len(list.Repls) != 2 || list.Repls[0].Slug != "blog" || list.Repls[1].Slug != "two" || list.Next != "" {
 		t.Fatalf("list %+v %v", list, err)
 	}
-	if all, _ := f.dir.Repls(ctx, ""); len(all) != 3 {
+	if all, _ := f.dir.Repls(ctx, lore.ReplQuery{}); len(all.Repls) != 3 {
 		t.Fatalf("all %+v", all)
 	}
-	if none, err := f.dir.Repls(ctx, "replbo"); err != nil || len(none) != 0 {
+	if none, err := f.dir.Repls(ctx, lore.ReplQuery{Owner: "replbo"}); err != nil || len(none.Repls) != 0 {
 		t.Fatalf("prefix owner listed %+v %v", none, err)
+	}
+	// Paging through everything one at a time visits each repl once, in order.
+	var seen []string
+	for q := (lore.ReplQuery{Limit: 1}); ; {
+		page, err := f.dir.Repls(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page.Repls {
+			seen = append(seen, r.Owner+"/"+r.Slug)
+		}
+		if page.Next == "" {
+			break
+		}
+		q.After = page.Next
+	}
+	if fmt.Sprint(seen) != "[alice/blog replbot/blog replbot/two]" {
+		t.Fatalf("paged %v", seen)
+	}
+	for _, q := range []lore.ReplQuery{{Limit: -1}, {Limit: lore.MaxListLimit + 1}, {After: "nocursor"}, {After: "a/_b"}, {Owner: "a b"}} {
+		if _, err := f.dir.Repls(ctx, q); !errors.Is(err, lore.ErrInvalid) {
+			t.Errorf("Repls(%+v) = %v, want ErrInvalid", q, err)
+		}
 	}
 
 	errCases := []struct {

@@ -98,7 +98,7 @@
 //	GET    /healthz                          public   {"status":"ok"}
 //	GET    /v1/keys                          public   JWKS of the token keys
 //	POST   /v1/repls                         admin    {"owner","slug","cluster"?,"plan"?,"id"?} → 201 repl + "hostname"
-//	GET    /v1/repls?owner=                  read     list, by owner then slug
+//	GET    /v1/repls?owner=&after=&limit=    read     {"repls":[...],"next"}: a page by owner then slug
 //	GET    /v1/repls/{id}                    read     the repl
 //	DELETE /v1/repls/{id}                    admin    204
 //	POST   /v1/repls/{id}/move               admin    {"cluster"} → the moved repl

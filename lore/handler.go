@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -263,6 +264,12 @@ type CreateReplRequest struct {
 	Plan    string `json:"plan,omitempty"`
 }
 
+// replsJSON is the body of GET /v1/repls.
+type replsJSON struct {
+	Repls []ReplInfo `json:"repls"`
+	Next  string     `json:"next,omitempty"`
+}
+
 func (h *handler) repls(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost {
 		var req CreateReplRequest
@@ -279,14 +286,27 @@ func (h *handler) repls(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusCreated, h.info(out))
 		return
 	}
-	list, err := h.d.Repls(r.Context(), r.URL.Query().Get("owner"))
+	qv := r.URL.Query()
+	q := ReplQuery{Owner: qv.Get("owner"), After: qv.Get("after")}
+	if l := qv.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil {
+			h.fail(w, r, fmt.Errorf("%w: limit %q is not a number", ErrInvalid, l))
+			return
+		}
+		q.Limit = n
+		if n == 0 {
+			q.Limit = -1 // an explicit 0 is refused, not the default
+		}
+	}
+	page, err := h.d.Repls(r.Context(), q)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	out := make([]ReplInfo, len(list))
-	for i, rp := range list {
-		out[i] = h.info(rp)
+	out := replsJSON{Repls: make([]ReplInfo, len(page.Repls)), Next: page.Next}
+	for i, rp := range page.Repls {
+		out.Repls[i] = h.info(rp)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

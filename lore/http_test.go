@@ -75,13 +75,23 @@ func TestHTTPClientRepls(t *testing.T) {
 			t.Errorf("%s: %+v %v", name, got, err)
 		}
 	}
-	list, err := s.reader.Repls(ctx, "replbot")
-	if err != nil || len(list) != 1 || list[0].ID != r.ID {
+	list, err := s.reader.Repls(ctx, lore.ReplQuery{Owner: "replbot"})
+	if err != nil || len(list.Repls) != 1 || list.Repls[0].ID != r.ID {
 		t.Fatalf("list %+v %v", list, err)
 	}
-	if all, err := s.reader.Repls(ctx, ""); err != nil || len(all) != 1 {
-		t.Fatalf("all %+v %v", all, err)
+	r2, _ := s.admin.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "wiki"})
+	page, err := s.reader.Repls(ctx, lore.ReplQuery{Limit: 1})
+	if err != nil || len(page.Repls) != 1 || page.Repls[0].ID != r.ID || page.Next != "replbot/blog" {
+		t.Fatalf("page 1 %+v %v", page, err)
 	}
+	page, err = s.reader.Repls(ctx, lore.ReplQuery{Limit: 1, After: page.Next})
+	if err != nil || len(page.Repls) != 1 || page.Repls[0].ID != r2.ID || page.Next != "" {
+		t.Fatalf("page 2 %+v %v", page, err)
+	}
+	if _, err := s.reader.Repls(ctx, lore.ReplQuery{Limit: lore.MaxListLimit + 1}); !errors.Is(err, lore.ErrInvalid) {
+		t.Fatalf("huge limit: %v", err)
+	}
+	s.admin.DeleteRepl(ctx, r2.ID)
 	if _, err := s.admin.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog"}); !errors.Is(err, lore.ErrExists) {
 		t.Fatalf("duplicate: %v", err)
 	}
@@ -234,6 +244,9 @@ func TestHTTPStatuses(t *testing.T) {
 		{"method", "PATCH", "/v1/repls/" + r.ID, "Bearer " + adminKey, "", 405, "not allowed"},
 		{"method keys", "POST", "/v1/keys", "", "", 405, "not allowed"},
 		{"method connect", "GET", "/v1/repls/" + r.ID + "/connect", "Bearer " + adminKey, "", 405, "not allowed"},
+		{"limit zero", "GET", "/v1/repls?limit=0", "Bearer " + readKey, "", 400, "limit"},
+		{"limit junk", "GET", "/v1/repls?limit=x", "Bearer " + readKey, "", 400, "limit"},
+		{"bad cursor", "GET", "/v1/repls?after=x", "Bearer " + readKey, "", 400, "cursor"},
 		{"no endpoint", "GET", "/v2/nothing", "Bearer " + adminKey, "", 404, "no endpoint"},
 		{"move bad", "POST", "/v1/repls/" + r.ID + "/move", "Bearer " + adminKey, `{"cluster":""}`, 400, "cluster"},
 		{"move", "POST", "/v1/repls/" + r.ID + "/move", "Bearer " + adminKey, `{"cluster":"b"}`, 200, ""},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -154,23 +155,33 @@ func (s *MemStore) ReplByDomain(_ context.Context, domain string) (Repl, error) 
 }
 
 // Repls implements Store.
-func (s *MemStore) Repls(_ context.Context, owner string) ([]Repl, error) {
+func (s *MemStore) Repls(_ context.Context, q ReplQuery) ([]Repl, error) {
 	txn := s.db.Txn(false)
-	var (
-		it  memdb.ResultIterator
-		err error
-	)
-	if owner == "" {
-		it, err = txn.Get(tableRepls, "id")
-	} else {
-		it, err = txn.Get(tableRepls, "id_prefix", owner, "")
+	afterOwner, afterSlug, hasAfter := strings.Cut(q.After, "/")
+	if q.After != "" && !hasAfter {
+		return nil, fmt.Errorf("%w: cursor %q is not <owner>/<slug>", ErrInvalid, q.After)
 	}
+	startOwner, startSlug := q.Owner, ""
+	if hasAfter && (q.Owner == "" || afterOwner >= q.Owner) {
+		startOwner, startSlug = afterOwner, afterSlug
+	}
+	it, err := txn.LowerBound(tableRepls, "id", startOwner, startSlug)
 	if err != nil {
-		return nil, fmt.Errorf("lore: memdb: %w", err)
+		return nil, memErr(err)
 	}
 	out := []Repl{}
 	for o := it.Next(); o != nil; o = it.Next() {
-		out = append(out, *o.(*Repl))
+		r := o.(*Repl)
+		if hasAfter && r.Owner == afterOwner && r.Slug == afterSlug {
+			continue
+		}
+		if q.Owner != "" && r.Owner != q.Owner {
+			break
+		}
+		out = append(out, *r)
+		if q.Limit > 0 && len(out) == q.Limit {
+			break
+		}
 	}
 	return out, nil
 }

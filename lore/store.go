@@ -14,8 +14,8 @@ type Store interface {
 	Repl(ctx context.Context, id string) (Repl, error)
 	// ReplByName returns the repl with the given owner and slug.
 	ReplByName(ctx context.Context, owner, slug string) (Repl, error)
-	// Repls lists repls ordered by owner then slug; an empty owner lists all of them.
-	Repls(ctx context.Context, owner string) ([]Repl, error)
+	// Repls lists repls ordered by owner then slug, as selected by q (Limit zero: no limit).
+	Repls(ctx context.Context, q ReplQuery) ([]Repl, error)
 	// CreateRepl stores a new repl. It fails with ErrExists if the ID or the owner/slug pair is
 	// taken and ErrNotFound if the cluster does not exist.
 	CreateRepl(ctx context.Context, r Repl) (Repl, error)
@@ -57,6 +57,31 @@ type Store interface {
 	// Events are shared between watchers: treat what their pointers point to as read-only.
 	Watch(ctx context.Context) (<-chan Event, error)
 }
+
+// ReplQuery selects a page of repls, ordered by owner then slug.
+type ReplQuery struct {
+	// Owner restricts the listing to one owner. Empty means every owner.
+	Owner string
+	// After resumes a listing after the repl named "<owner>/<slug>" (a ReplPage.Next). Empty
+	// means from the start.
+	After string
+	// Limit is the most repls returned. Zero means DefaultListLimit from a Directory or Client,
+	// and no limit from a Store.
+	Limit int
+}
+
+// ReplPage is one page of a listing.
+type ReplPage struct {
+	Repls []Repl `json:"repls"`
+	// Next is the After of the following page; empty on the last page.
+	Next string `json:"next,omitempty"`
+}
+
+// Listing limits of Directory.Repls and the HTTP API.
+const (
+	DefaultListLimit = 1000
+	MaxListLimit     = 10000
+)
 
 // ClusterLoad is a cluster and how many repls live in it, what a ClusterPolicy chooses from.
 type ClusterLoad struct {

@@ -195,20 +195,44 @@ func testRepls(t *testing.T, s lore.Store) {
 	ok(s.CreateRepl(c, repl("r3", "bob", "alpha", "b"))).must(t)
 	ok(s.CreateRepl(c, repl("r4", "bobby", "a", "b"))).must(t)
 	ok(s.CreateRepl(c, repl("r5", "al", "z", "b"))).must(t)
-	list := ok(s.Repls(c, "bob")).must(t)
+	list := ok(s.Repls(c, lore.ReplQuery{Owner: "bob"})).must(t)
 	if len(list) != 2 || list[0].ID != "r3" || list[1].ID != "r1" {
 		t.Fatalf("Repls(bob) = %+v", list)
 	}
-	if l := ok(s.Repls(c, "bo")).must(t); len(l) != 0 {
+	if l := ok(s.Repls(c, lore.ReplQuery{Owner: "bo"})).must(t); len(l) != 0 {
 		t.Fatalf("Repls(bo) = %+v", l)
 	}
-	all := ok(s.Repls(c, "")).must(t)
+	all := ok(s.Repls(c, lore.ReplQuery{})).must(t)
 	var ids []string
 	for _, r := range all {
 		ids = append(ids, r.ID)
 	}
 	if fmt.Sprint(ids) != "[r5 r3 r1 r4]" {
 		t.Fatalf("Repls(all) ids = %v, want [r5 r3 r1 r4]", ids)
+	}
+	// Pages: Limit, and After as a cursor "<owner>/<slug>" (exclusive), with and without Owner.
+	for _, tt := range []struct {
+		q    lore.ReplQuery
+		want string
+	}{
+		{lore.ReplQuery{Limit: 2}, "[r5 r3]"},
+		{lore.ReplQuery{After: "bob/alpha", Limit: 2}, "[r1 r4]"},
+		{lore.ReplQuery{After: "bob/blog"}, "[r4]"},
+		{lore.ReplQuery{After: "bobby/a"}, "[]"},
+		{lore.ReplQuery{After: "a/a"}, "[r5 r3 r1 r4]"},
+		{lore.ReplQuery{After: "bob/b"}, "[r1 r4]"}, // a cursor need not name an existing repl
+		{lore.ReplQuery{Owner: "bob", After: "bob/alpha"}, "[r1]"},
+		{lore.ReplQuery{Owner: "bob", After: "al/z"}, "[r3 r1]"},
+		{lore.ReplQuery{Owner: "bob", After: "bobby/a"}, "[]"},
+		{lore.ReplQuery{Owner: "bob", Limit: 1}, "[r3]"},
+	} {
+		var got []string
+		for _, r := range ok(s.Repls(c, tt.q)).must(t) {
+			got = append(got, r.ID)
+		}
+		if g := fmt.Sprint(got); g != tt.want && !(tt.want == "[]" && len(got) == 0) {
+			t.Errorf("Repls(%+v) = %v, want %s", tt.q, g, tt.want)
+		}
 	}
 }
 
@@ -269,7 +293,7 @@ func testConcurrentUniqueness(t *testing.T, s lore.Store) {
 			t.Fatalf("id shared%d created %d times", n, ids[fmt.Sprintf("shared%d", n)])
 		}
 	}
-	if all := ok(s.Repls(c, "")).must(t); len(all) != 2*names {
+	if all := ok(s.Repls(c, lore.ReplQuery{})).must(t); len(all) != 2*names {
 		t.Fatalf("store holds %d repls, want %d", len(all), 2*names)
 	}
 }
@@ -330,7 +354,7 @@ func testDelete(t *testing.T, s lore.Store) {
 	ok(s.Domain(c, "three.example")).must(t)
 	_, err = s.DeleteRepl(c, "r1")
 	wantErr(t, "second DeleteRepl", err, lore.ErrNotFound)
-	if l := ok(s.Repls(c, "bob")).must(t); len(l) != 1 || l[0].ID != "r2" {
+	if l := ok(s.Repls(c, lore.ReplQuery{Owner: "bob"})).must(t); len(l) != 1 || l[0].ID != "r2" {
 		t.Fatalf("Repls after delete %+v", l)
 	}
 	// The name and the ID are free again.

@@ -25,7 +25,8 @@
 //
 // The Server does not listen; serve it with an http.Server on the VM's address (placement's
 // VM.Addr). Every request must carry HeaderCredential (Switchyard-Credential) equal to
-// Config.Credential — compared in constant time — or gets 401 with a JSON error.
+// Config.Credential — compared in constant time — or gets 401 with a JSON error and
+// HeaderError "unauthorized" (so a proxy can tell conman's 401 from a hosted app's).
 //
 //   - GET /v1/repls/{id}/attach[?cols=N&rows=M]: a WebSocket to the repl's shell on a pty, the
 //     container started first if needed. Before the upgrade: 400 for a bad id or size, 503 with

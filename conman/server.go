@@ -39,6 +39,8 @@ const (
 	ErrorUnreachable = "port-unreachable"
 	ErrorDraining    = "draining"
 	ErrorInvalid     = "invalid-repl"
+	// ErrorUnauthorized marks conman's own 401, so a proxy can tell it from the app's.
+	ErrorUnauthorized = "unauthorized"
 )
 
 // WebSocket close codes conman uses on attach sessions.
@@ -265,7 +267,7 @@ func (s *Server) adopt(ctx context.Context) error {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	got := sha256.Sum256([]byte(r.Header.Get(HeaderCredential)))
 	if r.Header.Get(HeaderCredential) == "" || subtle.ConstantTimeCompare(got[:], s.credSum[:]) != 1 {
-		writeError(w, http.StatusUnauthorized, "missing or wrong "+HeaderCredential, "")
+		writeError(w, http.StatusUnauthorized, "missing or wrong "+HeaderCredential, ErrorUnauthorized)
 		return
 	}
 	if id := r.Header.Get(HeaderRepl); id != "" {

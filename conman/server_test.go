@@ -284,6 +284,9 @@ func TestCredential(t *testing.T) {
 			resp, body := e.request(t, "GET", tt.path, tt.hdr, nil)
 			require.Equal(t, tt.status, resp.StatusCode, string(body))
 			require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+			if tt.status == 401 {
+				require.Equal(t, conman.ErrorUnauthorized, resp.Header.Get(conman.HeaderError))
+			}
 			if tt.status != 200 {
 				var m map[string]string
 				require.NoError(t, json.Unmarshal(body, &m))

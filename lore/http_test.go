@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -445,5 +446,59 @@ func TestHTTPHead(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("HEAD = %d", resp.StatusCode)
+	}
+}
+
+// TestKeyRotation: lore publishes the previous key beside the issuer's during a rotation, so
+// proxies verifying through /v1/keys accept tokens from both until the old key is dropped.
+func TestKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	oldIss := newIssuer(t, newKey(t), "2026-01", nil)
+	newIss := newIssuer(t, newKey(t), "2026-02", nil)
+	oldTok, _, _ := oldIss.Issue("a", "r1")
+	dir, err := lore.New(lore.Config{Zone: "repl.test", Issuer: newIss, PublishedKeys: []lore.PublicKey{oldIss.PublicKey()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	srv := httptest.NewServer(lore.NewHandler(lore.HandlerConfig{Directory: dir, AdminKey: adminKey}))
+	defer srv.Close()
+	dir.PutCluster(ctx, lore.Cluster{ID: "a", EvalURL: "ws://a", Healthy: true})
+	r, _ := dir.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "o", Slug: "s"})
+	info, err := dir.Connect(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := lore.NewClient(srv.URL, "", nil).Keys(ctx)
+	if err != nil || len(keys) != 2 || keys[0].KeyID != "2026-02" || keys[1].KeyID != "2026-01" {
+		t.Fatalf("published keys %+v %v", keys, err)
+	}
+	// Concurrent first verifications share one fetch.
+	var fetches atomic.Int32
+	hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		fetches.Add(1)
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+	ks := lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: srv.URL + "/v1/keys", HTTPClient: hc})
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, tok := range []string{oldTok, info.Token} {
+				if _, err := ks.Verify(ctx, tok, "a"); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("%d fetches for 40 concurrent verifications, want 1", n)
 	}
 }

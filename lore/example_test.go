@@ -147,3 +147,32 @@ func ExampleDirectory_AddDomain() {
 	// before: true
 	// after: true true
 }
+
+// A sessions proxy verifying connect tokens with keys fetched from lore's /v1/keys. Each
+// rejection has its own error.
+func ExampleRemoteKeySet() {
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	issuer, _ := lore.NewIssuer(lore.IssuerConfig{Key: key, KeyID: "2026-01"})
+	dir, _ := lore.New(lore.Config{Zone: "repl.test", Issuer: issuer})
+	defer dir.Close()
+	srv := httptest.NewServer(lore.NewHandler(lore.HandlerConfig{Directory: dir}))
+	defer srv.Close()
+
+	keys := lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: srv.URL + "/v1/keys"})
+	token, _, _ := issuer.Issue("a", "k3zq7m2xa4bcdefg")
+
+	claims, err := keys.Verify(ctx, token, "a")
+	fmt.Println(claims.Repl, err)
+	_, err = keys.Verify(ctx, token, "b")
+	fmt.Println(errors.Is(err, lore.ErrTokenAudience))
+	_, err = keys.Verify(ctx, token[:len(token)-4]+"AAAA", "a")
+	fmt.Println(errors.Is(err, lore.ErrTokenSignature))
+	_, err = keys.Verify(ctx, "not-a-token", "a")
+	fmt.Println(errors.Is(err, lore.ErrTokenMalformed))
+	// Output:
+	// k3zq7m2xa4bcdefg <nil>
+	// true
+	// true
+	// true
+}

@@ -102,7 +102,42 @@ type HostingConfig struct {
 
 // Hosting is the per-cluster web hosting proxy: an http.Handler that routes a request by its
 // Host to the repl it names and reverse-proxies it through the conman of the repl's VM. Create
-// it with NewHosting; it binds no ports. See the package documentation.
+// it with NewHosting; it binds no ports (serve it with an http.Server of yours, usually behind
+// tombstone.Forwarder.Wrap).
+//
+// Routing: <slug>.<owner>.<Zone> and <id>.id.<Zone> (any case, optional :port and trailing
+// dot) are looked up in the Directory; any other host must be a verified custom domain
+// (Directory.ReplByDomain). A repl of another cluster is not served (404). Placer.Place then
+// gives the VM, and the request goes to its conman with Switchyard-Repl: <id> and
+// Switchyard-Credential; conman starts the repl if needed and forwards to its web port.
+//
+// Forwarding: method, path, query, body and Host unchanged; every inbound Switchyard-* header is
+// removed (a client cannot pick the repl or present a credential); X-Forwarded-For/-Host/-Proto
+// and Forwarded are rewritten by SetForwarded under the trusted-proxy policy of
+// HostingConfig.TrustForwarded (default: trust nobody, the chain starts at the peer). Bodies
+// stream both ways (full duplex); unknown-length and text/event-stream answers are flushed as
+// they arrive; trailers pass; WebSocket (and any Upgrade) connections are spliced.
+//
+// Answers of its own (JSON {"error", "request_id"}, or an HTML page when the client accepts
+// text/html; header Switchyard-Request-Id on every answer, the same id in the log line):
+//
+//	400  no Host
+//	404  unknown host, unverified domain, or a repl hosted in another cluster
+//	502  the repl could not be started or did not answer (conman's 502 with its
+//	     Switchyard-Error reason, a dial failure, a bad VM address); the reason is logged
+//	503  directory or placement unavailable, no capacity, or Hosting shutting down
+//
+// A conman that cannot be dialed or answers 503 (draining) before taking the request is retried
+// on another VM (Place with Avoid), up to Attempts, when the body can be replayed
+// (MaxReplayBody). The app's own statuses, 502 included, pass through untouched.
+//
+// Metrics (with a Registerer): switchyard_hosting_requests_total{outcome} and
+// switchyard_hosting_request_duration_seconds{outcome} with outcome ok, unknown_host,
+// bad_request, directory, placement, backend, draining, client;
+// switchyard_hosting_upgraded_connections; switchyard_hosting_retries_total.
+//
+// Drain: Shutdown (see there) waits for in-flight requests and upgraded connections, which
+// http.Server.Shutdown does not track.
 type Hosting struct {
 	cfg     HostingConfig
 	log     *slog.Logger

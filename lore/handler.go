@@ -495,6 +495,10 @@ func (h *handler) domainRepl(w http.ResponseWriter, r *http.Request) {
 // directory's watch channel closes (the watcher fell behind or the store closed): the client
 // must then re-read and watch again.
 func (h *handler) watch(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodHead {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		return
+	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	ch, err := h.d.Watch(ctx)

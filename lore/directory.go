@@ -362,6 +362,9 @@ func (d *Directory) CreateRepl(ctx context.Context, r Repl) (out Repl, err error
 		if r.Cluster, err = d.policy(ctx, r, loads); err != nil {
 			return Repl{}, err
 		}
+		if checkLabel(r.Cluster) != nil {
+			return Repl{}, fmt.Errorf("%w: the cluster policy chose %q, not a cluster ID", ErrUnavailable, r.Cluster)
+		}
 	} else if err := checkLabel(r.Cluster); err != nil {
 		return Repl{}, fmt.Errorf("cluster: %w", err)
 	}

@@ -1,0 +1,277 @@
+// Command hosting is the load program for proxy.Hosting and the tombstone forwarder. In one
+// process, on loopback, it serves a small page (the repl's web port) and measures, in
+// alternating rounds so the machine's noise hits every mode alike:
+//
+//	direct     client → the page's server
+//	hosting    client → proxy.Hosting (real lore.Directory + placement.Controlplane) → the page
+//	           (the page's server plays the VM's conman: it accepts the Switchyard-* headers)
+//	plain      client → a plain httputil.ReverseProxy hop → the page
+//	forwarded  client → tombstone.Forwarder (repl has a tombstone) → the page (playing the new
+//	           cluster's hosting proxy)
+//
+// and prints requests/s and latency percentiles per mode (medians over rounds) and the ratios
+// hosting/direct and forwarded/plain.
+//
+//	go run ./bench/hosting -rounds 5 -duration 3s -conns 16
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
+	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/tombstone"
+)
+
+func main() {
+	rounds := flag.Int("rounds", 5, "rounds; each runs every mode once")
+	duration := flag.Duration("duration", 3*time.Second, "duration of one mode in one round")
+	conns := flag.Int("conns", 16, "concurrent keep-alive connections")
+	size := flag.Int("size", 1024, "page size in bytes")
+	modesFlag := flag.String("modes", "direct,hosting,plain,forwarded", "modes to run")
+	flag.Parse()
+	if err := run(*rounds, *duration, *conns, *size, strings.Split(*modesFlag, ",")); err != nil {
+		fmt.Fprintln(os.Stderr, "hosting:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	rps                float64
+	p50, p90, p99, max time.Duration
+	errors             int64
+}
+
+func run(rounds int, duration time.Duration, conns, size int, modes []string) error {
+	ctx := context.Background()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	page := []byte(strings.Repeat("x", size))
+
+	// The page: the repl's web port (and, for hosting, the VM's conman).
+	app, err := serve("127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write(page)
+	}))
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+	appURL, _ := url.Parse("http://" + app.Addr)
+
+	// Hosting over the real in-process directory and controlplane.
+	dir, err := lore.New(lore.Config{Zone: "repl.test", Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if _, err := dir.PutCluster(ctx, lore.Cluster{ID: "a", EvalURL: "ws://127.0.0.1:1/v1/connect", Healthy: true}); err != nil {
+		return err
+	}
+	if _, err := dir.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "alice", Slug: "blog", Cluster: "a"}); err != nil {
+		return err
+	}
+	cp, err := placement.New(placement.Config{Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if _, err := cp.Register(ctx, placement.VM{ID: "vm1", Addr: appURL.String(), Capacity: placement.Resources{Containers: 100}}); err != nil {
+		return err
+	}
+	hosting, err := proxy.NewHosting(proxy.HostingConfig{Zone: "repl.test", Cluster: "a", Directory: dir, Placer: cp,
+		Credential: "c", Logger: quiet})
+	if err != nil {
+		return err
+	}
+	hostingSrv, err := serve("127.0.0.1:0", hosting)
+	if err != nil {
+		return err
+	}
+	defer hostingSrv.Close()
+
+	// A plain reverse proxy hop.
+	plain := &httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(appURL); pr.Out.Host = pr.In.Host; pr.SetXForwarded() },
+		Transport: proxy.NewTransport(),
+		ErrorLog:  slog.NewLogLogger(quiet.Handler(), slog.LevelError),
+	}
+	plainSrv, err := serve("127.0.0.1:0", plain)
+	if err != nil {
+		return err
+	}
+	defer plainSrv.Close()
+
+	// The tombstone forwarder: r1 moved to cluster b, whose hosting proxy is the page.
+	store, err := tombstone.NewMemStore(tombstone.MemStoreConfig{})
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	if err := store.Put(ctx, tombstone.Tombstone{Repl: "r1", Owner: "alice", Slug: "blog", Cluster: "b", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		return err
+	}
+	if _, err := dir.PutCluster(ctx, lore.Cluster{ID: "b", EvalURL: "ws://127.0.0.1:1/v1/connect", HostingURL: appURL.String(), Healthy: true}); err != nil {
+		return err
+	}
+	fwd, err := tombstone.New(tombstone.Config{Cluster: "a", Zone: "repl.test", Store: store, Clusters: dir,
+		Secret: []byte(strings.Repeat("k", 32)), Logger: quiet})
+	if err != nil {
+		return err
+	}
+	fwdSrv, err := serve("127.0.0.1:0", fwd.Wrap(hosting))
+	if err != nil {
+		return err
+	}
+	defer fwdSrv.Close()
+
+	targets := map[string]string{"direct": app.Addr, "hosting": hostingSrv.Addr, "plain": plainSrv.Addr, "forwarded": fwdSrv.Addr}
+	results := map[string][]result{}
+	fmt.Printf("# %d rounds × %s per mode, %d connections, %d-byte page, GOMAXPROCS=%d\n", rounds, duration, conns, size, runtimeProcs())
+	for r := 1; r <= rounds; r++ {
+		for _, m := range modes {
+			addr, ok := targets[m]
+			if !ok {
+				return fmt.Errorf("unknown mode %q", m)
+			}
+			res := load(addr, "blog.alice.repl.test", conns, duration)
+			results[m] = append(results[m], res)
+			fmt.Printf("round %d %-9s %8.0f req/s  p50 %7s  p90 %7s  p99 %7s  max %7s  errors %d\n",
+				r, m, res.rps, us(res.p50), us(res.p90), us(res.p99), us(res.max), res.errors)
+		}
+	}
+	fmt.Println()
+	fmt.Println("| mode | req/s (median) | p50 | p99 (median) |")
+	fmt.Println("|---|---|---|---|")
+	med := map[string]result{}
+	for _, m := range modes {
+		med[m] = median(results[m])
+		fmt.Printf("| %s | %.0f | %s | %s |\n", m, med[m].rps, us(med[m].p50), us(med[m].p99))
+	}
+	if d, h := med["direct"], med["hosting"]; d.rps > 0 && h.rps > 0 {
+		fmt.Printf("\nhosting/direct: throughput %.2f×, p99 %.2f×\n", h.rps/d.rps, float64(h.p99)/float64(d.p99))
+	}
+	if p, f := med["plain"], med["forwarded"]; p.rps > 0 && f.rps > 0 {
+		fmt.Printf("forwarded/plain: cost per request %.3f× (throughput %.3f×), p99 %.2f×\n", p.rps/f.rps, f.rps/p.rps, float64(f.p99)/float64(p.p99))
+	}
+	shut, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return errorsJoin(fwd.Shutdown(shut), hosting.Shutdown(shut))
+}
+
+func errorsJoin(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
+
+type server struct {
+	Addr string
+	srv  *http.Server
+}
+
+func (s *server) Close() { _ = s.srv.Close() }
+
+func serve(addr string, h http.Handler) (*server, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{Addr: l.Addr().String(), srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}}
+	go func() { _ = s.srv.Serve(l) }()
+	return s, nil
+}
+
+// load runs conns keep-alive clients against addr for d and measures every request.
+func load(addr, host string, conns int, d time.Duration) result {
+	tr := proxy.NewTransport()
+	tr.MaxIdleConnsPerHost = conns
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	defer tr.CloseIdleConnections()
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		all    []time.Duration
+		errors atomic.Int64
+	)
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, 1<<14)
+			req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+			req.Host = host
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					errors.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					errors.Add(1)
+					continue
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(all)
+	pct := func(p float64) time.Duration {
+		if len(all) == 0 {
+			return 0
+		}
+		return all[min(len(all)-1, int(float64(len(all))*p))]
+	}
+	res := result{rps: float64(len(all)) / elapsed.Seconds(), p50: pct(0.50), p90: pct(0.90), p99: pct(0.99), errors: errors.Load()}
+	if len(all) > 0 {
+		res.max = all[len(all)-1]
+	}
+	return res
+}
+
+func median(rs []result) result {
+	pick := func(f func(result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	return result{
+		rps: pick(func(r result) float64 { return r.rps }),
+		p50: time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
+		p99: time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
+	}
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond)) }

@@ -37,11 +37,15 @@ func benchRuntime(b *testing.B, iso process.Isolation) *process.Runtime {
 }
 
 func benchRuntimeInit(b *testing.B, iso process.Isolation, initPath string) *process.Runtime {
+	return benchRuntimeWarm(b, iso, initPath, 0)
+}
+
+func benchRuntimeWarm(b *testing.B, iso process.Isolation, initPath string, warm int) *process.Runtime {
 	b.Helper()
 	if os.Geteuid() != 0 && iso != process.None {
 		b.Skip("needs root")
 	}
-	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench", Isolation: iso, InitPath: initPath})
+	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench", Isolation: iso, InitPath: initPath, WarmInits: warm})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -64,15 +68,20 @@ func BenchmarkColdStart(b *testing.B) {
 		name     string
 		iso      process.Isolation
 		initPath string
+		warm     int
 	}
-	vs := []variant{{"namespaces", process.Namespaces, ""}, {"plain", process.None, ""}}
+	vs := []variant{
+		{"namespaces-warm", process.Namespaces, "", 0},
+		{"namespaces-cold", process.Namespaces, "", -1},
+		{"plain", process.None, "", 0},
+	}
 	if p := os.Getenv("CONMAN_BENCH_INIT"); p != "" {
 		// A standalone init (go build ./conman/process/cmd/conman-init) instead of the test binary.
-		vs = append(vs, variant{"namespaces-standalone-init", process.Namespaces, p})
+		vs = append(vs, variant{"namespaces-cold-standalone-init", process.Namespaces, p, -1})
 	}
 	for _, v := range vs {
 		b.Run(v.name, func(b *testing.B) {
-			r := benchRuntimeInit(b, v.iso, v.initPath)
+			r := benchRuntimeWarm(b, v.iso, v.initPath, v.warm)
 			ctx := context.Background()
 			spec := conman.Spec{Limits: conman.Limits{MemoryBytes: 256 << 20, Pids: 256, CPUMilli: 1000}}
 			var lat latencies

@@ -100,6 +100,16 @@ func runInit() int {
 		return fail(fmt.Errorf("read config: %w", err))
 	}
 	cfgFile.Close()
+	if cfg.Output != "" {
+		// A warm init was started before its container existed: take the container's output.
+		out, err := os.OpenFile(cfg.Output, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return fail(fmt.Errorf("open output: %w", err))
+		}
+		_ = unix.Dup3(int(out.Fd()), 1, 0)
+		_ = unix.Dup3(int(out.Fd()), 2, 0)
+		out.Close()
+	}
 	// Only now, inside the cgroups: thread creation would wait behind the cgroup migration.
 	prewarmThreads(initThreads)
 	s := &initState{cfg: cfg, waiters: make(map[int]chan int), groups: make(map[int]bool)}

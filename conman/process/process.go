@@ -51,6 +51,10 @@ type Config struct {
 	InitPath string
 	// StartTimeout bounds how long Start waits for the init to be ready. Zero means 10s.
 	StartTimeout time.Duration
+	// WarmInits is how many inits the runtime keeps started in fresh namespaces, waiting for a
+	// container to start (without Spec.Network): Start then skips the init's exec and Go start,
+	// most of a cold start. Zero means 2; negative means none. Only with namespaces.
+	WarmInits int
 	// Logger receives the runtime's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -67,6 +71,10 @@ type Runtime struct {
 	containers map[string]*container
 	closed     bool
 	noNS       error // set once namespaces were found unavailable (Auto)
+
+	warm     chan *initProcess // inits waiting in fresh namespaces
+	refill   chan struct{}
+	stopWarm chan struct{}
 
 	wg sync.WaitGroup
 }
@@ -143,7 +151,74 @@ func New(cfg Config) (*Runtime, error) {
 	if err := r.recover(); err != nil {
 		return nil, err
 	}
+	if cfg.WarmInits == 0 {
+		cfg.WarmInits = 2
+		r.cfg.WarmInits = 2
+	}
+	if cfg.WarmInits > 0 && cfg.Isolation != None {
+		r.warm = make(chan *initProcess, cfg.WarmInits)
+		r.refill = make(chan struct{}, 1)
+		r.stopWarm = make(chan struct{})
+		r.wg.Add(1)
+		go r.keepWarm()
+	}
 	return r, nil
+}
+
+var nsFlags = uintptr(syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
+
+// keepWarm keeps the warm pool full until Close.
+func (r *Runtime) keepWarm() {
+	defer r.wg.Done()
+	defer func() {
+		for {
+			select {
+			case p := <-r.warm:
+				p.discard()
+			default:
+				return
+			}
+		}
+	}()
+	for {
+		for len(r.warm) < cap(r.warm) {
+			select {
+			case <-r.stopWarm:
+				return
+			default:
+			}
+			r.mu.Lock()
+			noNS := r.noNS
+			r.mu.Unlock()
+			if noNS != nil {
+				return
+			}
+			p, err := r.spawn(nil, &syscall.SysProcAttr{Setsid: true, Cloneflags: nsFlags})
+			if err != nil {
+				r.log.Debug("conman/process: warm init", "err", err)
+				break // Start reports the error if it persists
+			}
+			select {
+			case r.warm <- p:
+			case <-r.stopWarm:
+				p.discard()
+				return
+			}
+		}
+		select {
+		case <-r.refill:
+		case <-r.stopWarm:
+			return
+		}
+	}
+}
+
+// discard ends an init that never got a container.
+func (p *initProcess) discard() {
+	p.cfgW.Close() // the init exits on EOF
+	p.readyR.Close()
+	_ = p.Kill()
+	_, _ = p.Wait()
 }
 
 func (r *Runtime) recover() error {
@@ -363,6 +438,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	icfg := initConfig{
 		ID: id, Hostname: spec.Hostname, Command: spec.Command, Env: r.env(spec), Dir: spec.Dir,
 		StateDir: c.dir, Namespaces: namespaces, Network: spec.Network && namespaces,
+		Output: filepath.Join(c.dir, outputName),
 	}
 	werr := json.NewEncoder(cfgW).Encode(icfg)
 	cfgW.Close()
@@ -454,8 +530,28 @@ func (r *Runtime) startInit(logf *os.File, spec conman.Spec) (*initProcess, bool
 	r.mu.Lock()
 	tryNS := r.cfg.Isolation != None && r.noNS == nil
 	r.mu.Unlock()
+	if tryNS && !spec.Network && r.warm != nil {
+		for {
+			var p *initProcess
+			select {
+			case p = <-r.warm:
+			default:
+			}
+			if p == nil {
+				break
+			}
+			select {
+			case r.refill <- struct{}{}:
+			default:
+			}
+			if syscall.Kill(p.Pid, 0) == nil {
+				return p, true, nil
+			}
+			p.discard() // died while waiting
+		}
+	}
 	if tryNS {
-		flags := uintptr(syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
+		flags := nsFlags
 		if spec.Network {
 			flags |= syscall.CLONE_NEWNET
 		}
@@ -493,6 +589,9 @@ func (r *Runtime) spawn(logf *os.File, sys *syscall.SysProcAttr) (*initProcess, 
 		return nil, err
 	}
 	defer null.Close()
+	if logf == nil { // a warm init: it opens the container's output file once it has one
+		logf = null
+	}
 	p, err := os.StartProcess(r.cfg.InitPath, []string{initArgv0}, &os.ProcAttr{
 		Env:   []string{initEnv + "=1", "GOMAXPROCS=1", "GOTRACEBACK=crash"},
 		Files: []*os.File{null, logf, logf, cfgR, readyW},
@@ -742,6 +841,9 @@ func (r *Runtime) Close() error {
 		return nil
 	}
 	r.closed = true
+	if r.stopWarm != nil {
+		close(r.stopWarm)
+	}
 	cs := make([]*container, 0, len(r.containers))
 	for _, c := range r.containers {
 		cs = append(cs, c)

@@ -44,6 +44,8 @@ type initConfig struct {
 	// Namespaces is set when the init runs in new namespaces and must set them up.
 	Namespaces bool `json:"namespaces"`
 	Network    bool `json:"network"`
+	// Output is the file the init appends its stdout and stderr (and the main process's) to.
+	Output string `json:"output"`
 }
 
 type execRequest struct {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -88,20 +89,36 @@ func benchCP(b *testing.B, kind string, s Strategy) *Controlplane {
 	return c
 }
 
-// latencies records one duration per operation and reports rate and percentiles.
+// latencies records one duration per operation and reports rate and percentiles. Besides the
+// wall-clock rate it reports operations per CPU-second of the whole process (GC included): on a
+// shared, overloaded machine the wall clock measures the neighbours, the CPU time measures us.
 type latencies struct {
 	d     []time.Duration
 	start time.Time
+	cpu   time.Duration
 }
 
 func newLatencies(n int) *latencies {
-	return &latencies{d: make([]time.Duration, 0, n), start: time.Now()}
+	return &latencies{d: make([]time.Duration, 0, n), start: time.Now(), cpu: cpuTime()}
+}
+
+// cpuTime is the process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (l *latencies) report(b *testing.B, unit string) {
 	elapsed := time.Since(l.start)
+	cpu := cpuTime() - l.cpu
 	if len(l.d) == 0 {
 		return
+	}
+	if cpu > 0 {
+		b.ReportMetric(float64(len(l.d))/cpu.Seconds(), unit+"/cpu-s")
 	}
 	slices.Sort(l.d)
 	pct := func(p float64) float64 {

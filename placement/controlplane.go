@@ -488,9 +488,10 @@ func (c *Controlplane) Release(ctx context.Context, repl, vm string) error {
 }
 
 // Register adds a VM, or updates a registered one (address, pool, build, capacity). A new VM
-// starts in vm.State if that is Active or Cordoned (empty means Active); a registered VM keeps an
-// operator's Cordoned or Draining state, and a Dead VM comes back Active: registering again is
-// the only way out of Dead. Register counts as a heartbeat. Usage is never taken from the
+// starts in vm.State if that is Active, Cordoned or Draining (empty means Active); a registered
+// VM keeps an operator's Cordoned or Draining state (and moves to Draining if it says it is
+// draining), and a Dead VM comes back in vm.State (Active if empty): registering again is the
+// only way out of Dead. Register counts as a heartbeat. Usage is never taken from the
 // argument: it is what placement has committed.
 func (c *Controlplane) Register(ctx context.Context, vm VM) (VM, error) {
 	if err := checkID("vm", vm.ID); err != nil {
@@ -503,15 +504,15 @@ func (c *Controlplane) Register(ctx context.Context, vm VM) (VM, error) {
 		return VM{}, err
 	}
 	switch vm.State {
-	case "", Active, Cordoned:
+	case "", Active, Cordoned, Draining:
 	default:
-		return VM{}, fmt.Errorf("%w: a vm registers as active or cordoned, not %q", ErrInvalid, vm.State)
+		return VM{}, fmt.Errorf("%w: a vm registers as active, cordoned or draining, not %q", ErrInvalid, vm.State)
 	}
 	now := c.now()
 	cur, err := c.store.VM(ctx, vm.ID)
 	switch {
 	case err == nil:
-		if cur.State == Cordoned || cur.State == Draining {
+		if (cur.State == Cordoned || cur.State == Draining) && vm.State != Draining {
 			vm.State = cur.State
 		}
 	case errors.Is(err, ErrNotFound):
@@ -540,9 +541,9 @@ func checkAddr(addr string) error {
 	return nil
 }
 
-// Heartbeat records that a VM is alive, its build and observed use. A VM never registered is an
-// error wrapping ErrNotFound; a Dead VM gets ErrConflict and must Register again (its
-// assignments were released when it died, so placement must relearn it).
+// Heartbeat records that a VM is alive, its build and observed use. A VM never registered, or
+// declared Dead, is an error wrapping ErrNotFound: its registration is void (a Dead VM's
+// assignments were released) and the agent must Register again, which brings it back Active.
 //
 // When hb.Running is not nil the VM's assignments are reconciled with it: an assignment whose
 // repl is not running and is older than Config.StartGrace is released (the container stopped
@@ -570,7 +571,7 @@ func (c *Controlplane) Heartbeat(ctx context.Context, hb Heartbeat) error {
 		return nil
 	})
 	if errors.Is(err, errDead) {
-		return fmt.Errorf("%w: vm %q is dead; register it again", ErrConflict, hb.VM)
+		return fmt.Errorf("%w: vm %q was declared dead; register it again", ErrNotFound, hb.VM)
 	}
 	if err != nil {
 		return err

@@ -314,7 +314,7 @@ func TestHeartbeatExpiry(t *testing.T) {
 	require.Equal(t, "b", again.VM)
 
 	// A dead VM's heartbeat is refused until it registers again.
-	require.ErrorIs(t, cp.Heartbeat(ctx, placement.Heartbeat{VM: "a"}), placement.ErrConflict)
+	require.ErrorIs(t, cp.Heartbeat(ctx, placement.Heartbeat{VM: "a"}), placement.ErrNotFound)
 	require.ErrorIs(t, cp.SetState(ctx, "a", placement.Active), placement.ErrConflict)
 	register(t, cp, vm("a", "", 10))
 	va, err = cp.VM(ctx, "a")
@@ -651,4 +651,22 @@ func TestSweepKeepsNewVMs(t *testing.T) {
 		require.Equal(t, id, a.VM)
 	}
 	wg.Wait()
+}
+
+func TestRegisterDraining(t *testing.T) {
+	ctx := context.Background()
+	cp := newCP(t, placement.Config{})
+	v := vm("a", "", 10)
+	v.State = placement.Draining
+	got, err := cp.Register(ctx, v)
+	require.NoError(t, err)
+	assert.Equal(t, placement.Draining, got.State, "a new vm may say it is draining")
+	register(t, cp, vm("b", "", 10))
+	v = vm("b", "", 10)
+	v.State = placement.Draining
+	got, err = cp.Register(ctx, v)
+	require.NoError(t, err)
+	assert.Equal(t, placement.Draining, got.State, "an active vm re-registering as draining drains")
+	_, err = cp.Place(ctx, placement.Request{Repl: "r"})
+	require.ErrorIs(t, err, placement.ErrNoCapacity)
 }

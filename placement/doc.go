@@ -62,8 +62,9 @@
 //
 // # VM lifecycle and heartbeats
 //
-// Register adds a VM as Active (or Cordoned, to warm it up first) and counts as a heartbeat; a
-// registered VM re-registering keeps an operator's Cordoned or Draining state and its usage.
+// Register adds a VM as Active (or Cordoned, to warm it up first, or Draining) and counts as a
+// heartbeat; a registered VM re-registering keeps an operator's Cordoned or Draining state and
+// its usage.
 // SetState moves a VM between Active, Cordoned, Draining and Dead; existing assignments on a
 // Cordoned or Draining VM stay until released (conman drains them and the proxy re-places with
 // Avoid), setting Dead releases them all.
@@ -75,8 +76,9 @@
 // own (it returns when its context ends), or call Sweep from your own loop. The clock is
 // Config.Now, so tests expire heartbeats without waiting.
 //
-// A Dead VM stays Dead: its heartbeats are refused with ErrConflict until it calls Register
-// again (the conman agent does on that error), which makes it Active with no assignments.
+// A Dead VM stays Dead: its heartbeats are refused with ErrNotFound (its registration is void)
+// until it calls Register again (the conman agent does on that error), which makes it Active
+// with no assignments.
 // Heartbeat.Running reconciles assignments with what the VM actually runs: an assignment whose
 // repl is not running and is older than Config.StartGrace (the proxy places before conman starts
 // the container) is released; a running repl with no assignment is adopted onto the VM if it has

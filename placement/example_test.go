@@ -122,7 +122,7 @@ func ExampleControlplane_Sweep() {
 	fmt.Println("dead:", dead)
 	_, err := cp.Lookup(ctx, "r")
 	fmt.Println(errors.Is(err, placement.ErrNotFound))
-	fmt.Println(errors.Is(cp.Heartbeat(ctx, placement.Heartbeat{VM: "a"}), placement.ErrConflict))
+	fmt.Println(errors.Is(cp.Heartbeat(ctx, placement.Heartbeat{VM: "a"}), placement.ErrNotFound))
 	// Output:
 	// dead: [a]
 	// true

@@ -116,7 +116,7 @@ func TestAPIParity(t *testing.T) {
 			_, err = p.Register(ctx, placement.VM{ID: "x", Addr: "ftp://x"})
 			require.ErrorIs(t, err, placement.ErrInvalid)
 			require.NoError(t, p.SetState(ctx, "vm-2", placement.Dead))
-			require.ErrorIs(t, p.Heartbeat(ctx, placement.Heartbeat{VM: "vm-2"}), placement.ErrConflict)
+			require.ErrorIs(t, p.Heartbeat(ctx, placement.Heartbeat{VM: "vm-2"}), placement.ErrNotFound)
 			require.ErrorIs(t, p.Deregister(ctx, "ghost"), placement.ErrNotFound)
 			require.NoError(t, p.Deregister(ctx, "vm-2"))
 		})

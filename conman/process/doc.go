@@ -23,6 +23,10 @@
 //
 // Before the init runs anything it waits for its configuration on a pipe; the runtime writes it
 // only after putting the init's pid into the container's cgroups, so nothing escapes the limits.
+// That split is also what makes warm inits possible: the runtime keeps Config.WarmInits (default
+// 2) inits already started in fresh namespaces, and Start hands one its configuration (hostname,
+// command, output file) instead of exec'ing a new one, which removes the exec and Go start-up
+// from a cold start. Containers with Spec.Network, and Isolation None, always start a new init.
 //
 // # Why the init is this binary (and how to embed it)
 //

@@ -370,9 +370,9 @@ func dumpLogs(t *testing.T, dir string) {
 }
 
 func TestConformance(t *testing.T) {
-	newRT := func(iso process.Isolation) func(t *testing.T) conman.Runtime {
+	newRT := func(iso process.Isolation, warm int) func(t *testing.T) conman.Runtime {
 		return func(t *testing.T) conman.Runtime {
-			r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test", Isolation: iso})
+			r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test", Isolation: iso, WarmInits: warm})
 			require.NoError(t, err)
 			return r
 		}
@@ -388,10 +388,14 @@ func TestConformance(t *testing.T) {
 	}
 	t.Run("namespaces", func(t *testing.T) {
 		needRoot(t)
-		conmantest.Run(t, conmantest.Options{New: newRT(process.Namespaces), Reopen: reopen(process.Namespaces), Isolated: true, Limits: true})
+		conmantest.Run(t, conmantest.Options{New: newRT(process.Namespaces, 0), Reopen: reopen(process.Namespaces), Isolated: true, Limits: true})
+	})
+	t.Run("namespaces-without-warm-inits", func(t *testing.T) {
+		needRoot(t)
+		conmantest.Run(t, conmantest.Options{New: newRT(process.Namespaces, -1), Isolated: true, Limits: true})
 	})
 	t.Run("plain", func(t *testing.T) {
-		conmantest.Run(t, conmantest.Options{New: newRT(process.None), Reopen: reopen(process.None)})
+		conmantest.Run(t, conmantest.Options{New: newRT(process.None, 0), Reopen: reopen(process.None)})
 	})
 }
 

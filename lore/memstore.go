@@ -2,7 +2,6 @@ package lore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -116,7 +115,7 @@ func (s *MemStore) Close() error {
 	return nil
 }
 
-var errStoreClosed = errors.New("lore: store closed")
+var errStoreClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
 
 // Repl implements Store.
 func (s *MemStore) Repl(_ context.Context, id string) (Repl, error) {

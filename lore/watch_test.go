@@ -2,6 +2,7 @@ package lore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"testing"
@@ -111,5 +112,33 @@ func TestClientWatchOverflow(t *testing.T) {
 	}
 	if ctx.Err() != nil {
 		t.Fatal("context ended")
+	}
+}
+
+// TestWatchEndsOnClose: closing the Directory ends every watch stream, so http.Server.Shutdown
+// does not wait on them; the Client's channel closes with its context still live.
+func TestWatchEndsOnClose(t *testing.T) {
+	s := newServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := s.reader.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.dir.Close()
+	select {
+	case _, ok := <-ch:
+		if ok {
+			t.Fatal("event after Close")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch stream still open after the Directory closed")
+	}
+	if ctx.Err() != nil {
+		t.Fatal("context ended")
+	}
+	// New watches are refused with a clear error.
+	if _, err := s.reader.Watch(ctx); !errors.Is(err, lore.ErrUnavailable) {
+		t.Fatalf("Watch on a closed directory: %v, want ErrUnavailable (503)", err)
 	}
 }

@@ -17,8 +17,8 @@ import (
 )
 
 // ErrUnavailable means the directory cannot do what was asked right now: no healthy cluster to
-// place a repl in, no token issuer configured, or the DNS resolver failing while verifying a
-// domain. The HTTP API answers 503.
+// place a repl in, no token issuer configured, the DNS resolver failing while verifying a
+// domain, or a closed store. The HTTP API answers 503.
 var ErrUnavailable = errors.New("lore: unavailable")
 
 // ClusterPolicy chooses the cluster for a new repl whose create request names none. candidates

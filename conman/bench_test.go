@@ -37,7 +37,7 @@ func benchServer(b *testing.B, spec func(context.Context, string) (conman.Spec, 
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
 	}
-	rt, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench"})
+	rt, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench-conman"})
 	if err != nil {
 		b.Fatal(err)
 	}

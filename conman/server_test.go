@@ -138,7 +138,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if o.stateDir == "" {
 		o.stateDir = t.TempDir()
 	}
-	rt, err := process.New(process.Config{StateDir: o.stateDir, CgroupParent: "switchyard-test"})
+	rt, err := process.New(process.Config{StateDir: o.stateDir, CgroupParent: "switchyard-test-conman"})
 	require.NoError(t, err)
 	e := &env{rt: rt}
 	cfg := conman.Config{
@@ -533,7 +533,7 @@ func TestMetrics(t *testing.T) {
 		t.Skip("needs root")
 	}
 	reg := prometheus.NewPedanticRegistry()
-	rt, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test"})
+	rt, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test-conman"})
 	require.NoError(t, err)
 	srv, err := conman.New(context.Background(), conman.Config{Runtime: rt, Credential: testCredential, Registerer: reg,
 		Spec: func(ctx context.Context, repl string) (conman.Spec, error) {

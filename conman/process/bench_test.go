@@ -45,7 +45,7 @@ func benchRuntimeWarm(b *testing.B, iso process.Isolation, initPath string, warm
 	if os.Geteuid() != 0 && iso != process.None {
 		b.Skip("needs root")
 	}
-	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench", Isolation: iso, InitPath: initPath, WarmInits: warm})
+	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench-process", Isolation: iso, InitPath: initPath, WarmInits: warm})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,6 +2,8 @@ package process
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,7 +46,8 @@ type Config struct {
 	// CgroupRoot is where cgroups are mounted. Empty means /sys/fs/cgroup.
 	CgroupRoot string
 	// CgroupParent is the cgroup (relative to each hierarchy) under which containers get theirs.
-	// Empty means "switchyard".
+	// It must not be shared by two Runtimes on a host (Remove kills what is in a container's
+	// cgroup). Empty means "switchyard/<8 hex digits of a hash of StateDir>".
 	CgroupParent string
 	// InitPath is the binary started as each container's init; it must call Init first thing in
 	// main. Empty means the running binary itself (/proc/self/exe), which then must call Init.
@@ -115,7 +118,11 @@ func New(cfg Config) (*Runtime, error) {
 		cfg.CgroupRoot = "/sys/fs/cgroup"
 	}
 	if cfg.CgroupParent == "" {
-		cfg.CgroupParent = "switchyard"
+		sum := sha256.Sum256([]byte(cfg.StateDir))
+		cfg.CgroupParent = "switchyard/" + hex.EncodeToString(sum[:4])
+	}
+	if strings.Contains(cfg.CgroupParent, "..") || filepath.IsAbs(cfg.CgroupParent) {
+		return nil, fmt.Errorf("%w: process: CgroupParent %q must be a relative path", conman.ErrInvalid, cfg.CgroupParent)
 	}
 	if cfg.InitPath == "" {
 		cfg.InitPath = "/proc/self/exe"

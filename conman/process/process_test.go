@@ -40,7 +40,7 @@ func newRuntime(t *testing.T, cfg process.Config) *process.Runtime {
 		cfg.StateDir = t.TempDir()
 	}
 	if cfg.CgroupParent == "" {
-		cfg.CgroupParent = "switchyard-test"
+		cfg.CgroupParent = "switchyard-test-process"
 	}
 	r, err := process.New(cfg)
 	require.NoError(t, err)
@@ -256,7 +256,7 @@ func TestKillOneInside(t *testing.T) {
 func TestRecoverAfterRestart(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
-	r1, err := process.New(process.Config{StateDir: dir, CgroupParent: "switchyard-test"})
+	r1, err := process.New(process.Config{StateDir: dir, CgroupParent: "switchyard-test-process"})
 	require.NoError(t, err)
 	start(t, r1, "rec1", conman.Spec{Port: 20001, Command: []string{"/bin/sh", "-c", "echo hello; exec sleep 600"}})
 	start(t, r1, "rec2", conman.Spec{})
@@ -372,7 +372,7 @@ func dumpLogs(t *testing.T, dir string) {
 func TestConformance(t *testing.T) {
 	newRT := func(iso process.Isolation, warm int) func(t *testing.T) conman.Runtime {
 		return func(t *testing.T) conman.Runtime {
-			r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test", Isolation: iso, WarmInits: warm})
+			r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test-process", Isolation: iso, WarmInits: warm})
 			require.NoError(t, err)
 			return r
 		}
@@ -381,7 +381,7 @@ func TestConformance(t *testing.T) {
 		return func(t *testing.T, old conman.Runtime) conman.Runtime {
 			st, err := old.(*process.Runtime).StateDir(), error(nil)
 			require.NoError(t, err)
-			r, err := process.New(process.Config{StateDir: st, CgroupParent: "switchyard-test", Isolation: iso})
+			r, err := process.New(process.Config{StateDir: st, CgroupParent: "switchyard-test-process", Isolation: iso})
 			require.NoError(t, err)
 			return r
 		}
@@ -504,7 +504,7 @@ func TestRecoverChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("run by TestRecoverAcrossProcesses")
 	}
-	r, err := process.New(process.Config{StateDir: dir, CgroupParent: "switchyard-test"})
+	r, err := process.New(process.Config{StateDir: dir, CgroupParent: "switchyard-test-process"})
 	require.NoError(t, err)
 	start(t, r, "across1", conman.Spec{Port: 20003, Command: []string{"sleep", "600"}})
 	require.NoError(t, r.Close()) // and the process exits with the container running

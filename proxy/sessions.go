@@ -92,19 +92,23 @@ type SessionsConfig struct {
 	// Mode selects the relay; the zero value is Splice.
 	Mode RelayMode
 
-	// RetryBudget bounds the time spent placing and dialing conman before giving up; it is
-	// also capped by HandshakeTimeout. Zero means 3 s; negative means one attempt only.
+	// RetryBudget bounds the time during which a failed place-and-attach attempt may be followed
+	// by another (on another VM); the whole setup stays within HandshakeTimeout. Zero means 3 s;
+	// negative means one attempt only.
 	RetryBudget time.Duration
 	// RetryBackoff is the pause before the first retry; it doubles (with ±25% jitter) up to
 	// MaxRetryBackoff. Zero means 20 ms.
 	RetryBackoff time.Duration
 	// MaxRetryBackoff caps the pause between retries. Zero means 500 ms.
 	MaxRetryBackoff time.Duration
-	// DialTimeout bounds one conman attach attempt (TCP connect, TLS, HTTP upgrade). Zero
-	// means 2 s.
+	// DialTimeout bounds connecting to conman (TCP, and TLS for https). Zero means 1 s.
 	DialTimeout time.Duration
-	// HandshakeTimeout bounds the whole setup: token, placement, every dial and the client's
-	// upgrade. Zero means 10 s.
+	// AttachTimeout bounds one attach attempt until conman's 101, which comes only once the
+	// repl's container runs, so it must cover a cold start. Zero means 15 s (conman's own
+	// start timeout).
+	AttachTimeout time.Duration
+	// HandshakeTimeout bounds the whole setup: token, placement, every attach attempt and the
+	// client's upgrade. Zero means 30 s.
 	HandshakeTimeout time.Duration
 
 	// MaxSessions caps concurrent sessions, counting those still in setup; past it the proxy
@@ -207,10 +211,13 @@ func NewSessions(cfg SessionsConfig) (*Sessions, error) {
 		cfg.MaxRetryBackoff = 500 * time.Millisecond
 	}
 	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = 2 * time.Second
+		cfg.DialTimeout = time.Second
+	}
+	if cfg.AttachTimeout <= 0 {
+		cfg.AttachTimeout = 15 * time.Second
 	}
 	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = 10 * time.Second
+		cfg.HandshakeTimeout = 30 * time.Second
 	}
 	if cfg.MaxHeaderBytes <= 0 {
 		cfg.MaxHeaderBytes = 8 << 10

@@ -98,13 +98,13 @@ func sessionsAttachURL(addr, repl string, q url.Values) (*url.URL, error) {
 	return u, nil
 }
 
-// attach dials conman for one attempt, bounded by DialTimeout.
+// attach dials conman for one attempt, bounded by AttachTimeout.
 func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.Assignment) (sessionsBackend, error) {
 	u, err := sessionsAttachURL(asg.Addr, asg.Repl, r.URL.Query())
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttachTimeout)
 	defer cancel()
 	if s.cfg.Mode == Frame {
 		h := http.Header{}
@@ -201,7 +201,9 @@ func (s *Sessions) upgrade(ctx context.Context, u *url.URL, vm string, write fun
 			host = net.JoinHostPort(u.Hostname(), "80")
 		}
 	}
-	conn, err := s.dial(ctx, "tcp", host)
+	dctx, dcancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer dcancel()
+	conn, err := s.dial(dctx, "tcp", host)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("attach to VM %s: %w", vm, err)
 	}
@@ -225,7 +227,7 @@ func (s *Sessions) upgrade(ctx context.Context, u *url.URL, vm string, write fun
 			cfg.ServerName = u.Hostname()
 		}
 		tc := tls.Client(conn, cfg)
-		if err := tc.HandshakeContext(ctx); err != nil {
+		if err := tc.HandshakeContext(dctx); err != nil {
 			return nil, nil, nil, fmt.Errorf("attach to VM %s: tls: %w", vm, err)
 		}
 		conn = tc

@@ -592,7 +592,7 @@ func TestSessionsRetry(t *testing.T) {
 				bad.vm(),
 				good.vm(),
 			}
-			e.proxy.cfg.DialTimeout = 100 * time.Millisecond
+			e.proxy.cfg.AttachTimeout = 100 * time.Millisecond
 			c, err := e.dial(context.Background(), "r1")
 			if err != nil {
 				t.Fatalf("dial: %v\n%s", err, e.logs)
@@ -849,7 +849,7 @@ func TestSessionsPipelined(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() {
 				for i := range n {
-					msg := bytes.Repeat([]byte{byte(i)}, 1<<20+i)
+					msg := bytes.Repeat([]byte{byte(i)}, 64<<10+i*4099)
 					if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
 						errc <- err
 						return
@@ -862,7 +862,7 @@ func TestSessionsPipelined(t *testing.T) {
 				if err != nil {
 					t.Fatalf("message %d: %v\n%s", i, err, e.logs)
 				}
-				if len(b) != 1<<20+i || b[0] != byte(i) || b[len(b)-1] != byte(i) {
+				if len(b) != 64<<10+i*4099 || b[0] != byte(i) || b[len(b)-1] != byte(i) {
 					t.Fatalf("message %d: %d bytes starting %d", i, len(b), b[0])
 				}
 			}

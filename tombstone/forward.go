@@ -82,6 +82,7 @@ type Config struct {
 type Forwarder struct {
 	cfg     Config
 	secrets [][]byte
+	signer  *hopSigner
 	log     *slog.Logger
 	rp      *httputil.ReverseProxy
 	metrics *forwardMetrics
@@ -137,6 +138,7 @@ func New(cfg Config) (*Forwarder, error) {
 	f := &Forwarder{
 		cfg:     cfg,
 		secrets: append([][]byte{cfg.Secret}, cfg.PreviousSecrets...),
+		signer:  newHopSigner(cfg.Secret),
 		log:     cfg.Logger,
 		cache:   make(map[string]cachedCluster),
 		conns:   make(map[*trackedConn]struct{}),
@@ -172,7 +174,6 @@ func Internal(r *http.Request) bool {
 
 // forwardState is one forwarded request's routing, carried in its context.
 type forwardState struct {
-	id      string
 	target  *url.URL
 	stone   Tombstone
 	via     []string
@@ -265,10 +266,9 @@ func (f *Forwarder) lookup(r *http.Request) (Tombstone, bool) {
 
 // forward sends r to the hosting proxy of stone.Cluster.
 func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombstone, via []string, internal bool) {
-	id := newID()
 	if f.closing.Load() {
 		w.Header().Set("Connection", "close")
-		f.fail(w, r, id, outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", nil)
+		f.fail(w, r, newID(), outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", nil)
 		return
 	}
 	f.inflight.Add(1)
@@ -280,12 +280,12 @@ func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombst
 
 	newVia := append(slices.Clip(via), f.cfg.Cluster)
 	if slices.Contains(via, stone.Cluster) {
-		f.fail(w, r, id, outcomeLoop, http.StatusLoopDetected,
+		f.fail(w, r, newID(), outcomeLoop, http.StatusLoopDetected,
 			fmt.Sprintf("repl %s moved to cluster %s, which this request has already passed", stone.Repl, stone.Cluster), nil)
 		return
 	}
 	if len(newVia) > f.cfg.MaxHops {
-		f.fail(w, r, id, outcomeLoop, http.StatusLoopDetected,
+		f.fail(w, r, newID(), outcomeLoop, http.StatusLoopDetected,
 			fmt.Sprintf("forwarding would pass more than %d clusters", f.cfg.MaxHops), nil)
 		return
 	}
@@ -294,11 +294,11 @@ func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombst
 		if ctx.Err() != nil {
 			return
 		}
-		f.fail(w, r, id, outcomeError, http.StatusBadGateway,
+		f.fail(w, r, newID(), outcomeError, http.StatusBadGateway,
 			"the repl has moved to another cluster, which cannot be reached right now", fmt.Errorf("cluster %s: %w", stone.Cluster, err))
 		return
 	}
-	st := &forwardState{id: id, target: target, stone: stone, via: newVia, trusted: internal || f.cfg.TrustForwarded(r)}
+	st := &forwardState{target: target, stone: stone, via: newVia, trusted: internal || f.cfg.TrustForwarded(r)}
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	tw := &trackWriter{ResponseWriter: w, f: f}
 	f.rp.ServeHTTP(tw, r.WithContext(context.WithValue(ctx, forwardKey{}, st)))
@@ -312,7 +312,7 @@ func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombst
 	}
 	f.invalidate(stone.Cluster)
 	w.Header().Set("Connection", "close") // the transport may still hold the body
-	f.fail(w, r, id, outcomeError, http.StatusBadGateway, "the repl has moved to another cluster, which did not answer",
+	f.fail(w, r, newID(), outcomeError, http.StatusBadGateway, "the repl has moved to another cluster, which did not answer",
 		fmt.Errorf("forward repl %s to cluster %s at %s: %w", stone.Repl, stone.Cluster, target, st.err))
 }
 
@@ -322,7 +322,7 @@ func (f *Forwarder) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Host = pr.In.Host // the next cluster routes by the name the client used
 	proxy.StripSwitchyardHeaders(pr.Out.Header)
 	proxy.SetForwarded(pr, st.trusted)
-	pr.Out.Header.Set(HopHeader, signHop(f.cfg.Secret, st.via, f.cfg.Now(), pr.In.Host, pr.In.Method, pr.In.RequestURI))
+	pr.Out.Header.Set(HopHeader, f.signer.sign(st.via, f.cfg.Now(), pr.In.Host, pr.In.Method, pr.In.RequestURI))
 	pr.Out.Header.Add(CDNLoopHeader, "switchyard; cluster="+f.cfg.Cluster)
 }
 

@@ -6,8 +6,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -38,7 +40,10 @@ type hop struct {
 var errHop = errors.New("tombstone: bad hop header")
 
 func hopMAC(secret []byte, via string, ts int64, host, method, target string) []byte {
-	m := hmac.New(sha256.New, secret)
+	return hopMACWith(hmac.New(sha256.New, secret), via, ts, host, method, target)
+}
+
+func hopMACWith(m hash.Hash, via string, ts int64, host, method, target string) []byte {
 	m.Write([]byte("switchyard-hop v1\n"))
 	m.Write([]byte(via))
 	m.Write([]byte{'\n'})
@@ -57,6 +62,25 @@ func signHop(secret []byte, via []string, at time.Time, host, method, target str
 	v := strings.Join(via, ",")
 	ts := at.Unix()
 	sig := hopMAC(secret, v, ts, host, method, target)
+	return "v1; via=" + v + "; t=" + strconv.FormatInt(ts, 10) + "; sig=" + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// hopSigner signs with one secret, reusing HMAC states across requests.
+type hopSigner struct{ pool sync.Pool }
+
+func newHopSigner(secret []byte) *hopSigner {
+	s := &hopSigner{}
+	s.pool.New = func() any { return hmac.New(sha256.New, secret) }
+	return s
+}
+
+func (s *hopSigner) sign(via []string, at time.Time, host, method, target string) string {
+	m := s.pool.Get().(hash.Hash)
+	m.Reset()
+	v := strings.Join(via, ",")
+	ts := at.Unix()
+	sig := hopMACWith(m, v, ts, host, method, target)
+	s.pool.Put(m)
 	return "v1; via=" + v + "; t=" + strconv.FormatInt(ts, 10) + "; sig=" + base64.RawURLEncoding.EncodeToString(sig)
 }
 

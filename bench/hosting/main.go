@@ -32,6 +32,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/switchyard-dev/switchyard/lore"
@@ -54,6 +55,7 @@ func main() {
 }
 
 type result struct {
+	cpu                time.Duration // process CPU time (user+sys) per request: stable under load
 	rps                float64
 	p50, p90, p99, max time.Duration
 	errors             int64
@@ -150,23 +152,24 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 			}
 			res := load(addr, "blog.alice.repl.test", conns, duration)
 			results[m] = append(results[m], res)
-			fmt.Printf("round %d %-9s %8.0f req/s  p50 %7s  p90 %7s  p99 %7s  max %7s  errors %d\n",
-				r, m, res.rps, us(res.p50), us(res.p90), us(res.p99), us(res.max), res.errors)
+			fmt.Printf("round %d %-9s cpu/req %6s %8.0f req/s  p50 %7s  p90 %7s  p99 %7s  max %7s  errors %d\n",
+				r, m, us(res.cpu), res.rps, us(res.p50), us(res.p90), us(res.p99), us(res.max), res.errors)
 		}
 	}
 	fmt.Println()
-	fmt.Println("| mode | req/s (median) | p50 | p99 (median) |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Println("| mode | CPU µs/request (median) | req/s (median) | p50 | p99 (median) |")
+	fmt.Println("|---|---|---|---|---|")
 	med := map[string]result{}
 	for _, m := range modes {
 		med[m] = median(results[m])
-		fmt.Printf("| %s | %.0f | %s | %s |\n", m, med[m].rps, us(med[m].p50), us(med[m].p99))
+		fmt.Printf("| %s | %s | %.0f | %s | %s |\n", m, us(med[m].cpu), med[m].rps, us(med[m].p50), us(med[m].p99))
 	}
 	if d, h := med["direct"], med["hosting"]; d.rps > 0 && h.rps > 0 {
-		fmt.Printf("\nhosting/direct: throughput %.2f×, p99 %.2f×\n", h.rps/d.rps, float64(h.p99)/float64(d.p99))
+		fmt.Printf("\nhosting/direct: CPU per request %.2f×, throughput %.2f×, p99 %.2f×\n", float64(h.cpu)/float64(d.cpu), h.rps/d.rps, float64(h.p99)/float64(d.p99))
 	}
 	if p, f := med["plain"], med["forwarded"]; p.rps > 0 && f.rps > 0 {
-		fmt.Printf("forwarded/plain: cost per request %.3f× (throughput %.3f×), p99 %.2f×\n", p.rps/f.rps, f.rps/p.rps, float64(f.p99)/float64(p.p99))
+		fmt.Printf("forwarded/plain: CPU per request %.3f×, wall-clock cost per request %.3f× (throughput %.3f×), p99 %.2f×\n",
+			float64(f.cpu)/float64(p.cpu), p.rps/f.rps, f.rps/p.rps, float64(f.p99)/float64(p.p99))
 	}
 	shut, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -215,6 +218,7 @@ func load(addr, host string, conns int, d time.Duration) result {
 	)
 	deadline := time.Now().Add(d)
 	start := time.Now()
+	cpu0 := cpuTime()
 	for i := 0; i < conns; i++ {
 		wg.Add(1)
 		go func() {
@@ -244,6 +248,7 @@ func load(addr, host string, conns int, d time.Duration) result {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
 	slices.Sort(all)
 	pct := func(p float64) time.Duration {
 		if len(all) == 0 {
@@ -254,6 +259,7 @@ func load(addr, host string, conns int, d time.Duration) result {
 	res := result{rps: float64(len(all)) / elapsed.Seconds(), p50: pct(0.50), p90: pct(0.90), p99: pct(0.99), errors: errors.Load()}
 	if len(all) > 0 {
 		res.max = all[len(all)-1]
+		res.cpu = cpu / time.Duration(len(all))
 	}
 	return res
 }
@@ -268,6 +274,7 @@ func median(rs []result) result {
 		return v[len(v)/2]
 	}
 	return result{
+		cpu: time.Duration(pick(func(r result) float64 { return float64(r.cpu) })),
 		rps: pick(func(r result) float64 { return r.rps }),
 		p50: time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
 		p99: time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
@@ -275,3 +282,12 @@ func median(rs []result) result {
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond)) }
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -666,3 +666,38 @@ func hostingMetricValue(m prometheus.Metric) float64 {
 	}
 	return pb.Gauge.GetValue()
 }
+
+func TestHostingShutdownWaitsForInflightRequests(t *testing.T) {
+	release := make(chan struct{})
+	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "first ")
+		w.(http.Flusher).Flush()
+		<-release
+		_, _ = io.WriteString(w, "second")
+	})
+	f := newHostingFixture(t, app, nil)
+	req, _ := http.NewRequest("GET", f.srv.URL+"/", nil)
+	req.Host = "blog.alice.repl.test"
+	resp, err := f.srv.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	buf := make([]byte, 6)
+	_, err = io.ReadFull(resp.Body, buf)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- f.h.Shutdown(ctx) }()
+	require.Eventually(t, func() bool { return f.h.closing.Load() }, 5*time.Second, time.Millisecond)
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v while a response was streaming", err)
+	default:
+	}
+	close(release)
+	rest, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.Equal(t, "second", string(rest), "the in-flight response finished")
+	require.NoError(t, <-shut)
+}

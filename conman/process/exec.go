@@ -263,6 +263,13 @@ func (fl *follower) Read(b []byte) (int, error) {
 		if fl.done == nil {
 			return 0, io.EOF
 		}
+		// The output file starts over at its size limit: follow it from the top.
+		if off, err := fl.f.Seek(0, io.SeekCurrent); err == nil {
+			if fi, err := fl.f.Stat(); err == nil && fi.Size() < off {
+				_, _ = fl.f.Seek(0, io.SeekStart)
+				continue
+			}
+		}
 		t := time.NewTimer(20 * time.Millisecond)
 		select {
 		case <-fl.done:

@@ -80,6 +80,9 @@ type initState struct {
 	mainPid int
 	ending  bool
 
+	// copied is closed when the main process's output is all written (nil: no copier).
+	copied chan struct{}
+
 	// pending counts Exec connections that still have an exit code to hand out.
 	pending sync.WaitGroup
 }
@@ -136,7 +139,27 @@ func runInit() int {
 	}
 	var mainDone chan int
 	if len(cfg.Command) > 0 {
-		pid, done, err := s.start(cfg.Command, nil, "", false, nil)
+		var files []*os.File
+		if cfg.Output != "" && cfg.MaxOutput > 0 {
+			null, err := os.Open(os.DevNull)
+			if err != nil {
+				return fail(err)
+			}
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return fail(err)
+			}
+			s.copied = make(chan struct{})
+			go func() {
+				defer close(s.copied)
+				copyCapped(pr, cfg.Output, cfg.MaxOutput)
+			}()
+			files = []*os.File{null, pw, pw}
+		}
+		pid, done, err := s.start(cfg.Command, nil, "", false, files)
+		for _, f := range files {
+			f.Close() // the main process has them now
+		}
 		if err != nil {
 			return fail(fmt.Errorf("start %q: %w", cfg.Command[0], err))
 		}
@@ -299,6 +322,33 @@ func lookPath(file string, env []string) (string, error) {
 	return "", fmt.Errorf("%s: executable file not found in $PATH", file)
 }
 
+// copyCapped appends what r delivers to the file at path; when the file would grow past max it
+// starts over (truncates), so a chatty repl cannot fill the VM's disk. Followers (Attach) notice
+// the truncation and start from the top.
+func copyCapped(r *os.File, path string, max int64) {
+	defer r.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		_, _ = io.Copy(io.Discard, r)
+		return
+	}
+	defer f.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if fi, serr := f.Stat(); serr == nil && fi.Size()+int64(n) > max {
+				_ = f.Truncate(0)
+				_, _ = io.WriteString(f, "[conman: output exceeded the limit; earlier output dropped]\n")
+			}
+			_, _ = f.Write(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // reap collects every exited child and reports whether none is left.
 func (s *initState) reap() bool {
 	for {
@@ -364,8 +414,15 @@ func (s *initState) terminate() {
 // left and returns the code.
 func (s *initState) exit(code int) int {
 	// Let the Exec connections report their processes' exits first (bounded).
+	// So does the main process's output (unless its children keep the pipe open).
 	flushed := make(chan struct{})
-	go func() { s.pending.Wait(); close(flushed) }()
+	go func() {
+		s.pending.Wait()
+		if s.copied != nil {
+			<-s.copied
+		}
+		close(flushed)
+	}()
 	select {
 	case <-flushed:
 	case <-time.After(200 * time.Millisecond):

@@ -54,6 +54,9 @@ type Config struct {
 	InitPath string
 	// StartTimeout bounds how long Start waits for the init to be ready. Zero means 10s.
 	StartTimeout time.Duration
+	// MaxOutputBytes caps each container's output file (what Attach follows): past it the file
+	// starts over, so a chatty repl cannot fill the disk. Zero means 16 MiB; negative, no cap.
+	MaxOutputBytes int64
 	// WarmInits is how many inits the runtime keeps started in fresh namespaces, waiting for a
 	// container to start (without Spec.Network): Start then skips the init's exec and Go start,
 	// most of a cold start. Zero means 2; negative means none. Only with namespaces.
@@ -129,6 +132,9 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 10 * time.Second
+	}
+	if cfg.MaxOutputBytes == 0 {
+		cfg.MaxOutputBytes = 16 << 20
 	}
 	switch cfg.Isolation {
 	case Auto, Namespaces, None:
@@ -445,7 +451,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	icfg := initConfig{
 		ID: id, Hostname: spec.Hostname, Command: spec.Command, Env: r.env(spec), Dir: spec.Dir,
 		StateDir: c.dir, Namespaces: namespaces, Network: spec.Network && namespaces,
-		Output: filepath.Join(c.dir, outputName),
+		Output: filepath.Join(c.dir, outputName), MaxOutput: max(r.cfg.MaxOutputBytes, 0),
 	}
 	werr := json.NewEncoder(cfgW).Encode(icfg)
 	cfgW.Close()

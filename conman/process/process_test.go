@@ -509,3 +509,22 @@ func TestRecoverChild(t *testing.T) {
 	start(t, r, "across1", conman.Spec{Port: 20003, Command: []string{"sleep", "600"}})
 	require.NoError(t, r.Close()) // and the process exits with the container running
 }
+
+func TestOutputIsCapped(t *testing.T) {
+	r := newRuntime(t, process.Config{Isolation: process.None, MaxOutputBytes: 64 << 10})
+	// 1 MiB of output, then a marker; the file never holds more than the cap.
+	start(t, r, "chatty1", conman.Spec{Command: []string{"/bin/sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo the-end"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := r.Wait(ctx, "chatty1")
+	require.NoError(t, err)
+	require.Equal(t, 0, st.ExitCode)
+	a, err := r.Attach(ctx, "chatty1")
+	require.NoError(t, err)
+	b, err := io.ReadAll(a)
+	require.NoError(t, err)
+	require.NoError(t, a.Close())
+	require.LessOrEqual(t, len(b), 64<<10+100)
+	require.True(t, strings.HasSuffix(string(b), "the-end\n"), "the newest output is kept")
+	require.Contains(t, string(b), "earlier output dropped")
+}

@@ -46,6 +46,8 @@ type initConfig struct {
 	Network    bool `json:"network"`
 	// Output is the file the init appends its stdout and stderr (and the main process's) to.
 	Output string `json:"output"`
+	// MaxOutput caps Output: past it the file starts over. Zero: no cap.
+	MaxOutput int64 `json:"max_output,omitempty"`
 }
 
 type execRequest struct {

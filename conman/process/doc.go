@@ -12,7 +12,8 @@
 //     lo in a private network namespace;
 //   - sets its oom_score_adj to -1000, so the memory limit kills the repl's processes, not it;
 //   - starts Spec.Command in Spec.Dir with the container's environment (PATH, HOME, HOSTNAME,
-//     PORT, then Spec.Env), stdout and stderr appended to output.log (what Attach follows);
+//     PORT, then Spec.Env), stdout and stderr appended to output.log (what Attach follows),
+//     which starts over at Config.MaxOutputBytes (16 MiB) so a chatty repl cannot fill the disk;
 //   - reaps every zombie, forwards SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to the main process,
 //     and on SIGTERM sends SIGTERM to everything (SIGHUP to terminals) and exits when all is
 //     gone; when the main process exits the container exits with its code;

@@ -150,21 +150,65 @@ type SessionsConfig struct {
 // another VM before the client has seen anything) and relays the session both ways until
 // either side closes. It never binds ports: mount it on an http.Server, at "GET /v1/connect" by
 // convention, and call Shutdown when the server shuts down — http.Server.Shutdown does not wait
-// for hijacked connections, Sessions.Shutdown does.
+// for hijacked connections, Sessions.Shutdown does. ListenReusePort gives the listener a
+// zero-downtime deploy needs.
+//
+// # The connection flow
 //
 // The token comes from the query (?token=), an "Authorization: Bearer" header, or a
-// Sec-WebSocket-Protocol entry with TokenSubprotocolPrefix.
+// Sec-WebSocket-Protocol entry with TokenSubprotocolPrefix (browsers cannot set headers; they
+// offer Subprotocol too and get it back). A missing, forged, expired or other-cluster token is
+// answered 401 before any upgrade; a request without a WebSocket upgrade 426; oversized headers
+// 431; a full or draining proxy 503 (Retry-After: 1). Every refusal has a JSON body
+// {"error": "..."}. The proxy then calls Placer.Place and attaches to conman at
+// {Addr}/v1/repls/{id}/attach (cols and rows are passed on) with the Switchyard-Credential
+// header. A refused or timed-out connection, or any status but 101 (conman answers 503 when it
+// drains or cannot start the repl), is retried after a backoff with Place asked again and
+// Request.Avoid naming every VM that failed, for up to RetryBudget; only then is the client
+// upgraded, so it never sees a failed attempt. Nothing is retried once bytes have flowed.
 //
 // # Splice or frame
 //
-// Measured on this project's machine (2 cores, loopback; docs/benchmarks/sessions.md has the
-// commands): Splice relays 1 MiB messages at about the speed of a direct connection and keeps
-// the least memory per idle session, because payloads never enter user space and an idle
-// session is two parked goroutines and two sockets; Linux holds up to six descriptors per
-// spliced session (two sockets and two pipes), so plan RLIMIT_NOFILE at 6 × MaxSessions plus
-// headroom (New warns when it cannot). Frame parses and re-frames every message: it costs CPU
-// per byte and a few more KiB per session, but it enforces MaxMessageBytes, finds dead peers
-// with pings on each leg, and uses two descriptors per session.
+// Measured on this project's machine (2 cores, Debian 12, loopback, a loaded shared host;
+// docs/benchmarks/sessions.md has the commands and the full tables):
+//
+//	                             splice                 frame
+//	1 MiB echo, × direct         1.3–1.5                0.9      (nginx 0.8, HAProxy 0.45)
+//	64 B round trip, 20 sessions +77 µs p50             +136 µs p50
+//	idle session, heap+stacks    10 KiB                 26 KiB
+//	goroutines, descriptors      2, 2 sockets + ≤2 pipes  2, 2 sockets
+//
+// Splice leaves payloads in the kernel (splice(2) through a pipe) and reads only frame headers
+// from conman's side; it cannot limit message sizes or ping peers, and a session can hold six
+// descriptors (New warns when RLIMIT_NOFILE cannot hold 6 × MaxSessions). Frame terminates
+// WebSocket on both legs: it costs CPU per message and about 16 KiB more per session (two
+// coder/websocket connections with their buffers), and in exchange enforces MaxMessageBytes
+// (close 1009), pings each leg to find dead peers, supports an idle timeout, and sends clean
+// close codes of its own. Both relay close codes unchanged and never send 1005, 1006 or 1015;
+// when conman's connection breaks without a close frame the client gets 1014 (bad gateway).
+//
+// # Drain
+//
+// Shutdown refuses new sessions (503) and waits for the live ones; when its context ends it
+// closes the rest with 1001 (going away) — in splice mode at a frame boundary, which the relay
+// always knows — and returns ctx.Err(). A deploy starts the new process on the same address
+// (ListenReusePort), then calls http.Server.Shutdown and Sessions.Shutdown on the old one.
+//
+// # Metrics and the SLO
+//
+// Every attempt is counted once in switchyard_proxy_sessions_total{stage} with one of the
+// Stage constants (see sessionsMetrics for the full list of series). The session success SLO is
+//
+//	sum(rate(switchyard_proxy_sessions_total{stage="ok"}[5m]))
+//	  /
+//	sum(rate(switchyard_proxy_sessions_total{stage!~"client|token"}[5m]))
+//
+// that is, failures the client caused — it went away during setup, sent no upgrade, or held a
+// bad or expired token — are outside the denominator; placement, dial, backend and limit are
+// the platform's failures. (Watch the token rate on its own: a jump means a key-rotation
+// problem, not bad clients.) A session that was established counts ok when either side closed
+// normally (1000/1001, or the client left) and backend when conman closed with any other code
+// (1011, 1012 at a VM drain, …) or its connection broke. Logs carry session, repl, vm, stage.
 type Sessions struct {
 	cfg     SessionsConfig
 	log     *slog.Logger

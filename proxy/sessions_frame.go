@@ -176,8 +176,7 @@ func (fr *sessionsFrameRelay) afterFunc(d time.Duration, f func()) {
 	if fr.stopped {
 		return
 	}
-	var t *time.Timer
-	t = time.AfterFunc(d, func() {
+	t := time.AfterFunc(d, func() {
 		fr.mu.Lock()
 		if fr.stopped {
 			fr.mu.Unlock()

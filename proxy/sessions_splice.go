@@ -136,7 +136,7 @@ func (sp *sessionsSplice) run() (stage, reason string) {
 		sessionsCloseWrite(sp.client)
 		_ = sp.back.Close()
 		_ = sp.client.SetReadDeadline(time.Now().Add(sessionsGoAwayWait))
-		clientErr = <-done
+		<-done // the client's close reply, or the wait ran out
 		_ = sp.client.Close()
 		return StageOK, "drain: closed with 1001"
 	case res.err == nil && res.atBoundary:

@@ -1,7 +1,13 @@
-package proxy
+package main
+
+// The end-to-end test of proxy.Sessions lives here, beside the load program, rather than in
+// package proxy: it needs real conman Servers (and so conman/process), and keeping them out of
+// the proxy package's test binary keeps its unit tests independent of conman.
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +25,58 @@ import (
 	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
+	"github.com/switchyard-dev/switchyard/proxy"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) {
+	process.Init() // the test binary is the containers' init
+	goleak.VerifyTestMain(m)
+}
+
+const (
+	sessTestCluster    = "a"
+	sessTestCredential = "internal-secret"
+)
+
+var sessTestModes = []proxy.RelayMode{proxy.Splice, proxy.Frame}
+
+func newSessTestIssuer(t *testing.T) *lore.Issuer {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := lore.NewIssuer(lore.IssuerConfig{Key: priv, TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iss
+}
+
+// sessTestStages reads switchyard_proxy_sessions_total by stage from a registry.
+func sessTestStages(t *testing.T, reg *prometheus.Registry) (map[string]int, float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	var retries float64
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "switchyard_proxy_sessions_total":
+			for _, m := range mf.GetMetric() {
+				if v := int(m.GetCounter().GetValue()); v > 0 {
+					out[m.GetLabel()[0].GetValue()] = v
+				}
+			}
+		case "switchyard_proxy_session_retries_total":
+			retries = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return out, retries
+}
 
 // TestSessionsEndToEnd runs the whole session path with the real pieces: tokens from lore's
 // Issuer verified by its KeySet, the real placement.Controlplane, and two real conman Servers
@@ -35,7 +92,7 @@ func TestSessionsEndToEnd(t *testing.T) {
 	}
 }
 
-func sessTestEndToEnd(t *testing.T, mode RelayMode) {
+func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -82,8 +139,9 @@ func sessTestEndToEnd(t *testing.T, mode RelayMode) {
 		t.Fatal(err)
 	}
 
-	iss := newSessTestIssuer(t, nil)
-	p, err := NewSessions(SessionsConfig{
+	iss := newSessTestIssuer(t)
+	reg := prometheus.NewRegistry()
+	p, err := proxy.NewSessions(proxy.SessionsConfig{
 		Cluster:      sessTestCluster,
 		Tokens:       lore.NewKeySet(iss.PublicKey()),
 		Placer:       cp,
@@ -91,7 +149,7 @@ func sessTestEndToEnd(t *testing.T, mode RelayMode) {
 		Mode:         mode,
 		RetryBackoff: time.Millisecond,
 		Logger:       slog.New(slog.NewTextHandler(sessTestTLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Registerer:   prometheus.NewRegistry(),
+		Registerer:   reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -171,19 +229,14 @@ func sessTestEndToEnd(t *testing.T, mode RelayMode) {
 
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
-	if err := p.Shutdown(sctx); err != nil && !errors.Is(err, ErrSessionsClosed) {
+	if err := p.Shutdown(sctx); err != nil && !errors.Is(err, proxy.ErrSessionsClosed) {
 		t.Fatal(err)
 	}
-	stages := map[string]int{}
-	for _, st := range sessionsStages {
-		if n := int(sessTestValue(p.metrics.outcomes.WithLabelValues(st))); n > 0 {
-			stages[st] = n
-		}
-	}
-	if stages[StageOK] != repls || stages[StageBackend] != 1 || len(stages) != 2 {
+	stages, retries := sessTestStages(t, reg)
+	if stages[proxy.StageOK] != repls || stages[proxy.StageBackend] != 1 || len(stages) != 2 {
 		t.Errorf("stages = %v, want ok:%d backend:1", stages, repls)
 	}
-	t.Logf("retries across %d sessions: %v", repls+1, sessTestValue(p.metrics.retries))
+	t.Logf("retries across %d sessions: %v", repls+1, retries)
 }
 
 type sessTestTLog struct{ t *testing.T }

@@ -189,6 +189,13 @@ func TestVerifyRejects(t *testing.T) {
 		{"no sub", signRaw(key, hdr, with(claims, "sub", nil)), "a", lore.ErrTokenMalformed},
 		{"no jti", signRaw(key, hdr, with(claims, "jti", nil)), "a", lore.ErrTokenMalformed},
 		{"no iat", signRaw(key, hdr, with(claims, "iat", nil)), "a", lore.ErrTokenMalformed},
+		{"aud a number", signRaw(key, hdr, with(claims, "aud", 7)), "a", lore.ErrTokenMalformed},
+		{"aud empty array", signRaw(key, hdr, with(claims, "aud", []string{})), "a", lore.ErrTokenAudience},
+		{"sub a number", signRaw(key, hdr, with(claims, "sub", 7)), "a", lore.ErrTokenMalformed},
+		{"exp huge", signRaw(key, hdr, with(claims, "exp", 1e300)), "a", lore.ErrTokenMalformed},
+		{"exp negative", signRaw(key, hdr, with(claims, "exp", -5)), "a", lore.ErrTokenMalformed},
+		{"nbf a string", signRaw(key, hdr, with(claims, "nbf", "soon")), "a", lore.ErrTokenMalformed},
+		{"fractional times", signRaw(key, hdr, with(claims, "exp", float64(now.Add(time.Minute).Unix())+0.5)), "a", nil},
 		{"huge", strings.Repeat("a", 5000) + "." + parts[1] + "." + parts[2], "a", lore.ErrTokenMalformed},
 	}
 	sentinels := []error{lore.ErrTokenMalformed, lore.ErrTokenAlgorithm, lore.ErrTokenUnknownKey, lore.ErrTokenSignature,

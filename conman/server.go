@@ -466,15 +466,17 @@ func (s *Server) watch(r *repl) {
 	if r.port != 0 && s.ports[r.port] == r.id {
 		delete(s.ports, r.port)
 	}
-	close(r.exited)
-	s.mu.Unlock()
 	s.m.containers.Dec()
-	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-	defer cancel()
 	if expected {
 		s.m.exits.WithLabelValues("stopped").Inc()
 	} else {
 		s.m.exits.WithLabelValues("unexpected").Inc()
+	}
+	close(r.exited)
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	if !expected {
 		s.log.Warn("conman: repl container exited unexpectedly", "repl", r.id, "exit_code", st.ExitCode,
 			"oom_killed", st.OOMKilled, "err", err)
 		if s.cfg.Placement != nil {

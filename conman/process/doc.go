@@ -33,19 +33,21 @@
 //
 // The init is the running binary itself, re-executed through /proc/self/exe with a marker in
 // its environment (the docker "reexec" pattern). This keeps deployment to one file and needs no
-// C toolchain. The price: a binary that embeds this package must call Init first thing in main
-// (and test binaries in TestMain), before flags or goroutines:
+// C toolchain. The package's own init function takes over a process that carries the marker,
+// before the importing packages' init functions and main run, so an embedding binary cannot
+// accidentally run its main (a server, a test suite) as a container's init. Calling Init first
+// thing in main (and in TestMain) is still the documented contract:
 //
 //	func main() {
 //		process.Init() // returns at once unless this process is a container's init
 //		...
 //	}
 //
-// If the binary cannot do that (a plugin, a binary you do not own), build any small program
-// that calls process.Init and point Config.InitPath at it. A binary that forgets Init fails
-// Start with an error that says so, instead of hanging. The init pre-creates its OS threads
-// and the pids limit gets 12 extra slots for them, because a Go program that cannot create a
-// thread dies: a repl that exhausts Limits.Pids sees fork fail, and its container keeps working.
+// Where the runtime must not re-execute its own binary (a plugin host, a binary that is not
+// statically built), point Config.InitPath at any small program importing this package, such as
+// conman/process/cmd/conman-init. The init pre-creates its OS threads and the pids limit gets
+// 12 extra slots for them, because a Go program that cannot create a thread dies: a repl that
+// exhausts Limits.Pids sees fork fail, and its container keeps working.
 //
 // # Cgroups
 //

@@ -35,6 +35,20 @@ func Init() {
 	if os.Getenv(initEnv) == "" {
 		return
 	}
+	runAsInit()
+}
+
+// init runs the container init even in a binary that forgot to call Init: without it, such a
+// binary started as an init would run its own main (a server, a test suite) inside the
+// container, which could start containers of its own. Importing this package is enough; the
+// explicit Init call documents the contract and runs before the main package's own init work.
+func init() {
+	if os.Getenv(initEnv) != "" {
+		runAsInit()
+	}
+}
+
+func runAsInit() {
 	os.Unsetenv(initEnv)
 	code := runInit()
 	os.Exit(code)

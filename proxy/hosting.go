@@ -186,7 +186,6 @@ func NewHosting(cfg HostingConfig) (*Hosting, error) {
 		log:   cfg.Logger,
 		conns: make(map[*hostingConn]struct{}),
 	}
-	h.hardStop, h.stopAll = context.WithCancel(context.Background())
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -283,10 +282,6 @@ func (h *Hosting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, st, start, outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", ErrHostingClosed)
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	defer context.AfterFunc(h.hardStop, cancel)()
-	r = r.WithContext(ctx)
 	if r.Host == "" {
 		h.fail(w, r, st, start, outcomeBadRequest, http.StatusBadRequest, "the request has no Host header", nil)
 		return
@@ -459,8 +454,10 @@ func (h *Hosting) fail(w http.ResponseWriter, r *http.Request, st *hostingState,
 }
 
 func (h *Hosting) observe(outcome string, start time.Time) {
-	h.metrics.requests.WithLabelValues(outcome).Inc()
-	h.metrics.duration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	if o := h.metrics.byOutcome[outcome]; o.requests != nil {
+		o.requests.Inc()
+		o.duration.Observe(time.Since(start).Seconds())
+	}
 }
 
 func hostOnly(host string) string {

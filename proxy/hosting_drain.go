@@ -89,8 +89,9 @@ func (h *Hosting) Upgraded() int {
 // until every in-flight request and every upgraded connection has finished. http.Server.Shutdown
 // does not wait for upgraded connections; call both (the server's first, so no request arrives
 // unseen, or concurrently). When ctx ends first, Shutdown closes the remaining upgraded
-// connections, cancels every request still running, waits for the handlers to return, and
-// returns ctx.Err(). Calling Shutdown again waits again.
+// connections, waits (at most 5 s) for their handlers to return, and returns ctx.Err(); plain
+// requests still running end with their server's Shutdown or Close. Calling Shutdown again
+// waits again.
 func (h *Hosting) Shutdown(ctx context.Context) error {
 	h.closing.Store(true)
 	done := make(chan struct{})
@@ -103,7 +104,6 @@ func (h *Hosting) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	h.stopAll()
 	h.mu.Lock()
 	conns := make([]*hostingConn, 0, len(h.conns))
 	for c := range h.conns {
@@ -113,8 +113,8 @@ func (h *Hosting) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		_ = c.Close()
 	}
-	// Every request's context is now canceled and every upgraded connection closed, so the
-	// handlers return promptly; bound the wait anyway so Shutdown always returns.
+	// The upgraded connections are closed, so their handlers return promptly; a plain request
+	// still running ends with its server's Shutdown or Close. Bound the wait so Shutdown returns.
 	t := time.NewTimer(5 * time.Second)
 	defer t.Stop()
 	select {

@@ -19,10 +19,16 @@ const (
 )
 
 type hostingMetrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-	upgrades prometheus.Gauge
-	retries  prometheus.Counter
+	byOutcome map[string]outcomeMetrics // resolved once: no label hashing per request
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	upgrades  prometheus.Gauge
+	retries   prometheus.Counter
+}
+
+type outcomeMetrics struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 func newHostingMetrics(reg prometheus.Registerer) (*hostingMetrics, error) {
@@ -45,8 +51,9 @@ func newHostingMetrics(reg prometheus.Registerer) (*hostingMetrics, error) {
 			Help: "Requests sent to another VM after conman could not be reached or was draining.",
 		}),
 	}
+	m.byOutcome = map[string]outcomeMetrics{}
 	for _, o := range []string{outcomeOK, outcomeUnknownHost, outcomeBadRequest, outcomeDirectory, outcomePlacement, outcomeBackend, outcomeDraining, outcomeClient} {
-		m.requests.WithLabelValues(o)
+		m.byOutcome[o] = outcomeMetrics{requests: m.requests.WithLabelValues(o), duration: m.duration.WithLabelValues(o)}
 	}
 	if reg == nil {
 		return m, nil

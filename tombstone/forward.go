@@ -94,8 +94,6 @@ type Forwarder struct {
 	inflight sync.WaitGroup
 	mu       sync.Mutex
 	conns    map[*trackedConn]struct{}
-	hardStop context.Context
-	stopAll  context.CancelFunc
 }
 
 type cachedCluster struct {
@@ -146,7 +144,6 @@ func New(cfg Config) (*Forwarder, error) {
 	if f.log == nil {
 		f.log = slog.Default()
 	}
-	f.hardStop, f.stopAll = context.WithCancel(context.Background())
 	m, err := newForwardMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
@@ -273,10 +270,7 @@ func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombst
 	}
 	f.inflight.Add(1)
 	defer f.inflight.Done()
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	defer context.AfterFunc(f.hardStop, cancel)()
-	r = r.WithContext(ctx)
+	ctx := r.Context()
 
 	newVia := append(slices.Clip(via), f.cfg.Cluster)
 	if slices.Contains(via, stone.Cluster) {
@@ -303,7 +297,7 @@ func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombst
 	tw := &trackWriter{ResponseWriter: w, f: f}
 	f.rp.ServeHTTP(tw, r.WithContext(context.WithValue(ctx, forwardKey{}, st)))
 	if st.err == nil {
-		f.metrics.requests.WithLabelValues(outcomeForwarded).Inc()
+		f.metrics.forwarded.Inc()
 		return
 	}
 	if tw.wrote || tw.hijacked || ctx.Err() != nil {
@@ -386,7 +380,8 @@ func (f *Forwarder) Upgraded() int {
 
 // Shutdown drains the forwarder like proxy.Hosting.Shutdown: new forwards are answered 503, and
 // it waits for in-flight forwards and forwarded upgraded connections. When ctx ends first it
-// closes them, cancels the rest, waits for them to return and returns ctx.Err().
+// closes the upgraded connections, waits (at most 5 s) for their handlers and returns
+// ctx.Err(); plain requests still running end with their server's Shutdown or Close.
 func (f *Forwarder) Shutdown(ctx context.Context) error {
 	f.closing.Store(true)
 	done := make(chan struct{})
@@ -399,7 +394,6 @@ func (f *Forwarder) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	f.stopAll()
 	f.mu.Lock()
 	conns := make([]*trackedConn, 0, len(f.conns))
 	for c := range f.conns {
@@ -498,9 +492,10 @@ const (
 )
 
 type forwardMetrics struct {
-	requests *prometheus.CounterVec
-	passed   prometheus.Counter
-	upgrades prometheus.Gauge
+	requests  *prometheus.CounterVec
+	forwarded prometheus.Counter // requests{outcome="forwarded"}, resolved once
+	passed    prometheus.Counter
+	upgrades  prometheus.Gauge
 }
 
 func newForwardMetrics(reg prometheus.Registerer) (*forwardMetrics, error) {
@@ -521,6 +516,7 @@ func newForwardMetrics(reg prometheus.Registerer) (*forwardMetrics, error) {
 	for _, o := range []string{outcomeForwarded, outcomeLoop, outcomeForged, outcomeError, outcomeDraining, outcomeClient} {
 		m.requests.WithLabelValues(o)
 	}
+	m.forwarded = m.requests.WithLabelValues(outcomeForwarded)
 	if reg == nil {
 		return m, nil
 	}

@@ -27,6 +27,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strings"
@@ -47,8 +48,19 @@ func main() {
 	conns := flag.Int("conns", 16, "concurrent keep-alive connections")
 	size := flag.Int("size", 1024, "page size in bytes")
 	modesFlag := flag.String("modes", "direct,hosting,plain,forwarded", "modes to run")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hosting:", err)
+			os.Exit(1)
+		}
+		_ = pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(*rounds, *duration, *conns, *size, strings.Split(*modesFlag, ",")); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "hosting:", err)
 		os.Exit(1)
 	}
@@ -88,7 +100,8 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	if _, err := dir.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "alice", Slug: "blog", Cluster: "a"}); err != nil {
 		return err
 	}
-	cp, err := placement.New(placement.Config{Logger: quiet})
+	// Nobody heartbeats the stand-in VM: keep it alive for the whole run.
+	cp, err := placement.New(placement.Config{Logger: quiet, HeartbeatTimeout: 24 * time.Hour})
 	if err != nil {
 		return err
 	}

@@ -61,8 +61,9 @@ type Spec struct {
 	// Env is added to the environment of every process in the container (main and Exec), after
 	// the defaults PATH, HOME, HOSTNAME and PORT.
 	Env []string `json:"env,omitempty"`
-	// Dir is the working directory (the repl's persistent directory), created if missing. Empty
-	// means a directory the runtime keeps with the container's state.
+	// Dir is the working directory (the repl's persistent directory), created if missing and
+	// never deleted by the runtime. Empty means a directory inside the container's state, which
+	// Remove deletes with the container: set Dir for anything that must persist.
 	Dir string `json:"dir,omitempty"`
 	// Shell is what the conman Server runs on a pty for an attach. Empty means /bin/sh. The
 	// Runtime itself does not use it.

@@ -169,14 +169,15 @@ type SessionsConfig struct {
 //
 // # Splice or frame
 //
-// Measured on this project's machine (2 cores, Debian 12, loopback, a loaded shared host;
-// docs/benchmarks/sessions.md has the commands and the full tables):
+// Measured on this project's machine (2 cores, Debian 12, loopback, a heavily loaded shared host;
+// docs/benchmarks/sessions.md has the commands, the full tables and their caveats):
 //
-//	                             splice                 frame
-//	1 MiB echo, × direct         1.3–1.5                0.9      (nginx 0.8, HAProxy 0.45)
-//	64 B round trip, 20 sessions +77 µs p50             +136 µs p50
-//	idle session, heap+stacks    10 KiB                 26 KiB
-//	goroutines, descriptors      2, 2 sockets + ≤2 pipes  2, 2 sockets
+//	                               splice                    frame
+//	1 MiB echo, × direct           1.16–1.54                 0.61–0.90
+//	  (same runs: nginx 0.26–0.79, HAProxy 0.27–0.44 × direct)
+//	64 B round trip, added p50     +77 µs (20 sessions)      +136 µs
+//	idle session, heap+stacks      10.8 KiB (RSS 14.5 KiB)   26.5 KiB (RSS 32.7 KiB)
+//	goroutines, descriptors        2, 2 sockets + ≤2 pipes   2, 2 sockets
 //
 // Splice leaves payloads in the kernel (splice(2) through a pipe) and reads only frame headers
 // from conman's side; it cannot limit message sizes or ping peers, and a session can hold six
@@ -190,14 +191,25 @@ type SessionsConfig struct {
 // # Drain
 //
 // Shutdown refuses new sessions (503) and waits for the live ones; when its context ends it
-// closes the rest with 1001 (going away) — in splice mode at a frame boundary, which the relay
-// always knows — and returns ctx.Err(). A deploy starts the new process on the same address
+// closes the rest with 1001 (going away) and returns ctx.Err(). In splice mode the relay writes
+// the close frame itself at the next frame boundary of conman's stream, which it always knows; a
+// session caught in the middle of a frame that does not finish within a second is cut instead. A deploy starts the new process on the same address
 // (ListenReusePort), then calls http.Server.Shutdown and Sessions.Shutdown on the old one.
 //
 // # Metrics and the SLO
 //
-// Every attempt is counted once in switchyard_proxy_sessions_total{stage} with one of the
-// Stage constants (see sessionsMetrics for the full list of series). The session success SLO is
+// With a Registerer, Sessions exports:
+//
+//	switchyard_proxy_sessions_total{stage}           attempts by outcome (the Stage constants)
+//	switchyard_proxy_session_setup_seconds           request to established (ok sessions)
+//	switchyard_proxy_session_duration_seconds        established to end
+//	switchyard_proxy_sessions_active                 established sessions (the autoscaling signal)
+//	switchyard_proxy_sessions_inflight               admitted attempts, what MaxSessions limits
+//	switchyard_proxy_session_retries_total           place-and-attach attempts after the first
+//	switchyard_proxy_session_bytes_total{direction}  client_to_backend, backend_to_client
+//	                                                 (added when a session ends)
+//
+// Every attempt is counted once in switchyard_proxy_sessions_total. The session success SLO is
 //
 //	sum(rate(switchyard_proxy_sessions_total{stage="ok"}[5m]))
 //	  /

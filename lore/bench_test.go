@@ -90,6 +90,8 @@ func BenchmarkReplByName(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := startCPU()
+	defer func() { b.ReportMetric(cpu.seconds()*1e9/float64(b.N), "cpu-ns/op") }()
 	j := 0
 	for i := 0; i < b.N; i++ {
 		j = (j + stride) % benchRepls
@@ -107,6 +109,8 @@ func BenchmarkMemdbReplByName(b *testing.B) {
 	store := dir.Store().(*lore.MemStore)
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := startCPU()
+	defer func() { b.ReportMetric(cpu.seconds()*1e9/float64(b.N), "cpu-ns/op") }()
 	j := 0
 	for i := 0; i < b.N; i++ {
 		j = (j + stride) % benchRepls
@@ -123,6 +127,8 @@ func BenchmarkReplByHost(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := startCPU()
+	defer func() { b.ReportMetric(cpu.seconds()*1e9/float64(b.N), "cpu-ns/op") }()
 	j := 0
 	for i := 0; i < b.N; i++ {
 		j = (j + stride) % benchRepls
@@ -157,6 +163,8 @@ func BenchmarkReplByID(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := startCPU()
+	defer func() { b.ReportMetric(cpu.seconds()*1e9/float64(b.N), "cpu-ns/op") }()
 	j := 0
 	for i := 0; i < b.N; i++ {
 		j = (j + stride) % benchRepls

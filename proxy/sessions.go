@@ -192,8 +192,9 @@ type SessionsConfig struct {
 //
 // Shutdown refuses new sessions (503) and waits for the live ones; when its context ends it
 // closes the rest with 1001 (going away) and returns ctx.Err(). In splice mode the relay writes
-// the close frame itself at the next frame boundary of conman's stream, which it always knows; a
-// session caught in the middle of a frame that does not finish within a second is cut instead. A deploy starts the new process on the same address
+// the close frame itself at the next frame boundary of conman's stream, which it always knows
+// (an idle session within a second); a frame that does not complete within a second, or a client
+// that stopped reading, is cut instead. A deploy starts the new process on the same address
 // (ListenReusePort), then calls http.Server.Shutdown and Sessions.Shutdown on the old one.
 //
 // # Metrics and the SLO

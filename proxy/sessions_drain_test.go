@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -103,10 +104,36 @@ func TestSessionsDrainDeadline(t *testing.T) {
 				sessTestEcho(t, c, websocket.MessageBinary, make([]byte, 100<<10))
 				conns = append(conns, c)
 			}
+			// One more session is busy: conman streams to it without pause, so the relay is
+			// mostly mid-frame when the grace ends; the 1001 must still land between frames.
+			busy, err := e.dial(context.Background(), "r1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer busy.CloseNow()
+			sessTestReadBanner(t, busy)
+			busy.Write(context.Background(), websocket.MessageText, []byte("flood"))
+			busyDone := make(chan error, 1)
+			go func() {
+				for {
+					_, b, err := busy.Read(context.Background())
+					if err != nil {
+						busyDone <- err
+						return
+					}
+					if len(b) != 3000 {
+						busyDone <- fmt.Errorf("flood message of %d bytes", len(b))
+						return
+					}
+				}
+			}()
 			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 			defer cancel()
 			if err := e.proxy.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+			}
+			if err := <-busyDone; websocket.CloseStatus(err) != websocket.StatusGoingAway {
+				t.Errorf("busy client saw %v, want 1001", err)
 			}
 			for _, c := range conns {
 				rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -119,7 +146,7 @@ func TestSessionsDrainDeadline(t *testing.T) {
 			if e.proxy.Active() != 0 {
 				t.Errorf("Active = %d after Shutdown", e.proxy.Active())
 			}
-			if got := e.stages(); got[StageOK] != 3 || len(got) != 1 {
+			if got := e.stages(); got[StageOK] != 4 || len(got) != 1 {
 				t.Errorf("stages = %v", got)
 			}
 		})

@@ -98,7 +98,8 @@ type sessionsSplice struct {
 
 	mu        sync.Mutex // guards deadlines set from the two directions and goAway
 	goingAway bool
-	clientEOF bool // the client finished first (FIN or error)
+	awayFlag  atomic.Bool // goingAway, for the relay's check at every frame boundary
+	clientEOF bool        // the client finished first (FIN or error)
 }
 
 // goAway asks the session to end with a 1001 close frame at the next frame boundary.
@@ -109,11 +110,13 @@ func (sp *sessionsSplice) goAway() {
 		return
 	}
 	sp.goingAway = true
-	past := time.Unix(1, 0)
-	_ = sp.back.SetReadDeadline(past)
-	// A write to a client that stopped reading must not hold the shutdown forever.
-	_ = sp.client.SetWriteDeadline(time.Now().Add(sessionsGoAwayWait))
-	_ = sp.client.SetReadDeadline(time.Now().Add(sessionsGoAwayWait))
+	sp.awayFlag.Store(true)
+	// A busy relay stops at its next frame boundary; an idle one wakes when its read times
+	// out; a frame that does not complete in time, or a client that stopped reading, is cut.
+	wait := time.Now().Add(sessionsGoAwayWait)
+	_ = sp.back.SetReadDeadline(wait)
+	_ = sp.client.SetWriteDeadline(wait)
+	_ = sp.client.SetReadDeadline(wait)
 }
 
 func (sp *sessionsSplice) isGoingAway() bool {
@@ -132,6 +135,7 @@ func (sp *sessionsSplice) run() (stage, reason string) {
 	var clientErr error
 	switch {
 	case res.goAway:
+		_ = sp.client.SetWriteDeadline(time.Now().Add(sessionsGoAwayWait))
 		_, _ = sp.client.Write(sessionsCloseFrame(1001, "proxy shutting down"))
 		sessionsCloseWrite(sp.client)
 		_ = sp.back.Close()
@@ -242,6 +246,10 @@ func (sp *sessionsSplice) backendToClient() sessionsPumpResult {
 	var buf [sessionsHeadBuf]byte
 	have := 0 // bytes of buf holding the start of the next frame(s)
 	for {
+		if have == 0 && sp.awayFlag.Load() {
+			res.atBoundary, res.goAway = true, true
+			return res
+		}
 		// Parse the next frame header, reading until it is complete.
 		var hl int
 		var length uint64

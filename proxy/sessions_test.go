@@ -104,6 +104,12 @@ func (c *sessTestConman) attach(w http.ResponseWriter, r *http.Request) {
 				return // CloseNow: no close frame
 			case s == "size":
 				b = []byte(r.URL.RawQuery)
+			case s == "flood":
+				// Stream 3000-byte messages until the connection ends.
+				msg := bytes.Repeat([]byte("f"), 3000)
+				for ws.Write(ctx, websocket.MessageBinary, msg) == nil {
+				}
+				return
 			}
 		}
 		if err := ws.Write(ctx, typ, b); err != nil {

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -66,7 +67,8 @@ type Config struct {
 	// UDPSize is the EDNS0 UDP payload size the handler advertises and the largest UDP response
 	// it sends (never more than the client's). Zero: 1232 (RFC 8906 / DNS flag day 2020).
 	UDPSize uint16
-	// Logger receives directory failures (the query answers SERVFAIL). Nil: slog.Default().
+	// Logger receives directory failures (the query answers SERVFAIL), at most one line a second
+	// with the count of failures not logged. Nil: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the handler's metrics (see the package doc). Nil: no metrics.
 	Registerer prometheus.Registerer
@@ -121,6 +123,8 @@ type Handler struct {
 	log        *slog.Logger
 	m          *metrics
 	pool       sync.Pool
+	lastLog    atomic.Int64 // UnixNano of the last logged directory failure
+	suppressed atomic.Int64 // failures not logged since
 }
 
 // zone is a Zone with its records built once.

@@ -3,7 +3,9 @@ package dnsauth_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -285,5 +287,29 @@ func TestConfigErrors(t *testing.T) {
 				t.Fatal("New accepted an invalid config")
 			}
 		})
+	}
+}
+
+// countingLog counts log records.
+type countingLog struct {
+	slog.Handler
+	n atomic.Int64
+}
+
+func (c *countingLog) Enabled(context.Context, slog.Level) bool { return true }
+
+func (c *countingLog) Handle(context.Context, slog.Record) error { c.n.Add(1); return nil }
+
+func TestOutageLogsAreRateLimited(t *testing.T) {
+	d := fixture()
+	d.setFail(errDown)
+	logs := &countingLog{Handler: slog.DiscardHandler}
+	h := newHandler(t, dnsauth.Config{Zones: testZones(), Directory: d, Logger: slog.New(logs)})
+	for range 100 {
+		h.ServeDNS(&recorder{network: "udp"}, query("blog.replbot.repl.test.", dns.TypeA))
+	}
+	// 100 failures within far less than a second: one line (two if a second boundary passed).
+	if n := logs.n.Load(); n < 1 || n > 2 {
+		t.Fatalf("%d log lines for 100 failures, want 1", n)
 	}
 }

@@ -340,7 +340,16 @@ func (h *Handler) dirError(op, name string, err error) {
 	if h.m != nil {
 		h.m.dirErrors.WithLabelValues(op).Inc()
 	}
-	h.log.Warn("dnsauth: directory lookup failed; answering SERVFAIL", "op", op, "name", name, "err", err)
+	// During an outage every query fails: log the first failure of each second and how many
+	// were not logged since, rather than one line per query.
+	now := time.Now().UnixNano()
+	last := h.lastLog.Load()
+	if now-last < int64(time.Second) || !h.lastLog.CompareAndSwap(last, now) {
+		h.suppressed.Add(1)
+		return
+	}
+	h.log.Warn("dnsauth: directory lookup failed; answering SERVFAIL", "op", op, "name", name, "err", err,
+		"suppressed", h.suppressed.Swap(0))
 }
 
 // pack packs a.msg within limit bytes: uncompressed when it fits (no compression map to
@@ -362,8 +371,11 @@ func (h *Handler) pack(a *answer, limit int) (buf []byte, truncated bool) {
 		// Only a record the handler built itself can fail to pack; answer SERVFAIL rather than
 		// nothing so the client does not wait for its timeout.
 		h.log.Error("dnsauth: packing the response failed", "err", err)
-		m.Answer, m.Ns = nil, nil
-		m.Extra = m.Extra[:0]
+		opt := m.IsEdns0()
+		m.Answer, m.Ns, m.Extra = m.Answer[:0], m.Ns[:0], m.Extra[:0]
+		if opt != nil {
+			m.Extra = append(m.Extra, opt)
+		}
 		m.Rcode = dns.RcodeServerFailure
 		m.Compress = false
 		if buf, err = m.PackBuffer(a.buf); err != nil {

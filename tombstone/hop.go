@@ -40,29 +40,32 @@ type hop struct {
 var errHop = errors.New("tombstone: bad hop header")
 
 func hopMAC(secret []byte, via string, ts int64, host, method, target string) []byte {
-	return hopMACWith(hmac.New(sha256.New, secret), via, ts, host, method, target)
+	var buf [512]byte
+	return hopMACWith(hmac.New(sha256.New, secret), buf[:0], via, ts, host, method, target)
 }
 
-func hopMACWith(m hash.Hash, via string, ts int64, host, method, target string) []byte {
-	m.Write([]byte("switchyard-hop v1\n"))
-	m.Write([]byte(via))
-	m.Write([]byte{'\n'})
-	m.Write(strconv.AppendInt(nil, ts, 10))
-	m.Write([]byte{'\n'})
-	m.Write([]byte(strings.ToLower(host)))
-	m.Write([]byte{'\n'})
-	m.Write([]byte(method))
-	m.Write([]byte{' '})
-	m.Write([]byte(target))
-	return m.Sum(nil)
-}
-
-// signHop returns the header value for a request that has passed via.
-func signHop(secret []byte, via []string, at time.Time, host, method, target string) string {
-	v := strings.Join(via, ",")
-	ts := at.Unix()
-	sig := hopMAC(secret, v, ts, host, method, target)
-	return "v1; via=" + v + "; t=" + strconv.FormatInt(ts, 10) + "; sig=" + base64.RawURLEncoding.EncodeToString(sig)
+// hopMACWith computes the MAC with m (reset), using scratch to assemble the signed text, and
+// appends nothing to scratch's caller: it returns the 32-byte MAC in its own array.
+func hopMACWith(m hash.Hash, scratch []byte, via string, ts int64, host, method, target string) []byte {
+	b := append(scratch, "switchyard-hop v1\n"...)
+	b = append(b, via...)
+	b = append(b, '\n')
+	b = strconv.AppendInt(b, ts, 10)
+	b = append(b, '\n')
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	b = append(b, '\n')
+	b = append(b, method...)
+	b = append(b, ' ')
+	b = append(b, target...)
+	m.Write(b)
+	var sum [sha256.Size]byte
+	return m.Sum(sum[:0])
 }
 
 // hopSigner signs with one secret, reusing HMAC states across requests.
@@ -75,13 +78,26 @@ func newHopSigner(secret []byte) *hopSigner {
 }
 
 func (s *hopSigner) sign(via []string, at time.Time, host, method, target string) string {
+	var buf [512]byte
+	out := append(buf[:0], "v1; via="...)
+	for i, c := range via {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, c...)
+	}
+	v := out[len("v1; via="):]
+	ts := at.Unix()
 	m := s.pool.Get().(hash.Hash)
 	m.Reset()
-	v := strings.Join(via, ",")
-	ts := at.Unix()
-	sig := hopMACWith(m, v, ts, host, method, target)
+	var scratch [512]byte
+	sig := hopMACWith(m, scratch[:0], string(v), ts, host, method, target)
 	s.pool.Put(m)
-	return "v1; via=" + v + "; t=" + strconv.FormatInt(ts, 10) + "; sig=" + base64.RawURLEncoding.EncodeToString(sig)
+	out = append(out, "; t="...)
+	out = strconv.AppendInt(out, ts, 10)
+	out = append(out, "; sig="...)
+	out = base64.RawURLEncoding.AppendEncode(out, sig)
+	return string(out)
 }
 
 // parseHop verifies value against any of secrets, for a request to host with method and target,
@@ -132,4 +148,9 @@ func parseHop(value string, secrets [][]byte, now time.Time, maxAge time.Duratio
 		return hop{}, fmt.Errorf("%w: empty via", errHop)
 	}
 	return hop{via: strings.Split(via, ","), at: at}, nil
+}
+
+// signHop returns the header value for a request that has passed via.
+func signHop(secret []byte, via []string, at time.Time, host, method, target string) string {
+	return newHopSigner(secret).sign(via, at, host, method, target)
 }

@@ -75,13 +75,13 @@ func (s *LoreStore) Close() error {
 	return nil
 }
 
-func (s *LoreStore) replKey(id string) string         { return s.p + "repl/" + id }
+func (s *LoreStore) replKey(id string) string          { return s.p + "repl/" + id }
 func (s *LoreStore) nameKey(owner, slug string) string { return s.p + "name/" + owner + "\x00" + slug }
-func (s *LoreStore) clusterKey(id string) string      { return s.p + "cluster/" + id }
-func (s *LoreStore) domainKey(n string) string        { return s.p + "domain/" + n }
-func (s *LoreStore) replDomainsKey(id string) string  { return s.p + "repldomains/" + id }
-func (s *LoreStore) byClusterKey(c, id string) string { return s.p + "bycluster/" + c + "/" + id }
-func (s *LoreStore) eventsKey() string                { return s.p + "events" }
+func (s *LoreStore) clusterKey(id string) string       { return s.p + "cluster/" + id }
+func (s *LoreStore) domainKey(n string) string         { return s.p + "domain/" + n }
+func (s *LoreStore) replDomainsKey(id string) string   { return s.p + "repldomains/" + id }
+func (s *LoreStore) byClusterKey(c, id string) string  { return s.p + "bycluster/" + c + "/" + id }
+func (s *LoreStore) eventsKey() string                 { return s.p + "events" }
 
 func decode[T any](b []byte) (T, error) {
 	var v T

@@ -127,7 +127,9 @@ func start(cfg Config, attempt int) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := func(port int) url.URL { return url.URL{Scheme: "http", Host: net.JoinHostPort(cfg.Host, fmt.Sprint(port))} }
+	u := func(port int) url.URL {
+		return url.URL{Scheme: "http", Host: net.JoinHostPort(cfg.Host, fmt.Sprint(port))}
+	}
 	var initial []string
 	for i := 0; i < cfg.Members; i++ {
 		p := u(ports[2*i+1])
@@ -137,8 +139,8 @@ func start(cfg Config, attempt int) (*Cluster, error) {
 	// Members of a multi-member cluster wait for each other inside StartEtcd (the first raft
 	// round), so they start concurrently.
 	type result struct {
-		i int
-		e *embed.Etcd
+		i   int
+		e   *embed.Etcd
 		err error
 	}
 	results := make(chan result, cfg.Members)

@@ -52,6 +52,9 @@ func (s *Server) agent() {
 		}
 		hb := s.heartbeat(ctx, &last.at, &last.cpu)
 		err := s.cfg.Placement.Heartbeat(ctx, hb)
+		if err == nil && s.cfg.OrphanGrace > 0 {
+			s.stopOrphans(ctx)
+		}
 		cancel()
 		switch {
 		case err == nil:
@@ -107,4 +110,52 @@ func (s *Server) heartbeat(ctx context.Context, lastAt *time.Time, lastCPU *time
 	}
 	*lastAt, *lastCPU = now, cpu
 	return hb
+}
+
+// stopOrphans stops the repls that placement has assigned to another VM for OrphanGrace.
+// Unassigned repls are left alone: placement adopts them from the heartbeat.
+func (s *Server) stopOrphans(ctx context.Context) {
+	now := time.Now()
+	s.mu.Lock()
+	var check []*repl
+	for _, r := range s.repls {
+		select {
+		case <-r.ready:
+			if r.err == nil && !r.stopping {
+				check = append(check, r)
+			}
+		default:
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range check {
+		a, err := s.cfg.Placement.Lookup(ctx, r.id)
+		if err != nil && !errors.Is(err, placement.ErrNotFound) {
+			continue // placement unreachable: decide nothing
+		}
+		elsewhere := err == nil && a.VM != s.cfg.VM.ID
+		s.mu.Lock()
+		switch {
+		case !elsewhere:
+			r.orphan = time.Time{}
+		case r.orphan.IsZero():
+			r.orphan = now
+		}
+		since := r.orphan
+		s.mu.Unlock()
+		if since.IsZero() || now.Sub(since) < s.cfg.OrphanGrace || now.Sub(r.started) < s.cfg.OrphanGrace {
+			continue
+		}
+		s.log.Warn("conman: stopping repl placement assigned to another VM", "repl", r.id,
+			"assigned_to", a.VM, "since", since)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			sctx, cancel := context.WithTimeout(s.ctx, s.cfg.StopGrace+10*time.Second)
+			defer cancel()
+			if err := s.Stop(sctx, r.id); err != nil && !errors.Is(err, ErrNotFound) {
+				s.log.Warn("conman: stop orphaned repl", "repl", r.id, "err", err)
+			}
+		}()
+	}
 }

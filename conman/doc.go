@@ -43,7 +43,9 @@
 //     or the port does not answer, 503 (ErrorDraining) while draining, 400 (ErrorInvalid) for a
 //     malformed id.
 //   - GET /healthz: 200 {"status":"ok"}, or 503 while draining. GET /v1/repls lists the
-//     containers' Status (state, pid, port, usage, isolation) for operators.
+//     containers' Status (state, pid, port, usage, isolation) for operators; DELETE
+//     /v1/repls/{id} stops and removes a repl's container (204, or 404), e.g. after the repl
+//     moved to another cluster.
 //
 // # Ports
 //
@@ -61,7 +63,8 @@
 // HeartbeatInterval with the running repls and their summed usage, and registers again if
 // placement forgot the VM. A container that exits without the Server stopping it (the repl ran
 // `kill 1`, was OOM-killed, its app crashed) is logged, counted, released in placement and
-// removed, so the next attach or request starts a fresh one.
+// removed, so the next attach or request starts a fresh one. A repl that placement has assigned
+// to another VM for Config.OrphanGrace while it runs here (a split brain) is stopped.
 //
 // Shutdown drains the VM for a rollout: new attaches and requests get 503, placement marks the
 // VM draining, attach sessions close with 1012 so clients reconnect elsewhere, every container

@@ -88,6 +88,12 @@ type Config struct {
 	VM placement.VM
 	// HeartbeatInterval: zero means 5s.
 	HeartbeatInterval time.Duration
+	// OrphanGrace: a running repl that placement has assigned to another VM for this long (a
+	// split brain: the repl was placed elsewhere while it ran here) is stopped and removed. The
+	// agent checks at every heartbeat. (A repl placement does not know is adopted by placement
+	// from the heartbeat, so it is not an orphan; to stop a repl, e.g. after a move to another
+	// cluster, call Stop or DELETE /v1/repls/{id}.) Zero means 1 minute; negative disables.
+	OrphanGrace time.Duration
 
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
@@ -97,6 +103,7 @@ type Config struct {
 
 // Placement is what the agent needs of the control plane.
 type Placement interface {
+	Lookup(ctx context.Context, repl string) (placement.Assignment, error)
 	Register(ctx context.Context, vm placement.VM) (placement.VM, error)
 	Heartbeat(ctx context.Context, hb placement.Heartbeat) error
 	SetState(ctx context.Context, vm string, s placement.State) error
@@ -143,6 +150,8 @@ type repl struct {
 	ready    chan struct{} // closed when the start attempt ends
 	err      error         // why it did not start
 	stopping bool          // the server stops it: its exit is expected
+	started  time.Time     // when it became ready
+	orphan   time.Time     // since when placement has not assigned it here (zero: assigned)
 	noWeb    bool          // no main process: nothing listens on the port
 	exited   chan struct{} // closed when the container exited
 }
@@ -180,6 +189,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.HeartbeatInterval == 0 {
 		cfg.HeartbeatInterval = 5 * time.Second
 	}
+	if cfg.OrphanGrace == 0 {
+		cfg.OrphanGrace = time.Minute
+	}
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -213,6 +225,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("GET /v1/repls/{id}/attach", s.serveAttach)
 	s.mux.HandleFunc("GET /v1/repls", s.serveList)
+	s.mux.HandleFunc("DELETE /v1/repls/{id}", s.serveStop)
 	s.mux.HandleFunc("GET /healthz", s.serveHealth)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint", "")
@@ -245,7 +258,7 @@ func (s *Server) adopt(ctx context.Context) error {
 			}
 			continue
 		}
-		r := &repl{id: st.ID, port: st.Spec.Port, noWeb: len(st.Spec.Command) == 0,
+		r := &repl{id: st.ID, port: st.Spec.Port, noWeb: len(st.Spec.Command) == 0, started: time.Now(),
 			ready: make(chan struct{}), exited: make(chan struct{})}
 		close(r.ready)
 		s.mu.Lock()
@@ -309,6 +322,19 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"containers": sts})
+}
+
+// serveStop stops and removes a repl's container (operators, migrations): 204, or 404.
+func (s *Server) serveStop(w http.ResponseWriter, r *http.Request) {
+	err := s.Stop(r.Context(), r.PathValue("id"))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error(), "")
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error(), "")
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 // Running returns the IDs of the repls whose containers run (or are starting) on this VM.
@@ -378,6 +404,7 @@ func (s *Server) start(r *repl) {
 		s.m.starts.WithLabelValues("error").Inc()
 		s.log.Warn("conman: repl failed to start", "repl", r.id, "err", err)
 	} else {
+		r.started = time.Now()
 		s.m.starts.WithLabelValues("ok").Inc()
 		s.m.containers.Inc()
 		s.wg.Add(1)

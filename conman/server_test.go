@@ -128,6 +128,7 @@ type envOpts struct {
 	portWait  time.Duration
 	placement bool
 	ports     conman.PortRange
+	orphan    time.Duration
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -151,6 +152,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		e.pl = &recordingPlacement{Controlplane: cp, releases: make(chan string, 16)}
 		cfg.Placement = e.pl
 		cfg.HeartbeatInterval = 50 * time.Millisecond
+		cfg.OrphanGrace = o.orphan
 	}
 	e.ts = httptest.NewUnstartedServer(nil)
 	cfg.VM = placement.VM{ID: "vm1", Addr: "http://" + e.ts.Listener.Addr().String(),
@@ -582,4 +584,51 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) flo
 		}
 	}
 	return 0
+}
+
+func TestOrphansAreStopped(t *testing.T) {
+	e := newEnv(t, envOpts{placement: true, orphan: 200 * time.Millisecond})
+	waitRegistered(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err := e.pl.Register(ctx, placement.VM{ID: "vm2", Addr: "http://127.0.0.1:9", Capacity: placement.Resources{Containers: 10}})
+	require.NoError(t, err)
+	require.NoError(t, e.pl.Heartbeat(ctx, placement.Heartbeat{VM: "vm2"}))
+	a, err := e.pl.Place(ctx, placement.Request{Repl: "orphan1", Avoid: []string{"vm1"}})
+	require.NoError(t, err)
+	require.Equal(t, "vm2", a.VM)
+	_, err = e.srv.Ensure(ctx, "kept1") // unknown to placement: adopted from the heartbeat
+	require.NoError(t, err)
+	_, err = e.srv.Ensure(ctx, "orphan1") // placed on vm2, yet running here
+	require.NoError(t, err)
+	for {
+		_, err := e.rt.Inspect(ctx, "orphan1")
+		if errors.Is(err, conman.ErrNotFound) {
+			break
+		}
+		require.NoError(t, ctx.Err(), "the orphan was not stopped")
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, err := e.rt.Inspect(ctx, "kept1")
+	require.NoError(t, err)
+	require.Equal(t, conman.Running, st.State, "an adopted repl keeps running")
+	require.Equal(t, []string{"kept1"}, e.srv.Running())
+	a, err = e.pl.Lookup(ctx, "kept1")
+	require.NoError(t, err)
+	require.Equal(t, "vm1", a.VM)
+}
+
+func TestStopEndpoint(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	hdr := map[string]string{conman.HeaderCredential: testCredential}
+	resp, _ := e.request(t, "DELETE", "/v1/repls/none1", hdr, nil)
+	require.Equal(t, 404, resp.StatusCode)
+	_, err := e.srv.Ensure(context.Background(), "del1")
+	require.NoError(t, err)
+	resp, body := e.request(t, "DELETE", "/v1/repls/del1", hdr, nil)
+	require.Equal(t, 204, resp.StatusCode, string(body))
+	require.Empty(t, e.srv.Running())
+	resp, body = e.request(t, "GET", "/v1/repls", hdr, nil)
+	require.Equal(t, 200, resp.StatusCode)
+	require.JSONEq(t, `{"containers":[]}`, string(body))
 }

@@ -198,6 +198,7 @@ func NewHosting(cfg HostingConfig) (*Hosting, error) {
 		Rewrite:        h.rewrite,
 		Transport:      cfg.Transport,
 		FlushInterval:  cfg.FlushInterval,
+		BufferPool:     NewBufferPool(),
 		ErrorHandler:   h.proxyError,
 		ModifyResponse: h.modifyResponse,
 		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),

@@ -8,6 +8,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"strings"
+	"sync"
 )
 
 // StripSwitchyardHeaders deletes every Switchyard-* header from h. Hosting applies it to
@@ -141,3 +142,16 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, msg, request
 	}{msg, requestID}
 	_ = json.NewEncoder(w).Encode(body)
 }
+
+// bufferPool recycles the 32 KiB copy buffers httputil.ReverseProxy would otherwise allocate
+// for every response.
+type bufferPool struct{ p sync.Pool }
+
+// NewBufferPool returns an httputil.BufferPool of 32 KiB buffers, shared by Hosting and the
+// tombstone forwarder.
+func NewBufferPool() httputil.BufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(p []byte) { b.p.Put(&p) }

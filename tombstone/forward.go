@@ -150,11 +150,11 @@ func New(cfg Config) (*Forwarder, error) {
 	}
 	f.metrics = m
 	f.rp = &httputil.ReverseProxy{
-		Rewrite:        f.rewrite,
-		Transport:      cfg.Transport,
-		ErrorHandler:   f.proxyError,
-		ModifyResponse: func(*http.Response) error { return nil },
-		ErrorLog:       slog.NewLogLogger(f.log.Handler(), slog.LevelWarn),
+		Rewrite:      f.rewrite,
+		Transport:    cfg.Transport,
+		ErrorHandler: f.proxyError,
+		BufferPool:   proxy.NewBufferPool(),
+		ErrorLog:     slog.NewLogLogger(f.log.Handler(), slog.LevelWarn),
 	}
 	return f, nil
 }

@@ -461,6 +461,9 @@ func TestSessionsStages(t *testing.T) {
 				conn.Close()
 				return result{}
 			}},
+		{name: "handshake timeout", stage: StagePlacement, tweak: func(c *SessionsConfig) { c.HandshakeTimeout = 100 * time.Millisecond },
+			setup: func(e *sessTestEnv) { e.placer.block = make(chan struct{}) },
+			run:   func(t *testing.T, e *sessTestEnv) result { return sessTestHTTP(t, e.url+"?token="+e.token("r1"), nil) }},
 		{name: "too many sessions", stage: StageLimit, tweak: func(c *SessionsConfig) { c.MaxSessions = 1 },
 			run: func(t *testing.T, e *sessTestEnv) result {
 				c, err := e.dial(context.Background(), "r1")
@@ -492,6 +495,7 @@ func TestSessionsStages(t *testing.T) {
 		"conman drops":       {closeCode: 1014},
 		"conman closes 1000": {closeCode: 1000},
 		"too many sessions":  {status: 503, errSubstr: "too many sessions"},
+		"handshake timeout":  {status: 504, errSubstr: "timed out"},
 	}
 	for _, mode := range sessTestModes {
 		for _, tc := range cases {
@@ -877,5 +881,71 @@ func TestSessionsPipelined(t *testing.T) {
 			}
 			c.Close(websocket.StatusNormalClosure, "")
 		})
+	}
+}
+
+// TestSessionsFileLimitWarning: in splice mode New warns when RLIMIT_NOFILE cannot hold six
+// descriptors per allowed session, and stays quiet when it can or in frame mode.
+func TestSessionsFileLimitWarning(t *testing.T) {
+	limit, ok := sessionsFileLimit()
+	if !ok {
+		t.Skip("no RLIMIT_NOFILE here")
+	}
+	cases := []struct {
+		mode RelayMode
+		max  int
+		warn bool
+	}{
+		{Splice, int(limit/sessionsSpliceFDs) + 1, true},
+		{Splice, int(limit / sessionsSpliceFDs), false},
+		{Frame, int(limit/sessionsSpliceFDs) + 1, false},
+		{Splice, 0, false},
+	}
+	for _, tc := range cases {
+		var logs sessTestLog
+		_, err := NewSessions(SessionsConfig{Cluster: "a", Tokens: lore.NewKeySet(), Placer: &sessTestPlacer{},
+			Mode: tc.mode, MaxSessions: tc.max, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(logs.String(), "open-file limit"); got != tc.warn {
+			t.Errorf("%v MaxSessions %d (limit %d): warned %v, want %v", tc.mode, tc.max, limit, got, tc.warn)
+		}
+	}
+}
+
+// TestNewSessionsConfig: an unusable configuration is an error, never a half-working proxy.
+func TestNewSessionsConfig(t *testing.T) {
+	ok := SessionsConfig{Cluster: "a", Tokens: lore.NewKeySet(), Placer: &sessTestPlacer{}}
+	cases := []struct {
+		name   string
+		change func(*SessionsConfig)
+		want   string
+	}{
+		{"no cluster", func(c *SessionsConfig) { c.Cluster = "" }, "Cluster is required"},
+		{"no tokens", func(c *SessionsConfig) { c.Tokens = nil }, "Tokens is required"},
+		{"no placer", func(c *SessionsConfig) { c.Placer = nil }, "Placer is required"},
+		{"bad mode", func(c *SessionsConfig) { c.Mode = 7 }, "unknown relay mode"},
+		{"credential with newline", func(c *SessionsConfig) { c.Credential = "a\r\nX-Evil: 1" }, "CR or LF"},
+		{"registered twice", func(c *SessionsConfig) {
+			reg := prometheus.NewRegistry()
+			if _, err := NewSessions(SessionsConfig{Cluster: "a", Tokens: lore.NewKeySet(), Placer: &sessTestPlacer{}, Registerer: reg}); err != nil {
+				t.Fatal(err)
+			}
+			c.Registerer = reg
+		}, "already registered"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ok
+			tc.change(&cfg)
+			_, err := NewSessions(cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := NewSessions(ok); err != nil {
+		t.Errorf("valid config: %v", err)
 	}
 }

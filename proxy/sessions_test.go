@@ -104,6 +104,11 @@ func (c *sessTestConman) attach(w http.ResponseWriter, r *http.Request) {
 				return // CloseNow: no close frame
 			case s == "size":
 				b = []byte(r.URL.RawQuery)
+			case strings.HasPrefix(s, "big:"):
+				var n int
+				fmt.Sscanf(s, "big:%d", &n)
+				b = make([]byte, n)
+				typ = websocket.MessageBinary
 			case s == "flood":
 				// Stream 3000-byte messages until the connection ends.
 				msg := bytes.Repeat([]byte("f"), 3000)
@@ -692,6 +697,46 @@ func TestSessionsFrameLimits(t *testing.T) {
 	e.drain()
 	if got := e.stages(); got[StageOK] != 1 || len(got) != 1 {
 		t.Errorf("stages = %v", got)
+	}
+}
+
+// TestSessionsFrameBackendLimits: conman's oversized message closes conman's leg with 1009 and
+// tells the client 1009 too (a backend failure); an idle session ends with 1001 after
+// IdleTimeout (ok).
+func TestSessionsFrameBackendLimits(t *testing.T) {
+	cases := []struct {
+		name  string
+		tweak func(*SessionsConfig)
+		send  string
+		code  websocket.StatusCode
+		stage string
+	}{
+		{"conman message too big", func(c *SessionsConfig) { c.MaxMessageBytes = 1 << 10 }, "big:2000", websocket.StatusMessageTooBig, StageBackend},
+		{"idle timeout", func(c *SessionsConfig) { c.IdleTimeout = 100 * time.Millisecond }, "", websocket.StatusGoingAway, StageOK},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newSessTestEnv(t, Frame, tc.tweak)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := e.dial(ctx, "r1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseNow()
+			sessTestReadBanner(t, c)
+			if tc.send != "" {
+				c.Write(ctx, websocket.MessageText, []byte(tc.send))
+			}
+			_, _, err = c.Read(ctx)
+			if code := websocket.CloseStatus(err); code != tc.code {
+				t.Errorf("client saw %v (%v), want %v", code, err, tc.code)
+			}
+			e.drain()
+			if got := e.stages(); got[tc.stage] != 1 || len(got) != 1 {
+				t.Errorf("stages = %v, want %s:1", got, tc.stage)
+			}
+		})
 	}
 }
 

@@ -73,10 +73,10 @@
 //
 // # Metrics
 //
-// With Config.Registerer: conman_containers (gauge), conman_container_starts_total{result},
-// conman_container_start_seconds (histogram), conman_container_exits_total{reason="stopped"|
-// "unexpected"}, conman_attach_sessions (gauge), conman_forward_errors_total{reason} (the
-// HeaderError values) and conman_heartbeats_total{result}.
+// With Config.Registerer: switchyard_conman_containers (gauge), switchyard_conman_container_starts_total{result},
+// switchyard_conman_container_start_seconds (histogram), switchyard_conman_container_exits_total{reason="stopped"|
+// "unexpected"}, switchyard_conman_attach_sessions (gauge), switchyard_conman_forward_errors_total{reason} (the
+// HeaderError values) and switchyard_conman_heartbeats_total{result}.
 //
 // # A VM in a few lines
 //

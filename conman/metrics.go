@@ -20,26 +20,26 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		containers: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "conman_containers", Help: "Repl containers running on this VM.",
+			Name: "switchyard_conman_containers", Help: "Repl containers running on this VM.",
 		}),
 		starts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "conman_container_starts_total", Help: "Container start attempts by result (ok, error).",
+			Name: "switchyard_conman_container_starts_total", Help: "Container start attempts by result (ok, error).",
 		}, []string{"result"}),
 		startSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "conman_container_start_seconds", Help: "Time to start a repl's container.",
+			Name: "switchyard_conman_container_start_seconds", Help: "Time to start a repl's container.",
 			Buckets: []float64{.005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 15},
 		}),
 		exits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "conman_container_exits_total", Help: "Container exits by reason (stopped, unexpected).",
+			Name: "switchyard_conman_container_exits_total", Help: "Container exits by reason (stopped, unexpected).",
 		}, []string{"reason"}),
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "conman_attach_sessions", Help: "Attach (shell) sessions open.",
+			Name: "switchyard_conman_attach_sessions", Help: "Attach (shell) sessions open.",
 		}),
 		forwardErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "conman_forward_errors_total", Help: "Hosting requests conman answered itself, by Switchyard-Error reason.",
+			Name: "switchyard_conman_forward_errors_total", Help: "Hosting requests conman answered itself, by Switchyard-Error reason.",
 		}, []string{"reason"}),
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "conman_heartbeats_total", Help: "Heartbeats sent to placement by result (ok, error).",
+			Name: "switchyard_conman_heartbeats_total", Help: "Heartbeats sent to placement by result (ok, error).",
 		}, []string{"result"}),
 	}
 	if reg == nil {

@@ -28,7 +28,7 @@ type CacheConfig struct {
 	MaxEntries int
 	// Now is the clock. Nil: time.Now.
 	Now func() time.Time
-	// Registerer receives dnsauth_cache_stale_answers_total and dnsauth_cache_backend_errors_total.
+	// Registerer receives switchyard_dnsauth_cache_stale_answers_total and switchyard_dnsauth_cache_backend_errors_total.
 	// Nil: no metrics.
 	Registerer prometheus.Registerer
 }
@@ -86,11 +86,11 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 	}
 	if cfg.Registerer != nil {
 		c.staleAnswers = prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dnsauth_cache_stale_answers_total",
+			Name: "switchyard_dnsauth_cache_stale_answers_total",
 			Help: "Lookups answered from the cache because the directory backend failed.",
 		})
 		c.backendErrs = prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dnsauth_cache_backend_errors_total",
+			Name: "switchyard_dnsauth_cache_backend_errors_total",
 			Help: "Directory backend lookups that failed (not counting not-found).",
 		})
 		for _, m := range []prometheus.Collector{c.staleAnswers, c.backendErrs} {

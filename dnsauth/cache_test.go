@@ -100,7 +100,7 @@ func TestCacheServesThroughOutage(t *testing.T) {
 	if backend.calls.Load() == before {
 		t.Fatal("backend not retried after RetryAfter")
 	}
-	if got := gatherSum(t, reg, "dnsauth_cache_stale_answers_total"); got < 50 {
+	if got := gatherSum(t, reg, "switchyard_dnsauth_cache_stale_answers_total"); got < 50 {
 		t.Fatalf("stale answers counted %v", got)
 	}
 	clk.advance(11 * time.Minute)

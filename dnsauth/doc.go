@@ -69,18 +69,18 @@
 //
 // With Config.Registerer set:
 //
-//   - dnsauth_queries_total{qtype, rcode}: queries answered. qtype is one of A, AAAA, ANY, CAA,
+//   - switchyard_dnsauth_queries_total{qtype, rcode}: queries answered. qtype is one of A, AAAA, ANY, CAA,
 //     CNAME, HTTPS, MX, NS, SOA, SVCB, TXT, AXFR, IXFR or "other"; rcode one of NOERROR,
 //     FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS or "other".
-//   - dnsauth_answer_duration_seconds: histogram of the time from ServeDNS to the written
+//   - switchyard_dnsauth_answer_duration_seconds: histogram of the time from ServeDNS to the written
 //     answer, directory lookups included.
-//   - dnsauth_directory_errors_total{op}: failed lookups (op: repl, cluster, challenges,
+//   - switchyard_dnsauth_directory_errors_total{op}: failed lookups (op: repl, cluster, challenges,
 //     acme_delegate), each answered SERVFAIL.
-//   - dnsauth_truncated_total: UDP answers truncated to the client's size.
-//   - dnsauth_dropped_total: messages not answered (responses).
+//   - switchyard_dnsauth_truncated_total: UDP answers truncated to the client's size.
+//   - switchyard_dnsauth_dropped_total: messages not answered (responses).
 //
-// A Cache with a Registerer adds dnsauth_cache_stale_answers_total and
-// dnsauth_cache_backend_errors_total.
+// A Cache with a Registerer adds switchyard_dnsauth_cache_stale_answers_total and
+// switchyard_dnsauth_cache_backend_errors_total.
 //
 // # Examples
 //

@@ -30,25 +30,25 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	queries := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "dnsauth_queries_total",
+		Name: "switchyard_dnsauth_queries_total",
 		Help: "Queries answered, by query type and response code.",
 	}, []string{"qtype", "rcode"})
 	m := &metrics{
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dnsauth_dropped_total",
+			Name: "switchyard_dnsauth_dropped_total",
 			Help: "Messages not answered (responses sent to the server).",
 		}),
 		truncated: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "dnsauth_truncated_total",
+			Name: "switchyard_dnsauth_truncated_total",
 			Help: "UDP responses truncated (TC set) to the client's payload size.",
 		}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "dnsauth_answer_duration_seconds",
+			Name:    "switchyard_dnsauth_answer_duration_seconds",
 			Help:    "Time from receiving a query to writing its answer, directory lookups included.",
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .005, .025, .1, .5, 2},
 		}),
 		dirErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "dnsauth_directory_errors_total",
+			Name: "switchyard_dnsauth_directory_errors_total",
 			Help: "Failed directory or challenge-store lookups (each answered SERVFAIL), by operation.",
 		}, []string{"op"}),
 	}

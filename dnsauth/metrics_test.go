@@ -48,14 +48,14 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	for key, want := range map[string]float64{
-		"dnsauth_queries_total,qtype=A,rcode=NOERROR":     3,
-		"dnsauth_queries_total,qtype=AAAA,rcode=NXDOMAIN": 1,
-		"dnsauth_queries_total,qtype=A,rcode=REFUSED":     1,
-		"dnsauth_queries_total,qtype=other,rcode=NOERROR": 1,
-		"dnsauth_queries_total,qtype=A,rcode=SERVFAIL":    1,
-		"dnsauth_directory_errors_total,op=repl":          1,
-		"dnsauth_truncated_total":                         1,
-		"dnsauth_answer_duration_seconds":                 7,
+		"switchyard_dnsauth_queries_total,qtype=A,rcode=NOERROR":     3,
+		"switchyard_dnsauth_queries_total,qtype=AAAA,rcode=NXDOMAIN": 1,
+		"switchyard_dnsauth_queries_total,qtype=A,rcode=REFUSED":     1,
+		"switchyard_dnsauth_queries_total,qtype=other,rcode=NOERROR": 1,
+		"switchyard_dnsauth_queries_total,qtype=A,rcode=SERVFAIL":    1,
+		"switchyard_dnsauth_directory_errors_total,op=repl":          1,
+		"switchyard_dnsauth_truncated_total":                         1,
+		"switchyard_dnsauth_answer_duration_seconds":                 7,
 	} {
 		if got[key] != want {
 			t.Errorf("%s = %v, want %v", key, got[key], want)

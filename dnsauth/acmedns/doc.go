@@ -30,5 +30,5 @@
 //
 // # Metrics
 //
-// With a Registerer: acmedns_requests_total{endpoint="register|update|health",code}.
+// With a Registerer: switchyard_acmedns_requests_total{endpoint="register|update|health",code}.
 package acmedns

@@ -39,7 +39,7 @@ type HandlerConfig struct {
 	ClientIPHeader string
 	// Logger receives storage failures (answered 500). Nil: slog.Default().
 	Logger *slog.Logger
-	// Registerer receives acmedns_requests_total{endpoint,code}. Nil: no metrics.
+	// Registerer receives switchyard_acmedns_requests_total{endpoint,code}. Nil: no metrics.
 	Registerer prometheus.Registerer
 }
 
@@ -71,7 +71,7 @@ func NewHandler(cfg HandlerConfig) (http.Handler, error) {
 	}
 	if cfg.Registerer != nil {
 		h.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "acmedns_requests_total",
+			Name: "switchyard_acmedns_requests_total",
 			Help: "acme-dns API requests by endpoint and HTTP status code.",
 		}, []string{"endpoint", "code"})
 		if err := cfg.Registerer.Register(h.requests); err != nil {

@@ -6,6 +6,8 @@
 //	hosting    client → proxy.Hosting (real lore.Directory + placement.Controlplane) → the page
 //	           (the page's server plays the VM's conman: it accepts the Switchyard-* headers)
 //	plain      client → a plain httputil.ReverseProxy hop → the page
+//	pooled     the same hop with a BufferPool (proxy.NewBufferPool), as Hosting and the
+//	           forwarder use: the like-for-like baseline
 //	forwarded  client → tombstone.Forwarder (repl has a tombstone) → the page (playing the new
 //	           cluster's hosting proxy)
 //
@@ -47,7 +49,7 @@ func main() {
 	duration := flag.Duration("duration", 3*time.Second, "duration of one mode in one round")
 	conns := flag.Int("conns", 16, "concurrent keep-alive connections")
 	size := flag.Int("size", 1024, "page size in bytes")
-	modesFlag := flag.String("modes", "direct,hosting,plain,forwarded", "modes to run")
+	modesFlag := flag.String("modes", "direct,hosting,plain,pooled,forwarded", "modes to run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -130,6 +132,14 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 		return err
 	}
 	defer plainSrv.Close()
+	// The same hop with pooled copy buffers, as Hosting and the forwarder use.
+	pooled := &httputil.ReverseProxy{Rewrite: plain.Rewrite, Transport: proxy.NewTransport(), BufferPool: proxy.NewBufferPool(),
+		ErrorLog: plain.ErrorLog}
+	pooledSrv, err := serve("127.0.0.1:0", pooled)
+	if err != nil {
+		return err
+	}
+	defer pooledSrv.Close()
 
 	// The tombstone forwarder: r1 moved to cluster b, whose hosting proxy is the page.
 	store, err := tombstone.NewMemStore(tombstone.MemStoreConfig{})
@@ -154,7 +164,7 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	}
 	defer fwdSrv.Close()
 
-	targets := map[string]string{"direct": app.Addr, "hosting": hostingSrv.Addr, "plain": plainSrv.Addr, "forwarded": fwdSrv.Addr}
+	targets := map[string]string{"direct": app.Addr, "hosting": hostingSrv.Addr, "plain": plainSrv.Addr, "pooled": pooledSrv.Addr, "forwarded": fwdSrv.Addr}
 	results := map[string][]result{}
 	fmt.Printf("# %d rounds × %s per mode, %d connections, %d-byte page, GOMAXPROCS=%d\n", rounds, duration, conns, size, runtimeProcs())
 	for r := 1; r <= rounds; r++ {
@@ -165,7 +175,7 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 			}
 			res := load(addr, "blog.alice.repl.test", conns, duration)
 			results[m] = append(results[m], res)
-			fmt.Printf("round %d %-9s cpu/req %6s %8.0f req/s  p50 %7s  p90 %7s  p99 %7s  max %7s  errors %d\n",
+			fmt.Printf("round %d %-10s cpu/req %6s %8.0f req/s  p50 %7s  p90 %7s  p99 %7s  max %7s  errors %d\n",
 				r, m, us(res.cpu), res.rps, us(res.p50), us(res.p90), us(res.p99), us(res.max), res.errors)
 		}
 	}
@@ -179,6 +189,10 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	}
 	if d, h := med["direct"], med["hosting"]; d.rps > 0 && h.rps > 0 {
 		fmt.Printf("\nhosting/direct: CPU per request %.2f×, throughput %.2f×, p99 %.2f×\n", float64(h.cpu)/float64(d.cpu), h.rps/d.rps, float64(h.p99)/float64(d.p99))
+	}
+	if p, f := med["pooled"], med["forwarded"]; p.rps > 0 && f.rps > 0 {
+		fmt.Printf("forwarded/pooled: CPU per request %.3f×, wall-clock cost per request %.3f× (throughput %.3f×), p99 %.2f×\n",
+			float64(f.cpu)/float64(p.cpu), p.rps/f.rps, f.rps/p.rps, float64(f.p99)/float64(p.p99))
 	}
 	if p, f := med["plain"], med["forwarded"]; p.rps > 0 && f.rps > 0 {
 		fmt.Printf("forwarded/plain: CPU per request %.3f×, wall-clock cost per request %.3f× (throughput %.3f×), p99 %.2f×\n",

@@ -1,0 +1,357 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-dev/switchyard/lore"
+)
+
+// MirrorConfig configures a Mirror.
+type MirrorConfig struct {
+	// Store is the etcd directory to mirror. Required.
+	Store *LoreStore
+	// Probe is how often the mirror checks that etcd answers (a linearizable read bounded by
+	// Probe), and how long it waits before re-listing after a failure. Zero means 1 s.
+	Probe time.Duration
+	// Logger receives re-lists and lost connections. Nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the metrics (see Mirror). Nil means none.
+	Registerer prometheus.Registerer
+}
+
+// Mirror is a reader's local copy of the lore directory: a go-memdb store (lore.MemStore)
+// loaded from one consistent etcd snapshot and kept current by an etcd watch of the store's
+// event log, so lookups are in-process map reads. It satisfies dnsauth.Directory and
+// proxy.Directory.
+//
+// When the watch cannot continue (etcd compacted the revisions it needed, the watcher fell
+// behind, the member lost its leader) the mirror re-lists into a fresh memdb and swaps it in
+// whole; until then, and while etcd is unreachable, it keeps serving its last view.
+//
+// Metrics: switchyard_etcd_mirror_stale (1 while the mirror cannot confirm it is current),
+// switchyard_etcd_mirror_revision (the etcd revision of the view served),
+// switchyard_etcd_mirror_relists_total.
+type Mirror struct {
+	store *LoreStore
+	probe time.Duration
+	log   *slog.Logger
+
+	view    atomic.Pointer[lore.MemStore]
+	rev     atomic.Int64
+	stale   atomic.Bool
+	mu      sync.Mutex
+	changed chan struct{}
+
+	staleG  prometheus.Gauge
+	revG    prometheus.Gauge
+	relists prometheus.Counter
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewMirror loads the directory (bounded by ctx) and starts following it; Close stops it.
+func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("etcd: MirrorConfig.Store is required")
+	}
+	if cfg.Probe <= 0 {
+		cfg.Probe = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	m := &Mirror{store: cfg.Store, probe: cfg.Probe, log: cfg.Logger, changed: make(chan struct{}),
+		staleG: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_etcd_mirror_stale",
+			Help: "1 while the lore mirror serves a view it cannot confirm is current (etcd lost or re-listing)."}),
+		revG: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_etcd_mirror_revision",
+			Help: "The etcd revision of the lore view the mirror serves."}),
+		relists: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_etcd_mirror_relists_total",
+			Help: "Full re-reads of the directory after a watch could not continue."}),
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{m.staleG, m.revG, m.relists} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("etcd: register mirror metrics: %w", err)
+			}
+		}
+	}
+	rev, err := m.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.wg.Add(2)
+	go m.follow(rctx, rev)
+	go m.probeLoop(rctx)
+	return m, nil
+}
+
+// Close stops following etcd and waits; the last view stays readable.
+func (m *Mirror) Close() error {
+	m.cancel()
+	m.wg.Wait()
+	return nil
+}
+
+// Stale reports whether the mirror currently cannot confirm its view is current.
+func (m *Mirror) Stale() bool { return m.stale.Load() }
+
+// Revision is the etcd revision of the view served.
+func (m *Mirror) Revision() int64 { return m.rev.Load() }
+
+// Changed returns a channel closed the next time the view changes (for tests and staleness
+// measurements: take the channel, check, then wait).
+func (m *Mirror) Changed() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+func (m *Mirror) setRev(rev int64) {
+	m.rev.Store(rev)
+	m.revG.Set(float64(rev))
+	m.mu.Lock()
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+func (m *Mirror) setStale(v bool) {
+	if m.stale.Swap(v) != v {
+		if v {
+			m.log.Warn("etcd: lore mirror lost etcd: serving its last view", "revision", m.rev.Load())
+			m.staleG.Set(1)
+		} else {
+			m.log.Info("etcd: lore mirror current again", "revision", m.rev.Load())
+			m.staleG.Set(0)
+		}
+	}
+}
+
+// load reads the whole directory at one revision into a fresh memdb and swaps it in.
+func (m *Mirror) load(ctx context.Context) (int64, error) {
+	s := m.store
+	var rev int64
+	var clusters []lore.Cluster
+	var repls []lore.Repl
+	var domains []lore.Domain
+	key, end := s.p, clientv3.GetPrefixRangeEnd(s.p)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(5000)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, key, opts...)
+		if err != nil {
+			return 0, fmt.Errorf("etcd: mirror load: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			k := strings.TrimPrefix(string(kv.Key), s.p)
+			switch {
+			case strings.HasPrefix(k, "cluster/"):
+				c, err := decode[lore.Cluster](kv.Value)
+				if err != nil {
+					return 0, err
+				}
+				clusters = append(clusters, c)
+			case strings.HasPrefix(k, "repl/"):
+				r, err := decode[lore.Repl](kv.Value)
+				if err != nil {
+					return 0, err
+				}
+				repls = append(repls, r)
+			case strings.HasPrefix(k, "domain/"):
+				d, err := decode[lore.Domain](kv.Value)
+				if err != nil {
+					return 0, err
+				}
+				domains = append(domains, d)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	view, err := lore.NewMemStore(lore.MemStoreConfig{})
+	if err != nil {
+		return 0, err
+	}
+	bg := context.Background()
+	for _, c := range clusters {
+		if _, err := view.PutCluster(bg, c); err != nil {
+			return 0, fmt.Errorf("etcd: mirror load: %w", err)
+		}
+	}
+	for _, r := range repls {
+		if _, err := view.CreateRepl(bg, r); err != nil {
+			return 0, fmt.Errorf("etcd: mirror load: %w", err)
+		}
+	}
+	for _, d := range domains {
+		if err := putDomain(view, d); err != nil {
+			return 0, fmt.Errorf("etcd: mirror load: %w", err)
+		}
+	}
+	if old := m.view.Swap(view); old != nil {
+		old.Close()
+	}
+	m.setRev(rev)
+	return rev, nil
+}
+
+func putDomain(view *lore.MemStore, d lore.Domain) error {
+	bg := context.Background()
+	if _, err := view.Domain(bg, d.Name); err == nil {
+		if _, err := view.DeleteDomain(bg, d.Name); err != nil {
+			return err
+		}
+	}
+	verified := d.Verified
+	d.Verified = false
+	if _, err := view.CreateDomain(bg, d); err != nil {
+		return err
+	}
+	if verified {
+		if _, err := view.VerifyDomain(bg, d.Name, d.Challenge); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apply replays one event on the view. Events arrive in commit order from the revision after
+// the view's, so every reference they need is there.
+func apply(view *lore.MemStore, ev lore.Event) error {
+	bg := context.Background()
+	var err error
+	switch ev.Kind {
+	case lore.ReplCreated:
+		_, err = view.CreateRepl(bg, *ev.Repl)
+	case lore.ReplMoved:
+		_, _, err = view.MoveRepl(bg, ev.Repl.ID, ev.Repl.Cluster)
+	case lore.ReplDeleted:
+		_, err = view.DeleteRepl(bg, ev.Repl.ID)
+	case lore.ClusterChanged:
+		_, err = view.PutCluster(bg, *ev.Cluster)
+	case lore.DomainChanged:
+		err = putDomain(view, *ev.Domain)
+	case lore.DomainDeleted:
+		if _, err = view.DeleteDomain(bg, ev.Domain.Name); errors.Is(err, lore.ErrNotFound) {
+			err = nil
+		}
+	}
+	return err
+}
+
+func (m *Mirror) follow(ctx context.Context, rev int64) {
+	defer m.wg.Done()
+	for ctx.Err() == nil {
+		ch, err := m.store.watchFrom(ctx, rev+1)
+		if err == nil {
+			for ev := range ch {
+				if err := apply(m.view.Load(), ev); err != nil {
+					m.log.Warn("etcd: lore mirror could not apply an event: re-listing", "index", ev.Index, "err", err)
+					break
+				}
+				if int64(ev.Index) > rev {
+					rev = int64(ev.Index)
+					m.setRev(rev)
+				}
+			}
+			for range ch { // drain after a break
+			}
+		} else {
+			m.wait(ctx) // the store is closed: re-listing cannot help soon
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		// The watch ended while we still want it: compaction, overflow or a lost leader.
+		for ctx.Err() == nil {
+			m.relists.Inc()
+			r, err := m.load(ctx)
+			if err == nil {
+				m.log.Info("etcd: lore mirror re-listed", "revision", r)
+				rev = r
+				break
+			}
+			m.setStale(true)
+			m.wait(ctx)
+		}
+	}
+}
+
+func (m *Mirror) probeLoop(ctx context.Context) {
+	defer m.wg.Done()
+	t := time.NewTicker(m.probe)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, m.probe)
+		_, err := m.store.cli.Get(pctx, m.store.eventsKey(), clientv3.WithKeysOnly())
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		m.setStale(err != nil)
+	}
+}
+
+func (m *Mirror) wait(ctx context.Context) {
+	t := time.NewTimer(m.probe)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// Repl implements dnsauth.Directory and proxy.Directory from the local view.
+func (m *Mirror) Repl(ctx context.Context, id string) (lore.Repl, error) {
+	return m.view.Load().Repl(ctx, id)
+}
+
+// ReplByName implements dnsauth.Directory and proxy.Directory from the local view.
+func (m *Mirror) ReplByName(ctx context.Context, owner, slug string) (lore.Repl, error) {
+	return m.view.Load().ReplByName(ctx, owner, slug)
+}
+
+// ReplByDomain implements proxy.Directory from the local view.
+func (m *Mirror) ReplByDomain(ctx context.Context, domain string) (lore.Repl, error) {
+	return m.view.Load().ReplByDomain(ctx, domain)
+}
+
+// Cluster implements dnsauth.Directory from the local view.
+func (m *Mirror) Cluster(ctx context.Context, id string) (lore.Cluster, error) {
+	return m.view.Load().Cluster(ctx, id)
+}
+
+// Clusters returns every cluster of the local view, ordered by ID.
+func (m *Mirror) Clusters(ctx context.Context) ([]lore.Cluster, error) {
+	return m.view.Load().Clusters(ctx)
+}
+
+// Domain returns a custom domain of the local view.
+func (m *Mirror) Domain(ctx context.Context, name string) (lore.Domain, error) {
+	return m.view.Load().Domain(ctx, name)
+}

@@ -148,8 +148,6 @@ type Hosting struct {
 	inflight sync.WaitGroup
 	mu       sync.Mutex
 	conns    map[*hostingConn]struct{} // hijacked (upgraded) client connections
-	hardStop context.Context           // canceled when Shutdown's context ends: ends every request
-	stopAll  context.CancelFunc
 }
 
 // NewHosting checks cfg and returns a Hosting proxy.

@@ -27,7 +27,8 @@ type PoolScale struct {
 	Delta int `json:"delta"`
 }
 
-// Autoscale returns the autoscaling signal of every pool that has VMs, sorted by pool name.
+// Autoscale returns the autoscaling signal of every pool that has VMs or a configured strategy,
+// sorted by pool name.
 func (c *Controlplane) Autoscale(ctx context.Context) ([]PoolScale, error) {
 	vms, err := c.store.VMs(ctx)
 	if err != nil {
@@ -63,6 +64,12 @@ func (c *Controlplane) Autoscale(ctx context.Context) ([]PoolScale, error) {
 			}
 			p.otherCap += vm.Capacity.Containers
 			p.otherN++
+		}
+	}
+	// A pool with a configured strategy but no VMs yet still wants MinVMs.
+	for name := range c.strategies {
+		if pools[name] == nil {
+			pools[name] = &acc{PoolScale: PoolScale{Pool: name}}
 		}
 	}
 	out := make([]PoolScale, 0, len(pools))

@@ -426,6 +426,12 @@ func TestAutoscale(t *testing.T) {
 	assert.Equal(t, 16, s[0].Containers)
 	assert.Equal(t, 3, s[0].Desired, "ceil(16 × 1.5 / 10)")
 	assert.Equal(t, 1, s[0].Delta)
+
+	// A configured pool without VMs asks for MinVMs.
+	cp = newCP(t, placement.Config{MinVMs: 2, Strategies: map[string]placement.Strategy{"gpu": placement.Spread()}})
+	s, err = cp.Autoscale(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []placement.PoolScale{{Pool: "gpu", Desired: 2, Delta: 2}}, s)
 }
 
 func TestExplain(t *testing.T) {

@@ -58,7 +58,7 @@ type Controlplane struct {
 	batch       BatchAssigner // nil when the store cannot batch
 	commits     committer
 	idx         *index
-	strategies  map[string]Strategy
+	strategies  map[string]*Strategy
 	defStrategy Strategy
 	hbTimeout   time.Duration
 	startGrace  time.Duration
@@ -77,7 +77,7 @@ func New(cfg Config) (*Controlplane, error) {
 	c := &Controlplane{
 		store:       cfg.Store,
 		idx:         newIndex(),
-		strategies:  map[string]Strategy{},
+		strategies:  map[string]*Strategy{},
 		defStrategy: cfg.DefaultStrategy,
 		hbTimeout:   cfg.HeartbeatTimeout,
 		startGrace:  cfg.StartGrace,
@@ -130,6 +130,7 @@ func New(cfg Config) (*Controlplane, error) {
 	if err := checkStrategy(c.defStrategy); err != nil {
 		return nil, fmt.Errorf("%w: default strategy: %v", ErrInvalid, err)
 	}
+	c.defStrategy.fast = compileFast(&c.defStrategy)
 	for pool, s := range cfg.Strategies {
 		if len(s.Filters) == 0 && len(s.Scores) == 0 {
 			s = BinPack()
@@ -137,7 +138,8 @@ func New(cfg Config) (*Controlplane, error) {
 		if err := checkStrategy(s); err != nil {
 			return nil, fmt.Errorf("%w: strategy for pool %q: %v", ErrInvalid, pool, err)
 		}
-		c.strategies[pool] = s
+		s.fast = compileFast(&s)
+		c.strategies[pool] = &s
 	}
 	m, err := newMetrics(cfg.Registerer, c)
 	if err != nil {
@@ -171,7 +173,7 @@ func checkStrategy(s Strategy) error {
 
 func (c *Controlplane) strategy(pool string) *Strategy {
 	if s, ok := c.strategies[pool]; ok {
-		return &s
+		return s
 	}
 	return &c.defStrategy
 }

@@ -73,8 +73,18 @@ func (c *Controlplane) decide(cy *Cycle, s *Strategy, skip []string, d *Decision
 	}
 	var best *VM
 	bestScore := -1.0
+	fast := s.fast
+	if d != nil {
+		fast = nil // Explain reports each plugin
+	}
 	eval := func(vm *VM) bool {
-		ok, total := evaluate(cy, s, vm, d)
+		var ok bool
+		var total float64
+		if fast != nil {
+			ok, total = fast.eval(cy, vm)
+		} else {
+			ok, total = evaluate(cy, s, vm, d)
+		}
 		if ok && total > bestScore {
 			best, bestScore = vm, total
 		}

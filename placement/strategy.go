@@ -61,6 +61,74 @@ type Strategy struct {
 	// until that many feasible ones are found. A negative value means scan every VM of the pool.
 	// The repl's previous VM and the request's preferred VM are always considered in addition.
 	SampleSize int
+
+	// fast is set by New when every plugin is a built-in one: the same decision without
+	// interface calls (Explain still runs the plugins, to report them).
+	fast *fastEval
+}
+
+// fastEval evaluates a strategy made only of built-in plugins inline. It must decide exactly
+// as evaluate does with the plugins (TestFastEvalMatchesPlugins checks).
+type fastEval struct {
+	sched, avoid, fit             bool
+	wMost, wLeast, wSticky, wPref float64
+}
+
+func compileFast(s *Strategy) *fastEval {
+	f := &fastEval{}
+	for _, p := range s.Filters {
+		switch p.(type) {
+		case Schedulable:
+			f.sched = true
+		case NotAvoided:
+			f.avoid = true
+		case Fits:
+			f.fit = true
+		default:
+			return nil
+		}
+	}
+	for _, w := range s.Scores {
+		switch w.Plugin.(type) {
+		case MostAllocated:
+			f.wMost += w.Weight
+		case LeastAllocated:
+			f.wLeast += w.Weight
+		case Sticky:
+			f.wSticky += w.Weight
+		case Preferred:
+			f.wPref += w.Weight
+		default:
+			return nil
+		}
+	}
+	return f
+}
+
+func (f *fastEval) eval(c *Cycle, vm *VM) (bool, float64) {
+	if f.sched {
+		if vm.State != Active || (c.HeartbeatTimeout > 0 && c.Now.Sub(vm.LastHeartbeat) > c.HeartbeatTimeout) {
+			return false, 0
+		}
+	}
+	if f.avoid && len(c.Request.Avoid) > 0 && c.avoids(vm.ID) {
+		return false, 0
+	}
+	if f.fit && !fits(vm.Capacity, vm.Usage, c.Request.Resources) {
+		return false, 0
+	}
+	var total float64
+	if f.wMost != 0 || f.wLeast != 0 {
+		u := utilisation(vm.Capacity, vm.Usage, c.Request.Resources)
+		total += 100*u*f.wMost + 100*(1-u)*f.wLeast
+	}
+	if f.wSticky != 0 && c.Previous != "" && vm.ID == c.Previous {
+		total += 100 * f.wSticky
+	}
+	if f.wPref != 0 && c.Request.Prefer != "" && vm.ID == c.Request.Prefer {
+		total += 100 * f.wPref
+	}
+	return true, total
 }
 
 // DefaultFilters are the filters every built-in strategy uses: the VM is Active with a fresh

@@ -12,10 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Config configures a Controlplane. The zero value is usable: a memdb store, bin-packing in
-// every pool, a 30 s heartbeat timeout.
+// Config configures a Controlplane. The zero value is usable: a MapStore, bin-packing in every
+// pool, a 30 s heartbeat timeout.
 type Config struct {
-	// Store holds VMs and assignments. nil means a new NewMemStore().
+	// Store holds VMs and assignments. nil means a new NewMapStore() (see the package
+	// documentation for why not the memdb store).
 	Store Store
 	// Strategies maps a pool name to its strategy; pools not listed use DefaultStrategy.
 	Strategies map[string]Strategy
@@ -89,7 +90,7 @@ func New(cfg Config) (*Controlplane, error) {
 		log:         cfg.Logger,
 	}
 	if c.store == nil {
-		c.store = NewMemStore()
+		c.store = NewMapStore()
 	}
 	if b, ok := c.store.(BatchAssigner); ok {
 		c.batch = b

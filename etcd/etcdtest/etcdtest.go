@@ -30,7 +30,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 )
 
 // Config says what cluster Start runs.
@@ -227,7 +226,6 @@ func (c *Cluster) NewClient() (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{
 		Endpoints:   c.Endpoints,
 		DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithBlock()}, //nolint:staticcheck // wait for a connection
 		Logger:      zap.NewNop(),
 	})
 }

@@ -15,12 +15,11 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/switchyard-dev/switchyard/internal/drain"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 )
@@ -144,10 +143,8 @@ type Hosting struct {
 	rp      *httputil.ReverseProxy
 	metrics *hostingMetrics
 
-	closing  atomic.Bool
-	inflight sync.WaitGroup
-	mu       sync.Mutex
-	conns    map[*hostingConn]struct{} // hijacked (upgraded) client connections
+	// drain tracks in-flight requests and upgraded (hijacked) client connections.
+	drain drain.Tracker
 }
 
 // NewHosting checks cfg and returns a Hosting proxy.
@@ -180,9 +177,8 @@ func NewHosting(cfg HostingConfig) (*Hosting, error) {
 		cfg.TrustForwarded = func(r *http.Request) bool { return PeerIn(r, prefixes) }
 	}
 	h := &Hosting{
-		cfg:   cfg,
-		log:   cfg.Logger,
-		conns: make(map[*hostingConn]struct{}),
+		cfg: cfg,
+		log: cfg.Logger,
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -192,6 +188,7 @@ func NewHosting(cfg HostingConfig) (*Hosting, error) {
 		return nil, err
 	}
 	h.metrics = m
+	h.drain.OnUpgraded = func(n int) { m.upgrades.Set(float64(n)) }
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      cfg.Transport,
@@ -269,18 +266,12 @@ func (h *Hosting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := &hostingState{id: newRequestID()}
 	w.Header().Set(HeaderRequestID, st.id)
-	if h.closing.Load() {
+	if !h.drain.Enter() {
 		w.Header().Set("Connection", "close")
 		h.fail(w, r, st, start, outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", ErrHostingClosed)
 		return
 	}
-	h.inflight.Add(1)
-	defer h.inflight.Done()
-	if h.closing.Load() { // Shutdown may have started between the check and Add
-		w.Header().Set("Connection", "close")
-		h.fail(w, r, st, start, outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", ErrHostingClosed)
-		return
-	}
+	defer h.drain.Exit()
 	if r.Host == "" {
 		h.fail(w, r, st, start, outcomeBadRequest, http.StatusBadRequest, "the request has no Host header", nil)
 		return
@@ -355,13 +346,13 @@ func (h *Hosting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if replay != nil {
 			r.Body = io.NopCloser(bytes.NewReader(replay))
 		}
-		tw := &hostingWriter{ResponseWriter: w, h: h}
+		tw := h.drain.Writer(w)
 		h.rp.ServeHTTP(tw, r.WithContext(context.WithValue(r.Context(), hostingStateKey{}, st)))
 		if st.err == nil {
 			h.observe(outcomeOK, start)
 			return
 		}
-		if tw.wrote || tw.hijacked || r.Context().Err() != nil {
+		if tw.Started() || r.Context().Err() != nil {
 			// The answer has begun (or the client left): nothing more can be sent.
 			h.observe(outcomeClient, start)
 			if r.Context().Err() == nil {

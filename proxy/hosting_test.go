@@ -566,7 +566,7 @@ func TestHostingWebSocketAndDrain(t *testing.T) {
 	// Shutdown waits for the upgraded connection...
 	shut := make(chan error, 1)
 	go func() { shut <- f.h.Shutdown(ctx) }()
-	require.Eventually(t, func() bool { return f.h.closing.Load() }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return f.h.drain.Closing() }, 5*time.Second, time.Millisecond)
 	// ...which keeps working meanwhile, while new requests are refused.
 	require.NoError(t, c.Write(ctx, websocket.MessageBinary, []byte("still here")))
 	_, b, err = c.Read(ctx)
@@ -689,7 +689,7 @@ func TestHostingShutdownWaitsForInflightRequests(t *testing.T) {
 	defer cancel()
 	shut := make(chan error, 1)
 	go func() { shut <- f.h.Shutdown(ctx) }()
-	require.Eventually(t, func() bool { return f.h.closing.Load() }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return f.h.drain.Closing() }, 5*time.Second, time.Millisecond)
 	select {
 	case err := <-shut:
 		t.Fatalf("Shutdown returned %v while a response was streaming", err)

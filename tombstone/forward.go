@@ -1,25 +1,23 @@
 package tombstone
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/switchyard-dev/switchyard/internal/drain"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/proxy"
 )
@@ -90,10 +88,8 @@ type Forwarder struct {
 	cacheMu sync.Mutex
 	cache   map[string]cachedCluster
 
-	closing  atomic.Bool
-	inflight sync.WaitGroup
-	mu       sync.Mutex
-	conns    map[*trackedConn]struct{}
+	// drain tracks in-flight forwards and forwarded upgraded connections.
+	drain drain.Tracker
 }
 
 type cachedCluster struct {
@@ -139,7 +135,6 @@ func New(cfg Config) (*Forwarder, error) {
 		signer:  newHopSigner(cfg.Secret),
 		log:     cfg.Logger,
 		cache:   make(map[string]cachedCluster),
-		conns:   make(map[*trackedConn]struct{}),
 	}
 	if f.log == nil {
 		f.log = slog.Default()
@@ -149,6 +144,7 @@ func New(cfg Config) (*Forwarder, error) {
 		return nil, err
 	}
 	f.metrics = m
+	f.drain.OnUpgraded = func(n int) { m.upgrades.Set(float64(n)) }
 	f.rp = &httputil.ReverseProxy{
 		Rewrite:      f.rewrite,
 		Transport:    cfg.Transport,
@@ -263,13 +259,12 @@ func (f *Forwarder) lookup(r *http.Request) (Tombstone, bool) {
 
 // forward sends r to the hosting proxy of stone.Cluster.
 func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombstone, via []string, internal bool) {
-	if f.closing.Load() {
+	if !f.drain.Enter() {
 		w.Header().Set("Connection", "close")
 		f.fail(w, r, newID(), outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", nil)
 		return
 	}
-	f.inflight.Add(1)
-	defer f.inflight.Done()
+	defer f.drain.Exit()
 	ctx := r.Context()
 
 	newVia := append(slices.Clip(via), f.cfg.Cluster)
@@ -294,13 +289,13 @@ func (f *Forwarder) forward(w http.ResponseWriter, r *http.Request, stone Tombst
 	}
 	st := &forwardState{target: target, stone: stone, via: newVia, trusted: internal || f.cfg.TrustForwarded(r)}
 	_ = http.NewResponseController(w).EnableFullDuplex()
-	tw := &trackWriter{ResponseWriter: w, f: f}
+	tw := f.drain.Writer(w)
 	f.rp.ServeHTTP(tw, r.WithContext(context.WithValue(ctx, forwardKey{}, st)))
 	if st.err == nil {
 		f.metrics.forwarded.Inc()
 		return
 	}
-	if tw.wrote || tw.hijacked || ctx.Err() != nil {
+	if tw.Started() || ctx.Err() != nil {
 		f.metrics.requests.WithLabelValues(outcomeClient).Inc()
 		return
 	}
@@ -372,108 +367,13 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, id, outcome str
 }
 
 // Upgraded returns the number of upgraded (WebSocket) connections being forwarded.
-func (f *Forwarder) Upgraded() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.conns)
-}
+func (f *Forwarder) Upgraded() int { return f.drain.Upgraded() }
 
 // Shutdown drains the forwarder like proxy.Hosting.Shutdown: new forwards are answered 503, and
 // it waits for in-flight forwards and forwarded upgraded connections. When ctx ends first it
 // closes the upgraded connections, waits (at most 5 s) for their handlers and returns
 // ctx.Err(); plain requests still running end with their server's Shutdown or Close.
-func (f *Forwarder) Shutdown(ctx context.Context) error {
-	f.closing.Store(true)
-	done := make(chan struct{})
-	go func() {
-		f.inflight.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-	}
-	f.mu.Lock()
-	conns := make([]*trackedConn, 0, len(f.conns))
-	for c := range f.conns {
-		conns = append(conns, c)
-	}
-	f.mu.Unlock()
-	for _, c := range conns {
-		_ = c.Close()
-	}
-	t := time.NewTimer(5 * time.Second)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-	}
-	return ctx.Err()
-}
-
-// trackWriter notes whether an answer has begun and tracks hijacked (upgraded) connections.
-type trackWriter struct {
-	http.ResponseWriter
-	f        *Forwarder
-	wrote    bool
-	hijacked bool
-}
-
-func (w *trackWriter) WriteHeader(code int) {
-	if code >= 200 || code == http.StatusSwitchingProtocols {
-		w.wrote = true
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *trackWriter) Write(p []byte) (int, error) {
-	w.wrote = true
-	return w.ResponseWriter.Write(p)
-}
-
-func (w *trackWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
-
-func (w *trackWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *trackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	w.hijacked = true
-	tc := &trackedConn{Conn: c, f: w.f}
-	w.f.mu.Lock()
-	w.f.conns[tc] = struct{}{}
-	n := len(w.f.conns)
-	w.f.mu.Unlock()
-	w.f.metrics.upgrades.Set(float64(n))
-	return tc, brw, nil
-}
-
-type trackedConn struct {
-	net.Conn
-	f    *Forwarder
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.f.mu.Lock()
-		delete(c.f.conns, c)
-		n := len(c.f.conns)
-		c.f.mu.Unlock()
-		c.f.metrics.upgrades.Set(float64(n))
-	})
-	return c.Conn.Close()
-}
-
-func (c *trackedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
+func (f *Forwarder) Shutdown(ctx context.Context) error { return f.drain.Shutdown(ctx) }
 
 func newID() string {
 	var b [8]byte

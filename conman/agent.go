@@ -49,6 +49,7 @@ func (s *Server) agent() {
 			}
 			s.log.Info("conman: registered with placement", "vm", vm.ID, "addr", vm.Addr)
 			registered, backoff = true, 100*time.Millisecond
+			s.registeredOnce.Do(func() { close(s.registered) })
 		}
 		hb := s.heartbeat(ctx, &last.at, &last.cpu)
 		err := s.cfg.Placement.Heartbeat(ctx, hb)

@@ -141,6 +141,9 @@ type Server struct {
 	closed   bool
 
 	agentDone chan struct{}
+	// registered is closed once the agent first registers the VM (at once without Placement).
+	registered     chan struct{}
+	registeredOnce sync.Once
 }
 
 // repl is a repl whose container is starting or running on this VM.
@@ -236,13 +239,22 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.cancel()
 		return nil, err
 	}
-	if cfg.Placement != nil {
+	s.registered = make(chan struct{})
+	if cfg.Placement == nil {
+		close(s.registered)
+	} else {
 		s.agentDone = make(chan struct{})
 		s.wg.Add(1)
 		go s.agent()
 	}
 	return s, nil
 }
+
+// Registered is closed once the agent has registered the VM with placement for the first time
+// (at once when Config.Placement is nil). Until then placement sends the VM no repls, so a
+// deployment that starts VMs and then opens its doors waits on it (bounded by a context)
+// rather than on a sleep.
+func (s *Server) Registered() <-chan struct{} { return s.registered }
 
 // adopt takes over the containers the runtime knows: running ones are served again, exited
 // ones are removed.

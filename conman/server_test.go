@@ -477,19 +477,18 @@ func mustDeadline(ctx context.Context) int64 {
 	return d.UnixNano()
 }
 
+// waitRegistered waits for the server's readiness signal and checks that it means what it says:
+// placement knows the VM the moment Registered is closed.
 func waitRegistered(t *testing.T, e *env) placement.VM {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		vm, err := e.pl.VM(context.Background(), "vm1")
-		if err == nil {
-			return vm
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("VM never registered: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	select {
+	case <-e.srv.Registered():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Registered was not closed within 10 s")
 	}
+	vm, err := e.pl.VM(context.Background(), "vm1")
+	require.NoError(t, err, "Registered closed before placement knew the VM")
+	return vm
 }
 
 func TestAgentHeartbeats(t *testing.T) {
@@ -631,4 +630,13 @@ func TestStopEndpoint(t *testing.T) {
 	resp, body = e.request(t, "GET", "/v1/repls", hdr, nil)
 	require.Equal(t, 200, resp.StatusCode)
 	require.JSONEq(t, `{"containers":[]}`, string(body))
+}
+
+func TestRegisteredWithoutPlacement(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	select {
+	case <-e.srv.Registered():
+	default:
+		t.Fatal("Registered must be closed at once when there is no placement to register with")
+	}
 }

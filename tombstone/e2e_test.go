@@ -75,6 +75,11 @@ func startE2ECluster(t *testing.T, dir *lore.Directory, id string, n int, clock 
 	require.NoError(t, err)
 	vmSrv := &http.Server{Handler: c.conman}
 	go func() { _ = vmSrv.Serve(vmLn) }()
+	select { // placement must know the VM before the first request
+	case <-c.conman.Registered():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the conman VM did not register with placement")
+	}
 
 	// The hosting proxy behind the tombstone forwarder.
 	c.store, err = tombstone.NewMemStore(tombstone.MemStoreConfig{Now: clock.Now})

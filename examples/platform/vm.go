@@ -94,6 +94,13 @@ func (c *cluster) addVM(ctx context.Context) (*vm, error) {
 		v.rt.Close()
 		return nil, err
 	}
+	// Placement must know the VM before the cluster takes traffic (or a roll reports success).
+	select {
+	case <-v.cm.Registered():
+	case <-ctx.Done():
+		v.stop(context.Background())
+		return nil, fmt.Errorf("vm %s did not register with placement: %w", v.id, ctx.Err())
+	}
 	c.mu.Lock()
 	c.vms = append(c.vms, v)
 	c.mu.Unlock()

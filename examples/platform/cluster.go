@@ -38,9 +38,15 @@ type cluster struct {
 	hostingProxy *proxy.Hosting
 	hosting      *server
 
+	// bgCtx bounds the background drains of replaced Eval generations; shutdown cancels it
+	// when its own context ends, and waits for them on bg.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+
 	mu     sync.Mutex
 	eval   *evalInstance
-	old    []*evalInstance // draining Evals
+	old    []*evalInstance // replaced Eval generations, draining in the background
 	vms    []*vm
 	nextVM int // host number of the next VM address
 	stops  group
@@ -50,11 +56,25 @@ type cluster struct {
 type evalInstance struct {
 	sessions *proxy.Sessions
 	srv      *server
-	drained  chan struct{}
+	once     sync.Once
+	drained  chan struct{} // closed when drain has finished
+	err      error         // drain's result, set before drained closes
+}
+
+// drain stops the generation: no new sessions, live ones kept until they end or ctx does (then
+// closed with 1001). Concurrent calls share the first call's drain and its context.
+func (e *evalInstance) drain(ctx context.Context) error {
+	e.once.Do(func() {
+		e.err = errors.Join(e.srv.Shutdown(ctx), e.sessions.Shutdown(ctx))
+		close(e.drained)
+	})
+	<-e.drained
+	return e.err
 }
 
 func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluster, err error) {
 	c = &cluster{p: p, id: id, n: n, log: p.log.With("cluster", id), credential: randomKey(), nextVM: 11}
+	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			c.shutdown(context.Background())
@@ -119,9 +139,6 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	if err != nil {
 		return c, err
 	}
-	c.stops.add(func(ctx context.Context) error {
-		return errors.Join(c.hosting.Shutdown(ctx), c.hostingProxy.Shutdown(ctx))
-	})
 
 	// Publish the cluster in lore last, when it can serve.
 	hostAddr := cfg.clusterAddr(n, 1)
@@ -188,29 +205,16 @@ func (c *cluster) restartEval(ctx context.Context) (int, error) {
 	c.old = append(c.old, old)
 	c.mu.Unlock()
 	n := old.sessions.Active()
+	c.bg.Add(1)
 	go func() {
-		dctx, cancel := context.WithTimeout(context.Background(), c.p.cfg.EvalGrace)
+		defer c.bg.Done()
+		dctx, cancel := context.WithTimeout(c.bgCtx, c.p.cfg.EvalGrace)
 		defer cancel()
-		c.drainEval(dctx, old)
+		if err := old.drain(dctx); err != nil {
+			c.log.Warn("old Eval generation drained with sessions cut", "err", err)
+		}
 	}()
 	return n, nil
-}
-
-// drainEval stops one Eval generation: no new sessions, live ones kept until they end or ctx
-// does (then closed with 1001).
-func (c *cluster) drainEval(ctx context.Context, e *evalInstance) error {
-	select {
-	case <-e.drained:
-		return nil
-	default:
-	}
-	err := errors.Join(e.srv.Shutdown(ctx), e.sessions.Shutdown(ctx))
-	select {
-	case <-e.drained:
-	default:
-		close(e.drained)
-	}
-	return err
 }
 
 func (c *cluster) activeSessions() int {
@@ -223,29 +227,52 @@ func (c *cluster) activeSessions() int {
 	return n
 }
 
-// shutdown stops the cluster: Eval drains (bounded by the grace), hosting drains, VMs stop their
-// containers, the controlplane stops.
+// shutdown stops the cluster in the order that loses nothing: the doors close first (Eval
+// generations drain, bounded by the grace period; hosting finishes its requests and upgraded
+// connections), then the VMs stop their containers, then the tombstone machinery and the
+// controlplane stop.
 func (c *cluster) shutdown(ctx context.Context) error {
 	c.mu.Lock()
-	evals := append([]*evalInstance{}, c.old...)
-	if c.eval != nil {
-		evals = append(evals, c.eval)
-	}
+	cur := c.eval
 	vms := append([]*vm{}, c.vms...)
 	c.mu.Unlock()
 
 	gctx, cancel := context.WithTimeout(ctx, c.p.cfg.EvalGrace)
 	defer cancel()
+	var errs []error
 	var wg sync.WaitGroup
-	errs := make([]error, len(evals)+len(vms))
-	for i, e := range evals {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = c.drainEval(gctx, e) }()
+	var mu sync.Mutex
+	collect := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
 	}
-	wg.Wait()
-	for i, v := range vms {
+	if cur != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[len(evals)+i] = v.stop(ctx) }()
+		go func() { defer wg.Done(); collect(cur.drain(gctx)) }()
+	}
+	if c.hosting != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			collect(errors.Join(c.hosting.Shutdown(ctx), c.hostingProxy.Shutdown(ctx)))
+		}()
+	}
+	// Generations replaced earlier drain in the background; cut them short when ctx ends.
+	oldDone := make(chan struct{})
+	go func() { c.bg.Wait(); close(oldDone) }()
+	select {
+	case <-oldDone:
+	case <-gctx.Done():
+		c.bgCancel()
+		<-oldDone
+	}
+	c.bgCancel()
+	wg.Wait()
+
+	for _, v := range vms {
+		wg.Add(1)
+		go func() { defer wg.Done(); collect(v.stop(ctx)) }()
 	}
 	wg.Wait()
 	return errors.Join(append(errs, c.stops.shutdown(ctx))...)

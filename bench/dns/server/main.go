@@ -38,6 +38,7 @@ func main() {
 	repls := flag.Int("repls", 100_000, "repls in the directory (dnsauth mode)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the serving phase to this file")
 	memprofile := flag.String("memprofile", "", "write an allocation profile of the serving phase to this file at exit")
+	flag.BoolVar(&plainUDP, "plain-udp", false, "hand miekg/dns the UDP socket as a plain net.PacketConn, so it skips the IP_PKTINFO session (fine when bound to one address, not to a wildcard)")
 	flag.Parse()
 	profile, memProfile = *cpuprofile, *memprofile
 	if err := run(*mode, *addr, *zone, *repls); err != nil {
@@ -46,7 +47,10 @@ func main() {
 	}
 }
 
-var profile, memProfile string
+var (
+	profile, memProfile string
+	plainUDP            bool
+)
 
 func run(mode, addr, zone string, repls int) error {
 	var h dns.Handler
@@ -75,6 +79,11 @@ func run(mode, addr, zone string, repls int) error {
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return err
+	}
+	if plainUDP {
+		// Not a *net.UDPConn: miekg reads with ReadFrom and writes with WriteTo instead of
+		// keeping a SessionUDP with the destination address from IP_PKTINFO.
+		pc = struct{ net.PacketConn }{pc}
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -9,6 +9,10 @@
 //	go run ./examples/platform roll -cluster a         drain a conman VM and replace it
 //	go run ./examples/platform restart-eval -cluster a start a new Eval; the old one drains
 //
+// With -store etcd, lore, placement and tombstones live in etcd (-etcd-endpoints, or an etcd
+// started in process when none are given), DNS and hosting read through etcd mirrors, and each
+// VM's liveness is an etcd lease.
+//
 // Defaults: zone repl.test, DNS 127.0.0.1:5353, lore http://127.0.0.1:8400, clusters a and b on
 // 127.0.1.0/24 and 127.0.2.0/24 (hosting .1:8080, Eval .1:8443, controlplane .1:8500, VMs
 // .11, .12, … :8600).
@@ -73,7 +77,10 @@ func runPlatform(args []string) error {
 		clusterNet = fs.String("cluster-net", "127.0.0.0/16", "IPv4 prefix holding one /24 per cluster (cluster N in the Nth /24)")
 		state      = fs.String("state", "", "directory for repl files and conman state (default: a temporary directory removed on exit)")
 		verbose    = fs.Bool("v", false, "log at debug level")
+		endpoints  = fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated, with -store etcd (default: start an etcd in this process, data under the state directory)")
 	)
+	fs.StringVar(&cfg.Store, "store", StoreMemory, `where state lives: "memory" (in this process) or "etcd"`)
+	fs.DurationVar(&cfg.AliveTTL, "alive-ttl", 5*time.Second, "with -store etcd: how long a VM whose agent stopped stays placeable (its etcd lease TTL)")
 	fs.StringVar(&cfg.Zone, "zone", "repl.test", "the platform DNS zone")
 	fs.StringVar(&cfg.DNSAddr, "dns", "127.0.0.1:5353", "dnsauth address (UDP and TCP)")
 	fs.StringVar(&cfg.LoreAddr, "lore", "127.0.0.1:8400", "lore HTTP API address")
@@ -100,6 +107,11 @@ func runPlatform(args []string) error {
 	for _, c := range strings.Split(*clusters, ",") {
 		if c = strings.TrimSpace(c); c != "" {
 			cfg.Clusters = append(cfg.Clusters, c)
+		}
+	}
+	for _, e := range strings.Split(*endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, e)
 		}
 	}
 	level := slog.LevelInfo

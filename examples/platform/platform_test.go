@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && (os.Args[1] == demoAppCommand || os.Args[1] == "run") {
 		var err error
 		if os.Args[1] == "run" {
-			err = runPlatform(os.Args[2:])
+			err = runRun(os.Args[2:])
 		} else {
 			err = runDemoApp()
 		}
@@ -511,4 +511,128 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestPlatformProcesses runs the multi-process mode as a person does: the parent starts etcd
+// and every component as its own OS process. A repl created through lore is answered by the
+// DNS process and served through the hosting process from a conman process; SIGTERM stops them
+// all.
+func TestPlatformProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a whole platform of processes")
+	}
+	cmd := exec.Command(os.Args[0], "run", "-processes", "-cluster-net", "127.80.0.0/16",
+		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-admin-key", "k")
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	lines := make(chan string, 128)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+
+	var loreURL, dnsAddr string
+	pids := map[string]bool{}
+	pidRE := regexp.MustCompile(`pid (\d+)`)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for up := false; !up; {
+		select {
+		case line, ok := <-lines:
+			require.True(t, ok, "the platform exited before it was up: %s", stderr.String())
+			f := strings.Fields(line)
+			for _, m := range pidRE.FindAllStringSubmatch(line, -1) {
+				pids[m[1]] = true
+			}
+			switch {
+			case strings.HasPrefix(line, "  lore API") && len(f) > 2:
+				loreURL = f[2]
+			case strings.HasPrefix(line, "  DNS (UDP+TCP)") && len(f) > 2:
+				dnsAddr = f[2]
+			case strings.HasPrefix(line, "Stop with"):
+				up = true
+			}
+		case <-ctx.Done():
+			t.Fatalf("the platform did not come up: %s", stderr.String())
+		}
+	}
+	require.NotEmpty(t, loreURL)
+	require.NotEmpty(t, dnsAddr)
+	// lore, dns, and per cluster (2) a controlplane, 2 VMs, Eval and hosting: 12 processes.
+	require.Len(t, pids, 12, "component pids")
+	require.NotContains(t, pids, fmt.Sprint(cmd.Process.Pid))
+
+	lc := lore.NewClient(loreURL, "k", nil)
+	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "b"})
+	require.NoError(t, err)
+	host := "blog.replbot.repl.test"
+	// DNS and hosting follow etcd in their own processes: poll until their mirrors have it
+	// (bounded by ctx; there is no event to wait on across processes).
+	for {
+		c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(host), dns.TypeA)
+		r, _, err := c.Exchange(m, dnsAddr)
+		require.NoError(t, err)
+		if r.Rcode == dns.RcodeSuccess && len(r.Answer) > 0 {
+			break
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("DNS never answered %s: %s", host, stderr.String())
+		}
+	}
+	require.Equal(t, []string{"127.80.2.1"}, lookupA(t, dnsAddr, "udp", host))
+	require.Equal(t, []string{"127.80.2.1"}, lookupA(t, dnsAddr, "tcp", host))
+	var page string
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.80.2.1:8080/", nil)
+		require.NoError(t, err)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		if resp.StatusCode == http.StatusOK {
+			page = string(body)
+			break
+		}
+		require.Equal(t, http.StatusNotFound, resp.StatusCode, "only a mirror not caught up yet may fail: %s", body)
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("hosting never served %s: %s", host, stderr.String())
+		}
+	}
+	require.Contains(t, page, repl.ID)
+	require.Contains(t, page, "cluster <b>b</b>")
+	require.NotEmpty(t, demoApps(t), "no demo app process found while the repl serves")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-exited:
+		require.NoError(t, err, "exit status; stderr: %s", stderr.String())
+		exited <- err // for the cleanup
+	case <-ctx.Done():
+		t.Fatalf("still running after SIGTERM: %s", stderr.String())
+	}
+	for pid := range pids {
+		_, err := os.Stat("/proc/" + pid)
+		require.True(t, os.IsNotExist(err), "component pid %s outlived the platform", pid)
+	}
+	require.Empty(t, demoApps(t), "repl processes outlived the platform")
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 	"github.com/switchyard-dev/switchyard/proxy"
@@ -34,6 +35,7 @@ type cluster struct {
 	cpSrv    *server
 	cpStop   context.CancelFunc
 	cpDone   chan struct{}
+	liveness *etcd.Liveness // with the etcd store
 
 	hostingProxy *proxy.Hosting
 	hosting      *server
@@ -84,11 +86,20 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 
 	// The controlplane, served over HTTP; every other component of the cluster uses its client,
 	// as separate machines would.
-	c.cp, err = placement.New(placement.Config{
+	pcfg := placement.Config{
 		DefaultStrategy:  placement.Spread(),
 		HeartbeatTimeout: 3 * time.Second,
 		Logger:           c.log.With("component", "controlplane"),
-	})
+	}
+	if cfg.Store == StoreEtcd {
+		pcfg.Store, err = etcd.NewPlacementStore(etcd.PlacementStoreConfig{Client: p.etcdCli, Prefix: "/switchyard/placement/" + id + "/"})
+		if err != nil {
+			return c, err
+		}
+		// Leases decide liveness within AliveTTL; heartbeats only back them up.
+		pcfg.HeartbeatTimeout = 30 * time.Second
+	}
+	c.cp, err = placement.New(pcfg)
 	if err != nil {
 		return c, err
 	}
@@ -96,6 +107,26 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	c.cpStop, c.cpDone = cpStop, make(chan struct{})
 	go func() { defer close(c.cpDone); c.cp.Run(cpCtx) }()
 	c.stops.add(func(context.Context) error { c.cpStop(); <-c.cpDone; return nil })
+	if cfg.Store == StoreEtcd {
+		// A VM whose lease ends (its agent stopped or crashed) is marked Dead, which releases its
+		// repls, and removed from placement.
+		c.liveness, err = etcd.WatchLiveness(etcd.LivenessConfig{
+			Client:     p.etcdCli,
+			Prefix:     c.alivePrefix(),
+			Placement:  c.cp,
+			Deregister: true,
+			Logger:     c.log.With("component", "liveness"),
+		})
+		if err != nil {
+			return c, err
+		}
+		c.stops.add(func(context.Context) error { return c.liveness.Close() })
+		select {
+		case <-c.liveness.Ready():
+		case <-ctx.Done():
+			return c, ctx.Err()
+		}
+	}
 	c.cpSrv, err = serve(ctx, "controlplane", c.hostPort(1, cfg.ControlplanePort), placement.NewHandler(placement.HandlerConfig{
 		Controlplane: c.cp, Credential: c.credential, Logger: c.log.With("component", "controlplane"),
 	}), false)
@@ -121,7 +152,7 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	c.hostingProxy, err = proxy.NewHosting(proxy.HostingConfig{
 		Zone:       cfg.Zone,
 		Cluster:    id,
-		Directory:  p.dir,
+		Directory:  p.reader,
 		Placer:     c.cpClient,
 		Credential: c.credential,
 		// A request another cluster forwarded (verified hop header) keeps its client address.
@@ -156,6 +187,9 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 func (c *cluster) hostPort(host, port int) string {
 	return net.JoinHostPort(c.p.cfg.clusterAddr(c.n, host).String(), itoa(port))
 }
+
+// alivePrefix is where the cluster's VM leases live in etcd.
+func (c *cluster) alivePrefix() string { return "/switchyard/alive/" + c.id + "/" }
 
 func (c *cluster) cfgHostingHost() string { return c.p.cfg.clusterAddr(c.n, 1).String() }
 

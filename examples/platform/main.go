@@ -8,6 +8,13 @@
 //	go run ./examples/platform connect owner/slug      open a shell in a repl through Eval
 //	go run ./examples/platform roll -cluster a         drain a conman VM and replace it
 //	go run ./examples/platform restart-eval -cluster a start a new Eval; the old one drains
+//	go run ./examples/platform -processes              one OS process per component, on etcd
+//	go run ./examples/platform run <component> [flags] one component: dns, lore, eval, hosting,
+//	                                                   controlplane or conman (see processes.go)
+//
+// With -store etcd, lore, placement and tombstones live in etcd (-etcd-endpoints, or an etcd
+// started in process when none are given), DNS and hosting read through etcd mirrors, and each
+// VM's liveness is an etcd lease.
 //
 // Defaults: zone repl.test, DNS 127.0.0.1:5353, lore http://127.0.0.1:8400, clusters a and b on
 // 127.0.1.0/24 and 127.0.2.0/24 (hosting .1:8080, Eval .1:8443, controlplane .1:8500, VMs
@@ -44,7 +51,7 @@ func main() {
 	var err error
 	switch cmd {
 	case "", "run":
-		err = runPlatform(args)
+		err = runRun(args)
 	case "connect":
 		err = runConnect(args)
 	case "roll":
@@ -54,7 +61,7 @@ func main() {
 	case demoAppCommand:
 		err = runDemoApp()
 	case "help", "-h", "--help":
-		fmt.Fprintln(os.Stderr, "usage: platform [run|connect|roll|restart-eval] [flags]; platform <command> -h for flags")
+		fmt.Fprintln(os.Stderr, "usage: platform [run [component]|connect|roll|restart-eval] [flags]; platform <command> -h for flags")
 		return
 	default:
 		err = fmt.Errorf("unknown command %q (run, connect, roll, restart-eval)", cmd)
@@ -65,6 +72,15 @@ func main() {
 	}
 }
 
+// runRun is the run command: `run <component> [flags]` runs one component as its own process,
+// `run [flags]` the whole platform.
+func runRun(args []string) error {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return runComponent(args[0], args[1:])
+	}
+	return runPlatform(args)
+}
+
 func runPlatform(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var (
@@ -73,11 +89,15 @@ func runPlatform(args []string) error {
 		clusterNet = fs.String("cluster-net", "127.0.0.0/16", "IPv4 prefix holding one /24 per cluster (cluster N in the Nth /24)")
 		state      = fs.String("state", "", "directory for repl files and conman state (default: a temporary directory removed on exit)")
 		verbose    = fs.Bool("v", false, "log at debug level")
+		processes  = fs.Bool("processes", false, "run each component as its own OS process (implies -store etcd): lore, dns, and per cluster a controlplane, conman VMs, Eval and hosting, sharing one etcd")
+		endpoints  = fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated, with -store etcd (default: start an etcd in this process, data under the state directory)")
 	)
+	fs.StringVar(&cfg.Store, "store", StoreMemory, `where state lives: "memory" (in this process) or "etcd"`)
+	fs.DurationVar(&cfg.AliveTTL, "alive-ttl", 5*time.Second, "with -store etcd: how long a VM whose agent stopped stays placeable (its etcd lease TTL)")
 	fs.StringVar(&cfg.Zone, "zone", "repl.test", "the platform DNS zone")
 	fs.StringVar(&cfg.DNSAddr, "dns", "127.0.0.1:5353", "dnsauth address (UDP and TCP)")
 	fs.StringVar(&cfg.LoreAddr, "lore", "127.0.0.1:8400", "lore HTTP API address")
-	fs.StringVar(&cfg.AdminAddr, "admin", "127.0.0.1:8401", "platform admin API address (roll VMs, restart Eval)")
+	fs.StringVar(&cfg.AdminAddr, "admin", "127.0.0.1:8401", "platform admin API address (roll VMs, restart Eval; not with -processes)")
 	fs.StringVar(&cfg.AdminKey, "admin-key", os.Getenv("SWITCHYARD_ADMIN_KEY"), "admin key for lore and the platform admin API (default $SWITCHYARD_ADMIN_KEY, else generated)")
 	fs.IntVar(&cfg.VMs, "vms", 2, "conman VMs per cluster")
 	fs.IntVar(&cfg.HostingPort, "hosting-port", 8080, "hosting proxy port on each cluster's .1 address")
@@ -102,6 +122,11 @@ func runPlatform(args []string) error {
 			cfg.Clusters = append(cfg.Clusters, c)
 		}
 	}
+	for _, e := range strings.Split(*endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, e)
+		}
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -120,6 +145,11 @@ func runPlatform(args []string) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+
+	if *processes {
+		cfg.Store = StoreEtcd
+		return runProcesses(cfg, sigs)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	p, err := Start(ctx, cfg)

@@ -11,15 +11,28 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/switchyard-dev/switchyard/dnsauth"
+	"github.com/switchyard-dev/switchyard/etcd"
+	"github.com/switchyard-dev/switchyard/etcd/etcdtest"
 	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/proxy"
+)
+
+// Stores the platform keeps its state in (Config.Store).
+const (
+	StoreMemory = "memory" // in-process stores: one process holds all state
+	StoreEtcd   = "etcd"   // etcd: lore, placement, tombstones and VM liveness shared through etcd
 )
 
 // Config is the shape of one reference deployment. Every address is a flag of the run command.
@@ -50,6 +63,19 @@ type Config struct {
 	Isolation string
 	// Logger receives every component's log lines.
 	Logger *slog.Logger
+
+	// Store is where state lives: "" or StoreMemory (in-process stores) or StoreEtcd (lore,
+	// placement and tombstones in etcd; DNS and hosting read through etcd mirrors; VM liveness
+	// through etcd leases).
+	Store string
+	// EtcdEndpoints are the etcd client URLs with StoreEtcd. Empty means an etcd member started
+	// in this process, with its data under StateDir/etcd (a single-host demo, not durable).
+	EtcdEndpoints []string
+	// EtcdHost is the loopback address the in-process etcd listens on. Empty means 127.0.0.1.
+	EtcdHost string
+	// AliveTTL is how long a VM stays placeable after its agent stops, with StoreEtcd (the
+	// TTL of its etcd lease, whole seconds). Zero means 5 s.
+	AliveTTL time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -103,6 +129,19 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	switch c.Store {
+	case "":
+		c.Store = StoreMemory
+	case StoreMemory, StoreEtcd:
+	default:
+		return fmt.Errorf("store %q: want %q or %q", c.Store, StoreMemory, StoreEtcd)
+	}
+	if len(c.EtcdEndpoints) > 0 && c.Store != StoreEtcd {
+		return errors.New("etcd endpoints given without the etcd store")
+	}
+	if c.AliveTTL <= 0 {
+		c.AliveTTL = 5 * time.Second
+	}
 	seen := map[string]bool{}
 	for _, id := range c.Clusters {
 		if _, err := lore.NormalizeName("cluster", id); err != nil {
@@ -138,7 +177,18 @@ type Platform struct {
 	log  *slog.Logger
 	dir  *lore.Directory
 	lore *server
-	dns  []*dns.Server
+
+	// reader is what DNS and hosting look repls up in: the directory itself with the memory
+	// store, an etcd mirror (in-process lookups, fed by a watch) with etcd.
+	reader interface {
+		dnsauth.Directory
+		proxy.Directory
+	}
+	etcdServer *etcdtest.Cluster // the in-process etcd, when no endpoints were given
+	etcdCli    *clientv3.Client
+	loreStore  *etcd.LoreStore
+	mirror     *etcd.Mirror
+	dns        []*dns.Server
 
 	// hopSecret signs the hop header tombstone forwarding sends between clusters.
 	hopSecret []byte
@@ -179,11 +229,28 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if err != nil {
 		return nil, err
 	}
-	p.dir, err = lore.New(lore.Config{Zone: cfg.Zone, Issuer: issuer, Logger: p.log.With("component", "lore")})
+	var store lore.Store // nil: lore's own memdb store
+	if cfg.Store == StoreEtcd {
+		if err := p.startEtcd(); err != nil {
+			return nil, err
+		}
+		store = p.loreStore
+	}
+	p.dir, err = lore.New(lore.Config{Zone: cfg.Zone, Store: store, Issuer: issuer, Logger: p.log.With("component", "lore")})
 	if err != nil {
 		return nil, err
 	}
 	p.stop.add(func(context.Context) error { return p.dir.Close() })
+	p.reader = p.dir
+	if cfg.Store == StoreEtcd {
+		// DNS and hosting read a local mirror, as they would on their own machines.
+		p.mirror, err = etcd.NewMirror(ctx, etcd.MirrorConfig{Store: p.loreStore, Logger: p.log.With("component", "mirror")})
+		if err != nil {
+			return nil, err
+		}
+		p.stop.add(func(context.Context) error { return p.mirror.Close() })
+		p.reader = p.mirror
+	}
 	p.lore, err = serve(ctx, "lore", cfg.LoreAddr, lore.NewHandler(lore.HandlerConfig{
 		Directory: p.dir, AdminKey: cfg.AdminKey, Logger: p.log.With("component", "lore"),
 	}), false)
@@ -218,13 +285,52 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	return p, nil
 }
 
+// startEtcd connects to etcd (starting one in process when no endpoints are configured) and
+// opens lore's store in it.
+func (p *Platform) startEtcd() error {
+	eps := p.cfg.EtcdEndpoints
+	if len(eps) == 0 {
+		c, err := etcdtest.Start(etcdtest.Config{
+			Dir:  filepath.Join(p.cfg.StateDir, "etcd"),
+			Host: p.cfg.EtcdHost,
+		})
+		if err != nil {
+			return fmt.Errorf("etcd: %w", err)
+		}
+		p.etcdServer = c
+		p.stop.add(func(context.Context) error { c.Close(); return nil })
+		eps = c.Endpoints
+		p.log.Info("started etcd in process", "endpoints", strings.Join(eps, ","))
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	p.etcdCli = cli
+	p.stop.add(func(context.Context) error { return cli.Close() })
+	p.loreStore, err = etcd.NewLoreStore(etcd.LoreStoreConfig{Client: cli})
+	if err != nil {
+		return err
+	}
+	p.stop.add(func(context.Context) error { return p.loreStore.Close() })
+	return nil
+}
+
+// EtcdEndpoints are the etcd client URLs the platform uses (none with the memory store).
+func (p *Platform) EtcdEndpoints() []string {
+	if p.etcdServer != nil {
+		return p.etcdServer.Endpoints
+	}
+	return p.cfg.EtcdEndpoints
+}
+
 func (p *Platform) startDNS() error {
 	h, err := dnsauth.New(dnsauth.Config{
 		Zones: []dnsauth.Zone{{
 			Name: p.cfg.Zone,
 			NS:   []dnsauth.NameServer{{Name: "ns1." + p.cfg.Zone, Addrs: []netip.Addr{dnsHostAddr(p.cfg.DNSAddr)}}},
 		}},
-		Directory: p.dir,
+		Directory: p.reader,
 		Logger:    p.log.With("component", "dns"),
 	})
 	if err != nil {
@@ -300,6 +406,9 @@ func (p *Platform) printEndpoints(w *os.File) {
 	fmt.Fprintf(w, "  lore API        %s   (admin key: %s)\n", p.LoreURL(), p.cfg.AdminKey)
 	fmt.Fprintf(w, "  platform admin  %s\n", p.AdminURL())
 	fmt.Fprintf(w, "  state           %s\n", p.cfg.StateDir)
+	if p.cfg.Store == StoreEtcd {
+		fmt.Fprintf(w, "  etcd            %s\n", strings.Join(p.EtcdEndpoints(), ","))
+	}
 	ids := append([]string(nil), p.order...)
 	sort.Strings(ids)
 	for _, id := range ids {

@@ -21,7 +21,9 @@ import (
 	"github.com/coder/websocket"
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 
 	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/lore"
@@ -34,7 +36,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && (os.Args[1] == demoAppCommand || os.Args[1] == "run") {
 		var err error
 		if os.Args[1] == "run" {
-			err = runPlatform(os.Args[2:])
+			err = runRun(os.Args[2:])
 		} else {
 			err = runDemoApp()
 		}
@@ -51,11 +53,17 @@ func TestMain(m *testing.M) {
 // own on port 0 or on that /16, and stops it when the test ends.
 func startPlatform(t *testing.T, net16 string) *Platform {
 	t.Helper()
+	return startPlatformWith(t, net16, nil)
+}
+
+// startPlatformWith is startPlatform with the config changed by edit first.
+func startPlatformWith(t *testing.T, net16 string, edit func(*Config)) *Platform {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pfx := netip.MustParsePrefix(net16)
 	base := pfx.Addr().Next().String() // x.y.0.1
-	p, err := Start(ctx, Config{
+	cfg := Config{
 		DNSAddr:    base + ":0",
 		LoreAddr:   base + ":0",
 		AdminAddr:  base + ":0",
@@ -64,7 +72,11 @@ func startPlatform(t *testing.T, net16 string) *Platform {
 		StateDir:   t.TempDir(),
 		EvalGrace:  time.Minute,
 		Logger:     testLogger(t),
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	p, err := Start(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -157,6 +169,113 @@ func TestPlatformEndToEnd(t *testing.T) {
 	case <-oldEval.drained:
 	case <-ctx.Done():
 		t.Fatal("the old Eval did not finish draining after its last session closed")
+	}
+}
+
+// TestPlatformEtcd runs the platform on an embedded etcd: lore, placement and tombstones in
+// etcd, DNS and hosting reading etcd mirrors, VM liveness by leases.
+func TestPlatformEtcd(t *testing.T) {
+	const ttl = 2 * time.Second
+	p := startPlatformWith(t, "127.79.0.0/16", func(c *Config) {
+		c.Store = StoreEtcd
+		c.EtcdHost = "127.79.0.1"
+		c.AliveTTL = ttl
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	require.Len(t, p.EtcdEndpoints(), 1)
+	require.True(t, strings.HasPrefix(p.EtcdEndpoints()[0], "http://127.79.0.1:"), p.EtcdEndpoints())
+	lc := lore.NewClient(p.LoreURL(), "test-admin-key", nil)
+
+	// The state is in etcd: a second client of it sees lore's clusters.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: p.EtcdEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	require.NoError(t, err)
+	defer cli.Close()
+	resp, err := cli.Get(ctx, "/switchyard/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	require.Positive(t, resp.Count)
+
+	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "a"})
+	require.NoError(t, err)
+	host := "blog.replbot.repl.test"
+	waitMirror(ctx, t, p, func() bool { r, err := p.mirror.Repl(ctx, repl.ID); return err == nil && r.Cluster == "a" })
+	require.Equal(t, []string{"127.79.1.1"}, lookupA(t, p.DNSAddr(), "udp", host))
+	require.Contains(t, getPage(t, "127.79.1.1:8080", host), "cluster <b>a</b>")
+
+	// The assignment is in cluster a's etcd placement prefix.
+	a, err := p.Cluster("a").cp.Lookup(ctx, repl.ID)
+	require.NoError(t, err)
+	resp, err = cli.Get(ctx, "/switchyard/placement/a/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	require.Positive(t, resp.Count)
+
+	// Move to b: DNS answers b; cluster a forwards by the tombstone it keeps in etcd.
+	_, err = lc.MoveRepl(ctx, repl.ID, "b")
+	require.NoError(t, err)
+	waitMirror(ctx, t, p, func() bool { r, err := p.mirror.Repl(ctx, repl.ID); return err == nil && r.Cluster == "b" })
+	require.Equal(t, []string{"127.79.2.1"}, lookupA(t, p.DNSAddr(), "udp", host))
+	require.Contains(t, getPage(t, "127.79.2.1:8080", host), "cluster <b>b</b>")
+	require.Contains(t, getPage(t, "127.79.1.1:8080", host), "cluster <b>b</b>")
+	resp, err = cli.Get(ctx, "/switchyard/tombstone/a/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	require.Positive(t, resp.Count, "cluster a's tombstone is in etcd")
+
+	// Crash a VM of cluster a (not the one the repl ran on, whose container a crash would
+	// leave running): its lease expires and placement drops it within TTL + 1 s, long before
+	// the 30 s heartbeat timeout would.
+	ca := p.Cluster("a")
+	var victim *vm
+	for _, v := range ca.liveVMs() {
+		if v.id != a.VM {
+			victim = v
+		}
+	}
+	require.NotNil(t, victim)
+	crashed := time.Now()
+	require.NoError(t, victim.crash())
+	for {
+		vms, err := ca.cp.VMs(ctx)
+		require.NoError(t, err)
+		gone := true
+		for _, v := range vms {
+			gone = gone && v.ID != victim.id
+		}
+		if gone {
+			break
+		}
+		require.Less(t, time.Since(crashed), ttl+time.Second, "vm %s still in placement", victim.id)
+		select {
+		case <-time.After(50 * time.Millisecond): // polling etcd-driven state; no event to wait on
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+	t.Logf("crashed vm %s left placement after %v", victim.id, time.Since(crashed).Round(time.Millisecond))
+	// New repls in cluster a all land on the surviving VM.
+	for i := range 3 {
+		r, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: fmt.Sprintf("after%d", i), Cluster: "a"})
+		require.NoError(t, err)
+		waitMirror(ctx, t, p, func() bool { _, err := p.mirror.Repl(ctx, r.ID); return err == nil })
+		require.Contains(t, getPage(t, "127.79.1.1:8080", r.Slug+".replbot.repl.test"), "cluster <b>a</b>")
+		got, err := ca.cp.Lookup(ctx, r.ID)
+		require.NoError(t, err)
+		require.NotEqual(t, victim.id, got.VM)
+	}
+}
+
+// waitMirror waits until the platform's etcd mirror satisfies ok.
+func waitMirror(ctx context.Context, t *testing.T, p *Platform, ok func() bool) {
+	t.Helper()
+	for {
+		changed := p.mirror.Changed()
+		if ok() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("the etcd mirror did not catch up:", ctx.Err())
+		}
 	}
 }
 
@@ -392,4 +511,128 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestPlatformProcesses runs the multi-process mode as a person does: the parent starts etcd
+// and every component as its own OS process. A repl created through lore is answered by the
+// DNS process and served through the hosting process from a conman process; SIGTERM stops them
+// all.
+func TestPlatformProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a whole platform of processes")
+	}
+	cmd := exec.Command(os.Args[0], "run", "-processes", "-cluster-net", "127.80.0.0/16",
+		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-admin-key", "k")
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	lines := make(chan string, 128)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+
+	var loreURL, dnsAddr string
+	pids := map[string]bool{}
+	pidRE := regexp.MustCompile(`pid (\d+)`)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for up := false; !up; {
+		select {
+		case line, ok := <-lines:
+			require.True(t, ok, "the platform exited before it was up: %s", stderr.String())
+			f := strings.Fields(line)
+			for _, m := range pidRE.FindAllStringSubmatch(line, -1) {
+				pids[m[1]] = true
+			}
+			switch {
+			case strings.HasPrefix(line, "  lore API") && len(f) > 2:
+				loreURL = f[2]
+			case strings.HasPrefix(line, "  DNS (UDP+TCP)") && len(f) > 2:
+				dnsAddr = f[2]
+			case strings.HasPrefix(line, "Stop with"):
+				up = true
+			}
+		case <-ctx.Done():
+			t.Fatalf("the platform did not come up: %s", stderr.String())
+		}
+	}
+	require.NotEmpty(t, loreURL)
+	require.NotEmpty(t, dnsAddr)
+	// lore, dns, and per cluster (2) a controlplane, 2 VMs, Eval and hosting: 12 processes.
+	require.Len(t, pids, 12, "component pids")
+	require.NotContains(t, pids, fmt.Sprint(cmd.Process.Pid))
+
+	lc := lore.NewClient(loreURL, "k", nil)
+	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "b"})
+	require.NoError(t, err)
+	host := "blog.replbot.repl.test"
+	// DNS and hosting follow etcd in their own processes: poll until their mirrors have it
+	// (bounded by ctx; there is no event to wait on across processes).
+	for {
+		c := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(host), dns.TypeA)
+		r, _, err := c.Exchange(m, dnsAddr)
+		require.NoError(t, err)
+		if r.Rcode == dns.RcodeSuccess && len(r.Answer) > 0 {
+			break
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("DNS never answered %s: %s", host, stderr.String())
+		}
+	}
+	require.Equal(t, []string{"127.80.2.1"}, lookupA(t, dnsAddr, "udp", host))
+	require.Equal(t, []string{"127.80.2.1"}, lookupA(t, dnsAddr, "tcp", host))
+	var page string
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.80.2.1:8080/", nil)
+		require.NoError(t, err)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		if resp.StatusCode == http.StatusOK {
+			page = string(body)
+			break
+		}
+		require.Equal(t, http.StatusNotFound, resp.StatusCode, "only a mirror not caught up yet may fail: %s", body)
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("hosting never served %s: %s", host, stderr.String())
+		}
+	}
+	require.Contains(t, page, repl.ID)
+	require.Contains(t, page, "cluster <b>b</b>")
+	require.NotEmpty(t, demoApps(t), "no demo app process found while the repl serves")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-exited:
+		require.NoError(t, err, "exit status; stderr: %s", stderr.String())
+		exited <- err // for the cleanup
+	case <-ctx.Done():
+		t.Fatalf("still running after SIGTERM: %s", stderr.String())
+	}
+	for pid := range pids {
+		_, err := os.Stat("/proc/" + pid)
+		require.True(t, os.IsNotExist(err), "component pid %s outlived the platform", pid)
+	}
+	require.Empty(t, demoApps(t), "repl processes outlived the platform")
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/placement"
 	"github.com/switchyard-dev/switchyard/tombstone"
 )
@@ -14,7 +15,13 @@ import (
 // releases its VM; and the forwarding middleware in front of the hosting proxy, which sends
 // requests for moved repls to the new cluster's hosting proxy.
 func (c *cluster) startTombstones(ctx context.Context) (http.Handler, error) {
-	store, err := tombstone.NewMemStore(tombstone.MemStoreConfig{})
+	var store tombstone.Store
+	var err error
+	if c.p.cfg.Store == StoreEtcd {
+		store, err = etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: c.p.etcdCli, Prefix: "/switchyard/tombstone/" + c.id + "/"})
+	} else {
+		store, err = tombstone.NewMemStore(tombstone.MemStoreConfig{})
+	}
 	if err != nil {
 		return nil, err
 	}

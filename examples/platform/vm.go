@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/conman/process"
+	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/placement"
 )
 
@@ -21,13 +22,16 @@ type vm struct {
 	id   string
 	addr string // conman base URL
 
-	rt       *process.Runtime
-	cm       *conman.Server
-	srv      *server
-	once     sync.Once
-	stopping atomic.Bool
-	done     chan struct{}
-	err      error
+	rt          *process.Runtime
+	cm          *conman.Server
+	srv         *server
+	lease       *etcd.VMLease      // with the etcd store: the VM's liveness in etcd
+	leaseCancel context.CancelFunc // ends the lease's keep-alives without revoking it
+	crashed     atomic.Bool        // crash was called: the lease was left to expire
+	once        sync.Once
+	stopping    atomic.Bool
+	done        chan struct{}
+	err         error
 }
 
 // addVM starts a conman VM on the cluster's next VM address and registers it with placement.
@@ -101,10 +105,36 @@ func (c *cluster) addVM(ctx context.Context) (*vm, error) {
 		v.stop(context.Background())
 		return nil, fmt.Errorf("vm %s did not register with placement: %w", v.id, ctx.Err())
 	}
+	if cfg.Store == StoreEtcd {
+		// The VM's agent holds a lease for as long as it runs; the lease outlives Start's ctx.
+		var lctx context.Context
+		lctx, v.leaseCancel = context.WithCancel(context.WithoutCancel(ctx))
+		v.lease, err = etcd.KeepVMAlive(lctx, etcd.VMLeaseConfig{
+			Client: c.p.etcdCli, Prefix: c.alivePrefix(), TTL: cfg.AliveTTL,
+		}, v.id)
+		if err != nil {
+			v.leaseCancel()
+			v.stop(context.Background())
+			return nil, fmt.Errorf("vm %s: %w", v.id, err)
+		}
+	}
 	c.mu.Lock()
 	c.vms = append(c.vms, v)
 	c.mu.Unlock()
 	return v, nil
+}
+
+// crash stops the VM as a dead machine would: its conman stops answering and heartbeating at
+// once (containers are left as they are) and its etcd lease is no longer kept alive, so it
+// expires after AliveTTL and the controlplane's liveness watcher removes the VM. stop still
+// releases what is left.
+func (v *vm) crash() error {
+	v.stopping.Store(true)
+	v.crashed.Store(true)
+	if v.leaseCancel != nil {
+		v.leaseCancel()
+	}
+	return v.cm.Close()
 }
 
 // stop drains the VM as a rollout does: placement marks it draining, its containers stop, its
@@ -113,6 +143,14 @@ func (v *vm) stop(ctx context.Context) error {
 	v.stopping.Store(true)
 	v.once.Do(func() {
 		v.err = errors.Join(v.cm.Shutdown(ctx), v.srv.Shutdown(ctx), v.rt.Close())
+		if v.lease != nil {
+			// Revoking ends the VM in placement at once (a graceful stop). A crashed VM's lease
+			// may already have expired, and then there is nothing to revoke.
+			if err := v.lease.Close(ctx); err != nil && !v.crashed.Load() {
+				v.err = errors.Join(v.err, err)
+			}
+			v.leaseCancel()
+		}
 		close(v.done)
 	})
 	<-v.done

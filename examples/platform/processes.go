@@ -1,0 +1,706 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/conman/process"
+	"github.com/switchyard-dev/switchyard/etcd"
+	"github.com/switchyard-dev/switchyard/etcd/etcdtest"
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
+	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/tombstone"
+)
+
+// The secrets a component process takes from its environment, never from its command line
+// (which every user of the host can read).
+const (
+	envAdminKey   = "SWITCHYARD_ADMIN_KEY"
+	envCredential = "SWITCHYARD_CREDENTIAL" // the cluster's internal credential
+	envHopSecret  = "SWITCHYARD_HOP_SECRET" // hex: the platform's tombstone hop key
+)
+
+// components are what `platform run <component>` runs, each as its own process.
+var components = map[string]func(context.Context, *componentFlags) (*component, error){
+	"lore":         runLore,
+	"dns":          runDNSComponent,
+	"controlplane": runControlplane,
+	"conman":       runConman,
+	"eval":         runEval,
+	"hosting":      runHostingComponent,
+}
+
+// componentFlags are the flags of every component; each uses the ones it needs.
+type componentFlags struct {
+	addr         string
+	zone         string
+	cluster      string
+	id           string
+	controlplane string
+	loreURL      string
+	state        string
+	isolation    string
+	endpoints    []string
+	aliveTTL     time.Duration
+	grace        time.Duration
+	log          *slog.Logger
+	cli          *clientv3.Client // nil until needed
+}
+
+// component is a running component: the address it serves and how it stops.
+type component struct {
+	addr string
+	stop group
+}
+
+// runComponent runs one component until SIGINT or SIGTERM, then stops it (bounded by -grace).
+// It prints "ready <addr>" on stdout once it serves, for the process that started it.
+func runComponent(name string, args []string) error {
+	start, ok := components[name]
+	if !ok {
+		return fmt.Errorf("unknown component %q (dns, lore, eval, hosting, controlplane, conman)", name)
+	}
+	fs := flag.NewFlagSet("run "+name, flag.ContinueOnError)
+	var (
+		f         componentFlags
+		endpoints = fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated (every component but eval)")
+		verbose   = fs.Bool("v", false, "log at debug level")
+	)
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:0", "address to serve on")
+	fs.StringVar(&f.zone, "zone", "repl.test", "the platform DNS zone")
+	fs.StringVar(&f.cluster, "cluster", "", "the cluster ID (controlplane, conman, eval, hosting)")
+	fs.StringVar(&f.id, "id", "", "the VM ID (conman)")
+	fs.StringVar(&f.controlplane, "controlplane", "", "the cluster's controlplane URL (conman, eval, hosting)")
+	fs.StringVar(&f.loreURL, "lore", "", "lore's API URL (eval: connect-token keys)")
+	fs.StringVar(&f.state, "state", "", "conman state and repl files directory (conman)")
+	fs.StringVar(&f.isolation, "isolation", "", "conman/process isolation (conman)")
+	fs.DurationVar(&f.aliveTTL, "alive-ttl", 5*time.Second, "the VM's etcd lease TTL (conman)")
+	fs.DurationVar(&f.grace, "grace", 30*time.Second, "how long stopping may take (live sessions drain)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	f.endpoints = splitList(*endpoints)
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	f.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", name)
+	if f.cluster != "" {
+		f.log = f.log.With("cluster", f.cluster)
+	}
+	if name != "eval" {
+		if len(f.endpoints) == 0 {
+			return errors.New("-etcd-endpoints is required")
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: f.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return fmt.Errorf("etcd: %w", err)
+		}
+		defer cli.Close()
+		f.cli = cli
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	c, err := start(ctx, &f)
+	cancel()
+	if err != nil {
+		if c != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), f.grace)
+			defer cancel()
+			c.stop.shutdown(sctx)
+		}
+		return err
+	}
+	fmt.Printf("ready %s\n", c.addr)
+	sig := <-sigs
+	f.log.Info("stopping", "signal", sig.String())
+	sctx, cancel := context.WithTimeout(context.Background(), f.grace)
+	defer cancel()
+	return c.stop.shutdown(sctx)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (f *componentFlags) need(names ...string) error {
+	vals := map[string]string{"cluster": f.cluster, "id": f.id, "controlplane": f.controlplane, "lore": f.loreURL, "state": f.state}
+	for _, n := range names {
+		if vals[n] == "" {
+			return fmt.Errorf("-%s is required", n)
+		}
+	}
+	return nil
+}
+
+func credential() (string, error) {
+	if c := os.Getenv(envCredential); c != "" {
+		return c, nil
+	}
+	return "", fmt.Errorf("$%s (the cluster's internal credential) is required", envCredential)
+}
+
+func runLore(ctx context.Context, f *componentFlags) (*component, error) {
+	adminKey := os.Getenv(envAdminKey)
+	if adminKey == "" {
+		return nil, fmt.Errorf("$%s is required", envAdminKey)
+	}
+	c := &component{}
+	store, err := etcd.NewLoreStore(etcd.LoreStoreConfig{Client: f.cli})
+	if err != nil {
+		return nil, err
+	}
+	c.stop.add(func(context.Context) error { return store.Close() })
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return c, err
+	}
+	issuer, err := lore.NewIssuer(lore.IssuerConfig{Key: key})
+	if err != nil {
+		return c, err
+	}
+	dir, err := lore.New(lore.Config{Zone: f.zone, Store: store, Issuer: issuer, Logger: f.log})
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(func(context.Context) error { return dir.Close() })
+	srv, err := serve(ctx, "lore", f.addr, lore.NewHandler(lore.HandlerConfig{Directory: dir, AdminKey: adminKey, Logger: f.log}), false)
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(srv.Shutdown)
+	c.addr = srv.Addr()
+	return c, nil
+}
+
+// mirror opens lore's store in etcd and a mirror of it; both stop with c.
+func (f *componentFlags) mirror(ctx context.Context, c *component) (*etcd.LoreStore, *etcd.Mirror, error) {
+	store, err := etcd.NewLoreStore(etcd.LoreStoreConfig{Client: f.cli})
+	if err != nil {
+		return nil, nil, err
+	}
+	c.stop.add(func(context.Context) error { return store.Close() })
+	m, err := etcd.NewMirror(ctx, etcd.MirrorConfig{Store: store, Logger: f.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	c.stop.add(func(context.Context) error { return m.Close() })
+	return store, m, nil
+}
+
+func runDNSComponent(ctx context.Context, f *componentFlags) (*component, error) {
+	c := &component{}
+	_, m, err := f.mirror(ctx, c)
+	if err != nil {
+		return c, err
+	}
+	// The in-process platform's DNS wiring, over the mirror.
+	p := &Platform{cfg: Config{Zone: f.zone, DNSAddr: f.addr}, log: f.log, reader: m}
+	c.stop.add(p.stop.shutdown)
+	if err := p.startDNS(); err != nil {
+		return c, err
+	}
+	c.addr = p.DNSAddr()
+	return c, nil
+}
+
+func runControlplane(ctx context.Context, f *componentFlags) (*component, error) {
+	if err := f.need("cluster"); err != nil {
+		return nil, err
+	}
+	cred, err := credential()
+	if err != nil {
+		return nil, err
+	}
+	c := &component{}
+	store, err := etcd.NewPlacementStore(etcd.PlacementStoreConfig{Client: f.cli, Prefix: "/switchyard/placement/" + f.cluster + "/"})
+	if err != nil {
+		return nil, err
+	}
+	cp, err := placement.New(placement.Config{
+		Store:            store,
+		DefaultStrategy:  placement.Spread(),
+		HeartbeatTimeout: 30 * time.Second, // leases decide liveness; heartbeats back them up
+		Logger:           f.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	runCtx, stopRun := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); cp.Run(runCtx) }()
+	c.stop.add(func(context.Context) error { stopRun(); <-done; return nil })
+	live, err := etcd.WatchLiveness(etcd.LivenessConfig{
+		Client: f.cli, Prefix: "/switchyard/alive/" + f.cluster + "/", Placement: cp, Deregister: true, Logger: f.log,
+	})
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(func(context.Context) error { return live.Close() })
+	select {
+	case <-live.Ready():
+	case <-ctx.Done():
+		return c, ctx.Err()
+	}
+	srv, err := serve(ctx, "controlplane", f.addr, placement.NewHandler(placement.HandlerConfig{Controlplane: cp, Credential: cred, Logger: f.log}), false)
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(srv.Shutdown)
+	c.addr = srv.Addr()
+	return c, nil
+}
+
+func runConman(ctx context.Context, f *componentFlags) (*component, error) {
+	if err := f.need("cluster", "id", "controlplane", "state"); err != nil {
+		return nil, err
+	}
+	cred, err := credential()
+	if err != nil {
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := net.SplitHostPort(f.addr)
+	if err != nil {
+		return nil, fmt.Errorf("-addr: %w", err)
+	}
+	if port == "0" || port == "" {
+		return nil, errors.New("-addr needs a fixed port: it is the VM's address in placement")
+	}
+	c := &component{}
+	store, err := etcd.NewLoreStore(etcd.LoreStoreConfig{Client: f.cli}) // repl names for the page
+	if err != nil {
+		return nil, err
+	}
+	c.stop.add(func(context.Context) error { return store.Close() })
+	// Stopped in reverse: conman drains (its containers stop, its repls are released), the
+	// listener closes, the runtime closes, and the lease is revoked: the VM leaves placement.
+	var lease *etcd.VMLease
+	leaseCtx, leaseCancel := context.WithCancel(context.Background())
+	c.stop.add(func(ctx context.Context) error {
+		defer leaseCancel()
+		if lease == nil {
+			return nil
+		}
+		return lease.Close(ctx)
+	})
+	rt, err := process.New(process.Config{
+		StateDir:     filepath.Join(f.state, "conman", f.id),
+		Isolation:    process.Isolation(f.isolation),
+		CgroupParent: "switchyard-platform/" + f.id,
+		Logger:       f.log.With("vm", f.id),
+	})
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(func(context.Context) error { return rt.Close() })
+	addr := f.addr
+	cm, err := conman.New(ctx, conman.Config{
+		Runtime:    rt,
+		Credential: cred,
+		ReplHost:   host,
+		Spec: func(ctx context.Context, repl string) (conman.Spec, error) {
+			name := repl
+			if r, err := store.Repl(ctx, repl); err == nil {
+				name = r.Slug + "." + r.Owner
+			}
+			return conman.Spec{
+				Hostname: repl,
+				Command:  []string{exe, demoAppCommand},
+				Env: []string{
+					envRepl + "=" + repl, envName + "=" + name,
+					envCluster + "=" + f.cluster, envVM + "=" + f.id,
+				},
+				Dir:    filepath.Join(f.state, "repls", repl),
+				Shell:  []string{"/bin/sh"},
+				Limits: conman.Limits{MemoryBytes: 512 << 20, Pids: 512},
+			}, nil
+		},
+		StopGrace:         3 * time.Second,
+		Placement:         placement.NewClient(f.controlplane, cred, nil),
+		VM:                placement.VM{ID: f.id, Cluster: f.cluster, Addr: "http://" + addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
+		HeartbeatInterval: time.Second,
+		Logger:            f.log.With("vm", f.id),
+	})
+	if err != nil {
+		return c, err
+	}
+	srv, err := serve(ctx, "conman", addr, cm, false)
+	if err != nil {
+		cm.Close()
+		return c, err
+	}
+	c.stop.add(srv.Shutdown)
+	c.stop.add(cm.Shutdown)
+	select {
+	case <-cm.Registered():
+	case <-ctx.Done():
+		return c, fmt.Errorf("did not register with placement: %w", ctx.Err())
+	}
+	lease, err = etcd.KeepVMAlive(leaseCtx, etcd.VMLeaseConfig{Client: f.cli, Prefix: "/switchyard/alive/" + f.cluster + "/", TTL: f.aliveTTL}, f.id)
+	if err != nil {
+		return c, err
+	}
+	c.addr = addr
+	return c, nil
+}
+
+func runEval(ctx context.Context, f *componentFlags) (*component, error) {
+	if err := f.need("cluster", "controlplane", "lore"); err != nil {
+		return nil, err
+	}
+	cred, err := credential()
+	if err != nil {
+		return nil, err
+	}
+	c := &component{}
+	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
+		Cluster:    f.cluster,
+		Tokens:     lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: strings.TrimSuffix(f.loreURL, "/") + "/v1/keys"}),
+		Placer:     placement.NewClient(f.controlplane, cred, nil),
+		Credential: cred,
+		Mode:       proxy.Splice,
+		Logger:     f.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.stop.add(sessions.Shutdown)
+	mux := http.NewServeMux()
+	mux.Handle("/v1/connect", sessions)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	srv, err := serve(ctx, "eval", f.addr, mux, true)
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(srv.Shutdown)
+	c.addr = srv.Addr()
+	return c, nil
+}
+
+func runHostingComponent(ctx context.Context, f *componentFlags) (*component, error) {
+	if err := f.need("cluster", "controlplane"); err != nil {
+		return nil, err
+	}
+	cred, err := credential()
+	if err != nil {
+		return nil, err
+	}
+	secret, err := hex.DecodeString(os.Getenv(envHopSecret))
+	if err != nil || len(secret) < 32 {
+		return nil, fmt.Errorf("$%s must be at least 32 hex-encoded bytes", envHopSecret)
+	}
+	c := &component{}
+	store, m, err := f.mirror(ctx, c)
+	if err != nil {
+		return c, err
+	}
+	placer := placement.NewClient(f.controlplane, cred, nil)
+	h, err := proxy.NewHosting(proxy.HostingConfig{
+		Zone: f.zone, Cluster: f.cluster, Directory: m, Placer: placer, Credential: cred,
+		TrustForwarded: tombstone.Internal, Logger: f.log,
+	})
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(h.Shutdown)
+	tombs, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: f.cli, Prefix: "/switchyard/tombstone/" + f.cluster + "/"})
+	if err != nil {
+		return c, err
+	}
+	// The follower releases a moved repl's VM; the VM's conman, in its own process, stops the
+	// released container by its own policy.
+	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
+		Cluster: f.cluster, Store: tombs, Watcher: store, Placement: placer, Logger: f.log,
+	})
+	if err != nil {
+		return c, err
+	}
+	if err := follower.Start(); err != nil {
+		return c, err
+	}
+	c.stop.add(func(context.Context) error { return follower.Close() })
+	fwd, err := tombstone.New(tombstone.Config{
+		Cluster: f.cluster, Zone: f.zone, Store: tombs, Clusters: m, Resolver: h, Secret: secret, Logger: f.log,
+	})
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(fwd.Shutdown)
+	srv, err := serve(ctx, "hosting", f.addr, fwd.Wrap(h), false)
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(srv.Shutdown)
+	c.addr = srv.Addr()
+	return c, nil
+}
+
+// child is a component process started by the all-in-one parent.
+type child struct {
+	name  string
+	label string // the VM ID of a conman
+	cmd   *exec.Cmd
+	addr  string
+	done  chan struct{}
+	err   error
+}
+
+// startChild runs `<this binary> run <component> args...` with env added, and waits for its
+// "ready <addr>" line.
+func startChild(ctx context.Context, name string, env []string, args ...string) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, append([]string{"run", name}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	// Its own process group, so a terminal's Ctrl-C reaches only the parent, which stops the
+	// children in order; SIGTERM if the parent dies without stopping them.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
+				select {
+				case ready <- a:
+				default:
+				}
+			}
+		}
+		c.err = cmd.Wait()
+		close(c.done)
+	}()
+	select {
+	case c.addr = <-ready:
+		return c, nil
+	case <-c.done:
+		return nil, fmt.Errorf("%s exited before it was ready: %v", name, c.err)
+	case <-ctx.Done():
+		c.kill()
+		return nil, fmt.Errorf("%s: not ready: %w", name, ctx.Err())
+	}
+}
+
+// stop sends SIGTERM and waits; when ctx ends first it kills the process.
+func (c *child) stop(ctx context.Context) error {
+	c.cmd.Process.Signal(syscall.SIGTERM) // an error means it has exited: done tells
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		c.kill()
+	}
+	if c.err != nil {
+		return fmt.Errorf("%s (pid %d): %w", c.name, c.cmd.Process.Pid, c.err)
+	}
+	return nil
+}
+
+func (c *child) kill() {
+	c.cmd.Process.Kill()
+	<-c.done
+}
+
+// runProcesses is the all-in-one parent of the multi-process mode: it starts etcd (unless
+// endpoints are given) and every component as its own process, wires their addresses by
+// flags, publishes the clusters in lore, and on SIGINT/SIGTERM stops the children in reverse
+// order.
+func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	var children []*child
+	var etcdServer *etcdtest.Cluster
+	stopAll := func(ctx context.Context) error {
+		var errs []error
+		for i := len(children) - 1; i >= 0; i-- {
+			errs = append(errs, children[i].stop(ctx))
+		}
+		if etcdServer != nil {
+			etcdServer.Close()
+		}
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			stopAll(sctx)
+		}
+	}()
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		etcdServer, err = etcdtest.Start(etcdtest.Config{Dir: filepath.Join(cfg.StateDir, "etcd"), Host: cfg.EtcdHost})
+		if err != nil {
+			return fmt.Errorf("etcd: %w", err)
+		}
+		endpoints = etcdServer.Endpoints
+	}
+	eps := "-etcd-endpoints=" + strings.Join(endpoints, ",")
+	hop := make([]byte, 32)
+	if _, err := rand.Read(hop); err != nil {
+		return err
+	}
+	secrets := []string{envAdminKey + "=" + cfg.AdminKey, envHopSecret + "=" + hex.EncodeToString(hop)}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := func(name string, env []string, args ...string) (*child, error) {
+		c, err := startChild(ctx, name, env, args...)
+		if err != nil {
+			return nil, err
+		}
+		children = append(children, c)
+		log.Info("component started", "component", name, "pid", c.cmd.Process.Pid, "addr", c.addr)
+		return c, nil
+	}
+	loreC, err := start("lore", secrets, eps, "-zone", cfg.Zone, "-addr", cfg.LoreAddr)
+	if err != nil {
+		return err
+	}
+	loreURL := "http://" + loreC.addr
+	dnsC, err := start("dns", nil, eps, "-zone", cfg.Zone, "-addr", cfg.DNSAddr)
+	if err != nil {
+		return err
+	}
+	lc := lore.NewClient(loreURL, cfg.AdminKey, nil)
+	type clusterProcs struct {
+		id                          string
+		controlplane, eval, hosting *child
+		vms                         []*child
+	}
+	var clusters []clusterProcs
+	for i, id := range cfg.Clusters {
+		n := i + 1
+		at := func(h, port int) string { return net.JoinHostPort(cfg.clusterAddr(n, h).String(), itoa(port)) }
+		env := append([]string{envCredential + "=" + randomKey()}, secrets...)
+		cl := clusterProcs{id: id}
+		if cl.controlplane, err = start("controlplane", env, eps, "-cluster", id, "-addr", at(1, cfg.ControlplanePort)); err != nil {
+			return err
+		}
+		cpURL := "http://" + cl.controlplane.addr
+		for v := 0; v < cfg.VMs; v++ {
+			vm, err := start("conman", env, eps, "-cluster", id, "-id", fmt.Sprintf("%s-vm%d", id, v+1),
+				"-addr", at(11+v, cfg.ConmanPort), "-controlplane", cpURL, "-state", cfg.StateDir,
+				"-isolation", cfg.Isolation, "-alive-ttl", cfg.AliveTTL.String())
+			if err != nil {
+				return err
+			}
+			vm.label = fmt.Sprintf("%s-vm%d", id, v+1)
+			cl.vms = append(cl.vms, vm)
+		}
+		if cl.eval, err = start("eval", env, "-cluster", id, "-addr", at(1, cfg.EvalPort), "-controlplane", cpURL,
+			"-lore", loreURL, "-grace", cfg.EvalGrace.String()); err != nil {
+			return err
+		}
+		if cl.hosting, err = start("hosting", env, eps, "-zone", cfg.Zone, "-cluster", id, "-addr", at(1, cfg.HostingPort),
+			"-controlplane", cpURL); err != nil {
+			return err
+		}
+		if _, err := lc.PutCluster(ctx, lore.Cluster{
+			ID: id, Region: "loopback-" + id,
+			EvalURL:    "ws://" + cl.eval.addr + "/v1/connect",
+			HostingURL: "http://" + cl.hosting.addr,
+			Hosting4:   []netip.Addr{cfg.clusterAddr(n, 1)},
+			Healthy:    true,
+		}); err != nil {
+			return fmt.Errorf("publish cluster %s: %w", id, err)
+		}
+		clusters = append(clusters, cl)
+	}
+
+	w := os.Stdout
+	fmt.Fprintf(w, "\nswitchyard reference platform is up, one process per component\n\n")
+	fmt.Fprintf(w, "  zone            %s\n", cfg.Zone)
+	fmt.Fprintf(w, "  etcd            %s\n", strings.Join(endpoints, ","))
+	fmt.Fprintf(w, "  DNS (UDP+TCP)   %s   pid %d\n", dnsC.addr, dnsC.cmd.Process.Pid)
+	fmt.Fprintf(w, "  lore API        %s   pid %d   (admin key: %s)\n", loreURL, loreC.cmd.Process.Pid, cfg.AdminKey)
+	fmt.Fprintf(w, "  state           %s\n", cfg.StateDir)
+	for _, cl := range clusters {
+		fmt.Fprintf(w, "  cluster %-7s hosting http://%s (pid %d)  eval ws://%s/v1/connect (pid %d)  controlplane http://%s (pid %d)\n",
+			cl.id, cl.hosting.addr, cl.hosting.cmd.Process.Pid, cl.eval.addr, cl.eval.cmd.Process.Pid,
+			cl.controlplane.addr, cl.controlplane.cmd.Process.Pid)
+		for _, v := range cl.vms {
+			fmt.Fprintf(w, "                  vm %-10s http://%s (pid %d)\n", v.label, v.addr, v.cmd.Process.Pid)
+		}
+	}
+	fmt.Fprintf(w, "\nStop with Ctrl-C: every component process gets SIGTERM, in reverse order.\n")
+
+	// Wait for a signal, or a child dying on its own (which stops the rest).
+	died := make(chan *child, len(children))
+	var once sync.Once
+	for _, c := range children {
+		go func() {
+			<-c.done
+			once.Do(func() { died <- c })
+		}()
+	}
+	select {
+	case sig := <-sigs:
+		log.Info("stopping every component", "signal", sig.String())
+	case c := <-died:
+		err = fmt.Errorf("%s (pid %d) exited: %v", c.name, c.cmd.Process.Pid, c.err)
+		log.Error("a component exited; stopping the rest", "err", err)
+	}
+	// Eval keeps live sessions for -eval-grace; a second signal kills what is still running.
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.EvalGrace+time.Minute)
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			log.Info("second signal: killing the components still running")
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	return errors.Join(err, stopAll(sctx))
+}

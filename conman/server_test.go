@@ -640,3 +640,17 @@ func TestRegisteredWithoutPlacement(t *testing.T) {
 		t.Fatal("Registered must be closed at once when there is no placement to register with")
 	}
 }
+
+func TestClientStop(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := context.Background()
+	c := conman.NewClient(e.ts.URL, testCredential, nil)
+	_, err := e.srv.Ensure(ctx, "cstop1")
+	require.NoError(t, err)
+	require.NoError(t, c.Stop(ctx, "cstop1"))
+	require.Empty(t, e.srv.Running())
+	require.ErrorIs(t, c.Stop(ctx, "cstop1"), conman.ErrNotFound)
+	require.ErrorIs(t, c.Stop(ctx, "Bad/ID"), conman.ErrInvalid)
+	err = conman.NewClient(e.ts.URL, "wrong", nil).Stop(ctx, "cstop1")
+	require.ErrorContains(t, err, "401")
+}

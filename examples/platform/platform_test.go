@@ -620,7 +620,40 @@ func TestPlatformProcesses(t *testing.T) {
 	}
 	require.Contains(t, page, repl.ID)
 	require.Contains(t, page, "cluster <b>b</b>")
-	require.NotEmpty(t, demoApps(t), "no demo app process found while the repl serves")
+	require.Len(t, demoApps(t), 1, "one demo app process while the repl serves from b")
+
+	// Move the repl to a. b's hosting process (its tombstone follower) stops the container
+	// through b's conman process and releases it; b's hosting address then forwards to a.
+	_, err = lc.MoveRepl(ctx, repl.ID, "a")
+	require.NoError(t, err)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.80.2.1:8080/", nil)
+		require.NoError(t, err)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		// Until b's follower has written the tombstone, b may still serve the page itself or
+		// answer 404; then the page comes from a, forwarded.
+		if resp.StatusCode == http.StatusOK && strings.Contains(string(body), "cluster <b>a</b>") {
+			break
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("cluster b never forwarded to a (last %d %s): %s", resp.StatusCode, body, stderr.String())
+		}
+	}
+	// The container in b stops: exactly one demo app remains, a's.
+	for len(demoApps(t)) != 1 {
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("b's container was not stopped after the move (demo apps %v): %s", demoApps(t), stderr.String())
+		}
+	}
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	select {

@@ -446,10 +446,17 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	// The follower releases a moved repl's VM; the VM's conman, in its own process, stops the
-	// released container by its own policy.
+	// The follower stops a moved repl's container through its VM's conman (another process)
+	// and releases the VM.
 	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
 		Cluster: f.cluster, Store: tombs, Watcher: store, Placement: placer, Logger: f.log,
+		Stop: func(ctx context.Context, a placement.Assignment) error {
+			err := conman.NewClient(a.Addr, cred, nil).Stop(ctx, a.Repl)
+			if errors.Is(err, conman.ErrNotFound) {
+				return nil // not running there: nothing to stop
+			}
+			return err
+		},
 	})
 	if err != nil {
 		return c, err

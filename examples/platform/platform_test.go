@@ -416,6 +416,9 @@ func TestPlatformProcessStopsOnSignal(t *testing.T) {
 	}
 	cmd := exec.Command(os.Args[0], "run", "-cluster-net", "127.78.0.0/16", "-clusters", "a",
 		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-admin-key", "k")
+	// If this test binary dies (a timeout's panic), the platform gets SIGTERM and stops its
+	// components instead of holding the test's ports.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	var stderr lockedBuffer
@@ -523,6 +526,9 @@ func TestPlatformProcesses(t *testing.T) {
 	}
 	cmd := exec.Command(os.Args[0], "run", "-processes", "-cluster-net", "127.80.0.0/16",
 		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-admin-key", "k")
+	// If this test binary dies (a timeout's panic), the platform gets SIGTERM and stops its
+	// components instead of holding the test's ports.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	var stderr lockedBuffer

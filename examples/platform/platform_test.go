@@ -414,52 +414,11 @@ func TestPlatformProcessStopsOnSignal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a whole platform process")
 	}
-	cmd := exec.Command(os.Args[0], "run", "-cluster-net", "127.78.0.0/16", "-clusters", "a",
-		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-admin-key", "k")
-	// If this test binary dies (a timeout's panic), the platform gets SIGTERM and stops its
-	// components instead of holding the test's ports.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	lines := make(chan string, 128)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-
-	// The banner names lore and the state directory; its last line says how to stop.
-	var loreURL, stateDir string
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for up := false; !up; {
-		select {
-		case line, ok := <-lines:
-			require.True(t, ok, "the platform exited before it was up: %s", stderr.String())
-			f := strings.Fields(line)
-			switch {
-			case strings.HasPrefix(line, "  lore API") && len(f) > 2:
-				loreURL = f[2]
-			case strings.HasPrefix(line, "  state") && len(f) > 1:
-				stateDir = f[1]
-			case strings.HasPrefix(line, "Stop with"):
-				up = true
-			}
-		case <-ctx.Done():
-			t.Fatalf("the platform did not come up: %s", stderr.String())
-		}
-	}
+	pp := startPlatformProcess(ctx, t, "-cluster-net", "127.78.0.0/16", "-clusters", "a",
+		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-admin-key", "k")
+	loreURL, stateDir := pp.field("  lore API", 2), pp.field("  state", 1)
 	require.NotEmpty(t, loreURL)
 	require.DirExists(t, stateDir)
 
@@ -471,17 +430,82 @@ func TestPlatformProcessStopsOnSignal(t *testing.T) {
 	require.NotEmpty(t, demoApps(t), "no demo app process found while the repl serves")
 
 	start := time.Now()
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		require.NoError(t, err, "exit status; stderr: %s", stderr.String())
-		exited <- err // for the cleanup
-	case <-time.After(15 * time.Second):
-		t.Fatalf("still running 15 s after SIGTERM: %s", stderr.String())
-	}
+	pp.stop(t, 15*time.Second)
 	t.Logf("stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
 	require.NoDirExists(t, stateDir)
 	require.Empty(t, demoApps(t), "repl processes outlived the platform")
+}
+
+// platformProcess is the platform run by a test as its own process, as a person runs it.
+type platformProcess struct {
+	cmd    *exec.Cmd
+	stderr lockedBuffer
+	exited chan error
+	banner []string // stdout up to the banner's last line ("Stop with ...")
+}
+
+// startPlatformProcess runs this test binary as "platform run args..." and returns once its
+// banner says it is up (bounded by ctx). The process is killed when the test ends; if the test
+// binary dies first (a timeout's panic), the platform gets SIGTERM and stops its components
+// instead of holding the test's ports.
+func startPlatformProcess(ctx context.Context, t *testing.T, args ...string) *platformProcess {
+	t.Helper()
+	pp := &platformProcess{cmd: exec.Command(os.Args[0], append([]string{"run"}, args...)...), exited: make(chan error, 1)}
+	pp.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	stdout, err := pp.cmd.StdoutPipe()
+	require.NoError(t, err)
+	pp.cmd.Stderr = &pp.stderr
+	require.NoError(t, pp.cmd.Start())
+	go func() { pp.exited <- pp.cmd.Wait() }()
+	t.Cleanup(func() {
+		pp.cmd.Process.Kill()
+		err := <-pp.exited
+		pp.exited <- err
+	})
+	lines := make(chan string, 128)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	for {
+		select {
+		case line, ok := <-lines:
+			require.True(t, ok, "the platform exited before it was up: %s", pp.stderr.String())
+			pp.banner = append(pp.banner, line)
+			if strings.HasPrefix(line, "Stop with") {
+				return pp
+			}
+		case <-ctx.Done():
+			t.Fatalf("the platform did not come up: %s", pp.stderr.String())
+		}
+	}
+}
+
+// field returns the nth whitespace-separated field of the first banner line starting with
+// prefix, or "".
+func (pp *platformProcess) field(prefix string, n int) string {
+	for _, line := range pp.banner {
+		if f := strings.Fields(line); strings.HasPrefix(line, prefix) && len(f) > n {
+			return f[n]
+		}
+	}
+	return ""
+}
+
+// stop sends SIGTERM and requires a clean exit within limit.
+func (pp *platformProcess) stop(t *testing.T, limit time.Duration) {
+	t.Helper()
+	require.NoError(t, pp.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-pp.exited:
+		pp.exited <- err // for the cleanup
+		require.NoError(t, err, "exit status; stderr: %s", pp.stderr.String())
+	case <-time.After(limit):
+		t.Fatalf("still running %v after SIGTERM: %s", limit, pp.stderr.String())
+	}
 }
 
 // demoApps lists the PIDs of demo apps started from this test binary.
@@ -524,61 +548,24 @@ func TestPlatformProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a whole platform of processes")
 	}
-	cmd := exec.Command(os.Args[0], "run", "-processes", "-cluster-net", "127.80.0.0/16",
-		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-admin-key", "k")
-	// If this test binary dies (a timeout's panic), the platform gets SIGTERM and stops its
-	// components instead of holding the test's ports.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	lines := make(chan string, 128)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-
-	var loreURL, dnsAddr string
-	pids := map[string]bool{}
-	pidRE := regexp.MustCompile(`pid (\d+)`)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	for up := false; !up; {
-		select {
-		case line, ok := <-lines:
-			require.True(t, ok, "the platform exited before it was up: %s", stderr.String())
-			f := strings.Fields(line)
-			for _, m := range pidRE.FindAllStringSubmatch(line, -1) {
-				pids[m[1]] = true
-			}
-			switch {
-			case strings.HasPrefix(line, "  lore API") && len(f) > 2:
-				loreURL = f[2]
-			case strings.HasPrefix(line, "  DNS (UDP+TCP)") && len(f) > 2:
-				dnsAddr = f[2]
-			case strings.HasPrefix(line, "Stop with"):
-				up = true
-			}
-		case <-ctx.Done():
-			t.Fatalf("the platform did not come up: %s", stderr.String())
+	pp := startPlatformProcess(ctx, t, "-processes", "-cluster-net", "127.80.0.0/16",
+		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-admin-key", "k")
+	stderr := &pp.stderr
+	loreURL, dnsAddr := pp.field("  lore API", 2), pp.field("  DNS (UDP+TCP)", 2)
+	pids := map[string]bool{}
+	pidRE := regexp.MustCompile(`pid (\d+)`)
+	for _, line := range pp.banner {
+		for _, m := range pidRE.FindAllStringSubmatch(line, -1) {
+			pids[m[1]] = true
 		}
 	}
 	require.NotEmpty(t, loreURL)
 	require.NotEmpty(t, dnsAddr)
 	// lore, dns, and per cluster (2) a controlplane, 2 VMs, Eval and hosting: 12 processes.
 	require.Len(t, pids, 12, "component pids")
-	require.NotContains(t, pids, fmt.Sprint(cmd.Process.Pid))
+	require.NotContains(t, pids, fmt.Sprint(pp.cmd.Process.Pid))
 
 	lc := lore.NewClient(loreURL, "k", nil)
 	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "b"})
@@ -661,14 +648,7 @@ func TestPlatformProcesses(t *testing.T) {
 		}
 	}
 
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		require.NoError(t, err, "exit status; stderr: %s", stderr.String())
-		exited <- err // for the cleanup
-	case <-ctx.Done():
-		t.Fatalf("still running after SIGTERM: %s", stderr.String())
-	}
+	pp.stop(t, time.Minute)
 	for pid := range pids {
 		_, err := os.Stat("/proc/" + pid)
 		require.True(t, os.IsNotExist(err), "component pid %s outlived the platform", pid)

@@ -4,108 +4,27 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/switchyard-dev/switchyard/dnsauth/acmedns"
+	"github.com/switchyard-dev/switchyard/dnsauth/acmedns/acmednstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-func TestMemStoreValues(t *testing.T) {
-	ctx := context.Background()
-	clk := &clock{now: time.Unix(1_800_000_000, 0)}
-	s := acmedns.NewMemStore(acmedns.MemStoreConfig{Now: clk.Now})
-	add := func(name, v string, ttl time.Duration) {
-		t.Helper()
-		if err := s.AddTXT(ctx, name, v, clk.Now().Add(ttl)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	get := func(name string) []string {
-		t.Helper()
-		v, err := s.TXT(ctx, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	if v := get("x.acme.test"); len(v) != 0 {
-		t.Fatalf("empty store has %q", v)
-	}
-	add("X.acme.test.", "one", time.Minute)
-	add("x.acme.test", "two", time.Minute)
-	if v := get("x.acme.test."); !slices.Equal(v, []string{"two", "one"}) {
-		t.Fatalf("two values: %q, want newest first", v)
-	}
-	add("x.acme.test", "three", 2*time.Minute)
-	if v := get("x.acme.test"); !slices.Equal(v, []string{"three", "two"}) {
-		t.Fatalf("after a third value: %q, want the 2 most recent", v)
-	}
-	if v := get("y.acme.test"); len(v) != 0 {
-		t.Fatalf("values leaked to another name: %q", v)
-	}
-	clk.advance(90 * time.Second)
-	if v := get("x.acme.test"); !slices.Equal(v, []string{"three"}) {
-		t.Fatalf("after expiry: %q", v)
-	}
-	add("y.acme.test", "four", time.Minute) // also collects the expired rows
-	clk.advance(time.Hour)
-	if v := get("x.acme.test"); len(v) != 0 {
-		t.Fatalf("all expired: %q", v)
-	}
-	ctxDone, cancel := context.WithCancel(ctx)
-	cancel()
-	if _, err := s.TXT(ctxDone, "x"); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled context: %v", err)
-	}
-}
-
-func TestMemStoreAccounts(t *testing.T) {
-	ctx := context.Background()
-	s := acmedns.NewMemStore(acmedns.MemStoreConfig{})
-	a := acmedns.Account{Username: "u1", Subdomain: "s1", AllowFrom: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
-	if err := s.CreateAccount(ctx, a); err != nil {
-		t.Fatal(err)
-	}
-	for _, dup := range []acmedns.Account{{Username: "u1", Subdomain: "s2"}, {Username: "u2", Subdomain: "s1"}} {
-		if err := s.CreateAccount(ctx, dup); !errors.Is(err, acmedns.ErrExists) {
-			t.Errorf("duplicate %+v: %v, want ErrExists", dup, err)
-		}
-	}
-	got, err := s.Account(ctx, "u1")
-	if err != nil || got.Subdomain != "s1" || !got.Allowed(netip.MustParseAddr("10.1.2.3")) || got.Allowed(netip.MustParseAddr("192.0.2.1")) {
-		t.Fatalf("account: %+v %v", got, err)
-	}
-	if _, err := s.Account(ctx, "nobody"); !errors.Is(err, acmedns.ErrNotFound) {
-		t.Fatalf("missing account: %v", err)
-	}
+func TestMemStore(t *testing.T) {
+	acmednstest.Run(t, func(t *testing.T, now func() time.Time) (w, r acmedns.Store) {
+		s := acmedns.NewMemStore(acmedns.MemStoreConfig{Now: now})
+		return s, s
+	})
 }
 
 type api struct {

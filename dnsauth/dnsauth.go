@@ -33,6 +33,16 @@ type Directory interface {
 	Cluster(ctx context.Context, id string) (lore.Cluster, error)
 }
 
+// HostingDirectory is an optional interface of a Directory: one that has it answers A and AAAA
+// by appending a cluster's Hosting4 and Hosting6 addresses to the handler's pooled buffers
+// instead of returning a copied lore.Cluster, so the answer path does not allocate.
+// *lore.Directory has it; the handler falls back to Cluster for a Directory without it.
+type HostingDirectory interface {
+	// AppendHosting appends the cluster's Hosting4 addresses to v4 and its Hosting6 addresses to
+	// v6 and returns the extended slices. Errors as Directory.Cluster.
+	AppendHosting(ctx context.Context, cluster string, v4, v6 []netip.Addr) ([]netip.Addr, []netip.Addr, error)
+}
+
 // Challenges is the store of ACME DNS-01 challenge values the handler serves as TXT records.
 // *acmedns.MemStore satisfies it.
 type Challenges interface {
@@ -114,6 +124,7 @@ type NameServer struct {
 // Handler is an authoritative dns.Handler for the platform's zones. It is safe for concurrent use.
 type Handler struct {
 	dir        Directory
+	hosting    HostingDirectory // dir, when it has AppendHosting
 	challenges Challenges
 	zones      []*zone // longest name first
 	ttl        uint32
@@ -155,6 +166,7 @@ func New(cfg Config) (*Handler, error) {
 		udpSize:    cfg.UDPSize,
 		log:        cfg.Logger,
 	}
+	h.hosting, _ = cfg.Directory.(HostingDirectory)
 	if h.timeout <= 0 {
 		h.timeout = 2 * time.Second
 	}

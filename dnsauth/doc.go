@@ -38,7 +38,10 @@
 // The answer path does not allocate: labels are sliced out of the query name (lowercased only
 // when it has upper case), the reply is built in pooled records and packed into a pooled buffer
 // that is written directly, and the lookup context allocates its timer only if the directory
-// waits on it. What remains is the directory's own cost (see docs/benchmarks/dnsauth.md).
+// waits on it. A Directory that also has AppendHosting (HostingDirectory; *lore.Directory does)
+// hands over a cluster's addresses into pooled buffers, so an A or AAAA answer from an
+// in-process lore allocates nothing at all; a miss (NXDOMAIN) costs lore one small error value.
+// What remains is the directory's own cost (see docs/benchmarks/dnsauth.md).
 //
 // # Configuration
 //

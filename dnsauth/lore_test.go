@@ -16,6 +16,8 @@ import (
 var (
 	_ dnsauth.Directory = (*lore.Directory)(nil)
 	_ dnsauth.Directory = (*lore.Client)(nil)
+
+	_ dnsauth.HostingDirectory = (*lore.Directory)(nil)
 )
 
 // TestLoreClientThroughOutage serves DNS from lore's HTTP API through lore.Client behind a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -24,6 +25,8 @@ type answer struct {
 	a     [maxAddrs]dns.A
 	aaaa  [maxAddrs]dns.AAAA
 	ip    [maxAddrs][16]byte
+	v4    [maxAddrs]netip.Addr
+	v6    [maxAddrs]netip.Addr
 	opt   dns.OPT
 	cname dns.CNAME
 	hinfo dns.HINFO
@@ -210,7 +213,7 @@ func (h *Handler) lookup(a *answer, z *zone, rel, name string, q dns.Question) i
 		h.dirError("repl", name, err)
 		return dns.RcodeServerFailure
 	}
-	c, err := h.dir.Cluster(ctx, r.Cluster)
+	v4, v6, err := h.hostingAddrs(ctx, a, r.Cluster)
 	if err != nil {
 		// A repl whose cluster is missing is a directory inconsistency, not a missing name.
 		h.dirError("cluster", name, err)
@@ -218,13 +221,13 @@ func (h *Handler) lookup(a *answer, z *zone, rel, name string, q dns.Question) i
 	}
 	switch q.Qtype {
 	case dns.TypeA:
-		h.addA(a, q.Name, c)
+		h.addA(a, q.Name, v4)
 	case dns.TypeAAAA:
-		h.addAAAA(a, q.Name, c)
+		h.addAAAA(a, q.Name, v6)
 	case dns.TypeANY:
 		// RFC 8482: answer one RRset, not all of them.
-		if h.addA(a, q.Name, c); len(m.Answer) == 0 {
-			if h.addAAAA(a, q.Name, c); len(m.Answer) == 0 {
+		if h.addA(a, q.Name, v4); len(m.Answer) == 0 {
+			if h.addAAAA(a, q.Name, v6); len(m.Answer) == 0 {
 				a.hinfo = dns.HINFO{Hdr: hdr(q.Name, dns.TypeHINFO, h.ttl), Cpu: "RFC8482"}
 				m.Answer = append(m.Answer, &a.hinfo)
 			}
@@ -233,8 +236,18 @@ func (h *Handler) lookup(a *answer, z *zone, rel, name string, q dns.Question) i
 	return dns.RcodeSuccess
 }
 
-func (h *Handler) addA(a *answer, owner string, c lore.Cluster) {
-	for i, ip := range c.Hosting4 {
+// hostingAddrs returns the cluster's hosting addresses, through AppendHosting into a's buffers
+// when the directory has it.
+func (h *Handler) hostingAddrs(ctx context.Context, a *answer, cluster string) (v4, v6 []netip.Addr, err error) {
+	if h.hosting != nil {
+		return h.hosting.AppendHosting(ctx, cluster, a.v4[:0], a.v6[:0])
+	}
+	c, err := h.dir.Cluster(ctx, cluster)
+	return c.Hosting4, c.Hosting6, err
+}
+
+func (h *Handler) addA(a *answer, owner string, addrs []netip.Addr) {
+	for i, ip := range addrs {
 		if !ip.Is4() && !ip.Is4In6() {
 			continue
 		}
@@ -250,8 +263,8 @@ func (h *Handler) addA(a *answer, owner string, c lore.Cluster) {
 	}
 }
 
-func (h *Handler) addAAAA(a *answer, owner string, c lore.Cluster) {
-	for i, ip := range c.Hosting6 {
+func (h *Handler) addAAAA(a *answer, owner string, addrs []netip.Addr) {
+	for i, ip := range addrs {
 		if !ip.Is6() || ip.Is4In6() {
 			continue
 		}

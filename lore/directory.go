@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -300,6 +301,24 @@ func (d *Directory) Cluster(ctx context.Context, id string) (Cluster, error) {
 		return Cluster{}, fmt.Errorf("cluster id: %w", err)
 	}
 	return d.store.Cluster(ctx, lower(id))
+}
+
+// AppendHosting appends the hosting addresses of cluster id (any case) to v4 (Hosting4) and v6
+// (Hosting6) and returns the extended slices: what a DNS server answers for a repl of that
+// cluster, without copying the Cluster. It does not allocate when v4 and v6 have room and the
+// store is a MemStore (other stores: a Cluster lookup).
+func (d *Directory) AppendHosting(ctx context.Context, id string, v4, v6 []netip.Addr) ([]netip.Addr, []netip.Addr, error) {
+	if err := checkLabel(id); err != nil {
+		return v4, v6, fmt.Errorf("cluster id: %w", err)
+	}
+	if hs, ok := d.store.(hostingStore); ok {
+		return hs.AppendHosting(ctx, lower(id), v4, v6)
+	}
+	c, err := d.store.Cluster(ctx, lower(id))
+	if err != nil {
+		return v4, v6, err
+	}
+	return append(v4, c.Hosting4...), append(v6, c.Hosting6...), nil
 }
 
 // Clusters returns every cluster, ordered by ID.

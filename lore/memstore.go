@@ -3,6 +3,7 @@ package lore
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -123,7 +124,7 @@ func (s *MemStore) Repl(_ context.Context, id string) (Repl, error) {
 	r := s.byID[id]
 	s.rmu.RUnlock()
 	if r == nil {
-		return Repl{}, fmt.Errorf("%w: repl %q", ErrNotFound, id)
+		return Repl{}, errNotFound("repl", id)
 	}
 	return *r, nil
 }
@@ -134,7 +135,7 @@ func (s *MemStore) ReplByName(_ context.Context, owner, slug string) (Repl, erro
 	r := s.byName[nameKey{owner, slug}]
 	s.rmu.RUnlock()
 	if r == nil {
-		return Repl{}, fmt.Errorf("%w: repl %s/%s", ErrNotFound, owner, slug)
+		return Repl{}, errNameNotFound(owner, slug)
 	}
 	return *r, nil
 }
@@ -148,7 +149,7 @@ func (s *MemStore) ReplByDomain(_ context.Context, domain string) (Repl, error) 
 	}
 	s.rmu.RUnlock()
 	if r == nil {
-		return Repl{}, fmt.Errorf("%w: no verified domain %q", ErrNotFound, domain)
+		return Repl{}, errNotFound("no verified domain", domain)
 	}
 	return *r, nil
 }
@@ -191,9 +192,21 @@ func (s *MemStore) Cluster(_ context.Context, id string) (Cluster, error) {
 	c := s.clusters[id]
 	s.rmu.RUnlock()
 	if c == nil {
-		return Cluster{}, fmt.Errorf("%w: cluster %q", ErrNotFound, id)
+		return Cluster{}, errNotFound("cluster", id)
 	}
 	return cloneCluster(*c), nil
+}
+
+// AppendHosting appends the cluster's Hosting4 addresses to v4 and its Hosting6 addresses to v6
+// and returns the extended slices: Cluster without the copy, for Directory.AppendHosting.
+func (s *MemStore) AppendHosting(_ context.Context, id string, v4, v6 []netip.Addr) ([]netip.Addr, []netip.Addr, error) {
+	s.rmu.RLock()
+	defer s.rmu.RUnlock()
+	c := s.clusters[id]
+	if c == nil {
+		return v4, v6, errNotFound("cluster", id)
+	}
+	return append(v4, c.Hosting4...), append(v6, c.Hosting6...), nil
 }
 
 // Clusters implements Store.
@@ -227,7 +240,7 @@ func (s *MemStore) Domain(_ context.Context, name string) (Domain, error) {
 	d := s.domains[name]
 	s.rmu.RUnlock()
 	if d == nil {
-		return Domain{}, fmt.Errorf("%w: domain %q", ErrNotFound, name)
+		return Domain{}, errNotFound("domain", name)
 	}
 	return *d, nil
 }

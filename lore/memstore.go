@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-
-	memdb "github.com/hashicorp/go-memdb"
 )
 
 // MemStoreConfig configures NewMemStore.
@@ -18,39 +16,42 @@ type MemStoreConfig struct {
 	WatchBuffer int
 }
 
-// MemStore is the in-process Store on hashicorp/go-memdb.
+// MemStore is the in-process Store, and the default one.
 //
-// go-memdb holds the records: every write is one memdb write transaction, under a store-wide
-// write lock, that checks uniqueness and references and aborts on any error. A lookup in
-// memdb's radix trees costs several microseconds and allocations (a read transaction, index
-// keys, an iterator), too much for the DNS and hosting hot path, so MemStore also keeps read
-// indexes — plain maps from ID, from (owner, slug) and from domain name to the same immutable
-// *Repl and *Domain values memdb holds — updated under the write lock right after each memdb
-// commit. Point lookups (Repl, ReplByName, ReplByDomain, Cluster) read only those maps under a
-// read lock and do not allocate; listings walk memdb's ordered index.
+// Writes are serialized by a store-wide write lock: each checks uniqueness and references
+// first and changes nothing when a check fails, then updates the indexes under the read lock's
+// writer side and publishes its events, before the next write starts. Reads take the read lock
+// only.
 //
-// Memory: each memdb index costs about 350 bytes per row (radix nodes, leaves and their watch
-// channels), so repls have one memdb index, keyed by (owner, slug), which also orders listings;
-// the uniqueness of IDs is checked against the ID map under the write lock. At 1,000,000 repls
-// the store's live heap is recorded in docs/benchmarks/lore.md.
+// Repls, the only table that grows large, live in memory the garbage collector does not scan
+// (see replTable): packed records in append-only []byte chunks, found through maps from 64-bit
+// hashes of the ID and of (owner, slug) to record slots, and listed through sorted blocks of
+// slots. A million repls are then a few hundred pointers to the GC instead of several million,
+// which matters to every process that embeds the directory and allocates per request: a GC
+// cycle marks the live heap, so with a pointerful directory each allocated byte costs about a
+// byte of marking. Point lookups (Repl, ReplByName, ReplByDomain) allocate nothing on a hit:
+// the strings of the Repl they return point into the arena, whose bytes are never rewritten. A
+// deleted or moved repl leaves its old record as garbage until garbage outgrows the live
+// records; then the live ones are copied into new chunks (the old chunks stay alive as long as
+// a returned string references them). Clusters and custom domains are few and live in plain
+// maps. Memory and lookup costs at 1,000,000 repls are recorded in docs/benchmarks/lore.md.
 type MemStore struct {
-	db     *memdb.MemDB
 	buffer int
 
-	wmu    sync.Mutex // serializes writes: memdb commit, index update and event publication
+	wmu    sync.Mutex // serializes writes: checks, index update and event publication
 	index  uint64
 	closed bool
 	watch  map[*memWatcher]struct{} // guarded by wmu
 
-	rmu      sync.RWMutex // guards the read indexes below
-	byID     map[string]*Repl
-	byName   map[nameKey]*Repl
-	domains  map[string]*Domain
-	clusters map[string]*Cluster
-	counts   map[string]int
+	// The indexes below change only with wmu and rmu both held, so writers read them under wmu
+	// alone and readers under rmu.RLock.
+	rmu         sync.RWMutex
+	repls       *replTable
+	domains     map[string]*Domain
+	replDomains map[string][]string // repl ID → names of its custom domains
+	clusters    map[string]*Cluster
+	counts      map[string]int
 }
-
-type nameKey struct{ owner, slug string }
 
 type memWatcher struct {
 	ch   chan Event
@@ -59,46 +60,19 @@ type memWatcher struct {
 
 var _ Store = (*MemStore)(nil)
 
-const (
-	tableRepls    = "repls"
-	tableClusters = "clusters"
-	tableDomains  = "domains"
-)
-
-var memSchema = &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
-	tableRepls: {Name: tableRepls, Indexes: map[string]*memdb.IndexSchema{
-		// The primary key of a repl in memdb is its name (owner, slug): one radix tree per repl
-		// instead of two (see MemStore); IDs are indexed by the byID map.
-		"id": {Name: "id", Unique: true, Indexer: &memdb.CompoundIndex{Indexes: []memdb.Indexer{
-			&memdb.StringFieldIndex{Field: "Owner"}, &memdb.StringFieldIndex{Field: "Slug"},
-		}}},
-	}},
-	tableClusters: {Name: tableClusters, Indexes: map[string]*memdb.IndexSchema{
-		"id": {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-	}},
-	tableDomains: {Name: tableDomains, Indexes: map[string]*memdb.IndexSchema{
-		"id":   {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Name"}},
-		"repl": {Name: "repl", Indexer: &memdb.StringFieldIndex{Field: "Repl"}},
-	}},
-}}
-
 // NewMemStore returns an empty in-process store.
 func NewMemStore(cfg MemStoreConfig) (*MemStore, error) {
-	db, err := memdb.NewMemDB(memSchema)
-	if err != nil {
-		return nil, fmt.Errorf("lore: memdb schema: %w", err)
-	}
 	if cfg.WatchBuffer <= 0 {
 		cfg.WatchBuffer = 4096
 	}
 	return &MemStore{
-		db: db, buffer: cfg.WatchBuffer,
-		watch:    make(map[*memWatcher]struct{}),
-		byID:     make(map[string]*Repl),
-		byName:   make(map[nameKey]*Repl),
-		domains:  make(map[string]*Domain),
-		clusters: make(map[string]*Cluster),
-		counts:   make(map[string]int),
+		buffer:      cfg.WatchBuffer,
+		watch:       make(map[*memWatcher]struct{}),
+		repls:       newReplTable(),
+		domains:     make(map[string]*Domain),
+		replDomains: make(map[string][]string),
+		clusters:    make(map[string]*Cluster),
+		counts:      make(map[string]int),
 	}, nil
 }
 
@@ -121,42 +95,37 @@ var errStoreClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
 // Repl implements Store.
 func (s *MemStore) Repl(_ context.Context, id string) (Repl, error) {
 	s.rmu.RLock()
-	r := s.byID[id]
-	s.rmu.RUnlock()
-	if r == nil {
-		return Repl{}, errNotFound("repl", id)
+	defer s.rmu.RUnlock()
+	if slot, ok := s.repls.lookupID(id); ok {
+		return s.repls.repl(slot), nil
 	}
-	return *r, nil
+	return Repl{}, errNotFound("repl", id)
 }
 
 // ReplByName implements Store.
 func (s *MemStore) ReplByName(_ context.Context, owner, slug string) (Repl, error) {
 	s.rmu.RLock()
-	r := s.byName[nameKey{owner, slug}]
-	s.rmu.RUnlock()
-	if r == nil {
-		return Repl{}, errNameNotFound(owner, slug)
+	defer s.rmu.RUnlock()
+	if slot, ok := s.repls.lookupName(owner, slug); ok {
+		return s.repls.repl(slot), nil
 	}
-	return *r, nil
+	return Repl{}, errNameNotFound(owner, slug)
 }
 
 // ReplByDomain implements Store.
 func (s *MemStore) ReplByDomain(_ context.Context, domain string) (Repl, error) {
 	s.rmu.RLock()
-	var r *Repl
+	defer s.rmu.RUnlock()
 	if d := s.domains[domain]; d != nil && d.Verified {
-		r = s.byID[d.Repl]
+		if slot, ok := s.repls.lookupID(d.Repl); ok {
+			return s.repls.repl(slot), nil
+		}
 	}
-	s.rmu.RUnlock()
-	if r == nil {
-		return Repl{}, errNotFound("no verified domain", domain)
-	}
-	return *r, nil
+	return Repl{}, errNotFound("no verified domain", domain)
 }
 
-// Repls implements Store.
+// Repls implements Store. It holds the read lock while it copies the page out.
 func (s *MemStore) Repls(_ context.Context, q ReplQuery) ([]Repl, error) {
-	txn := s.db.Txn(false)
 	afterOwner, afterSlug, hasAfter := strings.Cut(q.After, "/")
 	if q.After != "" && !hasAfter {
 		return nil, fmt.Errorf("%w: cursor %q is not <owner>/<slug>", ErrInvalid, q.After)
@@ -165,22 +134,23 @@ func (s *MemStore) Repls(_ context.Context, q ReplQuery) ([]Repl, error) {
 	if hasAfter && (q.Owner == "" || afterOwner >= q.Owner) {
 		startOwner, startSlug = afterOwner, afterSlug
 	}
-	it, err := txn.LowerBound(tableRepls, "id", startOwner, startSlug)
-	if err != nil {
-		return nil, memErr(err)
-	}
 	out := []Repl{}
-	for o := it.Next(); o != nil; o = it.Next() {
-		r := o.(*Repl)
-		if hasAfter && r.Owner == afterOwner && r.Slug == afterSlug {
-			continue
-		}
-		if q.Owner != "" && r.Owner != q.Owner {
-			break
-		}
-		out = append(out, *r)
-		if q.Limit > 0 && len(out) == q.Limit {
-			break
+	s.rmu.RLock()
+	defer s.rmu.RUnlock()
+	t := s.repls
+	for b, i := t.seek(startOwner, startSlug); b < len(t.order); b, i = b+1, 0 {
+		for _, slot := range t.order[b][i:] {
+			r := t.repl(slot)
+			if hasAfter && r.Owner == afterOwner && r.Slug == afterSlug {
+				continue
+			}
+			if q.Owner != "" && r.Owner != q.Owner {
+				return out, nil
+			}
+			out = append(out, r)
+			if q.Limit > 0 && len(out) == q.Limit {
+				return out, nil
+			}
 		}
 	}
 	return out, nil
@@ -245,26 +215,33 @@ func (s *MemStore) Domain(_ context.Context, name string) (Domain, error) {
 	return *d, nil
 }
 
-// write runs fn in a memdb write transaction under the write lock. fn returns the events of the
-// change (without Index) and a function that applies it to the read indexes; on success the
-// transaction commits, the read indexes are updated and the events are published, in that
-// order, before the next write starts.
-func (s *MemStore) write(fn func(txn *memdb.Txn) ([]Event, func(), error)) error {
+// write runs fn under the write lock. fn checks the change against the indexes (which only
+// writers change, so wmu alone guards reading them) and returns a function that applies it and
+// returns its events (without Index), or nil when there is nothing to change; then the change
+// is applied under rmu, the repl arena is rebuilt if it is mostly garbage, and the events are
+// published, in that order, before the next write starts. A failing fn changes nothing.
+func (s *MemStore) write(fn func() (func() []Event, error)) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.closed {
 		return errStoreClosed
 	}
-	txn := s.db.Txn(true)
-	events, apply, err := fn(txn)
+	apply, err := fn()
 	if err != nil {
-		txn.Abort()
 		return err
 	}
-	txn.Commit()
+	var events []Event
 	if apply != nil {
 		s.rmu.Lock()
-		apply()
+		events = apply()
+		s.rmu.Unlock()
+	}
+	if s.repls.needsCompact() {
+		// Copy the live records without blocking readers (they keep reading the old chunks,
+		// which nothing rewrites), then switch to the copy.
+		chunks, used, slots := s.repls.compacted()
+		s.rmu.Lock()
+		s.repls.install(chunks, used, slots)
 		s.rmu.Unlock()
 	}
 	if len(events) > 0 {
@@ -315,56 +292,34 @@ func (s *MemStore) Watch(ctx context.Context) (<-chan Event, error) {
 	return w.ch, nil
 }
 
-func memErr(err error) error { return fmt.Errorf("lore: memdb: %w", err) }
-
-// packRepl returns a copy of r whose strings share one allocation, in the order owner, slug,
-// ID, cluster, plan: fewer, smaller heap objects, and a name lookup that compares owner and
-// slug touches one cache line instead of two.
-func packRepl(r Repl) *Repl {
-	buf := r.Owner + r.Slug + r.ID + r.Cluster + r.Plan
-	p := &Repl{Created: r.Created}
-	i := 0
-	for _, f := range []struct {
-		dst *string
-		n   int
-	}{{&p.Owner, len(r.Owner)}, {&p.Slug, len(r.Slug)}, {&p.ID, len(r.ID)}, {&p.Cluster, len(r.Cluster)}, {&p.Plan, len(r.Plan)}} {
-		*f.dst = buf[i : i+f.n]
-		i += f.n
-	}
-	return p
-}
-
 // CreateRepl implements Store.
 func (s *MemStore) CreateRepl(_ context.Context, r Repl) (Repl, error) {
-	p := packRepl(r)
-	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		if s.byID[r.ID] != nil { // read under wmu: only writers change it
-			return nil, nil, fmt.Errorf("%w: repl id %q", ErrExists, r.ID)
+	var out Repl
+	err := s.write(func() (func() []Event, error) {
+		t := s.repls
+		if !fits(r) {
+			return nil, fmt.Errorf("%w: repl field longer than %d bytes", ErrInvalid, maxField)
 		}
-		if o, err := txn.First(tableRepls, "id", r.Owner, r.Slug); err != nil {
-			return nil, nil, memErr(err)
-		} else if o != nil {
-			return nil, nil, fmt.Errorf("%w: repl %s/%s", ErrExists, r.Owner, r.Slug)
+		if _, ok := t.lookupID(r.ID); ok {
+			return nil, fmt.Errorf("%w: repl id %q", ErrExists, r.ID)
 		}
-		if o, err := txn.First(tableClusters, "id", r.Cluster); err != nil {
-			return nil, nil, memErr(err)
-		} else if o == nil {
-			return nil, nil, fmt.Errorf("%w: cluster %q", ErrNotFound, r.Cluster)
+		if _, ok := t.lookupName(r.Owner, r.Slug); ok {
+			return nil, fmt.Errorf("%w: repl %s/%s", ErrExists, r.Owner, r.Slug)
 		}
-		if err := txn.Insert(tableRepls, p); err != nil {
-			return nil, nil, memErr(err)
+		if s.clusters[r.Cluster] == nil {
+			return nil, fmt.Errorf("%w: cluster %q", ErrNotFound, r.Cluster)
 		}
-		ev := *p
-		return []Event{{Kind: ReplCreated, Repl: &ev}}, func() {
-			s.byID[p.ID] = p
-			s.byName[nameKey{p.Owner, p.Slug}] = p
-			s.counts[p.Cluster]++
+		return func() []Event {
+			out = t.repl(t.insert(r))
+			s.counts[r.Cluster]++ // not out.Cluster: a map key would keep its arena chunk alive
+			ev := out
+			return []Event{{Kind: ReplCreated, Repl: &ev}}
 		}, nil
 	})
 	if err != nil {
 		return Repl{}, err
 	}
-	return *p, nil
+	return out, nil
 }
 
 // MoveRepl implements Store.
@@ -373,33 +328,29 @@ func (s *MemStore) MoveRepl(_ context.Context, id, cluster string) (Repl, string
 		out  Repl
 		from string
 	)
-	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		old := s.byID[id]
-		if old == nil {
-			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, id)
+	err := s.write(func() (func() []Event, error) {
+		t := s.repls
+		slot, ok := t.lookupID(id)
+		if !ok {
+			return nil, errNotFound("repl", id)
 		}
-		out, from = *old, old.Cluster
+		old := t.repl(slot)
+		out, from = old, old.Cluster
 		if old.Cluster == cluster {
-			return nil, nil, nil
+			return nil, nil
 		}
-		if c, err := txn.First(tableClusters, "id", cluster); err != nil {
-			return nil, nil, memErr(err)
-		} else if c == nil {
-			return nil, nil, fmt.Errorf("%w: cluster %q", ErrNotFound, cluster)
+		if s.clusters[cluster] == nil {
+			return nil, fmt.Errorf("%w: cluster %q", ErrNotFound, cluster)
 		}
-		moved := *old
+		moved := old
 		moved.Cluster = cluster
-		p := packRepl(moved)
-		if err := txn.Insert(tableRepls, p); err != nil {
-			return nil, nil, memErr(err)
-		}
-		out = *p
-		ev := *p
-		return []Event{{Kind: ReplMoved, Repl: &ev, FromCluster: from}}, func() {
-			s.byID[p.ID] = p
-			s.byName[nameKey{p.Owner, p.Slug}] = p
+		return func() []Event {
+			t.replace(slot, moved)
+			out = t.repl(slot)
 			s.counts[from]--
 			s.counts[cluster]++
+			ev := out
+			return []Event{{Kind: ReplMoved, Repl: &ev, FromCluster: from}}
 		}, nil
 	})
 	if err != nil {
@@ -411,42 +362,27 @@ func (s *MemStore) MoveRepl(_ context.Context, id, cluster string) (Repl, string
 // DeleteRepl implements Store.
 func (s *MemStore) DeleteRepl(_ context.Context, id string) (Repl, error) {
 	var out Repl
-	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		old := s.byID[id]
-		if old == nil {
-			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, id)
+	err := s.write(func() (func() []Event, error) {
+		t := s.repls
+		slot, ok := t.lookupID(id)
+		if !ok {
+			return nil, errNotFound("repl", id)
 		}
-		out = *old
-		var events []Event
-		var gone []string
-		it, err := txn.Get(tableDomains, "repl", id)
-		if err != nil {
-			return nil, nil, memErr(err)
-		}
-		var doms []*Domain
-		for d := it.Next(); d != nil; d = it.Next() {
-			doms = append(doms, d.(*Domain))
-		}
-		for _, d := range doms {
-			if err := txn.Delete(tableDomains, d); err != nil {
-				return nil, nil, memErr(err)
-			}
-			ev := *d
-			events = append(events, Event{Kind: DomainDeleted, Domain: &ev})
-			gone = append(gone, d.Name)
-		}
-		if err := txn.Delete(tableRepls, old); err != nil {
-			return nil, nil, memErr(err)
-		}
-		ev := *old
-		events = append(events, Event{Kind: ReplDeleted, Repl: &ev})
-		return events, func() {
-			delete(s.byID, old.ID)
-			delete(s.byName, nameKey{old.Owner, old.Slug})
-			s.counts[old.Cluster]--
-			for _, n := range gone {
+		out = t.repl(slot)
+		return func() []Event {
+			var events []Event
+			names := s.replDomains[out.ID]
+			slices.Sort(names)
+			for _, n := range names {
+				ev := *s.domains[n]
+				events = append(events, Event{Kind: DomainDeleted, Domain: &ev})
 				delete(s.domains, n)
 			}
+			delete(s.replDomains, out.ID)
+			t.remove(slot)
+			s.counts[out.Cluster]--
+			ev := out
+			return append(events, Event{Kind: ReplDeleted, Repl: &ev})
 		}, nil
 	})
 	if err != nil {
@@ -458,13 +394,12 @@ func (s *MemStore) DeleteRepl(_ context.Context, id string) (Repl, error) {
 // PutCluster implements Store.
 func (s *MemStore) PutCluster(_ context.Context, c Cluster) (Cluster, error) {
 	c = cloneCluster(c)
-	p := &c
-	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		if err := txn.Insert(tableClusters, p); err != nil {
-			return nil, nil, memErr(err)
-		}
-		ev := cloneCluster(c)
-		return []Event{{Kind: ClusterChanged, Cluster: &ev}}, func() { s.clusters[p.ID] = p }, nil
+	err := s.write(func() (func() []Event, error) {
+		return func() []Event {
+			s.clusters[c.ID] = &c
+			ev := cloneCluster(c)
+			return []Event{{Kind: ClusterChanged, Cluster: &ev}}
+		}, nil
 	})
 	if err != nil {
 		return Cluster{}, err
@@ -474,21 +409,20 @@ func (s *MemStore) PutCluster(_ context.Context, c Cluster) (Cluster, error) {
 
 // CreateDomain implements Store.
 func (s *MemStore) CreateDomain(_ context.Context, d Domain) (Domain, error) {
-	p := &d
-	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		if o, err := txn.First(tableDomains, "id", d.Name); err != nil {
-			return nil, nil, memErr(err)
-		} else if o != nil {
-			return nil, nil, fmt.Errorf("%w: domain %q", ErrExists, d.Name)
+	err := s.write(func() (func() []Event, error) {
+		if s.domains[d.Name] != nil {
+			return nil, fmt.Errorf("%w: domain %q", ErrExists, d.Name)
 		}
-		if s.byID[d.Repl] == nil {
-			return nil, nil, fmt.Errorf("%w: repl %q", ErrNotFound, d.Repl)
+		if _, ok := s.repls.lookupID(d.Repl); !ok {
+			return nil, fmt.Errorf("%w: repl %q", ErrNotFound, d.Repl)
 		}
-		if err := txn.Insert(tableDomains, p); err != nil {
-			return nil, nil, memErr(err)
-		}
-		ev := d
-		return []Event{{Kind: DomainChanged, Domain: &ev}}, func() { s.domains[p.Name] = p }, nil
+		return func() []Event {
+			p := d
+			s.domains[d.Name] = &p
+			s.replDomains[d.Repl] = append(s.replDomains[d.Repl], d.Name)
+			ev := d
+			return []Event{{Kind: DomainChanged, Domain: &ev}}
+		}, nil
 	})
 	if err != nil {
 		return Domain{}, err
@@ -499,28 +433,22 @@ func (s *MemStore) CreateDomain(_ context.Context, d Domain) (Domain, error) {
 // VerifyDomain implements Store.
 func (s *MemStore) VerifyDomain(_ context.Context, name, challenge string) (Domain, error) {
 	var out Domain
-	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		o, err := txn.First(tableDomains, "id", name)
-		if err != nil {
-			return nil, nil, memErr(err)
+	err := s.write(func() (func() []Event, error) {
+		old := s.domains[name]
+		if old == nil || old.Challenge != challenge {
+			return nil, fmt.Errorf("%w: domain %q with that challenge", ErrNotFound, name)
 		}
-		if o == nil || o.(*Domain).Challenge != challenge {
-			return nil, nil, fmt.Errorf("%w: domain %q with that challenge", ErrNotFound, name)
-		}
-		old := o.(*Domain)
 		out = *old
 		if old.Verified {
-			return nil, nil, nil
+			return nil, nil
 		}
-		p := new(Domain)
-		*p = *old
-		p.Verified = true
-		if err := txn.Insert(tableDomains, p); err != nil {
-			return nil, nil, memErr(err)
-		}
-		out = *p
-		ev := *p
-		return []Event{{Kind: DomainChanged, Domain: &ev}}, func() { s.domains[p.Name] = p }, nil
+		out.Verified = true
+		return func() []Event {
+			p := out
+			s.domains[name] = &p // a new value: readers may hold the old one
+			ev := out
+			return []Event{{Kind: DomainChanged, Domain: &ev}}
+		}, nil
 	})
 	if err != nil {
 		return Domain{}, err
@@ -531,20 +459,23 @@ func (s *MemStore) VerifyDomain(_ context.Context, name, challenge string) (Doma
 // DeleteDomain implements Store.
 func (s *MemStore) DeleteDomain(_ context.Context, name string) (Domain, error) {
 	var out Domain
-	err := s.write(func(txn *memdb.Txn) ([]Event, func(), error) {
-		o, err := txn.First(tableDomains, "id", name)
-		if err != nil {
-			return nil, nil, memErr(err)
+	err := s.write(func() (func() []Event, error) {
+		old := s.domains[name]
+		if old == nil {
+			return nil, errNotFound("domain", name)
 		}
-		if o == nil {
-			return nil, nil, fmt.Errorf("%w: domain %q", ErrNotFound, name)
-		}
-		out = *o.(*Domain)
-		if err := txn.Delete(tableDomains, o); err != nil {
-			return nil, nil, memErr(err)
-		}
-		ev := out
-		return []Event{{Kind: DomainDeleted, Domain: &ev}}, func() { delete(s.domains, name) }, nil
+		out = *old
+		return func() []Event {
+			delete(s.domains, name)
+			rest := slices.DeleteFunc(s.replDomains[out.Repl], func(n string) bool { return n == name })
+			if len(rest) == 0 {
+				delete(s.replDomains, out.Repl)
+			} else {
+				s.replDomains[out.Repl] = rest
+			}
+			ev := out
+			return []Event{{Kind: DomainDeleted, Domain: &ev}}
+		}, nil
 	})
 	if err != nil {
 		return Domain{}, err

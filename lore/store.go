@@ -6,7 +6,7 @@ import "context"
 // value before it reaches a Store; a Store enforces uniqueness and references inside its own
 // transactions, so concurrent writers (several lore replicas over one backend) never break them.
 //
-// NewMemStore (go-memdb, in process) is the default. Every implementation must pass the
+// NewMemStore (in process) is the default. Every implementation must pass the
 // conformance suite in package lore/loretest. All methods are safe for concurrent use. Errors
 // wrap ErrNotFound, ErrExists or ErrInvalid where those apply.
 type Store interface {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -99,14 +100,14 @@ func sessionsChildMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	srv := &http.Server{Handler: p}
+	h := NewHandover(&http.Server{Handler: p}, ln)
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
+	go func() { done <- h.Serve() }()
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_ = srv.Shutdown(ctx)
+	_ = h.Shutdown(ctx)
 	_ = p.Shutdown(ctx)
 	<-done
 	fmt.Printf("served %d\n", served.Load())
@@ -144,14 +145,24 @@ func TestSessionsReusePortTwoProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := ListenReusePort(context.Background(), "tcp", "127.0.0.1:0")
+	rawLn, err := ListenReusePort(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln := &sessTestCloseSignal{Listener: rawLn, closed: make(chan struct{})}
 	addr := ln.Addr().String()
-	srv := &http.Server{Handler: old}
+	accepted := make(chan struct{}, 1)
+	srv := &http.Server{Handler: old, ConnState: func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
+		}
+	}}
+	h := NewHandover(srv, ln)
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve(ln) }()
+	go func() { serveDone <- h.Serve() }()
 	url := "ws://" + addr + "/v1/connect?token="
 	tok := func() string {
 		s, _, err := iss.Issue(sessTestCluster, "r1")
@@ -169,6 +180,19 @@ func TestSessionsReusePortTwoProcesses(t *testing.T) {
 	}
 	defer live.CloseNow()
 	sessTestReadBanner(t, live)
+
+	// The straggler: a client whose connection the old process accepts before the handover but
+	// whose request arrives only after the old process stopped accepting — the race a loaded
+	// machine hits now and then, made certain. Only the old process can answer it.
+	for len(accepted) > 0 {
+		<-accepted
+	}
+	straggler, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer straggler.Close()
+	<-accepted
 
 	// The client loop: full sessions, one after another, until told to stop.
 	var attempts, failures atomic.Int64
@@ -217,8 +241,21 @@ func TestSessionsReusePortTwoProcesses(t *testing.T) {
 	}
 	waitAttempts(20)
 
-	// The old process stops accepting, then drains its hijacked sessions.
-	if err := srv.Shutdown(ctx); err != nil {
+	// The old process stops accepting, answers what it accepted, then drains its sessions.
+	handedOver := make(chan error, 1)
+	go func() { handedOver <- h.Shutdown(ctx) }()
+	<-ln.closed
+	stragglerSession, _, err := websocket.Dial(ctx, url+tok(), &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: &http.Transport{
+			DialContext: func(context.Context, string, string) (net.Conn, error) { return straggler, nil },
+		}},
+	})
+	if err != nil {
+		t.Fatalf("the connection the old process accepted before the handover: %v", err)
+	}
+	sessTestReadBanner(t, stragglerSession)
+	stragglerSession.Close(websocket.StatusNormalClosure, "")
+	if err := <-handedOver; err != nil {
 		t.Fatal(err)
 	}
 	shutdown := make(chan error, 1)
@@ -268,4 +305,17 @@ func TestSessionsReusePortTwoProcesses(t *testing.T) {
 	if n < 100 {
 		t.Errorf("new process served %d sessions, want ≥ 100", n)
 	}
+}
+
+// sessTestCloseSignal closes closed when the listener is closed.
+type sessTestCloseSignal struct {
+	net.Listener
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (l *sessTestCloseSignal) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { close(l.closed) })
+	return err
 }

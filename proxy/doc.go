@@ -25,6 +25,44 @@
 // front of it so requests for repls that moved to another cluster are forwarded there. The
 // Hosting type's documentation is the full manual.
 //
+// # Deploys without a refused or dropped connection
+//
+// A proxy process is replaced by starting the new one beside it on the same address, never by
+// stopping the old one first:
+//
+//  1. The new process listens with ListenReusePort (SO_REUSEPORT) and signals readiness once
+//     it returns: from then on the kernel queues connections for it, Accept or not.
+//  2. The old process stops accepting with Handover.Shutdown. Its listener closes; with
+//     net.ipv4.tcp_migrate_req = 1 the connections queued on it, and handshakes in progress,
+//     move to the new listener (ListenReusePort has the kernel's conditions). Every connection it
+//     had already accepted still gets its request answered — sessions in setup included — with
+//     keep-alives off, and only then does it call http.Server.Shutdown.
+//  3. The old process drains its live sessions with Sessions.Shutdown(graceCtx), hours or days,
+//     and exits.
+//
+// Calling http.Server.Shutdown directly in step 2 loses connections: net/http closes, without
+// an answer, any connection whose request it reads after Shutdown began, including one it
+// accepted a moment before its listener closed. The client sees EOF; the new process never saw
+// the connection. On a loaded 2-core machine that lost one connection in 7 of 60 handovers of
+// TestSessionsReusePortTwoProcesses (about one in 1,500 connections handed over); the test now
+// also makes that race certain, with a connection accepted before the handover whose request
+// comes after.
+//
+// Without tcp_migrate_req (ReusePortMigration reports it; it needs CAP_NET_ADMIN to set, per
+// network namespace) step 2 resets the few connections that reach the old listener's queue in
+// the instant it closes: clients see ECONNRESET and must retry. There is no loss-free way round
+// that with close(2) alone; set the sysctl.
+//
+//	ln, err := proxy.ListenReusePort(ctx, "tcp", ":8443")
+//	if err != nil { … }
+//	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+//	h := proxy.NewHandover(srv, ln)
+//	go h.Serve()
+//	ready() // tell the deployer: the old process may stop now
+//	<-sigterm
+//	err = h.Shutdown(ctx)                         // stop accepting, answer every accepted connection
+//	err = errors.Join(err, sessions.Shutdown(grace)) // then keep live sessions to the end
+//
 // Both proxies declare what they need as small interfaces — Placer, TokenVerifier, Directory —
 // satisfied by the in-process types and the HTTP clients of lore and placement alike.
 package proxy

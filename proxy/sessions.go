@@ -195,7 +195,10 @@ type SessionsConfig struct {
 // the close frame itself at the next frame boundary of conman's stream, which it always knows
 // (an idle session within a second); a frame that does not complete within a second, or a client
 // that stopped reading, is cut instead. A deploy starts the new process on the same address
-// (ListenReusePort), then calls http.Server.Shutdown and Sessions.Shutdown on the old one.
+// (ListenReusePort) and waits until it listens; the old one then calls Handover.Shutdown (not
+// http.Server.Shutdown, which drops a connection accepted just before its listener closed if
+// its request is read after) and, once that returns, Sessions.Shutdown. The package
+// documentation's "Deploys" section has the whole sequence.
 //
 // # Metrics and the SLO
 //

@@ -25,7 +25,7 @@ import (
 // listener closed (net/http checks shuttingDown right after reading a request and closes the
 // connection; the client sees EOF). The new process never sees that connection, so a deploy
 // would drop it. Under CPU load the window between accept and reading the request is wide
-// enough to lose about one connection in a few thousand handed over.
+// enough to lose a connection in about one handover in ten.
 //
 // Handover.Shutdown closes the listener itself (with net.ipv4.tcp_migrate_req = 1 the kernel
 // moves connections still queued on it to the new process's listener), turns keep-alives off,

@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -10,13 +13,19 @@ import (
 
 // ListenReusePort listens like net.ListenConfig.Listen with SO_REUSEPORT (and SO_REUSEADDR)
 // set, so a new proxy process can bind the address an old one still holds: during a deploy the
-// new process starts accepting first, then the old one closes its listener and drains its
-// sessions with Sessions.Shutdown, and no connection attempt is refused. network is "tcp",
-// "tcp4" or "tcp6". Every process sharing the address must use SO_REUSEPORT and the same user.
+// new process starts listening first (the kernel queues connections for it from the moment
+// ListenReusePort returns, before it calls Accept), then the old one stops with
+// Handover.Shutdown and drains its sessions with Sessions.Shutdown, and no connection attempt
+// is refused. network is "tcp", "tcp4" or "tcp6". Every process sharing the address must use
+// SO_REUSEPORT, the same user and the same network namespace.
 //
-// Linux spreads new connections across the listeners by hash; connections still queued on a
-// listener when it closes are reset unless net.ipv4.tcp_migrate_req = 1 (Linux 5.14+), which
-// moves them to a surviving listener — set it on hosts that deploy this way.
+// Linux spreads new connections across the listeners by hash. When a listener closes,
+// connections it holds that no process has accepted yet — established ones in its accept queue
+// and handshakes in progress (SYN received) — are reset, unless net.ipv4.tcp_migrate_req = 1
+// (Linux 5.14+, per network namespace), which moves them to another listener of the group that
+// is still listening at that moment: queued ones at close, handshakes when their final ACK or a
+// SYN+ACK retransmission comes. Set it on hosts that deploy this way (ReusePortMigration reports
+// it), and close the old listener only after the new process is listening.
 func ListenReusePort(ctx context.Context, network, addr string) (net.Listener, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
@@ -32,6 +41,19 @@ func ListenReusePort(ctx context.Context, network, addr string) (net.Listener, e
 		return serr
 	}}
 	return lc.Listen(ctx, network, addr)
+}
+
+// ReusePortMigration reports whether net.ipv4.tcp_migrate_req is 1 in this process's network
+// namespace, that is whether closing a ListenReusePort listener hands the connections queued on
+// it to the other listeners instead of resetting them. A server that deploys by SO_REUSEPORT
+// should warn at start-up when it is false: each deploy may then reset the few connections that
+// arrive in the instant the old listener closes.
+func ReusePortMigration() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	if err != nil {
+		return false, fmt.Errorf("proxy: reading net.ipv4.tcp_migrate_req (Linux 5.14+): %w", err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
 }
 
 // sessionsFileLimit returns the soft RLIMIT_NOFILE.

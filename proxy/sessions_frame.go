@@ -297,8 +297,12 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 	if fromClient {
 		counter = &fr.c2b
 	}
+	// Reads and writes run under a context that is never done: coder/websocket would otherwise
+	// register (and allocate) a context.AfterFunc for every frame read or written. The relay
+	// ends them by closing the connections instead (finish), which unblocks both.
+	ioCtx := context.WithoutCancel(fr.ctx)
 	for {
-		typ, rd, err := src.Reader(fr.ctx)
+		typ, rd, err := src.Reader(ioCtx)
 		if err != nil {
 			fr.srcFailed(err, fromClient)
 			return
@@ -322,13 +326,13 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 		}
 		if rerr != nil {
 			// The whole message fit in the buffer: one frame out, like it came in.
-			err = sessionsBatched(body, func() error { return dst.Write(fr.ctx, typ, buf[:n]) })
+			err = sessionsBatched(body, func() error { return dst.Write(ioCtx, typ, buf[:n]) })
 			sessionsCopyPool.Put(bp)
 			counter.Add(int64(n))
 		} else {
 			// A big message: stream it through in fragments of the buffer's size.
 			var wr io.WriteCloser
-			wr, err = dst.Writer(fr.ctx, typ)
+			wr, err = dst.Writer(ioCtx, typ)
 			if err == nil {
 				var m int64
 				bw := &sessionsBatchWriter{w: wr, body: body}

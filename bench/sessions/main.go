@@ -547,21 +547,28 @@ func dial(ctx context.Context, url string) (*websocket.Conn, error) {
 func benchThroughput(targets []*target) error {
 	fmt.Printf("## Throughput: one session, %d × 1 MiB messages echoed (MiB/s each way, median of %d rounds)\n\n", *msgs, *rounds)
 	res := map[string][]float64{}
+	cpu := map[string]int64{} // proxy CPU nanoseconds over all rounds
 	for r := 0; r < *rounds; r++ {
 		for _, t := range targets {
+			c0 := procTreeCPU(t.pid)
 			v, err := throughput(t.url)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
+			cpu[t.name] += procTreeCPU(t.pid) - c0
 			res[t.name] = append(res[t.name], v)
 		}
 	}
 	direct := median(res["direct"])
-	fmt.Println("| target | MiB/s (median) | rounds | × direct |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Println("| target | MiB/s (median) | rounds | × direct | proxy CPU ms per MiB relayed (both ways) |")
+	fmt.Println("|---|---|---|---|---|")
 	for _, t := range targets {
 		m := median(res[t.name])
-		fmt.Printf("| %s | %.0f | %s | %.2f |\n", t.name, m, fmtList(res[t.name]), m/direct)
+		c := "–"
+		if t.pid != 0 {
+			c = fmt.Sprintf("%.2f", float64(cpu[t.name])/1e6/float64(2*(*msgs+1)*(*rounds)))
+		}
+		fmt.Printf("| %s | %.0f | %s | %.2f | %s |\n", t.name, m, fmtList(res[t.name]), m/direct, c)
 	}
 	fmt.Println()
 	return nil
@@ -622,11 +629,16 @@ func throughput(url string) (float64, error) {
 
 func benchLatency(targets []*target) error {
 	fmt.Printf("## Round trips: %d sessions × %.0f msg/s × 64 bytes for %v (µs)\n\n", *sessions, *rate, *latDur)
-	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples | proxy CPU µs per round trip |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	var direct []time.Duration
 	for _, t := range targets {
-		lat, err := latency(t.url)
+		var c0 int64
+		lat, err := latency(t.url, func() { c0 = procTreeCPU(t.pid) })
+		cpu := "–"
+		if t.pid != 0 && len(lat) > 0 {
+			cpu = fmt.Sprintf("%.1f", float64(procTreeCPU(t.pid)-c0)/1e3/float64(len(lat)))
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
@@ -635,17 +647,17 @@ func benchLatency(targets []*target) error {
 			direct = lat
 		}
 		us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %d |\n", t.name,
+		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %d | %s |\n", t.name,
 			us(pct(lat, 50)), us(pct(lat, 90)), us(pct(lat, 99)), us(pct(lat, 99.9)),
-			us(pct(lat, 50)-pct(direct, 50)), us(pct(lat, 99)-pct(direct, 99)), len(lat))
+			us(pct(lat, 50)-pct(direct, 50)), us(pct(lat, 99)-pct(direct, 99)), len(lat), cpu)
 	}
 	fmt.Println()
 	return nil
 }
 
-// latency drives raw WebSocket connections (a precomputed masked frame out, a 66-byte frame
+// latency opens the sessions, calls ready, and drives raw WebSocket connections (a precomputed masked frame out, a 66-byte frame
 // back) so the load generator spends as little CPU as possible on its side of the measurement.
-func latency(url string) ([]time.Duration, error) {
+func latency(url string, ready func()) ([]time.Duration, error) {
 	if p := os.Getenv("BENCH_PROFILE"); p != "" && strings.Contains(url, "token=") {
 		// Profile a proxy under the latency load: BENCH_PROFILE=/tmp/prefix
 		go func() {
@@ -681,6 +693,7 @@ func latency(url string) ([]time.Duration, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	ready()
 	var mu sync.Mutex
 	var all []time.Duration
 	interval := time.Duration(float64(time.Second) / *rate)

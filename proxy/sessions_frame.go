@@ -301,6 +301,7 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 	// register (and allocate) a context.AfterFunc for every frame read or written. The relay
 	// ends them by closing the connections instead (finish), which unblocks both.
 	ioCtx := context.WithoutCancel(fr.ctx)
+	er := &sessionsErrReader{}
 	for {
 		typ, rd, err := src.Reader(ioCtx)
 		if err != nil {
@@ -310,7 +311,7 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 		fr.activity.Store(time.Now().UnixNano())
 		bp := sessionsCopyPool.Get().(*[]byte)
 		buf := *bp
-		er := &sessionsErrReader{r: rd}
+		er.r, er.err = rd, nil
 		n, rerr := io.ReadFull(er, buf)
 		if er.err != nil {
 			sessionsCopyPool.Put(bp)

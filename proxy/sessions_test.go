@@ -42,7 +42,7 @@ type sessTestConman struct {
 	hits int
 }
 
-func newSessTestConman(t *testing.T, id string) *sessTestConman {
+func newSessTestConman(t testing.TB, id string) *sessTestConman {
 	t.Helper()
 	c := &sessTestConman{id: id}
 	mux := http.NewServeMux()
@@ -165,7 +165,7 @@ func (p *sessTestPlacer) requests() []placement.Request {
 }
 
 type sessTestEnv struct {
-	t      *testing.T
+	t      testing.TB
 	issuer *lore.Issuer
 	keys   *lore.KeySet
 	placer *sessTestPlacer
@@ -194,7 +194,7 @@ func (l *sessTestLog) String() string {
 	return l.buf.String()
 }
 
-func newSessTestIssuer(t *testing.T, now func() time.Time) *lore.Issuer {
+func newSessTestIssuer(t testing.TB, now func() time.Time) *lore.Issuer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -207,7 +207,7 @@ func newSessTestIssuer(t *testing.T, now func() time.Time) *lore.Issuer {
 	return iss
 }
 
-func newSessTestEnv(t *testing.T, mode RelayMode, tweak func(*SessionsConfig)) *sessTestEnv {
+func newSessTestEnv(t testing.TB, mode RelayMode, tweak func(*SessionsConfig)) *sessTestEnv {
 	t.Helper()
 	e := &sessTestEnv{t: t, logs: &sessTestLog{}}
 	e.issuer = newSessTestIssuer(t, nil)
@@ -282,7 +282,7 @@ func (e *sessTestEnv) stages() map[string]int {
 	return out
 }
 
-func sessTestReadBanner(t *testing.T, c *websocket.Conn) string {
+func sessTestReadBanner(t testing.TB, c *websocket.Conn) string {
 	t.Helper()
 	c.SetReadLimit(64 << 20)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -297,7 +297,7 @@ func sessTestReadBanner(t *testing.T, c *websocket.Conn) string {
 	return string(b)
 }
 
-func sessTestEcho(t *testing.T, c *websocket.Conn, typ websocket.MessageType, msg []byte) {
+func sessTestEcho(t testing.TB, c *websocket.Conn, typ websocket.MessageType, msg []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -37,8 +38,9 @@ type sessionsRawBackend struct {
 func (b *sessionsRawBackend) closeNow() { _ = b.conn.Close() }
 
 type sessionsFrameBackend struct {
-	c   *websocket.Conn
-	raw net.Conn // under c, to cut a close handshake short
+	c    *websocket.Conn
+	raw  net.Conn              // under c, to cut a close handshake short
+	body *sessionsUpgradedBody // c's connection as it writes to it
 }
 
 func (b *sessionsFrameBackend) closeNow() { _ = b.c.CloseNow() }
@@ -123,7 +125,7 @@ func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.As
 			return nil, fmt.Errorf("attach to VM %s: %w", asg.VM, err)
 		}
 		c.SetReadLimit(s.cfg.MaxMessageBytes)
-		return &sessionsFrameBackend{c: c, raw: slot.conn}, nil
+		return &sessionsFrameBackend{c: c, raw: slot.conn, body: slot.body}, nil
 	}
 	return s.attachRaw(ctx, u, asg.VM)
 }
@@ -268,6 +270,7 @@ type sessionsDialKey struct{}
 type sessionsDialSlot struct {
 	vm   string
 	conn net.Conn
+	body *sessionsUpgradedBody
 }
 
 func (t *sessionsUpgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -285,17 +288,33 @@ func (t *sessionsUpgradeTransport) RoundTrip(req *http.Request) (*http.Response,
 		return nil, err
 	}
 	slot.conn = conn
-	resp.Body = &sessionsUpgradedBody{Conn: conn, pending: pending}
+	slot.body = &sessionsUpgradedBody{Conn: conn, pending: pending}
+	resp.Body = slot.body
 	resp.Request = req
 	return resp, nil
 }
 
 // sessionsUpgradedBody is an upgraded connection as a response body (io.ReadWriteCloser),
 // replaying first the bytes read past the 101.
+//
+// It also coalesces writes on request. coder/websocket masks what a client sends through its
+// 4 KiB bufio.Writer, so a big message reaches the connection in 4 KiB writes: 256 syscalls
+// and TCP segments per MiB. Between beginBatch and endBatch, writes collect in a pooled 64 KiB
+// buffer instead and go out 64 KiB at a time. Frame mode opens a batch around each big message
+// it relays to conman; an idle session holds no batch buffer.
 type sessionsUpgradedBody struct {
 	net.Conn
 	pending []byte
+
+	mu    sync.Mutex // serializes Write with beginBatch and endBatch
+	batch *[]byte    // while a batch is open: the bytes written and not yet sent
+	err   error      // a write error inside the batch, reported by endBatch
 }
+
+var sessionsBatchPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 64<<10)
+	return &b
+}}
 
 func (b *sessionsUpgradedBody) Read(p []byte) (int, error) {
 	if len(b.pending) > 0 {
@@ -304,6 +323,72 @@ func (b *sessionsUpgradedBody) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return b.Conn.Read(p)
+}
+
+func (b *sessionsUpgradedBody) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.batch == nil {
+		return b.Conn.Write(p)
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	buf := *b.batch
+	if len(buf)+len(p) > cap(buf) {
+		if err := b.sendLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) >= cap(buf) {
+			n, err := b.Conn.Write(p)
+			b.err = err
+			return n, err
+		}
+		buf = *b.batch
+	}
+	*b.batch = append(buf, p...)
+	return len(p), nil
+}
+
+// sendLocked writes out what the batch holds.
+func (b *sessionsUpgradedBody) sendLocked() error {
+	if len(*b.batch) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(*b.batch)
+	*b.batch = (*b.batch)[:0]
+	if err != nil {
+		b.err = err
+	}
+	return err
+}
+
+// beginBatch starts collecting writes.
+func (b *sessionsUpgradedBody) beginBatch() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.batch == nil {
+		b.batch = sessionsBatchPool.Get().(*[]byte)
+		b.err = nil
+	}
+}
+
+// endBatch sends what the batch collected, stops collecting, and reports the first write error
+// inside the batch.
+func (b *sessionsUpgradedBody) endBatch() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.batch == nil {
+		return nil
+	}
+	err := b.err
+	if err == nil {
+		err = b.sendLocked()
+	}
+	*b.batch = (*b.batch)[:0]
+	sessionsBatchPool.Put(b.batch)
+	b.batch, b.err = nil, nil
+	return err
 }
 
 // sessionsCtxErr prefers the context's error over the timeout its deadline caused.

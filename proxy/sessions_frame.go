@@ -16,6 +16,9 @@ import (
 	"github.com/coder/websocket"
 )
 
+// sessionsBatchMin is the message size above which Frame mode coalesces its writes to conman.
+const sessionsBatchMin = 4 << 10
+
 // Frame mode reads each message into a 32 KiB buffer; a message that fills it streams on in
 // fragments of 256 KiB, so big messages cost few frames and syscalls.
 var (
@@ -61,7 +64,7 @@ func (s *Sessions) serveFrame(ctx context.Context, w http.ResponseWriter, r *htt
 	established := time.Now()
 	s.metrics.setup.Observe(established.Sub(a.start).Seconds())
 
-	fr := &sessionsFrameRelay{client: client, back: back, rawClient: sh.conn, rawBack: fb.raw, cfg: &s.cfg}
+	fr := &sessionsFrameRelay{client: client, back: back, rawClient: sh.conn, rawBack: fb.raw, backBody: fb.body, cfg: &s.cfg}
 	fr.ctx, fr.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.log.Debug("session established", a.attrs(StageOK)...)
 	s.relay(fr.goAway, func() {
@@ -108,7 +111,8 @@ func (w *sessionsSmallHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // idle timers that run only when they fire, and exactly one decision about how it ended.
 type sessionsFrameRelay struct {
 	client, back       *websocket.Conn
-	rawClient, rawBack net.Conn // the connections under them (either may be nil)
+	rawClient, rawBack net.Conn              // the connections under them (either may be nil)
+	backBody           *sessionsUpgradedBody // conman's leg as coder/websocket writes to it (may be nil)
 	cfg                *SessionsConfig
 	ctx                context.Context
 	cancel             context.CancelFunc
@@ -293,8 +297,13 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 	if fromClient {
 		counter = &fr.c2b
 	}
+	// Reads and writes run under a context that is never done: coder/websocket would otherwise
+	// register (and allocate) a context.AfterFunc for every frame read or written. The relay
+	// ends them by closing the connections instead (finish), which unblocks both.
+	ioCtx := context.WithoutCancel(fr.ctx)
+	er := &sessionsErrReader{}
 	for {
-		typ, rd, err := src.Reader(fr.ctx)
+		typ, rd, err := src.Reader(ioCtx)
 		if err != nil {
 			fr.srcFailed(err, fromClient)
 			return
@@ -302,28 +311,36 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 		fr.activity.Store(time.Now().UnixNano())
 		bp := sessionsCopyPool.Get().(*[]byte)
 		buf := *bp
-		er := &sessionsErrReader{r: rd}
+		er.r, er.err = rd, nil
 		n, rerr := io.ReadFull(er, buf)
 		if er.err != nil {
 			sessionsCopyPool.Put(bp)
 			fr.srcFailed(er.err, fromClient)
 			return
 		}
+		// A message bigger than coder/websocket's write buffer reaches conman in one write per
+		// 64 KiB instead of one per 4 KiB (see sessionsUpgradedBody). Each batch covers bytes
+		// already in memory, never a wait for the client.
+		var body *sessionsUpgradedBody
+		if fromClient && n > sessionsBatchMin {
+			body = fr.backBody
+		}
 		if rerr != nil {
 			// The whole message fit in the buffer: one frame out, like it came in.
-			err = dst.Write(fr.ctx, typ, buf[:n])
+			err = sessionsBatched(body, func() error { return dst.Write(ioCtx, typ, buf[:n]) })
 			sessionsCopyPool.Put(bp)
 			counter.Add(int64(n))
 		} else {
 			// A big message: stream it through in fragments of the buffer's size.
 			var wr io.WriteCloser
-			wr, err = dst.Writer(fr.ctx, typ)
+			wr, err = dst.Writer(ioCtx, typ)
 			if err == nil {
 				var m int64
-				_, err = wr.Write(buf[:n])
+				bw := &sessionsBatchWriter{w: wr, body: body}
+				_, err = bw.Write(buf[:n])
 				if err == nil {
 					big := sessionsBigPool.Get().(*[]byte)
-					m, err = io.CopyBuffer(wr, er, *big)
+					m, err = io.CopyBuffer(bw, er, *big)
 					sessionsBigPool.Put(big)
 				}
 				counter.Add(int64(n) + m)
@@ -333,7 +350,7 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 					return
 				}
 				if err == nil {
-					err = wr.Close()
+					err = sessionsBatched(body, wr.Close)
 				}
 			}
 			sessionsCopyPool.Put(bp)
@@ -344,6 +361,33 @@ func (fr *sessionsFrameRelay) pump(src, dst *websocket.Conn, fromClient bool) {
 		}
 		fr.activity.Store(time.Now().UnixNano())
 	}
+}
+
+// sessionsBatched runs write with body's writes coalesced (body nil: as they come).
+func sessionsBatched(body *sessionsUpgradedBody, write func() error) error {
+	if body == nil {
+		return write()
+	}
+	body.beginBatch()
+	err := write()
+	if berr := body.endBatch(); err == nil {
+		err = berr
+	}
+	return err
+}
+
+// sessionsBatchWriter coalesces the writes under each Write it is given (see sessionsBatched).
+type sessionsBatchWriter struct {
+	w    io.Writer
+	body *sessionsUpgradedBody
+}
+
+func (b *sessionsBatchWriter) Write(p []byte) (n int, err error) {
+	err = sessionsBatched(b.body, func() (err error) {
+		n, err = b.w.Write(p)
+		return err
+	})
+	return n, err
 }
 
 // srcFailed handles a read error on the leg messages came from.

@@ -42,7 +42,7 @@ type sessTestConman struct {
 	hits int
 }
 
-func newSessTestConman(t *testing.T, id string) *sessTestConman {
+func newSessTestConman(t testing.TB, id string) *sessTestConman {
 	t.Helper()
 	c := &sessTestConman{id: id}
 	mux := http.NewServeMux()
@@ -165,7 +165,7 @@ func (p *sessTestPlacer) requests() []placement.Request {
 }
 
 type sessTestEnv struct {
-	t      *testing.T
+	t      testing.TB
 	issuer *lore.Issuer
 	keys   *lore.KeySet
 	placer *sessTestPlacer
@@ -194,7 +194,7 @@ func (l *sessTestLog) String() string {
 	return l.buf.String()
 }
 
-func newSessTestIssuer(t *testing.T, now func() time.Time) *lore.Issuer {
+func newSessTestIssuer(t testing.TB, now func() time.Time) *lore.Issuer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -207,7 +207,7 @@ func newSessTestIssuer(t *testing.T, now func() time.Time) *lore.Issuer {
 	return iss
 }
 
-func newSessTestEnv(t *testing.T, mode RelayMode, tweak func(*SessionsConfig)) *sessTestEnv {
+func newSessTestEnv(t testing.TB, mode RelayMode, tweak func(*SessionsConfig)) *sessTestEnv {
 	t.Helper()
 	e := &sessTestEnv{t: t, logs: &sessTestLog{}}
 	e.issuer = newSessTestIssuer(t, nil)
@@ -282,7 +282,7 @@ func (e *sessTestEnv) stages() map[string]int {
 	return out
 }
 
-func sessTestReadBanner(t *testing.T, c *websocket.Conn) string {
+func sessTestReadBanner(t testing.TB, c *websocket.Conn) string {
 	t.Helper()
 	c.SetReadLimit(64 << 20)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -297,7 +297,7 @@ func sessTestReadBanner(t *testing.T, c *websocket.Conn) string {
 	return string(b)
 }
 
-func sessTestEcho(t *testing.T, c *websocket.Conn, typ websocket.MessageType, msg []byte) {
+func sessTestEcho(t testing.TB, c *websocket.Conn, typ websocket.MessageType, msg []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -364,7 +364,7 @@ func TestSessionsRelay(t *testing.T) {
 					if _, b, err := c.Read(ctx); err != nil || string(b) != "cols=120&rows=40" {
 						t.Errorf("size = %q, %v", b, err)
 					}
-					for _, n := range []int{1, 125, 126, 65535, 65536, sessionsSmallFrame, sessionsSmallFrame + 1, 3 << 20} {
+					for _, n := range []int{1, 125, 126, sessionsBatchMin, sessionsBatchMin + 1, 65535, 65536, 64<<10 + 7, sessionsSmallFrame, sessionsSmallFrame + 1, 300 << 10, 3 << 20} {
 						msg := make([]byte, n)
 						rand.Read(msg)
 						sessTestEcho(t, c, websocket.MessageBinary, msg)
@@ -992,5 +992,57 @@ func TestNewSessionsConfig(t *testing.T) {
 	}
 	if _, err := NewSessions(ok); err != nil {
 		t.Errorf("valid config: %v", err)
+	}
+}
+
+// TestSessionsUpgradedBodyBatch checks the write coalescing Frame mode uses on conman's leg:
+// bytes arrive in order and whole, batches hold nothing back once they end, and a write error
+// inside a batch is reported by endBatch.
+func TestSessionsUpgradedBodyBatch(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	body := &sessionsUpgradedBody{Conn: a}
+	want := make([]byte, 200<<10)
+	rand.Read(want)
+	got := make(chan []byte, 1)
+	go func() {
+		buf, _ := io.ReadAll(b)
+		got <- buf
+	}()
+	// Unbatched, batched in 4 KiB pieces, one piece bigger than the batch buffer, unbatched.
+	write := func(p []byte) {
+		t.Helper()
+		if n, err := body.Write(p); err != nil || n != len(p) {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	write(want[:100])
+	body.beginBatch()
+	off := 100
+	for ; off < 100<<10; off += 4 << 10 {
+		write(want[off:min(off+4<<10, len(want))])
+	}
+	write(want[off : off+70<<10])
+	off += 70 << 10
+	if err := body.endBatch(); err != nil {
+		t.Fatal(err)
+	}
+	write(want[off:])
+	a.Close()
+	if g := <-got; !bytes.Equal(g, want) {
+		t.Fatalf("received %d bytes, not the %d written in order", len(g), len(want))
+	}
+
+	// A failed write inside a batch surfaces at endBatch (or at the write that fails).
+	c, d := net.Pipe()
+	d.Close()
+	body = &sessionsUpgradedBody{Conn: c}
+	body.beginBatch()
+	_, werr := body.Write(make([]byte, 100))
+	if err := body.endBatch(); err == nil && werr == nil {
+		t.Fatal("no error from a batch written to a closed connection")
+	}
+	if body.batch != nil {
+		t.Fatal("batch still open after endBatch")
 	}
 }

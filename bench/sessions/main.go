@@ -17,8 +17,12 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -45,6 +49,7 @@ import (
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 	"github.com/switchyard-dev/switchyard/proxy"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -57,9 +62,13 @@ var (
 	rate       = flag.Float64("rate", 10, "messages per second per session in the latency test")
 	latDur     = flag.Duration("latency-duration", 5*time.Second, "duration of each latency run")
 	idle       = flag.Int("idle", 3000, "idle sessions for the memory test")
-	setups     = flag.Int("setups", 2000, "sessions opened for the setup-latency test")
+	setups     = flag.Int("setups", 2000, "sessions opened for each part of the setup test")
+	setupRate  = flag.Float64("setup-rate", 200, "sessions opened per second in the paced part of the setup test")
 	only       = flag.String("only", "", "comma-separated tests to run: throughput,latency,memory,setup (empty = all)")
 	skipExt    = flag.Bool("no-external", false, "do not run nginx and HAProxy")
+	targetList = flag.String("targets", "", "comma-separated proxies to run besides direct: splice,frame,nginx,haproxy (empty = all)")
+	driverCPUs = flag.String("driver-cpus", "", "pin the driver (load generator and echo backend) to these CPUs, e.g. 0 (empty: no pinning)")
+	proxyCPUs  = flag.String("proxy-cpus", "", "pin every proxy to these CPUs, e.g. 1, and size it to them: GOMAXPROCS, nginx workers, HAProxy threads (empty: no pinning, 2 of each)")
 )
 
 const cluster = "bench"
@@ -72,6 +81,11 @@ func main() {
 			log.Fatal(err)
 		}
 		return
+	}
+	if *driverCPUs != "" {
+		if err := pinSelf(*driverCPUs); err != nil {
+			log.Fatal(err)
+		}
 	}
 	if err := drive(); err != nil {
 		log.Fatal(err)
@@ -192,7 +206,13 @@ func drive() error {
 	}
 
 	targets := []*target{{name: "direct", url: "ws://" + beAddr + "/v1/repls/r1/attach"}}
+	want := func(name string) bool {
+		return *targetList == "" || slices.Contains(strings.Split(*targetList, ","), name)
+	}
 	for _, m := range []string{"splice", "frame"} {
+		if !want(m) {
+			continue
+		}
 		t, err := startOurs(m, "http://"+beAddr, seed)
 		if err != nil {
 			return err
@@ -202,15 +222,18 @@ func drive() error {
 		targets = append(targets, t)
 	}
 	if !*skipExt {
-		if t, err := startNginx(tmp, beAddr); err != nil {
-			log.Printf("nginx: %v (skipped)", err)
-		} else {
-			defer t.stop()
-			targets = append(targets, t)
-		}
-		if t, err := startHAProxy(tmp, beAddr); err != nil {
-			log.Printf("haproxy: %v (skipped)", err)
-		} else {
+		for _, ext := range []struct {
+			name  string
+			start func(tmp, backend string) (*target, error)
+		}{{"nginx", startNginx}, {"haproxy", startHAProxy}} {
+			if !want(ext.name) {
+				continue
+			}
+			t, err := ext.start(tmp, beAddr)
+			if err != nil {
+				log.Printf("%s: %v (skipped)", ext.name, err)
+				continue
+			}
 			defer t.stop()
 			targets = append(targets, t)
 		}
@@ -241,37 +264,104 @@ func drive() error {
 	return nil
 }
 
-// startBackend runs the echo backend: every message comes back whole, as one frame.
+// startBackend runs the echo backend: every frame comes back as it came, unmasked (so every
+// message comes back whole, with the same framing). It speaks the protocol by hand, reading
+// and writing each frame with as few syscalls as it can, so the driver process that hosts it
+// spends its CPU on the load, not on the backend.
 func startBackend() (net.Listener, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "websocket only", http.StatusUpgradeRequired)
+			return
+		}
+		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+		conn, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			return
 		}
-		defer c.CloseNow()
-		c.SetReadLimit(8 << 20)
-		ctx := context.Background()
-		var buf []byte
-		for {
-			typ, rd, err := c.Reader(ctx)
-			if err != nil {
-				return
-			}
-			buf, err = readAll(rd, buf)
-			if err != nil {
-				return
-			}
-			if err := c.Write(ctx, typ, buf); err != nil {
-				return
-			}
-		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+			base64.StdEncoding.EncodeToString(sum[:]))
+		echoFrames(conn, brw.Reader)
 	})
 	go (&http.Server{Handler: h}).Serve(ln)
 	return ln, nil
+}
+
+// echoFrames echoes every frame read from br to conn, unmasked, until EOF, an error or a
+// close frame (which it echoes, then returns). A ping comes back as a pong.
+func echoFrames(conn net.Conn, br *bufio.Reader) {
+	buf := make([]byte, 64<<10)
+	var hdr [14]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:2]); err != nil {
+			return
+		}
+		b0, b1 := hdr[0], hdr[1]
+		ext := map[byte]int{126: 2, 127: 8}[b1&0x7f]
+		if _, err := io.ReadFull(br, hdr[2:2+ext]); err != nil {
+			return
+		}
+		n := uint64(b1 & 0x7f)
+		switch ext {
+		case 2:
+			n = uint64(binary.BigEndian.Uint16(hdr[2:4]))
+		case 8:
+			n = binary.BigEndian.Uint64(hdr[2:10])
+		}
+		var key [4]byte
+		if b1&0x80 != 0 {
+			if _, err := io.ReadFull(br, key[:]); err != nil {
+				return
+			}
+		}
+		opcode := b0 & 0x0f
+		if opcode == 9 {
+			b0 = b0&0xf0 | 10
+		}
+		// The header goes out in the same write as the payload's first chunk.
+		h := copy(buf, []byte{b0, b1 &^ 0x80})
+		h += copy(buf[h:], hdr[2:2+ext])
+		var off uint64
+		for first := true; first || off < n; first = false {
+			k := min(n-off, uint64(len(buf)-h))
+			if _, err := io.ReadFull(br, buf[h:h+int(k)]); err != nil {
+				return
+			}
+			unmask(buf[h:h+int(k)], key, off)
+			if _, err := conn.Write(buf[:h+int(k)]); err != nil {
+				return
+			}
+			off += k
+			h = 0
+		}
+		if opcode == 8 {
+			return
+		}
+	}
+}
+
+// unmask XORs p, which starts at offset off of a frame's payload, with the frame's masking key.
+func unmask(p []byte, key [4]byte, off uint64) {
+	if key == [4]byte{} {
+		return
+	}
+	var k [8]byte
+	for i := range k {
+		k[i] = key[(off+uint64(i))%4]
+	}
+	k64 := binary.LittleEndian.Uint64(k[:])
+	i := 0
+	for ; i+8 <= len(p); i += 8 {
+		binary.LittleEndian.PutUint64(p[i:], binary.LittleEndian.Uint64(p[i:])^k64)
+	}
+	for ; i < len(p); i++ {
+		p[i] ^= k[i%8]
+	}
 }
 
 // readAll reads a message into buf's storage.
@@ -295,6 +385,10 @@ func readAll(r io.Reader, buf []byte) ([]byte, error) {
 func startOurs(m, backend string, seed []byte) (*target, error) {
 	cmd := exec.Command(os.Args[0], "-role=proxy", "-mode="+m, "-backend="+backend)
 	cmd.Env = append(os.Environ(), "BENCH_KEY_SEED="+hex.EncodeToString(seed))
+	if *proxyCPUs != "" {
+		cmd = exec.Command("taskset", append([]string{"-c", *proxyCPUs}, cmd.Args...)...)
+		cmd.Env = append(os.Environ(), "BENCH_KEY_SEED="+hex.EncodeToString(seed), fmt.Sprintf("GOMAXPROCS=%d", proxyThreads()))
+	}
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -339,6 +433,9 @@ func startExternal(name string, args []string, port int) (*target, error) {
 		return nil, err
 	}
 	cmd := exec.Command(path, args[1:]...)
+	if *proxyCPUs != "" {
+		cmd = exec.Command("taskset", append([]string{"-c", *proxyCPUs, path}, args[1:]...)...)
+	}
 	cmd.Stderr = os.Stderr
 	cmd.Stdout = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -373,7 +470,7 @@ func startNginx(tmp, backend string) (*target, error) {
 	dir := filepath.Join(tmp, "nginx")
 	os.MkdirAll(dir, 0o755)
 	conf := fmt.Sprintf(`daemon off;
-worker_processes auto;
+worker_processes %[4]d;
 worker_rlimit_nofile 20000;
 pid %[1]s/nginx.pid;
 error_log stderr warn;
@@ -399,7 +496,7 @@ http {
     }
   }
 }
-`, dir, backend, port)
+`, dir, backend, port, proxyThreads())
 	cfg := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -416,7 +513,7 @@ func startHAProxy(tmp, backend string) (*target, error) {
 	os.MkdirAll(dir, 0o755)
 	conf := fmt.Sprintf(`global
   maxconn 9000
-  nbthread 2
+  nbthread %d
 defaults
   mode http
   timeout connect 5s
@@ -428,7 +525,7 @@ frontend fe
   default_backend be
 backend be
   server s1 %s
-`, port, backend)
+`, proxyThreads(), port, backend)
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -450,21 +547,28 @@ func dial(ctx context.Context, url string) (*websocket.Conn, error) {
 func benchThroughput(targets []*target) error {
 	fmt.Printf("## Throughput: one session, %d × 1 MiB messages echoed (MiB/s each way, median of %d rounds)\n\n", *msgs, *rounds)
 	res := map[string][]float64{}
+	cpu := map[string]int64{} // proxy CPU nanoseconds over all rounds
 	for r := 0; r < *rounds; r++ {
 		for _, t := range targets {
+			c0 := procTreeCPU(t.pid)
 			v, err := throughput(t.url)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
+			cpu[t.name] += procTreeCPU(t.pid) - c0
 			res[t.name] = append(res[t.name], v)
 		}
 	}
 	direct := median(res["direct"])
-	fmt.Println("| target | MiB/s (median) | rounds | × direct |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Println("| target | MiB/s (median) | rounds | × direct | proxy CPU ms per MiB relayed (both ways) |")
+	fmt.Println("|---|---|---|---|---|")
 	for _, t := range targets {
 		m := median(res[t.name])
-		fmt.Printf("| %s | %.0f | %s | %.2f |\n", t.name, m, fmtList(res[t.name]), m/direct)
+		c := "–"
+		if t.pid != 0 {
+			c = fmt.Sprintf("%.2f", float64(cpu[t.name])/1e6/float64(2*(*msgs+1)*(*rounds)))
+		}
+		fmt.Printf("| %s | %.0f | %s | %.2f | %s |\n", t.name, m, fmtList(res[t.name]), m/direct, c)
 	}
 	fmt.Println()
 	return nil
@@ -525,11 +629,16 @@ func throughput(url string) (float64, error) {
 
 func benchLatency(targets []*target) error {
 	fmt.Printf("## Round trips: %d sessions × %.0f msg/s × 64 bytes for %v (µs)\n\n", *sessions, *rate, *latDur)
-	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples | proxy CPU µs per round trip |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	var direct []time.Duration
 	for _, t := range targets {
-		lat, err := latency(t.url)
+		var c0 int64
+		lat, err := latency(t.url, func() { c0 = procTreeCPU(t.pid) })
+		cpu := "–"
+		if t.pid != 0 && len(lat) > 0 {
+			cpu = fmt.Sprintf("%.1f", float64(procTreeCPU(t.pid)-c0)/1e3/float64(len(lat)))
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
@@ -538,17 +647,17 @@ func benchLatency(targets []*target) error {
 			direct = lat
 		}
 		us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %d |\n", t.name,
+		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %d | %s |\n", t.name,
 			us(pct(lat, 50)), us(pct(lat, 90)), us(pct(lat, 99)), us(pct(lat, 99.9)),
-			us(pct(lat, 50)-pct(direct, 50)), us(pct(lat, 99)-pct(direct, 99)), len(lat))
+			us(pct(lat, 50)-pct(direct, 50)), us(pct(lat, 99)-pct(direct, 99)), len(lat), cpu)
 	}
 	fmt.Println()
 	return nil
 }
 
-// latency drives raw WebSocket connections (a precomputed masked frame out, a 66-byte frame
+// latency opens the sessions, calls ready, and drives raw WebSocket connections (a precomputed masked frame out, a 66-byte frame
 // back) so the load generator spends as little CPU as possible on its side of the measurement.
-func latency(url string) ([]time.Duration, error) {
+func latency(url string, ready func()) ([]time.Duration, error) {
 	if p := os.Getenv("BENCH_PROFILE"); p != "" && strings.Contains(url, "token=") {
 		// Profile a proxy under the latency load: BENCH_PROFILE=/tmp/prefix
 		go func() {
@@ -584,6 +693,7 @@ func latency(url string) ([]time.Duration, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	ready()
 	var mu sync.Mutex
 	var all []time.Duration
 	interval := time.Duration(float64(time.Second) / *rate)
@@ -667,42 +777,102 @@ func dialRaw(wsURL string) (*rawWS, error) {
 // ---- setup ----
 
 func benchSetup(targets []*target) error {
-	fmt.Printf("## Session setup: %d sessions opened (4 at a time), request to 101 received (µs)\n\n", *setups)
-	fmt.Println("| target | p50 | p90 | p99 | max |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Printf("## Session setup, request sent to 101 received (µs): %d sessions opened at %.0f/s (open loop, each at its own time), then as fast as 4 at a time go\n\n", *setups, *setupRate)
+	fmt.Println("| target | p50 | p90 | p99 | max | added p50 | added p99 | 4 at a time: setups/s | p99 | proxy CPU µs/setup |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	var direct []time.Duration
 	for _, t := range targets {
-		var mu sync.Mutex
-		var lat []time.Duration
-		var g errGroup
-		var next atomic.Int64
-		for range 4 {
-			g.Go(func() error {
-				for next.Add(1) <= int64(*setups) {
-					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-					t0 := time.Now()
-					c, err := dial(ctx, t.url)
-					d := time.Since(t0)
-					cancel()
-					if err != nil {
-						return err
-					}
-					c.CloseNow()
-					mu.Lock()
-					lat = append(lat, d)
-					mu.Unlock()
-				}
-				return nil
-			})
-		}
-		if err := g.Wait(); err != nil {
+		paced, err := setupPaced(t.url)
+		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
-		slices.Sort(lat)
+		if t.name == "direct" {
+			direct = paced
+		}
+		cpu0 := procTreeCPU(t.pid)
+		rate, closed, err := setupClosed(t.url)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		cpu := "–"
+		if t.pid != 0 {
+			cpu = fmt.Sprintf("%.0f", float64(procTreeCPU(t.pid)-cpu0)/1e3/float64(len(closed)))
+		}
 		us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f |\n", t.name, us(pct(lat, 50)), us(pct(lat, 90)), us(pct(lat, 99)), us(lat[len(lat)-1]))
+		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %.0f | %.0f | %s |\n", t.name,
+			us(pct(paced, 50)), us(pct(paced, 90)), us(pct(paced, 99)), us(paced[len(paced)-1]),
+			us(pct(paced, 50)-pct(direct, 50)), us(pct(paced, 99)-pct(direct, 99)), rate, us(pct(closed, 99)), cpu)
 	}
 	fmt.Println()
 	return nil
+}
+
+// setupOnce opens one session and closes it, and returns how long the opening handshake took.
+func setupOnce(url string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	c, err := dial(ctx, url)
+	d := time.Since(t0)
+	if err != nil {
+		return 0, err
+	}
+	c.CloseNow()
+	return d, nil
+}
+
+// setupPaced opens *setups sessions at *setupRate per second, each started at its scheduled
+// time whether or not earlier ones finished (an open loop, as users arrive), and returns the
+// sorted setup latencies.
+func setupPaced(url string) ([]time.Duration, error) {
+	lat := make([]time.Duration, *setups)
+	var g errGroup
+	interval := time.Duration(float64(time.Second) / *setupRate)
+	start := time.Now()
+	for i := range lat {
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		g.Go(func() (err error) {
+			lat[i], err = setupOnce(url)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	slices.Sort(lat)
+	return lat, nil
+}
+
+// setupClosed opens *setups sessions 4 at a time, each as soon as the last of its worker
+// finished: the rate the target sustains, and the latency at that rate.
+func setupClosed(url string) (float64, []time.Duration, error) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	var g errGroup
+	var next atomic.Int64
+	start := time.Now()
+	for range 4 {
+		g.Go(func() error {
+			for next.Add(1) <= int64(*setups) {
+				d, err := setupOnce(url)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, nil, err
+	}
+	rate := float64(len(lat)) / time.Since(start).Seconds()
+	slices.Sort(lat)
+	return rate, lat, nil
 }
 
 // ---- memory ----
@@ -735,6 +905,34 @@ func procRSS(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// procTreeCPU is the CPU time (user + system, in nanoseconds) a process and its children
+// (nginx and HAProxy workers) have used.
+func procTreeCPU(pid int) int64 {
+	if pid == 0 {
+		return 0
+	}
+	var total int64
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// The fields after the command (which may hold spaces) start at state: utime and
+		// stime are the 12th and 13th of them, in clock ticks (100 a second on Linux).
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 {
+			f := strings.Fields(string(b[i+1:]))
+			if len(f) > 12 {
+				u, _ := strconv.ParseInt(f[11], 10, 64)
+				st, _ := strconv.ParseInt(f[12], 10, 64)
+				total += (u + st) * int64(10*time.Millisecond)
+			}
+		}
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, f := range strings.Fields(string(b)) {
+		if c, err := strconv.Atoi(f); err == nil {
+			total += procTreeCPU(c)
+		}
+	}
+	return total
 }
 
 // procTreeRSS sums the RSS of a process and its children (nginx and HAProxy workers).
@@ -825,6 +1023,63 @@ func benchMemory(targets []*target) error {
 }
 
 // ---- helpers ----
+
+// proxyThreads is how many threads (Go Ps, nginx workers, HAProxy threads) each proxy gets:
+// the CPUs of -proxy-cpus, or 2 when unpinned.
+func proxyThreads() int {
+	if *proxyCPUs == "" {
+		return 2
+	}
+	set, err := parseCPUs(*proxyCPUs)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return set.Count()
+}
+
+// parseCPUs parses a CPU list like "1" or "0,1" or "2-3".
+func parseCPUs(list string) (unix.CPUSet, error) {
+	var set unix.CPUSet
+	for _, part := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a || b >= 1024 {
+			return set, fmt.Errorf("bad CPU list %q", list)
+		}
+		for c := a; c <= b; c++ {
+			set.Set(c)
+		}
+	}
+	return set, nil
+}
+
+// pinSelf restricts every thread of this process, and so every thread it creates later, to
+// the CPUs in list, and sizes GOMAXPROCS to them.
+func pinSelf(list string) error {
+	set, err := parseCPUs(list)
+	if err != nil {
+		return err
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("pinning thread %d: %w", tid, err)
+		}
+	}
+	runtime.GOMAXPROCS(set.Count())
+	return nil
+}
 
 type errGroup struct {
 	wg   sync.WaitGroup

@@ -215,6 +215,7 @@ func (c *cluster) startEval(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/connect", sessions)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	warnReusePort(c.log)
 	srv, err := serve(ctx, "eval", c.hostPort(1, cfg.EvalPort), mux, true)
 	if err != nil {
 		return err

@@ -407,6 +407,7 @@ func runEval(ctx context.Context, f *componentFlags) (*component, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/connect", sessions)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	warnReusePort(f.log)
 	srv, err := serve(ctx, "eval", f.addr, mux, true)
 	if err != nil {
 		return c, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -17,6 +18,7 @@ type server struct {
 	name string
 	srv  *http.Server
 	ln   net.Listener
+	h    *proxy.Handover
 	done chan struct{}
 	err  error // Serve's result, set before done closes
 }
@@ -47,9 +49,13 @@ func serve(ctx context.Context, name, addr string, h http.Handler, reuse bool) (
 			MaxHeaderBytes:    64 << 10,
 		},
 	}
+	// Handover, not srv.Serve and srv.Shutdown: http.Server.Shutdown drops, unanswered, a
+	// request it reads after it began, even on a connection accepted just before (see
+	// proxy.Handover). That would lose connections in an Eval handover.
+	s.h = proxy.NewHandover(s.srv, ln)
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := s.h.Serve(); !errors.Is(err, http.ErrServerClosed) {
 			s.err = err
 		}
 	}()
@@ -59,15 +65,32 @@ func serve(ctx context.Context, name, addr string, h http.Handler, reuse bool) (
 // Addr is the address the server listens on.
 func (s *server) Addr() string { return s.ln.Addr().String() }
 
-// Shutdown stops accepting, waits for in-flight requests (not hijacked connections: their owners
-// drain those) and for the serving goroutine.
+// Shutdown stops accepting, answers every connection already accepted, waits for in-flight
+// requests (not hijacked connections: their owners drain those) and for the serving goroutine.
 func (s *server) Shutdown(ctx context.Context) error {
-	err := s.srv.Shutdown(ctx)
+	err := s.h.Shutdown(ctx)
 	if err != nil {
 		s.srv.Close()
 	}
 	<-s.done
 	return errors.Join(err, s.err)
+}
+
+var reusePortWarning sync.Once
+
+// warnReusePort logs, once per process, when a deploy by SO_REUSEPORT cannot hand over
+// connections without resetting some: closing the old listener resets what is queued on it
+// unless net.ipv4.tcp_migrate_req is 1.
+func warnReusePort(log *slog.Logger) {
+	reusePortWarning.Do(func() {
+		ok, err := proxy.ReusePortMigration()
+		switch {
+		case err != nil:
+			log.Warn("cannot tell whether Eval handovers lose connections", "err", err)
+		case !ok:
+			log.Warn("net.ipv4.tcp_migrate_req is 0: each Eval handover may reset the connections queued on the old listener; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1)")
+		}
+	})
 }
 
 // group shuts down a set of components in reverse order of start.

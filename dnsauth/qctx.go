@@ -7,14 +7,17 @@ import (
 )
 
 // queryCtx is the context.Context of one query's directory calls: a deadline Timeout after the
-// first lookup. Unlike context.WithTimeout it allocates nothing unless someone waits on Done, so
-// an in-process directory answers without garbage, while an HTTP directory (which selects on
-// Done) gets a real channel and timer. A queryCtx is reused by the next query only if Done was
-// never called; otherwise it is cancelled and dropped, so nobody holding it sees it reset.
+// directory first asks for it (Deadline, Done or Err; an HTTP directory does so as its first
+// lookup starts). Unlike context.WithTimeout it allocates nothing unless someone waits on Done,
+// and reads no clock unless someone asks, so an in-process directory answers without garbage
+// or time.Now, while an HTTP directory (which selects on Done) gets a real channel and timer. A
+// queryCtx is reused by the next query only if Done was never called; otherwise it is cancelled
+// and dropped, so nobody holding it sees it reset.
 type queryCtx struct {
 	mu       sync.Mutex
 	active   bool
-	deadline time.Time
+	timeout  time.Duration
+	deadline time.Time // zero until asked for
 	done     chan struct{}
 	timer    *time.Timer
 	err      error
@@ -25,16 +28,25 @@ func (c *queryCtx) start(timeout time.Duration) context.Context {
 	c.mu.Lock()
 	if !c.active {
 		c.active = true
-		c.deadline = time.Now().Add(timeout)
+		c.timeout = timeout
+		c.deadline = time.Time{}
 	}
 	c.mu.Unlock()
 	return c
 }
 
+// deadlineLocked returns the deadline, fixing it on first use in a query. Called with mu held.
+func (c *queryCtx) deadlineLocked() time.Time {
+	if c.deadline.IsZero() && c.active {
+		c.deadline = time.Now().Add(c.timeout)
+	}
+	return c.deadline
+}
+
 func (c *queryCtx) Deadline() (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.deadline, true
+	return c.deadlineLocked(), true
 }
 
 func (c *queryCtx) Done() <-chan struct{} {
@@ -44,7 +56,7 @@ func (c *queryCtx) Done() <-chan struct{} {
 		c.done = make(chan struct{})
 		if c.err != nil {
 			close(c.done)
-		} else if d := time.Until(c.deadline); d <= 0 {
+		} else if d := time.Until(c.deadlineLocked()); d <= 0 {
 			c.err = context.DeadlineExceeded
 			close(c.done)
 		} else {
@@ -69,7 +81,7 @@ func (c *queryCtx) Err() error {
 	if c.err != nil {
 		return c.err
 	}
-	if c.active && !time.Now().Before(c.deadline) {
+	if c.active && !time.Now().Before(c.deadlineLocked()) {
 		return context.DeadlineExceeded
 	}
 	return nil

@@ -6,8 +6,7 @@
 # Each server runs pinned to CPU 0 (Go servers with GOMAXPROCS=1, NSD with server-count 1) and
 # dnsperf pinned to CPU 1. Servers:
 #   bare     a miekg/dns server answering a fixed A record        (bench/dns/server -mode bare)
-#   dnsauth  dnsauth over a lore memdb Directory of REPLS repls     (bench/dns/server -mode dnsauth)
-#   dnsauth-gc  the same with GOGC=400 (GC tuned for the directory's large, stable heap)
+#   dnsauth  dnsauth over an in-process lore Directory of REPLS repls (bench/dns/server -mode dnsauth)
 #   nsd      NSD with a zone file of the same shape (REPLS names with A and AAAA)
 # Query mix (QUERIES lines, repeated for DURATION s): 80% A and 10% AAAA of random repl names,
 # 10% A of names that do not exist (NXDOMAIN). Over UDP and TCP; ROUNDS rounds, servers
@@ -29,7 +28,6 @@ ZONE=repl.test
 PORT_BARE=${PORT_BARE:-5390}
 PORT_DNSAUTH=${PORT_DNSAUTH:-5391}
 PORT_NSD=${PORT_NSD:-5392}
-PORT_DNSAUTH_GC=${PORT_DNSAUTH_GC:-5393}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
@@ -108,13 +106,11 @@ GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode bare -addr "127.0.0.1
 pids+=($!)
 GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode dnsauth -repls "$REPLS" -addr "127.0.0.1:$PORT_DNSAUTH" > "$work/dnsauth.log" 2>&1 &
 pids+=($!)
-# The same dnsauth server with the GC tuned for a large, stable live heap (the 100k-repl
-# directory): GOGC=400 collects a fifth as often.
-GOGC=400 GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode dnsauth -repls "$REPLS" -addr "127.0.0.1:$PORT_DNSAUTH_GC" > "$work/dnsauth-gc.log" 2>&1 &
-pids+=($!)
+# (Until 2026-11-22 a third server ran dnsauth with GOGC=400, which helped while lore's store
+# was a pointerful ~80 MB heap; with the GC-noscan store it made no difference and was dropped.)
 taskset -c "$SERVER_CPU" nsd -d -c "$work/nsd.conf" > "$work/nsd.out" 2>&1 &
 pids+=($!)
-wait_ready "$PORT_BARE"; wait_ready "$PORT_DNSAUTH"; wait_ready "$PORT_DNSAUTH_GC"; wait_ready "$PORT_NSD"
+wait_ready "$PORT_BARE"; wait_ready "$PORT_DNSAUTH"; wait_ready "$PORT_NSD"
 
 # Check the answers before measuring them: same rcodes from dnsauth and NSD.
 for q in "s12345.o1234.$ZONE A" "s12345.o1234.$ZONE AAAA" "nx1.o0.$ZONE A"; do
@@ -142,13 +138,13 @@ cpu_ticks() {
 }
 hz=$(getconf CLK_TCK)
 
-declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [dnsauth-gc]=$PORT_DNSAUTH_GC [nsd]=$PORT_NSD)
-declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [dnsauth-gc]=${pids[2]} [nsd]=${pids[3]})
+declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD)
+declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [nsd]=${pids[2]})
 results="$work/results.txt"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in udp tcp; do
-    for srv in bare dnsauth dnsauth-gc nsd; do
+    for srv in bare dnsauth nsd; do
       t0=$(cpu_ticks "${pid[$srv]}")
       out=$(taskset -c "$CLIENT_CPU" dnsperf -m "$mode" -s 127.0.0.1 -p "${port[$srv]}" -d "$work/queries.txt" \
         -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 2>&1)
@@ -170,7 +166,7 @@ median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; e
 echo "== medians over $ROUNDS rounds of ${DURATION}s (ratio to bare)"
 printf "%-4s %-10s %10s %6s %14s %6s\n" mode server qps ratio "q/server-cpu-s" ratio
 for mode in udp tcp; do
-  for srv in bare dnsauth dnsauth-gc nsd; do
+  for srv in bare dnsauth nsd; do
     q=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $3}' "$results" | median)
     c=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $4}' "$results" | median)
     [ "$srv" = bare ] && { bq=$q; bc=$c; }

@@ -1,7 +1,7 @@
 // Command server is the DNS server the dnsperf load script (bench/dns/run.sh) measures:
 //
 //	server -mode bare    -addr 127.0.0.1:5390   a bare miekg/dns server answering a fixed A record
-//	server -mode dnsauth -addr 127.0.0.1:5391   dnsauth over a lore memdb Directory of -repls repls
+//	server -mode dnsauth -addr 127.0.0.1:5391   dnsauth over an in-process lore Directory of -repls repls
 //
 // Both serve UDP and TCP on addr (TCP with MaxTCPQueries -1, so dnsperf's pipelined connections
 // stay open), print "ready" on stdout once both listen, and stop on SIGINT or SIGTERM. The repls

@@ -53,22 +53,23 @@ import (
 )
 
 var (
-	role       = flag.String("role", "driver", "driver (runs everything) or proxy (internal: one proxy.Sessions process)")
-	mode       = flag.String("mode", "splice", "proxy role: splice or frame")
-	backendURL = flag.String("backend", "", "proxy role: the echo backend's base URL")
-	rounds     = flag.Int("rounds", 3, "throughput rounds per target (the median is reported)")
-	msgs       = flag.Int("messages", 150, "1 MiB messages per throughput round")
-	sessions   = flag.Int("sessions", 1000, "concurrent sessions for the latency test")
-	rate       = flag.Float64("rate", 10, "messages per second per session in the latency test")
-	latDur     = flag.Duration("latency-duration", 5*time.Second, "duration of each latency run")
-	idle       = flag.Int("idle", 3000, "idle sessions for the memory test")
-	setups     = flag.Int("setups", 2000, "sessions opened for each part of the setup test")
-	setupRate  = flag.Float64("setup-rate", 200, "sessions opened per second in the paced part of the setup test")
-	only       = flag.String("only", "", "comma-separated tests to run: throughput,latency,memory,setup (empty = all)")
-	skipExt    = flag.Bool("no-external", false, "do not run nginx and HAProxy")
-	targetList = flag.String("targets", "", "comma-separated proxies to run besides direct: splice,frame,nginx,haproxy (empty = all)")
-	driverCPUs = flag.String("driver-cpus", "", "pin the driver (load generator and echo backend) to these CPUs, e.g. 0 (empty: no pinning)")
-	proxyCPUs  = flag.String("proxy-cpus", "", "pin every proxy to these CPUs, e.g. 1, and size it to them: GOMAXPROCS, nginx workers, HAProxy threads (empty: no pinning, 2 of each)")
+	role        = flag.String("role", "driver", "driver (runs everything) or proxy (internal: one proxy.Sessions process)")
+	mode        = flag.String("mode", "splice", "proxy role: splice or frame")
+	backendURL  = flag.String("backend", "", "proxy role: the echo backend's base URL")
+	rounds      = flag.Int("rounds", 3, "throughput rounds per target (the median is reported)")
+	msgs        = flag.Int("messages", 150, "1 MiB messages per throughput round")
+	sessions    = flag.Int("sessions", 1000, "concurrent sessions for the latency test")
+	rate        = flag.Float64("rate", 10, "messages per second per session in the latency test")
+	latDur      = flag.Duration("latency-duration", 5*time.Second, "duration of each latency run")
+	idle        = flag.Int("idle", 3000, "idle sessions for the memory test")
+	setups      = flag.Int("setups", 2000, "sessions opened for each part of the setup test")
+	setupRate   = flag.Float64("setup-rate", 200, "sessions opened per second in the paced part of the setup test")
+	only        = flag.String("only", "", "comma-separated tests to run: throughput,latency,memory,setup (empty = all)")
+	skipExt     = flag.Bool("no-external", false, "do not run nginx and HAProxy")
+	backendImpl = flag.String("backend-impl", "raw", "echo backend: raw (frames echoed by hand, least CPU) or coder (coder/websocket, as conman is built)")
+	targetList  = flag.String("targets", "", "comma-separated proxies to run besides direct: splice,frame,nginx,haproxy (empty = all)")
+	driverCPUs  = flag.String("driver-cpus", "", "pin the driver (load generator and echo backend) to these CPUs, e.g. 0 (empty: no pinning)")
+	proxyCPUs   = flag.String("proxy-cpus", "", "pin every proxy to these CPUs, e.g. 1, and size it to them: GOMAXPROCS, nginx workers, HAProxy threads (empty: no pinning, 2 of each)")
 )
 
 const cluster = "bench"
@@ -240,7 +241,8 @@ func drive() error {
 	}
 	run := func(name string) bool { return *only == "" || slices.Contains(strings.Split(*only, ","), name) }
 
-	fmt.Printf("# proxy.Sessions load run, %s, GOMAXPROCS=%d, %s\n\n", time.Now().UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Printf("# proxy.Sessions load run, %s, driver GOMAXPROCS=%d, %s\n\n", time.Now().UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Printf("Flags: %s\n\n", strings.Join(os.Args[1:], " "))
 	if run("throughput") {
 		if err := benchThroughput(targets); err != nil {
 			return err
@@ -274,6 +276,10 @@ func startBackend() (net.Listener, error) {
 		return nil, err
 	}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if *backendImpl == "coder" {
+			coderEcho(w, r)
+			return
+		}
 		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 			http.Error(w, "websocket only", http.StatusUpgradeRequired)
 			return
@@ -290,6 +296,31 @@ func startBackend() (net.Listener, error) {
 	})
 	go (&http.Server{Handler: h}).Serve(ln)
 	return ln, nil
+}
+
+// coderEcho is the echo backend built like conman: coder/websocket, each message read whole
+// and written back as one frame.
+func coderEcho(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(8 << 20)
+	ctx := context.Background()
+	var buf []byte
+	for {
+		typ, rd, err := c.Reader(ctx)
+		if err != nil {
+			return
+		}
+		if buf, err = readAll(rd, buf); err != nil {
+			return
+		}
+		if err := c.Write(ctx, typ, buf); err != nil {
+			return
+		}
+	}
 }
 
 // echoFrames echoes every frame read from br to conn, unmasked, until EOF, an error or a
@@ -658,19 +689,6 @@ func benchLatency(targets []*target) error {
 // latency opens the sessions, calls ready, and drives raw WebSocket connections (a precomputed masked frame out, a 66-byte frame
 // back) so the load generator spends as little CPU as possible on its side of the measurement.
 func latency(url string, ready func()) ([]time.Duration, error) {
-	if p := os.Getenv("BENCH_PROFILE"); p != "" && strings.Contains(url, "token=") {
-		// Profile a proxy under the latency load: BENCH_PROFILE=/tmp/prefix
-		go func() {
-			mem := strings.Replace(strings.SplitN(url, "?", 2)[0], "/v1/connect", "/debug/pprof/profile?seconds=3", 1)
-			resp, err := http.Get(strings.Replace(mem, "ws://", "http://", 1))
-			if err == nil {
-				f, _ := os.Create(p + strconv.Itoa(rand.IntN(1000)) + ".pprof")
-				io.Copy(f, resp.Body)
-				f.Close()
-				resp.Body.Close()
-			}
-		}()
-	}
 	conns := make([]*rawWS, *sessions)
 	var g errGroup
 	sem := make(chan struct{}, 16)
@@ -694,6 +712,20 @@ func latency(url string, ready func()) ([]time.Duration, error) {
 		return nil, err
 	}
 	ready()
+	if p := os.Getenv("BENCH_PROFILE"); p != "" && strings.Contains(url, "token=") {
+		// Profile one of our proxies under the latency load, once its sessions are open:
+		// BENCH_PROFILE=/tmp/prefix writes /tmp/prefix<mode>.pprof.
+		go func() {
+			mem := strings.Replace(strings.SplitN(url, "?", 2)[0], "/v1/connect", "/debug/pprof/profile?seconds=3", 1)
+			resp, err := http.Get(strings.Replace(mem, "ws://", "http://", 1))
+			if err == nil {
+				f, _ := os.Create(p + profileName(url) + ".pprof")
+				io.Copy(f, resp.Body)
+				f.Close()
+				resp.Body.Close()
+			}
+		}()
+	}
 	var mu sync.Mutex
 	var all []time.Duration
 	interval := time.Duration(float64(time.Second) / *rate)
@@ -1023,6 +1055,15 @@ func benchMemory(targets []*target) error {
 }
 
 // ---- helpers ----
+
+// profileName names a proxy's profile file by the proxy process's port (each mode has its own).
+func profileName(wsURL string) string {
+	u, err := url.Parse(wsURL)
+	if err != nil {
+		return "proxy"
+	}
+	return "proxy-" + u.Port()
+}
 
 // proxyThreads is how many threads (Go Ps, nginx workers, HAProxy threads) each proxy gets:
 // the CPUs of -proxy-cpus, or 2 when unpinned.

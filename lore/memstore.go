@@ -342,6 +342,9 @@ func (s *MemStore) MoveRepl(_ context.Context, id, cluster string) (Repl, string
 		if s.clusters[cluster] == nil {
 			return nil, fmt.Errorf("%w: cluster %q", ErrNotFound, cluster)
 		}
+		if len(cluster) > maxField {
+			return nil, fmt.Errorf("%w: cluster ID longer than %d bytes", ErrInvalid, maxField)
+		}
 		moved := old
 		moved.Cluster = cluster
 		return func() []Event {

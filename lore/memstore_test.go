@@ -238,3 +238,88 @@ func checkModel(t *testing.T, s *lore.MemStore, model map[string]lore.Repl, step
 		t.Fatalf("step %d: missing id: %v", step, err)
 	}
 }
+
+// TestMemStoreFieldLimits: a record stores each string's length in 16 bits, so a longer string
+// (which no Directory passes: they are DNS labels) is refused, not truncated.
+func TestMemStoreFieldLimits(t *testing.T) {
+	s := newMemStore(t, lore.MemStoreConfig{})
+	ctx := context.Background()
+	long := strings.Repeat("x", 1<<16)
+	for _, c := range []string{"a", long} {
+		if _, err := s.PutCluster(ctx, lore.Cluster{ID: c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "o", Slug: "s", Cluster: "a", Plan: long}); !errors.Is(err, lore.ErrInvalid) {
+		t.Fatalf("create with a %d-byte plan: %v", len(long), err)
+	}
+	if _, err := s.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "o", Slug: "s", Cluster: "a", Plan: long[:1<<16-1]}); err != nil {
+		t.Fatalf("create with a %d-byte plan: %v", 1<<16-1, err)
+	}
+	if _, _, err := s.MoveRepl(ctx, "r1", long); !errors.Is(err, lore.ErrInvalid) {
+		t.Fatalf("move to a %d-byte cluster ID: %v", len(long), err)
+	}
+	if r, err := s.Repl(ctx, "r1"); err != nil || r.Cluster != "a" || len(r.Plan) != 1<<16-1 {
+		t.Fatalf("after the refused move: %v, cluster %q, plan of %d bytes", err, r.Cluster, len(r.Plan))
+	}
+}
+
+// TestMemStoreConcurrentCompaction: readers look up and list while a writer moves repls back and
+// forth, rebuilding the arena every few writes; every read sees a whole repl (run with -race).
+func TestMemStoreConcurrentCompaction(t *testing.T) {
+	s := newMemStore(t, lore.MemStoreConfig{})
+	lore.SetCompactThreshold(s, 512)
+	ctx := context.Background()
+	for _, c := range []string{"a", "b"} {
+		if _, err := s.PutCluster(ctx, lore.Cluster{ID: c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 50
+	for i := 0; i < n; i++ {
+		if _, err := s.CreateRepl(ctx, lore.Repl{ID: fmt.Sprintf("r%d", i), Owner: "o", Slug: fmt.Sprintf("s%d", i), Cluster: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	errs := make(chan error, 3)
+	for w := 0; w < 2; w++ {
+		go func() {
+			for {
+				select {
+				case <-done:
+					errs <- nil
+					return
+				default:
+				}
+				i := rand.IntN(n)
+				r, err := s.ReplByName(ctx, "o", fmt.Sprintf("s%d", i))
+				if err != nil || r.ID != fmt.Sprintf("r%d", i) || (r.Cluster != "a" && r.Cluster != "b") {
+					errs <- fmt.Errorf("ReplByName s%d = %+v, %v", i, r, err)
+					return
+				}
+				if list, err := s.Repls(ctx, lore.ReplQuery{Owner: "o"}); err != nil || len(list) != n {
+					errs <- fmt.Errorf("listing: %d repls, %v", len(list), err)
+					return
+				}
+			}
+		}()
+	}
+	var moveErr error
+	for k := 0; k < 2000 && moveErr == nil; k++ {
+		_, _, moveErr = s.MoveRepl(ctx, fmt.Sprintf("r%d", k%n), []string{"a", "b"}[k/n%2])
+	}
+	close(done)
+	var readErr error
+	for w := 0; w < 2; w++ { // both readers have returned after this loop
+		if err := <-errs; err != nil && readErr == nil {
+			readErr = err
+		}
+	}
+	if moveErr != nil || readErr != nil {
+		t.Fatalf("move: %v; read: %v", moveErr, readErr)
+	}
+	if _, _, c := lore.ArenaStats(s); c < 10 {
+		t.Fatalf("the arena was rebuilt %d times during the test, want many", c)
+	}
+}

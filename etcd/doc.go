@@ -36,10 +36,10 @@
 //
 // # Mirrors for readers
 //
-// NewMirror loads a lore directory from one etcd snapshot into a go-memdb lore.MemStore and
+// NewMirror loads a lore directory from one etcd snapshot into an in-process lore.MemStore and
 // follows the event log; its lookups are in-process. It satisfies dnsauth.Directory and
 // proxy.Directory. When its watch cannot continue (ErrCompacted, overflow, lost leader) it
-// re-lists into a fresh memdb and swaps it in; while etcd is unreachable it keeps serving its
+// re-lists into a fresh MemStore and swaps it in; while etcd is unreachable it keeps serving its
 // last view and reports switchyard_etcd_mirror_stale = 1.
 //
 // # etcd settings

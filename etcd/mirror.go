@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,13 +30,13 @@ type MirrorConfig struct {
 	Registerer prometheus.Registerer
 }
 
-// Mirror is a reader's local copy of the lore directory: a go-memdb store (lore.MemStore)
-// loaded from one consistent etcd snapshot and kept current by an etcd watch of the store's
+// Mirror is a reader's local copy of the lore directory: an in-process lore.MemStore (repls in
+// GC-noscan memory, lookups without allocation) loaded from one consistent etcd snapshot and kept current by an etcd watch of the store's
 // event log, so lookups are in-process map reads. It satisfies dnsauth.Directory and
 // proxy.Directory.
 //
 // When the watch cannot continue (etcd compacted the revisions it needed, the watcher fell
-// behind, the member lost its leader) the mirror re-lists into a fresh memdb and swaps it in
+// behind, the member lost its leader) the mirror re-lists into a fresh MemStore and swaps it in
 // whole; until then, and while etcd is unreachable, it keeps serving its last view.
 //
 // Metrics: switchyard_etcd_mirror_stale (1 while the mirror cannot confirm it is current),
@@ -140,7 +141,7 @@ func (m *Mirror) setStale(v bool) {
 	}
 }
 
-// load reads the whole directory at one revision into a fresh memdb and swaps it in.
+// load reads the whole directory at one revision into a fresh MemStore and swaps it in.
 func (m *Mirror) load(ctx context.Context) (int64, error) {
 	s := m.store
 	var rev int64
@@ -344,6 +345,13 @@ func (m *Mirror) ReplByDomain(ctx context.Context, domain string) (lore.Repl, er
 // Cluster implements dnsauth.Directory from the local view.
 func (m *Mirror) Cluster(ctx context.Context, id string) (lore.Cluster, error) {
 	return m.view.Load().Cluster(ctx, id)
+}
+
+// AppendHosting implements dnsauth.HostingDirectory from the local view: it appends the
+// cluster's hosting addresses to v4 and v6 without copying the cluster, so DNS answers from a
+// Mirror do not allocate.
+func (m *Mirror) AppendHosting(ctx context.Context, cluster string, v4, v6 []netip.Addr) ([]netip.Addr, []netip.Addr, error) {
+	return m.view.Load().AppendHosting(ctx, cluster, v4, v6)
 }
 
 // Clusters returns every cluster of the local view, ordered by ID.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -22,8 +23,9 @@ import (
 )
 
 var (
-	_ dnsauth.Directory = (*etcd.Mirror)(nil)
-	_ proxy.Directory   = (*etcd.Mirror)(nil)
+	_ dnsauth.Directory        = (*etcd.Mirror)(nil)
+	_ dnsauth.HostingDirectory = (*etcd.Mirror)(nil)
+	_ proxy.Directory          = (*etcd.Mirror)(nil)
 )
 
 // cutProxy is a TCP relay between a client and etcd that the test can cut and restore, so
@@ -157,7 +159,7 @@ func TestMirror(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, err = writer.PutCluster(ctx, lore.Cluster{ID: "b", Healthy: true})
+	_, err = writer.PutCluster(ctx, lore.Cluster{ID: "b", Healthy: true, Hosting4: []netip.Addr{netip.MustParseAddr("127.0.2.1")}})
 	must(err)
 	_, err = writer.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "o", Slug: "blog", Cluster: "a"})
 	must(err)
@@ -179,6 +181,9 @@ func TestMirror(t *testing.T) {
 	}
 	if cl, err := m.Cluster(ctx, "b"); err != nil || !cl.Healthy {
 		t.Fatalf("cluster: %+v %v", cl, err)
+	}
+	if v4, v6, err := m.AppendHosting(ctx, "b", nil, nil); err != nil || len(v4) != 1 || v4[0] != netip.MustParseAddr("127.0.2.1") || len(v6) != 0 {
+		t.Fatalf("AppendHosting: %v %v %v", v4, v6, err)
 	}
 
 	// The reader loses etcd: it keeps serving its last view and says it is stale.

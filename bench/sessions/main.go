@@ -67,7 +67,7 @@ var (
 	only        = flag.String("only", "", "comma-separated tests to run: throughput,latency,memory,setup (empty = all)")
 	skipExt     = flag.Bool("no-external", false, "do not run nginx and HAProxy")
 	backendImpl = flag.String("backend-impl", "raw", "echo backend: raw (frames echoed by hand, least CPU) or coder (coder/websocket, as conman is built)")
-	targetList  = flag.String("targets", "", "comma-separated proxies to run besides direct: splice,frame,nginx,haproxy (empty = all)")
+	targetList  = flag.String("targets", "", "comma-separated proxies to run besides direct: splice,frame,nginx,haproxy (empty = all of these), and gorelay (a bare Go TCP relay, only when named)")
 	driverCPUs  = flag.String("driver-cpus", "", "pin the driver (load generator and echo backend) to these CPUs, e.g. 0 (empty: no pinning)")
 	proxyCPUs   = flag.String("proxy-cpus", "", "pin every proxy to these CPUs, e.g. 1, and size it to them: GOMAXPROCS, nginx workers, HAProxy threads (empty: no pinning, 2 of each)")
 )
@@ -96,6 +96,9 @@ func main() {
 // ---- the proxy process ----
 
 func runProxy() error {
+	if *mode == "tcp" {
+		return runTCPRelay()
+	}
 	seed, err := hex.DecodeString(os.Getenv("BENCH_KEY_SEED"))
 	if err != nil {
 		return err
@@ -133,6 +136,7 @@ func runProxy() error {
 	})
 	mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	if os.Getenv("BENCH_HOLD") != "" {
 		fmt.Fprintln(os.Stderr, "proxy pid", os.Getpid())
 	}
@@ -149,6 +153,44 @@ func runProxy() error {
 	srv.Shutdown(ctx)
 	s.Shutdown(ctx)
 	return nil
+}
+
+// runTCPRelay is the "go relay" reference target: a bare Go TCP relay (io.Copy both ways, so
+// splice(2)) with no HTTP, token, placement or WebSocket code; the handshake passes through.
+// It shows what the Go runtime alone costs on this machine.
+func runTCPRelay() error {
+	u, err := url.Parse(*backendURL)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, err := net.Dial("tcp", u.Host)
+				if err != nil {
+					return
+				}
+				defer b.Close()
+				go func() {
+					io.Copy(b, c)
+					b.(*net.TCPConn).CloseWrite()
+				}()
+				io.Copy(c, b)
+			}()
+		}
+	}()
+	fmt.Println(ln.Addr().String())
+	io.Copy(io.Discard, os.Stdin)
+	return ln.Close()
 }
 
 type placerFunc func(context.Context, placement.Request) (placement.Assignment, error)
@@ -219,6 +261,15 @@ func drive() error {
 			return err
 		}
 		t.url += "?token=" + tok
+		defer t.stop()
+		targets = append(targets, t)
+	}
+	if slices.Contains(strings.Split(*targetList, ","), "gorelay") {
+		t, err := startOurs("tcp", "http://"+beAddr, seed)
+		if err != nil {
+			return err
+		}
+		t.name, t.url, t.mem = "go relay", strings.TrimSuffix(t.url, "/v1/connect")+"/v1/repls/r1/attach", ""
 		defer t.stop()
 		targets = append(targets, t)
 	}
@@ -418,7 +469,7 @@ func startOurs(m, backend string, seed []byte) (*target, error) {
 	cmd.Env = append(os.Environ(), "BENCH_KEY_SEED="+hex.EncodeToString(seed))
 	if *proxyCPUs != "" {
 		cmd = exec.Command("taskset", append([]string{"-c", *proxyCPUs}, cmd.Args...)...)
-		cmd.Env = append(os.Environ(), "BENCH_KEY_SEED="+hex.EncodeToString(seed), fmt.Sprintf("GOMAXPROCS=%d", proxyThreads()))
+		cmd.Env = append(os.Environ(), "BENCH_KEY_SEED="+hex.EncodeToString(seed), fmt.Sprintf("GOMAXPROCS=%d", proxyGoMaxProcs()))
 	}
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
@@ -1177,4 +1228,12 @@ func logLevel() slog.Level {
 		return slog.LevelInfo
 	}
 	return slog.LevelWarn
+}
+
+// proxyGoMaxProcs is our pinned proxies' GOMAXPROCS: BENCH_PROXY_GOMAXPROCS, else one per CPU.
+func proxyGoMaxProcs() int {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_PROXY_GOMAXPROCS")); err == nil && n > 0 {
+		return n
+	}
+	return proxyThreads()
 }

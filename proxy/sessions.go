@@ -169,14 +169,15 @@ type SessionsConfig struct {
 //
 // # Splice or frame
 //
-// Measured on this project's machine (2 cores, Debian 12, loopback, a heavily loaded shared host;
+// Measured on this project's machine (2 cores, Debian 12, loopback, quiet;
 // docs/benchmarks/sessions.md has the commands, the full tables and their caveats):
 //
 //	                               splice                    frame
-//	1 MiB echo, × direct           1.16–1.54                 0.61–0.90
-//	  (same runs: nginx 0.26–0.79, HAProxy 0.27–0.44 × direct)
-//	64 B round trip, added p50     +77 µs (20 sessions)      +136 µs
-//	idle session, heap+stacks      10.8 KiB (RSS 14.5 KiB)   26.5 KiB (RSS 32.7 KiB)
+//	1 MiB echo, × direct           0.83–0.91                 0.66–0.80
+//	  (same runs: nginx 0.45–0.56, HAProxy 0.58–0.77 × direct)
+//	proxy CPU per MiB relayed      0.30–0.39 ms              0.72 ms (nginx 1.2, HAProxy 0.8)
+//	proxy CPU per 64 B round trip  35–42 µs                  47–51 µs (nginx 27–36, HAProxy 33–38)
+//	idle session, heap+stacks      11.2 KiB (RSS 14.7 KiB)   26.0 KiB (RSS 31.9 KiB)
 //	goroutines, descriptors        2, 2 sockets + ≤2 pipes   2, 2 sockets
 //
 // Splice leaves payloads in the kernel (splice(2) through a pipe) and reads only frame headers

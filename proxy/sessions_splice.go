@@ -84,8 +84,8 @@ func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *ht
 	return true
 }
 
-// sessionsSplice relays one spliced session. The client→backend direction is a plain io.Copy
-// (splice(2) on Linux). The backend→client direction reads each frame header so the relay
+// sessionsSplice relays one spliced session. The client→backend direction reads small writes
+// through a stack buffer and splices bulk data (see copyClient). The backend→client direction reads each frame header so the relay
 // always knows where frames end: payloads up to sessionsSmallFrame are copied with their header
 // in one write, larger ones are spliced with io.CopyN.
 type sessionsSplice struct {
@@ -207,9 +207,7 @@ func (sp *sessionsSplice) clientToBackend() error {
 		sp.clientPending = nil
 	}
 	if err == nil {
-		var n int64
-		n, err = io.Copy(sp.back, sp.client)
-		sp.c2b.Add(n)
+		err = sp.copyClient()
 	}
 	sp.mu.Lock()
 	sp.clientEOF = true
@@ -222,6 +220,45 @@ func (sp *sessionsSplice) clientToBackend() error {
 	sessionsCloseWrite(sp.back)
 	sp.setDeadline(sp.back.SetReadDeadline)
 	return nil
+}
+
+// sessionsSpliceRun is how many bytes the client→conman relay splices once a read filled its
+// buffer, before it goes back to reading.
+const sessionsSpliceRun = 1 << 20
+
+// copyClient relays the client's bytes to conman until EOF (nil) or an error. Small writes,
+// a terminal's keystrokes, move with one read and one write through a stack buffer: for them
+// splice(2) costs more syscall work than it saves copying. A read that fills the buffer means
+// bulk data: the next sessionsSpliceRun bytes are spliced (io.CopyN on two *net.TCPConn), which
+// moves them as they arrive, never holding any back. An idle session holds no pipe.
+func (sp *sessionsSplice) copyClient() error {
+	var buf [sessionsHeadBuf]byte
+	for {
+		n, err := sp.client.Read(buf[:])
+		if n > 0 {
+			m, werr := sp.back.Write(buf[:n])
+			sp.c2b.Add(int64(m))
+			if werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if n == len(buf) {
+			m, err := io.CopyN(sp.back, sp.client, sessionsSpliceRun)
+			sp.c2b.Add(m)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
 }
 
 type sessionsPumpResult struct {

@@ -711,12 +711,13 @@ func throughput(url string) (float64, error) {
 
 func benchLatency(targets []*target) error {
 	fmt.Printf("## Round trips: %d sessions × %.0f msg/s × 64 bytes for %v (µs)\n\n", *sessions, *rate, *latDur)
-	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples | proxy CPU µs per round trip |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples | proxy CPU µs per round trip | host steal ms |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
 	var direct []time.Duration
 	for _, t := range targets {
-		var c0 int64
-		lat, err := latency(t.url, func() { c0 = procTreeCPU(t.pid) })
+		var c0, s0 int64
+		lat, err := latency(t.url, func() { c0, s0 = procTreeCPU(t.pid), stealTime() })
+		steal := float64(stealTime()-s0) / 1e6
 		cpu := "–"
 		if t.pid != 0 && len(lat) > 0 {
 			cpu = fmt.Sprintf("%.1f", float64(procTreeCPU(t.pid)-c0)/1e3/float64(len(lat)))
@@ -729,9 +730,9 @@ func benchLatency(targets []*target) error {
 			direct = lat
 		}
 		us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %d | %s |\n", t.name,
+		fmt.Printf("| %s | %.0f | %.0f | %.0f | %.0f | %+.0f | %+.0f | %d | %s | %.0f |\n", t.name,
 			us(pct(lat, 50)), us(pct(lat, 90)), us(pct(lat, 99)), us(pct(lat, 99.9)),
-			us(pct(lat, 50)-pct(direct, 50)), us(pct(lat, 99)-pct(direct, 99)), len(lat), cpu)
+			us(pct(lat, 50)-pct(direct, 50)), us(pct(lat, 99)-pct(direct, 99)), len(lat), cpu, steal)
 	}
 	fmt.Println()
 	return nil
@@ -1016,6 +1017,20 @@ func procTreeCPU(pid int) int64 {
 		}
 	}
 	return total
+}
+
+// stealTime is the CPU time (nanoseconds, all CPUs) the hypervisor ran something else while
+// this VM wanted to run: the "steal" column of /proc/stat. It separates a run that the host
+// disturbed from one that measured the proxies.
+func stealTime() int64 {
+	b, _ := os.ReadFile("/proc/stat")
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 {
+		return 0
+	}
+	n, _ := strconv.ParseInt(f[8], 10, 64)
+	return n * int64(10*time.Millisecond)
 }
 
 // procTreeRSS sums the RSS of a process and its children (nginx and HAProxy workers).

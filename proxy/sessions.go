@@ -176,12 +176,16 @@ type SessionsConfig struct {
 //	1 MiB echo, × direct           0.83–0.91                 0.66–0.80
 //	  (same runs: nginx 0.45–0.56, HAProxy 0.58–0.77 × direct)
 //	proxy CPU per MiB relayed      0.30–0.39 ms              0.72 ms (nginx 1.2, HAProxy 0.8)
-//	proxy CPU per 64 B round trip  35–42 µs                  47–51 µs (nginx 27–36, HAProxy 33–38)
-//	idle session, heap+stacks      11.2 KiB (RSS 14.7 KiB)   26.0 KiB (RSS 31.9 KiB)
-//	goroutines, descriptors        2, 2 sockets + ≤2 pipes   2, 2 sockets
+//	proxy CPU per 64 B round trip  28–35 µs                  44–48 µs (nginx 25–29, HAProxy 29–33)
+//	64 B round trip, added         +56 / +200 µs             +167 / +762 µs
+//	  p50 / p99 (1,000 sessions × 10 msg/s, medians; nginx +43 / +498, HAProxy +78 / +690)
+//	idle session, heap+stacks      9.8 KiB (RSS 14.4 KiB)    26.7 KiB (RSS 35.7 KiB)
+//	goroutines, descriptors        2, 2 sockets (+2 pipe     2, 2 sockets
+//	                               fds while bulk moves)
 //
-// Splice leaves payloads in the kernel (splice(2) through a pipe) and reads only frame headers
-// from conman's side; it cannot limit message sizes or ping peers, and a session can hold six
+// Splice leaves bulk payloads in the kernel (splice(2) through a pipe; small client writes go
+// through a stack buffer, where splicing saves nothing) and reads only frame headers from
+// conman's side; it cannot limit message sizes or ping peers, and a session can hold six
 // descriptors (New warns when RLIMIT_NOFILE cannot hold 6 × MaxSessions). Frame terminates
 // WebSocket on both legs: it costs CPU per message and about 16 KiB more per session (two
 // coder/websocket connections with their buffers), and in exchange enforces MaxMessageBytes

@@ -176,9 +176,9 @@ type SessionsConfig struct {
 //	1 MiB echo, × direct           0.83–0.91                 0.66–0.80
 //	  (same runs: nginx 0.45–0.56, HAProxy 0.58–0.77 × direct)
 //	proxy CPU per MiB relayed      0.30–0.39 ms              0.72 ms (nginx 1.2, HAProxy 0.8)
-//	proxy CPU per 64 B round trip  28–35 µs                  44–48 µs (nginx 25–29, HAProxy 29–33)
-//	64 B round trip, added         +56 / +200 µs             +167 / +762 µs
-//	  p50 / p99 (1,000 sessions × 10 msg/s, medians; nginx +43 / +498, HAProxy +78 / +690)
+//	proxy CPU per 64 B round trip  28–37 µs                  44–53 µs (nginx 25–29, HAProxy 29–36)
+//	64 B round trip, added         +81 / +457 µs             +183 / +770 µs
+//	  p50 / p99 (1,000 sessions × 10 msg/s, medians; nginx +43 / +440, HAProxy +70 / +690)
 //	idle session, heap+stacks      9.8 KiB (RSS 14.4 KiB)    26.7 KiB (RSS 35.7 KiB)
 //	goroutines, descriptors        2, 2 sockets (+2 pipe     2, 2 sockets
 //	                               fds while bulk moves)

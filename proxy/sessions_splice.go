@@ -85,9 +85,10 @@ func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *ht
 }
 
 // sessionsSplice relays one spliced session. The client→backend direction reads small writes
-// through a stack buffer and splices bulk data (see copyClient). The backend→client direction reads each frame header so the relay
-// always knows where frames end: payloads up to sessionsSmallFrame are copied with their header
-// in one write, larger ones are spliced with io.CopyN.
+// through a stack buffer and splices bulk data (see copyClient). The backend→client direction
+// reads each frame header so the relay always knows where frames end: payloads up to
+// sessionsSmallFrame are copied with their header in one write, larger ones are spliced with
+// io.CopyN.
 type sessionsSplice struct {
 	client, back  net.Conn
 	clientPending []byte

@@ -137,6 +137,9 @@ cpu_ticks() {
   echo "$total"
 }
 hz=$(getconf CLK_TCK)
+# steal_ticks: CPU time the hypervisor gave to something else while this VM wanted to run
+# (/proc/stat's steal column, all CPUs). A round with steal measured the host, not the servers.
+steal_ticks() { awk '/^cpu / {print $9; exit}' /proc/stat; }
 
 declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD)
 declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [nsd]=${pids[2]})
@@ -146,9 +149,11 @@ for round in $(seq 1 "$ROUNDS"); do
   for mode in udp tcp; do
     for srv in bare dnsauth nsd; do
       t0=$(cpu_ticks "${pid[$srv]}")
+      s0=$(steal_ticks)
       out=$(taskset -c "$CLIENT_CPU" dnsperf -m "$mode" -s 127.0.0.1 -p "${port[$srv]}" -d "$work/queries.txt" \
         -l "$DURATION" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 2>&1)
       t1=$(cpu_ticks "${pid[$srv]}")
+      steal=$(awk -v t=$(($(steal_ticks) - s0)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
       qps=$(echo "$out" | awk '/Queries per second/ {print $4; exit}')
       done_q=$(echo "$out" | awk '/Queries completed/ {print $3; exit}')
       lost=$(echo "$out" | awk '/Queries lost/ {print $3; exit}')
@@ -156,7 +161,7 @@ for round in $(seq 1 "$ROUNDS"); do
       rc=$(echo "$out" | awk '/Response codes/ {sub(/.*codes: */, ""); print; exit}')
       cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
       per_cpu=$(awk -v q="$done_q" -v c="$cpu" 'BEGIN {if (c > 0) printf "%.0f", q / c; else print 0}')
-      echo "round $round $mode $srv qps=$qps q/cpu-s=$per_cpu server_cpu_s=$cpu lost=$lost avg_latency_s=$lat codes: $rc"
+      echo "round $round $mode $srv qps=$qps q/cpu-s=$per_cpu server_cpu_s=$cpu host_steal_s=$steal lost=$lost avg_latency_s=$lat codes: $rc"
       echo "$mode $srv $qps $per_cpu" >> "$results"
     done
   done

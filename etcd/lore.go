@@ -91,6 +91,16 @@ func decode[T any](b []byte) (T, error) {
 	return v, nil
 }
 
+// decodeFound decodes b, the value of a key that must exist: a missing one (nil) is
+// lore.ErrNotFound, described by format and args.
+func decodeFound[T any](b []byte, format string, args ...any) (T, error) {
+	if b == nil {
+		var zero T
+		return zero, fmt.Errorf("%w: "+format, append([]any{lore.ErrNotFound}, args...)...)
+	}
+	return decode[T](b)
+}
+
 func encode(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -308,10 +318,7 @@ func (s *LoreStore) MoveRepl(ctx context.Context, id, cluster string) (lore.Repl
 		if err != nil {
 			return err
 		}
-		if v[0] == nil {
-			return fmt.Errorf("%w: repl %q", lore.ErrNotFound, id)
-		}
-		old, err := decode[lore.Repl](v[0])
+		old, err := decodeFound[lore.Repl](v[0], "repl %q", id)
 		if err != nil {
 			return err
 		}
@@ -344,10 +351,7 @@ func (s *LoreStore) DeleteRepl(ctx context.Context, id string) (lore.Repl, error
 		if err != nil {
 			return err
 		}
-		if v[0] == nil {
-			return fmt.Errorf("%w: repl %q", lore.ErrNotFound, id)
-		}
-		if out, err = decode[lore.Repl](v[0]); err != nil {
+		if out, err = decodeFound[lore.Repl](v[0], "repl %q", id); err != nil {
 			return err
 		}
 		var names []string
@@ -449,10 +453,7 @@ func (s *LoreStore) VerifyDomain(ctx context.Context, name, challenge string) (l
 		if err != nil {
 			return err
 		}
-		if v[0] == nil {
-			return fmt.Errorf("%w: domain %q with that challenge", lore.ErrNotFound, name)
-		}
-		if out, err = decode[lore.Domain](v[0]); err != nil {
+		if out, err = decodeFound[lore.Domain](v[0], "domain %q with that challenge", name); err != nil {
 			return err
 		}
 		if out.Challenge != challenge {
@@ -481,10 +482,7 @@ func (s *LoreStore) DeleteDomain(ctx context.Context, name string) (lore.Domain,
 		if err != nil {
 			return err
 		}
-		if v[0] == nil {
-			return fmt.Errorf("%w: domain %q", lore.ErrNotFound, name)
-		}
-		if out, err = decode[lore.Domain](v[0]); err != nil {
+		if out, err = decodeFound[lore.Domain](v[0], "domain %q", name); err != nil {
 			return err
 		}
 		dv, err := t.get(s.replDomainsKey(out.Repl))

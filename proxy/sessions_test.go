@@ -297,6 +297,17 @@ func sessTestReadBanner(t testing.TB, c *websocket.Conn) string {
 	return string(b)
 }
 
+// sessTestOpen opens a session to repl r1 and reads conman's banner.
+func sessTestOpen(t testing.TB, e *sessTestEnv, ctx context.Context) *websocket.Conn {
+	t.Helper()
+	c, err := e.dial(ctx, "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessTestReadBanner(t, c)
+	return c
+}
+
 func sessTestEcho(t testing.TB, c *websocket.Conn, typ websocket.MessageType, msg []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -570,16 +581,12 @@ func sessTestCommand(t *testing.T, e *sessTestEnv, cmd string) sessTestOutcome {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := e.dial(ctx, "r1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := sessTestOpen(t, e, ctx)
 	defer c.CloseNow()
-	sessTestReadBanner(t, c)
 	if err := c.Write(ctx, websocket.MessageText, []byte(cmd)); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = c.Read(ctx)
+	_, _, err := c.Read(ctx)
 	code := websocket.CloseStatus(err)
 	if code == -1 {
 		t.Errorf("read after %q: %v, want a close frame", cmd, err)
@@ -680,17 +687,13 @@ func TestSessionsFrameLimits(t *testing.T) {
 	e := newSessTestEnv(t, Frame, func(c *SessionsConfig) { c.MaxMessageBytes = 1 << 10 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := e.dial(ctx, "r1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := sessTestOpen(t, e, ctx)
 	defer c.CloseNow()
-	sessTestReadBanner(t, c)
 	sessTestEcho(t, c, websocket.MessageBinary, make([]byte, 1<<10))
 	if err := c.Write(ctx, websocket.MessageBinary, make([]byte, 1<<10+1)); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = c.Read(ctx)
+	_, _, err := c.Read(ctx)
 	if code := websocket.CloseStatus(err); code != websocket.StatusMessageTooBig {
 		t.Errorf("close = %v (%v), want 1009", code, err)
 	}
@@ -719,16 +722,12 @@ func TestSessionsFrameBackendLimits(t *testing.T) {
 			e := newSessTestEnv(t, Frame, tc.tweak)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			c, err := e.dial(ctx, "r1")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := sessTestOpen(t, e, ctx)
 			defer c.CloseNow()
-			sessTestReadBanner(t, c)
 			if tc.send != "" {
 				c.Write(ctx, websocket.MessageText, []byte(tc.send))
 			}
-			_, _, err = c.Read(ctx)
+			_, _, err := c.Read(ctx)
 			if code := websocket.CloseStatus(err); code != tc.code {
 				t.Errorf("client saw %v (%v), want %v", code, err, tc.code)
 			}
@@ -894,12 +893,8 @@ func TestSessionsPipelined(t *testing.T) {
 			e := newSessTestEnv(t, mode, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			c, err := e.dial(ctx, "r1")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := sessTestOpen(t, e, ctx)
 			defer c.CloseNow()
-			sessTestReadBanner(t, c)
 			const n = 40
 			errc := make(chan error, 1)
 			go func() {

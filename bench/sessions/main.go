@@ -131,7 +131,7 @@ func runProxy() error {
 		runtime.ReadMemStats(&ms)
 		json.NewEncoder(w).Encode(map[string]any{
 			"heap_inuse": ms.HeapInuse, "stack_inuse": ms.StackInuse,
-			"goroutines": runtime.NumGoroutine(), "active": s.Active(), "rss": rss(),
+			"goroutines": runtime.NumGoroutine(), "active": s.Active(), "rss": procRSS(os.Getpid()),
 		})
 	})
 	mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
@@ -197,18 +197,6 @@ type placerFunc func(context.Context, placement.Request) (placement.Assignment, 
 
 func (f placerFunc) Place(ctx context.Context, r placement.Request) (placement.Assignment, error) {
 	return f(ctx, r)
-}
-
-func rss() int64 {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			f := strings.Fields(l)
-			n, _ := strconv.ParseInt(f[1], 10, 64)
-			return n << 10
-		}
-	}
-	return 0
 }
 
 // ---- the driver ----
@@ -783,13 +771,13 @@ func latency(url string, ready func()) ([]time.Duration, error) {
 	interval := time.Duration(float64(time.Second) / *rate)
 	end := time.Now().Add(*latDur)
 	frame := append([]byte{0x82, 0x80 | 64, 1, 2, 3, 4}, make([]byte, 64)...)
-	for i, c := range conns {
+	for _, c := range conns {
 		g.Go(func() error {
 			local := make([]time.Duration, 0, int(latDur.Seconds()**rate)+1)
 			time.Sleep(time.Duration(rand.Int64N(int64(interval))))
 			next := time.Now()
 			var in [66]byte
-			for i := 0; time.Now().Before(end); i++ {
+			for time.Now().Before(end) {
 				t0 := time.Now()
 				if _, err := c.conn.Write(frame); err != nil {
 					return err
@@ -809,7 +797,6 @@ func latency(url string, ready func()) ([]time.Duration, error) {
 			mu.Lock()
 			all = append(all, local...)
 			mu.Unlock()
-			_ = i
 			return nil
 		})
 	}
@@ -991,29 +978,44 @@ func procRSS(pid int) int64 {
 	return 0
 }
 
-// procTreeCPU is the CPU time (user + system, in nanoseconds) a process and its children
-// (nginx and HAProxy workers) have used.
-func procTreeCPU(pid int) int64 {
+// procCPU is the CPU time (user + system, in nanoseconds) a process has used.
+func procCPU(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command (which may hold spaces) start at state: utime and stime are
+	// the 12th and 13th of them, in clock ticks (100 a second on Linux).
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) <= 12 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return (u + st) * int64(10*time.Millisecond)
+}
+
+// procTreeCPU is the CPU time of a process and its children (nginx and HAProxy workers); 0
+// for pid 0 (direct, which has no process of its own).
+func procTreeCPU(pid int) int64 { return procTreeSum(pid, procCPU) }
+
+// procTreeRSS sums the RSS of a process and its children.
+func procTreeRSS(pid int) int64 { return procTreeSum(pid, procRSS) }
+
+// procTreeSum sums f over a process and, recursively, its children.
+func procTreeSum(pid int, f func(int) int64) int64 {
 	if pid == 0 {
 		return 0
 	}
-	var total int64
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// The fields after the command (which may hold spaces) start at state: utime and
-		// stime are the 12th and 13th of them, in clock ticks (100 a second on Linux).
-		if i := strings.LastIndexByte(string(b), ')'); i > 0 {
-			f := strings.Fields(string(b[i+1:]))
-			if len(f) > 12 {
-				u, _ := strconv.ParseInt(f[11], 10, 64)
-				st, _ := strconv.ParseInt(f[12], 10, 64)
-				total += (u + st) * int64(10*time.Millisecond)
-			}
-		}
-	}
+	total := f(pid)
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	for _, f := range strings.Fields(string(b)) {
-		if c, err := strconv.Atoi(f); err == nil {
-			total += procTreeCPU(c)
+	for _, c := range strings.Fields(string(b)) {
+		if child, err := strconv.Atoi(c); err == nil {
+			total += procTreeSum(child, f)
 		}
 	}
 	return total
@@ -1031,18 +1033,6 @@ func stealTime() int64 {
 	}
 	n, _ := strconv.ParseInt(f[8], 10, 64)
 	return n * int64(10*time.Millisecond)
-}
-
-// procTreeRSS sums the RSS of a process and its children (nginx and HAProxy workers).
-func procTreeRSS(pid int) int64 {
-	total := procRSS(pid)
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	for _, f := range strings.Fields(string(b)) {
-		if c, err := strconv.Atoi(f); err == nil {
-			total += procTreeRSS(c)
-		}
-	}
-	return total
 }
 
 func benchMemory(targets []*target) error {

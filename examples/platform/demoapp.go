@@ -9,8 +9,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/lore"
 )
 
 // demoAppCommand is the hidden subcommand each repl runs as its web app: the platform gives
@@ -67,4 +71,27 @@ func demoHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	return mux
+}
+
+// demoSpec is the conman.Spec function of the platform's VMs: every repl runs this binary's
+// demo app, told its ID, its name (looked up through repl, when it answers), its cluster and
+// its VM, with its files under stateDir/repls/<id>.
+func demoSpec(exe, stateDir, cluster, vm string, repl func(context.Context, string) (lore.Repl, error)) func(context.Context, string) (conman.Spec, error) {
+	return func(ctx context.Context, id string) (conman.Spec, error) {
+		name := id
+		if r, err := repl(ctx, id); err == nil {
+			name = r.Slug + "." + r.Owner
+		}
+		return conman.Spec{
+			Hostname: id,
+			Command:  []string{exe, demoAppCommand},
+			Env: []string{
+				envRepl + "=" + id, envName + "=" + name,
+				envCluster + "=" + cluster, envVM + "=" + vm,
+			},
+			Dir:    filepath.Join(stateDir, "repls", id),
+			Shell:  []string{"/bin/sh"},
+			Limits: conman.Limits{MemoryBytes: 512 << 20, Pids: 512},
+		}, nil
+	}
 }

@@ -299,7 +299,15 @@ func lookupA(t *testing.T, server, proto, name string) []string {
 
 func getPage(t *testing.T, addr, host string) string {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	status, body := fetchPage(t, context.Background(), addr, host)
+	require.Equal(t, http.StatusOK, status, body)
+	return body
+}
+
+// fetchPage GETs / from addr with the given Host and returns the status and body.
+func fetchPage(t *testing.T, ctx context.Context, addr, host string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 	require.NoError(t, err)
 	req.Host = host
 	resp, err := http.DefaultClient.Do(req)
@@ -307,8 +315,7 @@ func getPage(t *testing.T, addr, host string) string {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
-	return string(body)
+	return resp.StatusCode, string(body)
 }
 
 // dialStatus opens a WebSocket to an Eval URL with a token and returns the HTTP status it was
@@ -592,19 +599,12 @@ func TestPlatformProcesses(t *testing.T) {
 	require.Equal(t, []string{"127.80.2.1"}, lookupA(t, dnsAddr, "tcp", host))
 	var page string
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.80.2.1:8080/", nil)
-		require.NoError(t, err)
-		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.NoError(t, err)
-		if resp.StatusCode == http.StatusOK {
-			page = string(body)
+		status, body := fetchPage(t, ctx, "127.80.2.1:8080", host)
+		if status == http.StatusOK {
+			page = body
 			break
 		}
-		require.Equal(t, http.StatusNotFound, resp.StatusCode, "only a mirror not caught up yet may fail: %s", body)
+		require.Equal(t, http.StatusNotFound, status, "only a mirror not caught up yet may fail: %s", body)
 		select {
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
@@ -620,23 +620,16 @@ func TestPlatformProcesses(t *testing.T) {
 	_, err = lc.MoveRepl(ctx, repl.ID, "a")
 	require.NoError(t, err)
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.80.2.1:8080/", nil)
-		require.NoError(t, err)
-		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.NoError(t, err)
+		status, body := fetchPage(t, ctx, "127.80.2.1:8080", host)
 		// Until b's follower has written the tombstone, b may still serve the page itself or
 		// answer 404; then the page comes from a, forwarded.
-		if resp.StatusCode == http.StatusOK && strings.Contains(string(body), "cluster <b>a</b>") {
+		if status == http.StatusOK && strings.Contains(body, "cluster <b>a</b>") {
 			break
 		}
 		select {
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
-			t.Fatalf("cluster b never forwarded to a (last %d %s): %s", resp.StatusCode, body, stderr.String())
+			t.Fatalf("cluster b never forwarded to a (last %d %s): %s", status, body, stderr.String())
 		}
 	}
 	// The container in b stops: exactly one demo app remains, a's.

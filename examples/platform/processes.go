@@ -334,26 +334,10 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 	c.stop.add(func(context.Context) error { return rt.Close() })
 	addr := f.addr
 	cm, err := conman.New(ctx, conman.Config{
-		Runtime:    rt,
-		Credential: cred,
-		ReplHost:   host,
-		Spec: func(ctx context.Context, repl string) (conman.Spec, error) {
-			name := repl
-			if r, err := store.Repl(ctx, repl); err == nil {
-				name = r.Slug + "." + r.Owner
-			}
-			return conman.Spec{
-				Hostname: repl,
-				Command:  []string{exe, demoAppCommand},
-				Env: []string{
-					envRepl + "=" + repl, envName + "=" + name,
-					envCluster + "=" + f.cluster, envVM + "=" + f.id,
-				},
-				Dir:    filepath.Join(f.state, "repls", repl),
-				Shell:  []string{"/bin/sh"},
-				Limits: conman.Limits{MemoryBytes: 512 << 20, Pids: 512},
-			}, nil
-		},
+		Runtime:           rt,
+		Credential:        cred,
+		ReplHost:          host,
+		Spec:              demoSpec(exe, f.state, f.cluster, f.id, store.Repl),
 		StopGrace:         3 * time.Second,
 		Placement:         placement.NewClient(f.controlplane, cred, nil),
 		VM:                placement.VM{ID: f.id, Cluster: f.cluster, Addr: "http://" + addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},

@@ -62,26 +62,10 @@ func (c *cluster) addVM(ctx context.Context) (*vm, error) {
 	vmAddr := cfg.clusterAddr(c.n, host)
 	v.addr = "http://" + c.hostPort(host, cfg.ConmanPort)
 	v.cm, err = conman.New(ctx, conman.Config{
-		Runtime:    v.rt,
-		Credential: c.credential,
-		ReplHost:   vmAddr.String(),
-		Spec: func(ctx context.Context, repl string) (conman.Spec, error) {
-			name := repl
-			if r, err := c.p.dir.Repl(ctx, repl); err == nil {
-				name = r.Slug + "." + r.Owner
-			}
-			return conman.Spec{
-				Hostname: repl,
-				Command:  []string{exe, demoAppCommand},
-				Env: []string{
-					envRepl + "=" + repl, envName + "=" + name,
-					envCluster + "=" + c.id, envVM + "=" + v.id,
-				},
-				Dir:    filepath.Join(cfg.StateDir, "repls", repl),
-				Shell:  []string{"/bin/sh"},
-				Limits: conman.Limits{MemoryBytes: 512 << 20, Pids: 512},
-			}, nil
-		},
+		Runtime:           v.rt,
+		Credential:        c.credential,
+		ReplHost:          vmAddr.String(),
+		Spec:              demoSpec(exe, cfg.StateDir, c.id, v.id, c.p.dir.Repl),
 		StopGrace:         3 * time.Second,
 		Placement:         c.cpClient,
 		VM:                placement.VM{ID: v.id, Cluster: c.id, Addr: v.addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},

@@ -12,6 +12,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -129,6 +130,17 @@ type SessionsConfig struct {
 	// IdleTimeout ends a Frame-mode session after this long without a message in either
 	// direction (close 1001). Zero means no idle timeout: shells are often idle for hours.
 	IdleTimeout time.Duration
+	// EventLoops, in Splice mode on Linux, relays established sessions on this many event-loop
+	// threads of the proxy's own while their traffic is small messages: each loop waits on an
+	// epoll set of its own with raw system calls, so a message costs one read and one write and
+	// wakes nothing in the Go runtime, which halves the proxy's CPU per round trip and most of
+	// its added latency (docs/benchmarks/sessions.md). A session goes back to its goroutines,
+	// for good, at the first thing the loop does not do: bulk data (spliced), a close frame or
+	// a frame over 16 KiB from conman, EOF or an error, a write that would block, drain. A loop
+	// runs only while it has sessions, and then holds one of GOMAXPROCS's Ps even while it
+	// waits, so loops are used only while GOMAXPROCS exceeds EventLoops. Zero means none: a
+	// goroutine pair per session.
+	EventLoops int
 	// LingerTimeout bounds how long a session stays half-closed after one side finished (sent
 	// its FIN, or its close frame in Frame mode) before the other side is cut. Zero means 10 s.
 	LingerTimeout time.Duration
@@ -236,6 +248,7 @@ type Sessions struct {
 	metrics *sessionsMetrics
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	wsHTTP  *http.Client // Frame mode's backend dialer
+	loops   *spliceLoops // Splice mode's event loops; nil: none
 
 	mu       sync.Mutex
 	closing  bool
@@ -323,6 +336,13 @@ func NewSessions(cfg SessionsConfig) (*Sessions, error) {
 	if cfg.Mode == Frame {
 		s.wsHTTP = &http.Client{Transport: &sessionsUpgradeTransport{s: s}}
 	}
+	if cfg.Mode == Splice && cfg.EventLoops > 0 {
+		s.loops = newSpliceLoops(cfg.EventLoops, s.metrics)
+		if s.loops == nil {
+			s.log.Warn("event loops not used: they need Linux and GOMAXPROCS above their number",
+				"event_loops", cfg.EventLoops, "gomaxprocs", runtime.GOMAXPROCS(0))
+		}
+	}
 	if cfg.Mode == Splice && cfg.MaxSessions > 0 {
 		if limit, ok := sessionsFileLimit(); ok && limit < uint64(cfg.MaxSessions)*sessionsSpliceFDs {
 			s.log.Warn("open-file limit cannot hold MaxSessions spliced sessions",
@@ -372,6 +392,7 @@ func (s *Sessions) Shutdown(ctx context.Context) error {
 	select {
 	case <-s.idle:
 		s.relays.Wait()
+		s.loops.wait()
 		s.finishShutdown()
 		return nil
 	case <-ctx.Done():
@@ -391,6 +412,7 @@ func (s *Sessions) Shutdown(ctx context.Context) error {
 	}
 	<-s.idle
 	s.relays.Wait()
+	s.loops.wait()
 	s.finishShutdown()
 	return ctx.Err()
 }

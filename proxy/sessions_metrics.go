@@ -19,6 +19,11 @@ import (
 //	switchyard_proxy_session_retries_total             counter: extra place+attach attempts
 //	switchyard_proxy_session_bytes_total{direction}    counter: relayed bytes (client_to_backend,
 //	                                                   backend_to_client), added when a session ends
+//	switchyard_proxy_sessions_event_loop               gauge: sessions an event loop relays now
+//	switchyard_proxy_session_loop_handbacks_total{reason}
+//	                                                   counter: sessions an event loop gave back to
+//	                                                   goroutines: bulk, frame, eof, error,
+//	                                                   blocked, drain, refused (see EventLoops)
 type sessionsMetrics struct {
 	outcomes  *prometheus.CounterVec
 	setup     prometheus.Histogram
@@ -27,7 +32,12 @@ type sessionsMetrics struct {
 	inflightG prometheus.Gauge
 	retries   prometheus.Counter
 	bytes     *prometheus.CounterVec
+	inLoop    prometheus.Gauge
+	handbacks *prometheus.CounterVec
 }
+
+// loopReasons are the reasons an event loop gives a session back to its goroutines.
+var loopReasons = []string{"bulk", "frame", "eof", "error", "blocked", "drain", "refused"}
 
 // sessionsStages lists every stage so each series exists from the start (rates need both).
 var sessionsStages = []string{StageOK, StageToken, StagePlacement, StageDial, StageBackend, StageClient, StageLimit}
@@ -64,6 +74,17 @@ func newSessionsMetrics(reg prometheus.Registerer) (*sessionsMetrics, error) {
 			Name: "switchyard_proxy_session_bytes_total",
 			Help: "Bytes relayed (WebSocket frames, headers included in splice mode; message payloads in frame mode), by direction.",
 		}, []string{"direction"}),
+		inLoop: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchyard_proxy_sessions_event_loop",
+			Help: "Established sessions relayed by an event loop now (SessionsConfig.EventLoops).",
+		}),
+		handbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_proxy_session_loop_handbacks_total",
+			Help: "Sessions an event loop gave back to goroutine relaying, by reason (bulk data, a close or big frame, EOF, a read error, a write that would block, drain, or refused at entry).",
+		}, []string{"reason"}),
+	}
+	for _, r := range loopReasons {
+		m.handbacks.WithLabelValues(r)
 	}
 	for _, st := range sessionsStages {
 		m.outcomes.WithLabelValues(st)
@@ -73,7 +94,7 @@ func newSessionsMetrics(reg prometheus.Registerer) (*sessionsMetrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.outcomes, m.setup, m.duration, m.active, m.inflightG, m.retries, m.bytes} {
+	for _, c := range []prometheus.Collector{m.outcomes, m.setup, m.duration, m.active, m.inflightG, m.retries, m.bytes, m.inLoop, m.handbacks} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

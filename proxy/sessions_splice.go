@@ -76,6 +76,7 @@ func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *ht
 	}
 	s.log.Debug("session established", a.attrs(StageOK)...)
 	s.relay(sp.goAway, func() {
+		s.loops.relay(sp)
 		stage, reason := sp.run()
 		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(sp.c2b.Load()))
 		s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(sp.b2c.Load()))
@@ -97,10 +98,17 @@ type sessionsSplice struct {
 
 	c2b, b2c atomic.Int64
 
-	mu        sync.Mutex // guards deadlines set from the two directions and goAway
+	mu        sync.Mutex // guards deadlines set from the two directions, goAway, client, back
 	goingAway bool
-	awayFlag  atomic.Bool // goingAway, for the relay's check at every frame boundary
-	clientEOF bool        // the client finished first (FIN or error)
+	inLoop    func() // while an event loop relays the session: asks it to hand the session back
+
+	// Left by an event loop that handed the session back (see sessions_loop_linux.go).
+	clientOwed []byte      // whole frames from conman the client has yet to get
+	clientErr  error       // a read error the loop saw on the client's socket
+	backErr    error       // a read error the loop saw on conman's socket
+	resumeErr  error       // the sockets could not be taken back: the session is over
+	awayFlag   atomic.Bool // goingAway, for the relay's check at every frame boundary
+	clientEOF  bool        // the client finished first (FIN or error)
 }
 
 // goAway asks the session to end with a 1001 close frame at the next frame boundary.
@@ -112,8 +120,17 @@ func (sp *sessionsSplice) goAway() {
 	}
 	sp.goingAway = true
 	sp.awayFlag.Store(true)
-	// A busy relay stops at its next frame boundary; an idle one wakes when its read times
-	// out; a frame that does not complete in time, or a client that stopped reading, is cut.
+	if sp.inLoop != nil {
+		sp.inLoop() // the loop hands the session back; resume applies the deadlines
+		return
+	}
+	sp.applyGoAwayDeadlines()
+}
+
+// applyGoAwayDeadlines bounds a session that is going away; sp.mu is held. A busy relay stops
+// at its next frame boundary; an idle one wakes when its read times out; a frame that does not
+// complete in time, or a client that stopped reading, is cut.
+func (sp *sessionsSplice) applyGoAwayDeadlines() {
 	wait := time.Now().Add(sessionsGoAwayWait)
 	_ = sp.back.SetReadDeadline(wait)
 	_ = sp.client.SetWriteDeadline(wait)
@@ -128,6 +145,9 @@ func (sp *sessionsSplice) isGoingAway() bool {
 
 // run relays until both directions are done and returns the outcome stage and a reason.
 func (sp *sessionsSplice) run() (stage, reason string) {
+	if sp.resumeErr != nil {
+		return StageBackend, "proxy could not take the session back from its event loop: " + sp.resumeErr.Error()
+	}
 	done := make(chan error, 1)
 	go func() { done <- sp.clientToBackend() }()
 
@@ -233,6 +253,10 @@ const sessionsSpliceRun = 1 << 20
 // bulk data: the next sessionsSpliceRun bytes are spliced (io.CopyN on two *net.TCPConn), which
 // moves them as they arrive, never holding any back. An idle session holds no pipe.
 func (sp *sessionsSplice) copyClient() error {
+	if err := sp.clientErr; err != nil {
+		sp.clientErr = nil
+		return err
+	}
 	var buf [sessionsHeadBuf]byte
 	for {
 		n, err := sp.client.Read(buf[:])
@@ -283,6 +307,13 @@ func (sp *sessionsSplice) backendToClient() sessionsPumpResult {
 	var res sessionsPumpResult
 	var buf [sessionsHeadBuf]byte
 	have := 0 // bytes of buf holding the start of the next frame(s)
+	if len(sp.clientOwed) > 0 {
+		err := sp.writeClient(sp.clientOwed, &res)
+		sp.clientOwed = nil
+		if err != nil {
+			return res
+		}
+	}
 	for {
 		if have == 0 && sp.awayFlag.Load() {
 			res.atBoundary, res.goAway = true, true
@@ -459,6 +490,10 @@ func (sp *sessionsSplice) readSome(p []byte) (int, error) {
 		n := copy(p, sp.backPending)
 		sp.backPending = sp.backPending[n:]
 		return n, nil
+	}
+	if err := sp.backErr; err != nil {
+		sp.backErr = nil
+		return 0, err
 	}
 	return sp.back.Read(p)
 }

@@ -224,6 +224,9 @@ func newSessTestEnv(t testing.TB, mode RelayMode, tweak func(*SessionsConfig)) *
 		Logger:       slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer:   prometheus.NewRegistry(),
 	}
+	if mode == sessTestSpliceLoop {
+		cfg.Mode, cfg.EventLoops = Splice, 1
+	}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -331,11 +334,24 @@ type sessTestOutcome struct {
 	closeCode websocket.StatusCode
 }
 
-var sessTestModes = []RelayMode{Splice, Frame}
+// sessTestModes are the relays every mode-generic test runs through: Splice with a goroutine
+// pair per session, Splice on an event loop (sessTestSpliceLoop), and Frame.
+var sessTestModes = []RelayMode{Splice, sessTestSpliceLoop, Frame}
+
+// sessTestSpliceLoop stands for Splice mode with one event loop (SessionsConfig.EventLoops) in
+// newSessTestEnv.
+const sessTestSpliceLoop RelayMode = -1
+
+func sessTestModeName(m RelayMode) string {
+	if m == sessTestSpliceLoop {
+		return "splice-loop"
+	}
+	return m.String()
+}
 
 func TestSessionsRelay(t *testing.T) {
 	for _, mode := range sessTestModes {
-		t.Run(mode.String(), func(t *testing.T) {
+		t.Run(sessTestModeName(mode), func(t *testing.T) {
 			carriers := []struct {
 				name string
 				dial func(e *sessTestEnv) (*websocket.Conn, *http.Response, error)
@@ -515,7 +531,7 @@ func TestSessionsStages(t *testing.T) {
 	}
 	for _, mode := range sessTestModes {
 		for _, tc := range cases {
-			t.Run(mode.String()+"/"+tc.name, func(t *testing.T) {
+			t.Run(sessTestModeName(mode)+"/"+tc.name, func(t *testing.T) {
 				e := newSessTestEnv(t, mode, tc.tweak)
 				if tc.setup != nil {
 					tc.setup(e)
@@ -598,7 +614,7 @@ func sessTestCommand(t *testing.T, e *sessTestEnv, cmd string) sessTestOutcome {
 // VM, placement was asked K+1 times avoiding every failed VM, and nothing reached the client.
 func TestSessionsRetry(t *testing.T) {
 	for _, mode := range sessTestModes {
-		t.Run(mode.String(), func(t *testing.T) {
+		t.Run(sessTestModeName(mode), func(t *testing.T) {
 			e := newSessTestEnv(t, mode, nil)
 			refused, _ := net.Listen("tcp", "127.0.0.1:0")
 			refusedAddr := "http://" + refused.Addr().String()
@@ -806,7 +822,7 @@ func sessTestMaskedFrame(opcode byte, payload []byte) []byte {
 // reader already buffered, reach conman first and intact, in both modes.
 func TestSessionsPending(t *testing.T) {
 	for _, mode := range sessTestModes {
-		t.Run(mode.String(), func(t *testing.T) { sessTestPending(t, mode) })
+		t.Run(sessTestModeName(mode), func(t *testing.T) { sessTestPending(t, mode) })
 	}
 }
 
@@ -847,7 +863,7 @@ func TestSessionsCycles(t *testing.T) {
 		n = 100
 	}
 	for _, mode := range sessTestModes {
-		t.Run(mode.String(), func(t *testing.T) {
+		t.Run(sessTestModeName(mode), func(t *testing.T) {
 			e := newSessTestEnv(t, mode, nil)
 			ctx := context.Background()
 			for i := range n {
@@ -889,7 +905,7 @@ func sessTestValue(c prometheus.Metric) float64 {
 // order.
 func TestSessionsPipelined(t *testing.T) {
 	for _, mode := range sessTestModes {
-		t.Run(mode.String(), func(t *testing.T) {
+		t.Run(sessTestModeName(mode), func(t *testing.T) {
 			e := newSessTestEnv(t, mode, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

@@ -136,7 +136,7 @@ type SessionsConfig struct {
 	// wakes nothing in the Go runtime, which halves the proxy's CPU per round trip and most of
 	// its added latency (docs/benchmarks/sessions.md). A session goes back to its goroutines,
 	// for good, at the first thing the loop does not do: bulk data (spliced), a close frame or
-	// a frame over 16 KiB from conman, EOF or an error, a write that would block, drain. A loop
+	// a frame over 64 KiB from conman, EOF or an error, a write that would block, drain. A loop
 	// runs only while it has sessions, and then holds one of GOMAXPROCS's Ps even while it
 	// waits, so loops are used only while GOMAXPROCS exceeds EventLoops. Zero means none: a
 	// goroutine pair per session.

@@ -23,7 +23,7 @@ import (
 // The loop handles only the steady state. Anything else hands the session back, for good, to
 // the goroutine relay (sessionsSplice.run) in a state it resumes from exactly: a client write
 // that fills the read buffer (bulk data: the goroutines splice it), a frame from conman larger
-// than sessionsSmallFrame or a close frame, EOF or an error on either side, a write that would
+// than loopMaxFrame or a close frame, EOF or an error on either side, a write that would
 // block, and drain (goAway). Bytes the loop read but did not write travel with the session:
 // clientPending (client → conman), clientOwed (whole frames → client) and backPending (the
 // start of an incomplete frame from conman).
@@ -54,7 +54,7 @@ type spliceLoop struct {
 	free    []int32     // free slots; loop goroutine only
 	count   int         // sessions in the loop; loop goroutine only
 	gen     int32       // generation of the last session taken in; loop goroutine only
-	scratch [64 << 10]byte
+	scratch [loopMaxFrame + loopClientRead]byte
 }
 
 // loopSess is a session while it is in (or on its way into) a loop.
@@ -84,7 +84,12 @@ type loopHandback struct {
 
 // loopClientRead is how much one read of the client takes; a read that fills it is bulk
 // data, which the goroutine relay splices.
-const loopClientRead = 16 << 10
+const loopClientRead = 64 << 10
+
+// loopMaxFrame is the largest frame from conman, header included, the loop relays (conman
+// writes a pty read of up to 32 KiB as one frame); a larger one goes to the goroutines, which
+// splice its payload.
+const loopMaxFrame = 64 << 10
 
 // newSpliceLoops returns n loops, or nil when n < 1 or GOMAXPROCS leaves no P for the rest of
 // the program once n of them are held.
@@ -461,7 +466,7 @@ func loopFrames(p []byte) (end int, stop bool) {
 		}
 		opcode := p[end] & 0x0f
 		total := uint64(hl) + length
-		if opcode == 8 || (opcode >= 8 && length > 125) || total > sessionsSmallFrame+14 {
+		if opcode == 8 || (opcode >= 8 && length > 125) || total > loopMaxFrame {
 			return end, true
 		}
 		if uint64(len(p)-end) < total {

@@ -198,6 +198,15 @@ func TestSessionsEventLoopManySessions(t *testing.T) {
 		conns[i] = sessTestOpen(t, e, context.Background())
 	}
 	sessTestWaitInLoop(t, e, n)
+	// The loop keeps its P while it waits in epoll_wait; a stop-the-world must still get it
+	// (the preemption signal interrupts the wait). A loop that ignored it would hang here.
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		for range 20 {
+			runtime.GC()
+		}
+	}()
 	errc := make(chan error, n)
 	for i, c := range conns {
 		go func() {
@@ -223,6 +232,7 @@ func TestSessionsEventLoopManySessions(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	<-gcDone
 	e.drain()
 	if got := e.handbacks(); got["frame"] != n || len(got) != 1 {
 		t.Errorf("hand-backs = %v, want frame (the close) %d times", got, n)
@@ -263,9 +273,13 @@ func TestSessionsEventLoopPartialFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.CloseNow()
+	c.SetReadLimit(1 << 20)
 	sessTestWaitInLoop(t, e, 1)
-	for i := range 20 {
+	for i := range 22 {
 		msg := sessTestPattern(200 + i*301)
+		if i >= 20 {
+			msg = sessTestPattern(40<<10 + i) // frames the loop still takes whole, in pieces
+		}
 		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
 			t.Fatal(err)
 		}
@@ -392,9 +406,10 @@ func TestLoopFrames(t *testing.T) {
 		{"a ping passes", cat(frame(9, 4), small), 6 + len(small), false},
 		{"a close frame stops", cat(small, frame(8, 2)), len(small), true},
 		{"a control frame over 125 bytes stops", frame(10, 126), 0, true},
-		{"a frame over 16 KiB stops before it is complete", cat(small, frame(2, 64<<10)[:100]), len(small), true},
-		{"the largest frame the loop takes", frame(2, sessionsSmallFrame+10), 4 + sessionsSmallFrame + 10, false},
-		{"one byte more stops", frame(2, sessionsSmallFrame+11), 0, true},
+		{"a frame over 64 KiB stops before it is complete", cat(small, frame(2, 100<<10)[:100]), len(small), true},
+		{"a 32 KiB pty read passes", frame(2, 32<<10), 4 + 32<<10, false},
+		{"the largest frame the loop takes", frame(2, loopMaxFrame-4), loopMaxFrame, false},
+		{"one byte more stops", frame(2, loopMaxFrame-3), 0, true},
 		{"a malformed length stops", []byte{0x82, 127, 0xff, 0, 0, 0, 0, 0, 0, 1}, 0, true},
 	}
 	for _, tc := range cases {

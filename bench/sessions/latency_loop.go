@@ -37,6 +37,7 @@ var loopSink atomic.Pointer[chan net.Conn]
 type loopStats struct {
 	sendLateP99 time.Duration // how late the 99th-percentile send went out
 	skipped     int           // sends skipped because the session's previous echo was not back
+	bunched     float64       // the share of sends less than 10 µs after the one before
 }
 
 // loopFD takes a connection's socket out of Go's netpoller: it duplicates the descriptor and
@@ -185,6 +186,7 @@ func latencyLoop(url string, ready func()) ([]time.Duration, loopStats, error) {
 	inbuf := make([][66]byte, n)
 	lat := make([]time.Duration, 0, n*rounds)
 	late := make([]time.Duration, 0, n*rounds)
+	sends := make([]time.Duration, 0, n*rounds)
 	backBuf := make([][]byte, n) // per backend connection: bytes of an incomplete frame
 	out := make([]byte, 0, 64<<10)
 	rbuf := make([]byte, 64<<10)
@@ -238,6 +240,7 @@ func latencyLoop(url string, ready func()) ([]time.Duration, loopStats, error) {
 						continue
 					}
 					sentAt[s] = time.Now()
+					sends = append(sends, sentAt[s].Sub(start))
 					if _, err := unix.Write(clients[s], frame); err != nil {
 						return nil, st, fmt.Errorf("client write: %w", err)
 					}
@@ -303,6 +306,7 @@ func latencyLoop(url string, ready func()) ([]time.Duration, loopStats, error) {
 	}
 	slices.Sort(late)
 	st.sendLateP99 = pct(late, 99)
+	st.bunched = bunched(sends)
 	return lat, st, nil
 }
 

@@ -9,8 +9,9 @@
 // on the conman VM that runs it: verify the token (401 before any upgrade), ask placement for the
 // VM, dial conman's attach endpoint with the internal credential, retrying on other VMs before
 // the client has seen a byte, then relay both ways. Splice mode copies raw bytes between the TCP
-// connections (splice(2) on Linux: the cheapest relay, about 10 KiB per idle session); Frame mode
-// terminates WebSocket on both legs for per-message limits and keepalives (about 27 KiB). Every
+// connections (splice(2) on Linux: the cheapest relay, about 10 KiB per idle session, 5 KiB on
+// an event loop, SessionsConfig.EventLoops); Frame mode terminates WebSocket on both legs for
+// per-message limits and keepalives (about 27 KiB). Every
 // attempt ends in exactly one outcome stage, the basis of the session-success SLO. Shutdown keeps
 // live sessions through a grace period of hours or days; ListenReusePort lets the next process
 // take new sessions meanwhile. The Sessions type's documentation is the full manual.

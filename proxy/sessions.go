@@ -182,18 +182,26 @@ type SessionsConfig struct {
 // # Splice or frame
 //
 // Measured on this project's machine (2 cores, Debian 12, loopback, quiet;
-// docs/benchmarks/sessions.md has the commands, the full tables and their caveats):
+// docs/benchmarks/sessions.md has the commands, the full tables and their caveats; "loop" is
+// Splice with EventLoops 1):
 //
-//	                               splice                    frame
-//	1 MiB echo, × direct           0.83–0.91                 0.66–0.80
-//	  (same runs: nginx 0.45–0.56, HAProxy 0.58–0.77 × direct)
-//	proxy CPU per MiB relayed      0.30–0.39 ms              0.72 ms (nginx 1.2, HAProxy 0.8)
-//	proxy CPU per 64 B round trip  28–37 µs                  44–53 µs (nginx 25–29, HAProxy 29–36)
-//	64 B round trip, added         +81 / +457 µs             +183 / +770 µs
-//	  p50 / p99 (1,000 sessions × 10 msg/s, medians; nginx +43 / +440, HAProxy +70 / +690)
-//	idle session, heap+stacks      9.8 KiB (RSS 14.4 KiB)    26.7 KiB (RSS 35.7 KiB)
-//	goroutines, descriptors        2, 2 sockets (+2 pipe     2, 2 sockets
-//	                               fds while bulk moves)
+//	                               splice           splice, loop     frame
+//	1 MiB echo, × direct           0.91–1.00        1.07             0.80–0.95
+//	  (same runs: nginx 0.45–0.64, HAProxy 0.58–0.80 × direct)
+//	proxy CPU per MiB relayed      0.30–0.42 ms     0.45 ms          0.72–0.77 ms (nginx 1.2, HAProxy 0.8–0.9)
+//	proxy CPU per 64 B round trip  47–49 µs         25–34 µs         57–64 µs (nginx 28–34, HAProxy 38–41)
+//	64 B round trip, added         +65 / +155 µs    +40 / +52 µs     +92 / +330 µs
+//	  p50 / p99 (1,000 sessions × 10 msg/s, medians; nginx +53 / +87, HAProxy +71 / +158)
+//	idle session, heap+stacks      10.1 KiB         4.7 KiB          26.5 KiB (RSS: 14.8, 7.0, 34.2)
+//	goroutines per session         2                1 (parked)       2
+//	descriptors per session        2 sockets, +2 pipe fds each way while bulk moves; frame: 2
+//
+// The loop's numbers come from the message path itself: a message costs one read and one
+// write, and nothing in the Go runtime wakes for it (a goroutine relay pays for a netpoller
+// wake-up, a scheduler hand-off and sysmon on every message that finds the proxy idle, which
+// at 10,000 messages a second spread out in time is nearly every one). Its price is a P, and a
+// session leaves it for its goroutines at the first bulk transfer, big frame, close, or stall:
+// see EventLoops.
 //
 // Splice leaves bulk payloads in the kernel (splice(2) through a pipe; small client writes go
 // through a stack buffer, where splicing saves nothing) and reads only frame headers from

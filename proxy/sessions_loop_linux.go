@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -18,7 +19,9 @@ import (
 // runtime wakes for it — no netpoller, no scheduler hand-off, no sysmon wake-up, which on an
 // idle-then-busy proxy cost as much CPU as the relaying itself (measured in
 // docs/benchmarks/sessions.md). The price is that a loop keeps its P while it blocks in
-// epoll_wait, so the loops are used only while GOMAXPROCS exceeds their number.
+// epoll_wait, so a loop starts only while it leaves at least one P to the rest of the program,
+// counting the loops of every Sessions in the process (loopsHeld); a session that finds no
+// loop it may start stays on its goroutines (hand-back reason "refused").
 //
 // The loop handles only the steady state. Anything else hands the session back, for good, to
 // the goroutine relay (sessionsSplice.run) in a state it resumes from exactly: a client write
@@ -27,6 +30,22 @@ import (
 // block, and drain (goAway). Bytes the loop read but did not write travel with the session:
 // clientPending (client → conman), clientOwed (whole frames → client) and backPending (the
 // start of an incomplete frame from conman).
+
+// loopsHeld counts the running event loops of every Sessions in the process: each holds a P, and
+// a loop starts only while at least one P would be left for the rest of the program.
+var loopsHeld atomic.Int32
+
+func loopTakeP() bool {
+	for {
+		n := loopsHeld.Load()
+		if int(n)+1 >= runtime.GOMAXPROCS(0) {
+			return false
+		}
+		if loopsHeld.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
 
 // spliceLoops is the set of event loops of one Sessions proxy.
 type spliceLoops struct {
@@ -222,18 +241,24 @@ func (l *spliceLoop) add(ls *loopSess) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.running {
+		if !loopTakeP() {
+			return false // every P but one is held by loops (of this or other proxies)
+		}
 		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
+			loopsHeld.Add(-1)
 			return false
 		}
 		ev, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 		if err != nil {
 			unix.Close(ep)
+			loopsHeld.Add(-1)
 			return false
 		}
 		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, ev, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: -1}); err != nil {
 			unix.Close(ep)
 			unix.Close(ev)
+			loopsHeld.Add(-1)
 			return false
 		}
 		l.ep, l.ev, l.running = ep, ev, true
@@ -307,6 +332,7 @@ func (l *spliceLoop) run(ep, ev int) {
 				l.mu.Unlock()
 				unix.Close(ep)
 				unix.Close(ev)
+				loopsHeld.Add(-1)
 				return
 			}
 			l.mu.Unlock()

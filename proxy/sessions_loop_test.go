@@ -419,3 +419,40 @@ func TestLoopFrames(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionsEventLoopBudget: loops of every proxy in the process leave one P to the rest of
+// the program. With GOMAXPROCS 2, one loop runs; a second proxy's session stays on goroutines
+// (refused) and works, and takes a loop once the first has stopped.
+func TestSessionsEventLoopBudget(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	a := newSessTestEnv(t, sessTestSpliceLoop, nil)
+	b := newSessTestEnv(t, sessTestSpliceLoop, nil)
+	ctx := context.Background()
+	ca := sessTestOpen(t, a, ctx)
+	sessTestWaitInLoop(t, a, 1)
+
+	cb := sessTestOpen(t, b, ctx)
+	sessTestEcho(t, cb, websocket.MessageText, []byte("on goroutines"))
+	if got := b.handbacks(); got["refused"] != 1 || len(got) != 1 {
+		t.Fatalf("second proxy's hand-backs = %v, want refused once", got)
+	}
+	if v := sessTestValue(b.proxy.metrics.inLoop); v != 0 {
+		t.Fatalf("second proxy has %v sessions in a loop", v)
+	}
+
+	ca.Close(websocket.StatusNormalClosure, "")
+	deadline := time.Now().Add(5 * time.Second)
+	for loopsHeld.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("loops still held: %d", loopsHeld.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cb2 := sessTestOpen(t, b, ctx)
+	sessTestWaitInLoop(t, b, 1)
+	sessTestEcho(t, cb2, websocket.MessageText, []byte("in the loop"))
+	cb.Close(websocket.StatusNormalClosure, "")
+	cb2.Close(websocket.StatusNormalClosure, "")
+	a.drain()
+	b.drain()
+}

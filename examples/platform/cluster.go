@@ -207,6 +207,7 @@ func (c *cluster) startEval(ctx context.Context) error {
 		Placer:     c.cpClient,
 		Credential: c.credential,
 		Mode:       proxy.Splice,
+		EventLoops: 1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
 		Logger:     c.log.With("component", "eval"),
 	})
 	if err != nil {

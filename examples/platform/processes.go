@@ -382,6 +382,7 @@ func runEval(ctx context.Context, f *componentFlags) (*component, error) {
 		Placer:     placement.NewClient(f.controlplane, cred, nil),
 		Credential: cred,
 		Mode:       proxy.Splice,
+		EventLoops: 1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
 		Logger:     f.log,
 	})
 	if err != nil {

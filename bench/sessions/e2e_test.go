@@ -39,7 +39,12 @@ const (
 	sessTestCredential = "internal-secret"
 )
 
-var sessTestModes = []proxy.RelayMode{proxy.Splice, proxy.Frame}
+// sessTestModes: Splice on goroutines, Splice on an event loop (EventLoops 1), Frame.
+var sessTestModes = []struct {
+	name  string
+	mode  proxy.RelayMode
+	loops int
+}{{"splice", proxy.Splice, 0}, {"splice-loop", proxy.Splice, 1}, {"frame", proxy.Frame, 0}}
 
 func newSessTestIssuer(t *testing.T) *lore.Issuer {
 	t.Helper()
@@ -87,12 +92,12 @@ func TestSessionsEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containers")
 	}
-	for _, mode := range sessTestModes {
-		t.Run(mode.String(), func(t *testing.T) { sessTestEndToEnd(t, mode) })
+	for _, m := range sessTestModes {
+		t.Run(m.name, func(t *testing.T) { sessTestEndToEnd(t, m.mode, m.loops) })
 	}
 }
 
-func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode) {
+func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode, loops int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -147,6 +152,7 @@ func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode) {
 		Placer:       cp,
 		Credential:   sessTestCredential,
 		Mode:         mode,
+		EventLoops:   loops,
 		RetryBackoff: time.Millisecond,
 		Logger:       slog.New(slog.NewTextHandler(sessTestTLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer:   reg,
@@ -237,6 +243,33 @@ func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode) {
 		t.Errorf("stages = %v, want ok:%d backend:1", stages, repls)
 	}
 	t.Logf("retries across %d sessions: %v", repls+1, retries)
+	// On an event loop every session was taken in and handed back exactly once (at its close,
+	// conman's 1012, or drain); without loops none was.
+	if got := sessTestHandbacks(t, reg); (loops > 0 && (got["total"] != repls+1 || got["refused"] != 0)) || (loops == 0 && got["total"] != 0) {
+		t.Errorf("event loop hand-backs = %v with EventLoops %d, want %d, none refused", got, loops, repls+1)
+	}
+}
+
+// sessTestHandbacks reads switchyard_proxy_session_loop_handbacks_total by reason, and their
+// sum as "total".
+func sessTestHandbacks(t *testing.T, reg *prometheus.Registry) map[string]int {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, mf := range mfs {
+		if mf.GetName() == "switchyard_proxy_session_loop_handbacks_total" {
+			for _, m := range mf.GetMetric() {
+				if v := int(m.GetCounter().GetValue()); v > 0 {
+					out[m.GetLabel()[0].GetValue()] = v
+					out["total"] += v
+				}
+			}
+		}
+	}
+	return out
 }
 
 type sessTestTLog struct{ t *testing.T }

@@ -296,17 +296,19 @@ func (l *spliceLoop) run(ep, ev int) {
 	l.intake(ep)
 	for {
 		n, errno := loopEpollWait(ep, events)
-		if errno == unix.EINTR {
-			continue // preemption signals interrupt the wait
-		}
-		if errno != 0 {
+		switch {
+		case errno == unix.EINTR:
+			// A signal: the runtime's preemption (every 10 ms or so, and at every
+			// stop-the-world, GOMAXPROCS changes included). If GOMAXPROCS no longer leaves a
+			// P besides the loops, this one gives its sessions back and stops.
 			n = 0
-			// Cannot happen with a valid epoll set; give every session back.
-			for _, ls := range l.sess {
-				if ls != nil {
-					l.giveBack(ls, loopHandback{backPending: ls.partial}, "error")
-				}
+			if runtime.GOMAXPROCS(0) <= int(loopsHeld.Load()) {
+				l.giveBackAll("gomaxprocs")
 			}
+		case errno != 0:
+			// Cannot happen with a valid epoll set.
+			n = 0
+			l.giveBackAll("error")
 		}
 		for _, e := range events[:n] {
 			if e.Fd < 0 {
@@ -394,6 +396,15 @@ func (l *spliceLoop) intake(ep int) {
 	clear(adds)
 	clear(aways)
 	l.spare, l.spare2 = adds[:0], aways[:0]
+}
+
+// giveBackAll hands every session in the loop back.
+func (l *spliceLoop) giveBackAll(reason string) {
+	for _, ls := range l.sess {
+		if ls != nil {
+			l.giveBack(ls, loopHandback{backPending: ls.partial}, reason)
+		}
+	}
 }
 
 // giveBack takes ls out of the loop and hands it to its goroutine with hb, counting why.

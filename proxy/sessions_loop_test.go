@@ -456,3 +456,22 @@ func TestSessionsEventLoopBudget(t *testing.T) {
 	a.drain()
 	b.drain()
 }
+
+// TestSessionsEventLoopGOMAXPROCS: lowering GOMAXPROCS to the number of running loops (a
+// container's CPU limit can do that at run time) makes the loop give its sessions back and
+// stop, so it never holds the program's last P; the session goes on.
+func TestSessionsEventLoopGOMAXPROCS(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	e := newSessTestEnv(t, sessTestSpliceLoop, nil)
+	c := sessTestOpen(t, e, context.Background())
+	sessTestWaitInLoop(t, e, 1)
+	runtime.GOMAXPROCS(1) // stops the world: the loop's wait is interrupted
+	sessTestWaitInLoop(t, e, 0)
+	sessTestEcho(t, c, websocket.MessageText, []byte("on goroutines now"))
+	if got := e.handbacks(); got["gomaxprocs"] != 1 || len(got) != 1 {
+		t.Errorf("hand-backs = %v, want gomaxprocs once", got)
+	}
+	runtime.GOMAXPROCS(2)
+	c.Close(websocket.StatusNormalClosure, "")
+	e.drain()
+}

@@ -23,7 +23,8 @@ import (
 //	switchyard_proxy_session_loop_handbacks_total{reason}
 //	                                                   counter: sessions an event loop gave back to
 //	                                                   goroutines: bulk, frame, eof, error,
-//	                                                   blocked, drain, refused (see EventLoops)
+//	                                                   blocked, drain, refused, gomaxprocs
+//	                                                   (see EventLoops)
 type sessionsMetrics struct {
 	outcomes  *prometheus.CounterVec
 	setup     prometheus.Histogram
@@ -37,7 +38,7 @@ type sessionsMetrics struct {
 }
 
 // loopReasons are the reasons an event loop gives a session back to its goroutines.
-var loopReasons = []string{"bulk", "frame", "eof", "error", "blocked", "drain", "refused"}
+var loopReasons = []string{"bulk", "frame", "eof", "error", "blocked", "drain", "refused", "gomaxprocs"}
 
 // sessionsStages lists every stage so each series exists from the start (rates need both).
 var sessionsStages = []string{StageOK, StageToken, StagePlacement, StageDial, StageBackend, StageClient, StageLimit}
@@ -80,7 +81,7 @@ func newSessionsMetrics(reg prometheus.Registerer) (*sessionsMetrics, error) {
 		}),
 		handbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_proxy_session_loop_handbacks_total",
-			Help: "Sessions an event loop gave back to goroutine relaying, by reason (bulk data, a close or big frame, EOF, a read error, a write that would block, drain, or refused at entry).",
+			Help: "Sessions an event loop gave back to goroutine relaying, by reason (bulk data, a close or big frame, EOF, a read error, a write that would block, drain, refused at entry, or GOMAXPROCS lowered to the loops' number).",
 		}, []string{"reason"}),
 	}
 	for _, r := range loopReasons {

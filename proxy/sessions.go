@@ -189,9 +189,9 @@ type SessionsConfig struct {
 //	1 MiB echo, × direct           0.91–1.00        1.07             0.80–0.95
 //	  (same runs: nginx 0.45–0.64, HAProxy 0.58–0.80 × direct)
 //	proxy CPU per MiB relayed      0.30–0.42 ms     0.45 ms          0.72–0.77 ms (nginx 1.2, HAProxy 0.8–0.9)
-//	proxy CPU per 64 B round trip  47–49 µs         25–34 µs         57–64 µs (nginx 28–34, HAProxy 38–41)
-//	64 B round trip, added         +65 / +155 µs    +40 / +52 µs     +92 / +330 µs
-//	  p50 / p99 (1,000 sessions × 10 msg/s, medians; nginx +53 / +87, HAProxy +71 / +158)
+//	proxy CPU per 64 B round trip  45–61 µs         25–34 µs         53–66 µs (nginx 28–34, HAProxy 37–44)
+//	64 B round trip, added         +67 / +151 µs    +41 / +70 µs     +87 / +316 µs
+//	  p50 / p99 (1,000 sessions × 10 msg/s, medians of 11 runs; nginx +54 / +112, HAProxy +66 / +130)
 //	idle session, heap+stacks      10.1 KiB         4.7 KiB          26.5 KiB (RSS: 14.8, 7.0, 34.2)
 //	goroutines per session         2                1 (parked)       2
 //	descriptors per session        2 sockets, +2 pipe fds each way while bulk moves; frame: 2

@@ -86,19 +86,7 @@ func latencyLoop(url string, ready func()) ([]time.Duration, loopStats, error) {
 		}
 	}()
 	clients := make([]int, n)
-	conns := make([]*rawWS, n)
-	var g errGroup
-	sem := make(chan struct{}, 16)
-	for i := range conns {
-		sem <- struct{}{}
-		g.Go(func() error {
-			defer func() { <-sem }()
-			c, err := dialRaw(url)
-			conns[i] = c
-			return err
-		})
-	}
-	err := g.Wait()
+	conns, err := dialAll(url, n)
 	for i, c := range conns {
 		if c == nil {
 			continue

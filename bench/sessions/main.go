@@ -757,18 +757,7 @@ func benchLatency(targets []*target) error {
 // latency opens the sessions, calls ready, and drives raw WebSocket connections (a precomputed masked frame out, a 66-byte frame
 // back) so the load generator spends as little CPU as possible on its side of the measurement.
 func latency(url string, ready func()) ([]time.Duration, loopStats, error) {
-	conns := make([]*rawWS, *sessions)
-	var g errGroup
-	sem := make(chan struct{}, 16)
-	for i := range conns {
-		sem <- struct{}{}
-		g.Go(func() error {
-			defer func() { <-sem }()
-			c, err := dialRaw(url)
-			conns[i] = c
-			return err
-		})
-	}
+	conns, err := dialAll(url, *sessions)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -776,9 +765,10 @@ func latency(url string, ready func()) ([]time.Duration, loopStats, error) {
 			}
 		}
 	}()
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return nil, loopStats{}, err
 	}
+	var g errGroup
 	ready()
 	if p := os.Getenv("BENCH_PROFILE"); p != "" && strings.Contains(url, "token=") {
 		// Profile one of our proxies under the latency load, once its sessions are open:
@@ -832,7 +822,7 @@ func latency(url string, ready func()) ([]time.Duration, loopStats, error) {
 			return nil
 		})
 	}
-	err := g.Wait()
+	err = g.Wait()
 	return all, loopStats{bunched: bunched(sends)}, err
 }
 
@@ -861,6 +851,24 @@ func closeAll(conns []*websocket.Conn) {
 		}
 	}
 	wg.Wait()
+}
+
+// dialAll opens n raw sessions to url, 16 at a time. On an error the connections opened are
+// returned with it.
+func dialAll(url string, n int) ([]*rawWS, error) {
+	conns := make([]*rawWS, n)
+	var g errGroup
+	sem := make(chan struct{}, 16)
+	for i := range conns {
+		sem <- struct{}{}
+		g.Go(func() error {
+			defer func() { <-sem }()
+			c, err := dialRaw(url)
+			conns[i] = c
+			return err
+		})
+	}
+	return conns, g.Wait()
 }
 
 // rawWS is a client connection after a hand-made opening handshake.

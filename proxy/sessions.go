@@ -138,7 +138,9 @@ type SessionsConfig struct {
 	// for good, at the first thing the loop does not do: bulk data (spliced), a close frame or
 	// a frame over 64 KiB from conman, EOF or an error, a write that would block, drain. A loop
 	// runs only while it has sessions, and then holds one of GOMAXPROCS's Ps even while it
-	// waits, so loops are used only while GOMAXPROCS exceeds EventLoops. Zero means none: a
+	// waits, so the loops of every Sessions in the process together always leave one P to the
+	// rest of the program (a session that finds no loop it may start stays on goroutines, and
+	// a loop gives its sessions back when GOMAXPROCS is lowered that far). Zero means none: a
 	// goroutine pair per session.
 	EventLoops int
 	// LingerTimeout bounds how long a session stays half-closed after one side finished (sent

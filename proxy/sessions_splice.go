@@ -100,15 +100,15 @@ type sessionsSplice struct {
 
 	mu        sync.Mutex // guards deadlines set from the two directions, goAway, client, back
 	goingAway bool
-	inLoop    func() // while an event loop relays the session: asks it to hand the session back
+	awayFlag  atomic.Bool // goingAway, for the relay's check at every frame boundary
+	clientEOF bool        // the client finished first (FIN or error)
+	inLoop    func()      // while an event loop relays the session: asks it to hand it back
 
 	// Left by an event loop that handed the session back (see sessions_loop_linux.go).
-	clientOwed []byte      // whole frames from conman the client has yet to get
-	clientErr  error       // a read error the loop saw on the client's socket
-	backErr    error       // a read error the loop saw on conman's socket
-	resumeErr  error       // the sockets could not be taken back: the session is over
-	awayFlag   atomic.Bool // goingAway, for the relay's check at every frame boundary
-	clientEOF  bool        // the client finished first (FIN or error)
+	clientOwed []byte // whole frames from conman the client has yet to get
+	clientErr  error  // a read error the loop saw on the client's socket
+	backErr    error  // a read error the loop saw on conman's socket
+	resumeErr  error  // the sockets could not be taken back: the session is over
 }
 
 // goAway asks the session to end with a 1001 close frame at the next frame boundary.

@@ -856,14 +856,20 @@ func closeAll(conns []*websocket.Conn) {
 // dialAll opens n raw sessions to url, 16 at a time. On an error the connections opened are
 // returned with it.
 func dialAll(url string, n int) ([]*rawWS, error) {
-	conns := make([]*rawWS, n)
+	return openN(n, func() (*rawWS, error) { return dialRaw(url) })
+}
+
+// openN calls open n times, 16 at a time, and returns what it opened (with the first error,
+// the ones that succeeded too).
+func openN[T any](n int, open func() (T, error)) ([]T, error) {
+	conns := make([]T, n)
 	var g errGroup
 	sem := make(chan struct{}, 16)
 	for i := range conns {
 		sem <- struct{}{}
 		g.Go(func() error {
 			defer func() { <-sem }()
-			c, err := dialRaw(url)
+			c, err := open()
 			conns[i] = c
 			return err
 		})
@@ -1110,27 +1116,18 @@ func benchMemory(targets []*target) error {
 		}
 		rss0 := procTreeRSS(t.pid)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		conns := make([]*websocket.Conn, *idle)
-		var g errGroup
-		sem := make(chan struct{}, 16)
-		for i := range conns {
-			sem <- struct{}{}
-			g.Go(func() error {
-				defer func() { <-sem }()
-				c, err := dial(ctx, t.url)
-				if err != nil {
-					return err
-				}
-				conns[i] = c
-				// One round trip so every session is fully established end to end.
-				if err := c.Write(ctx, websocket.MessageBinary, []byte("x")); err != nil {
-					return err
-				}
-				_, _, err = c.Read(ctx)
-				return err
-			})
-		}
-		err = g.Wait()
+		conns, err := openN(*idle, func() (*websocket.Conn, error) {
+			c, err := dial(ctx, t.url)
+			if err != nil {
+				return nil, err
+			}
+			// One round trip so every session is fully established end to end.
+			if err := c.Write(ctx, websocket.MessageBinary, []byte("x")); err != nil {
+				return c, err
+			}
+			_, _, err = c.Read(ctx)
+			return c, err
+		})
 		cancel()
 		if err != nil {
 			closeAll(conns)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"syscall"
 	"time"
 )
@@ -71,11 +72,34 @@ type Spec struct {
 	// Port is the container's web port, exported as PORT. Zero means none. The conman Server
 	// assigns it; the runtime only records and exports it.
 	Port int `json:"port,omitempty"`
-	// Network gives the container its own network namespace (only loopback inside). False,
-	// the default, shares the VM's network so the web port is reachable on the VM's address.
+	// Network gives the container its own network namespace (only loopback inside). Runtimes
+	// that sandbox (conman/process with Sandbox, conman/oci) always do, whatever this says, and
+	// implement Dialer so the Server reaches the web port inside. False shares the VM's network
+	// on runtimes that do not sandbox, so the web port is reachable on the VM's address.
 	Network bool `json:"network,omitempty"`
+	// Rootfs is a directory holding the container's root file system (an unpacked image), used
+	// read-only. Empty means the runtime's default: conman/process builds a root from the VM's
+	// own /usr, /bin, /sbin, /lib* and a generated /etc; conman/oci uses its configured image.
+	Rootfs string `json:"rootfs,omitempty"`
+	// Image names a local OCI image layout (a directory with index.json), optionally followed
+	// by "@" and a tag or digest: the runtime unpacks it once per VM and uses it as Rootfs.
+	// Runtimes without image support reject it with ErrInvalid.
+	Image string `json:"image,omitempty"`
+	// Mounts are extra bind mounts from the VM into the container, set by the platform (never by
+	// a repl). Targets must be absolute and must not be /, /proc, /sys or /dev.
+	Mounts []Mount `json:"mounts,omitempty"`
 	// Limits caps the container's resources. Zero fields mean unlimited.
 	Limits Limits `json:"limits,omitempty"`
+}
+
+// Mount is a bind mount of a VM path into a container.
+type Mount struct {
+	// Source is the absolute path on the VM.
+	Source string `json:"source"`
+	// Target is the absolute path inside the container.
+	Target string `json:"target"`
+	// ReadOnly mounts it read-only (always nosuid and nodev).
+	ReadOnly bool `json:"read_only,omitempty"`
 }
 
 // Limits are a container's resource limits (cgroups in conman/process).
@@ -147,6 +171,16 @@ type ExecOptions struct {
 	TTY bool
 	// Size is the initial terminal size; zero means 80x24.
 	Size WindowSize
+}
+
+// Dialer is implemented by runtimes whose containers have a network namespace of their own:
+// the Server reaches a repl's web port with DialContainer (a connection made inside the
+// container's namespace, to its loopback) instead of on Config.ReplHost, so the port is never
+// exposed on the VM's network.
+type Dialer interface {
+	// DialContainer connects to TCP port on the container's loopback. ErrNotRunning if the
+	// container does not run.
+	DialContainer(ctx context.Context, id string, port int) (net.Conn, error)
 }
 
 // WindowSize is a terminal size in character cells.

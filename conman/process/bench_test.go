@@ -37,15 +37,11 @@ func benchRuntime(b *testing.B, iso process.Isolation) *process.Runtime {
 }
 
 func benchRuntimeInit(b *testing.B, iso process.Isolation, initPath string) *process.Runtime {
-	return benchRuntimeWarm(b, iso, initPath, 0)
-}
-
-func benchRuntimeWarm(b *testing.B, iso process.Isolation, initPath string, warm int) *process.Runtime {
 	b.Helper()
 	if os.Geteuid() != 0 && iso != process.None {
 		b.Skip("needs root")
 	}
-	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench-process", Isolation: iso, InitPath: initPath, WarmInits: warm})
+	r, err := process.New(process.Config{StateDir: b.TempDir(), CgroupParent: "switchyard-bench-process", Isolation: iso, InitPath: initPath})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,20 +64,18 @@ func BenchmarkColdStart(b *testing.B) {
 		name     string
 		iso      process.Isolation
 		initPath string
-		warm     int
 	}
 	vs := []variant{
-		{"namespaces-warm", process.Namespaces, "", 0},
-		{"namespaces-cold", process.Namespaces, "", -1},
-		{"plain", process.None, "", 0},
+		{"sandbox", process.Sandbox, ""},
+		{"plain", process.None, ""},
 	}
 	if p := os.Getenv("CONMAN_BENCH_INIT"); p != "" {
 		// A standalone init (go build ./conman/process/cmd/conman-init) instead of the test binary.
-		vs = append(vs, variant{"namespaces-cold-standalone-init", process.Namespaces, p, -1})
+		vs = append(vs, variant{"sandbox-standalone-init", process.Sandbox, p})
 	}
 	for _, v := range vs {
 		b.Run(v.name, func(b *testing.B) {
-			r := benchRuntimeWarm(b, v.iso, v.initPath, v.warm)
+			r := benchRuntimeInit(b, v.iso, v.initPath)
 			ctx := context.Background()
 			spec := conman.Spec{Limits: conman.Limits{MemoryBytes: 256 << 20, Pids: 256, CPUMilli: 1000}}
 			var lat latencies
@@ -109,7 +103,7 @@ func BenchmarkColdStart(b *testing.B) {
 // BenchmarkFirstPtyByte measures a cold start plus an Exec of /bin/sh on a pty until the first
 // byte of its prompt arrives.
 func BenchmarkFirstPtyByte(b *testing.B) {
-	r := benchRuntime(b, process.Auto)
+	r := benchRuntime(b, process.Sandbox)
 	ctx := context.Background()
 	var lat latencies
 	b.ResetTimer()
@@ -144,7 +138,7 @@ func BenchmarkFirstPtyByte(b *testing.B) {
 // one answers an Exec, then stops them.
 func BenchmarkConcurrentContainers(b *testing.B) {
 	n := 500
-	r := benchRuntime(b, process.Auto)
+	r := benchRuntime(b, process.Sandbox)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for i := 0; i < b.N; i++ {

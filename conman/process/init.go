@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -99,14 +100,22 @@ type initState struct {
 
 	// pending counts Exec connections that still have an exit code to hand out.
 	pending sync.WaitGroup
+
+	// launch runs a function on the confined launcher thread (sandbox only; nil otherwise).
+	launch func(func())
+	// exitFile is exit.json, opened by the runtime.
+	exitFile *os.File
 }
 
 func runInit() int {
-	// Neither descriptor may leak into what the container runs.
-	syscall.CloseOnExec(3)
-	syscall.CloseOnExec(4)
+	// None of these descriptors may leak into what the container runs.
+	for fd := 3; fd <= 6; fd++ {
+		syscall.CloseOnExec(fd)
+	}
 	cfgFile := os.NewFile(3, "config")
 	ready := os.NewFile(4, "ready")
+	lnFile := os.NewFile(5, "control")
+	exitFile := os.NewFile(6, "exit")
 	fail := func(err error) int {
 		fmt.Fprintf(ready, "%v", err)
 		ready.Close()
@@ -117,19 +126,15 @@ func runInit() int {
 		return fail(fmt.Errorf("read config: %w", err))
 	}
 	cfgFile.Close()
-	if cfg.Output != "" {
-		// A warm init was started before its container existed: take the container's output.
-		out, err := os.OpenFile(cfg.Output, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-		if err != nil {
-			return fail(fmt.Errorf("open output: %w", err))
+	pathFDs := append([]int{cfg.DirFD, cfg.RootfsFD}, cfg.MountFDs...)
+	for _, fd := range pathFDs {
+		if fd > 6 {
+			syscall.CloseOnExec(fd)
 		}
-		_ = unix.Dup3(int(out.Fd()), 1, 0)
-		_ = unix.Dup3(int(out.Fd()), 2, 0)
-		out.Close()
 	}
 	// Only now, inside the cgroups: thread creation would wait behind the cgroup migration.
 	prewarmThreads(initThreads)
-	s := &initState{cfg: cfg, waiters: make(map[int]chan int), groups: make(map[int]bool)}
+	s := &initState{cfg: cfg, waiters: make(map[int]chan int), groups: make(map[int]bool), exitFile: exitFile}
 
 	// Signals first, so that nothing is lost between setup and the loop.
 	sigs := make(chan os.Signal, 64)
@@ -139,26 +144,39 @@ func runInit() int {
 	if err := s.setup(); err != nil {
 		return fail(err)
 	}
-	sock, sockDir, err := socketPath(cfg.StateDir)
-	if err != nil {
-		return fail(err)
+	for _, fd := range pathFDs {
+		if fd > 6 {
+			syscall.Close(fd)
+		}
 	}
-	_ = os.Remove(filepath.Join(cfg.StateDir, socketName))
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	fl, err := net.FileListener(lnFile)
+	lnFile.Close()
 	if err != nil {
-		return fail(fmt.Errorf("listen %s: %w", sock, err))
+		return fail(fmt.Errorf("control socket: %w", err))
 	}
-	if sockDir != nil {
-		sockDir.Close()
+	ln, ok := fl.(*net.UnixListener)
+	if !ok {
+		return fail(errors.New("control socket is not a unix socket"))
+	}
+	if cfg.Sandbox {
+		// The last layers, on the thread every process of the container is started from.
+		if s.launch, err = startLauncher(); err != nil {
+			return fail(err)
+		}
 	}
 	var mainDone chan int
 	if len(cfg.Command) > 0 {
 		var files []*os.File
-		if cfg.Output != "" && cfg.MaxOutput > 0 {
+		if cfg.MaxOutput > 0 {
 			null, err := os.Open(os.DevNull)
 			if err != nil {
 				return fail(err)
 			}
+			out, err := unix.Dup(1)
+			if err != nil {
+				return fail(err)
+			}
+			syscall.CloseOnExec(out)
 			pr, pw, err := os.Pipe()
 			if err != nil {
 				return fail(err)
@@ -166,7 +184,7 @@ func runInit() int {
 			s.copied = make(chan struct{})
 			go func() {
 				defer close(s.copied)
-				copyCapped(pr, cfg.Output, cfg.MaxOutput)
+				copyCapped(pr, os.NewFile(uintptr(out), "output"), cfg.MaxOutput)
 			}()
 			files = []*os.File{null, pw, pw}
 		}
@@ -216,42 +234,73 @@ func runInit() int {
 // setup prepares the namespaces and the working directory.
 func (s *initState) setup() error {
 	cfg := s.cfg
-	if cfg.Namespaces {
-		// Keep our mounts to ourselves: the host's / is usually shared.
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			return fmt.Errorf("make / private: %w", err)
+	if cfg.Sandbox {
+		// Nothing in the container may ptrace the init or read its /proc entries.
+		if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+			return fmt.Errorf("non-dumpable: %w", err)
 		}
-		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-			return fmt.Errorf("mount /proc: %w", err)
-		}
-		if err := unix.Mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
-			"newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
-			return fmt.Errorf("mount /dev/pts: %w", err)
-		}
-		if err := unix.Mount("/dev/pts/ptmx", "/dev/ptmx", "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind /dev/ptmx: %w", err)
+		if err := buildRoot(cfg); err != nil {
+			return err
 		}
 		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
 		}
-		if cfg.Network {
-			if err := loopbackUp(); err != nil {
-				return fmt.Errorf("bring up lo: %w", err)
-			}
+		if err := loopbackUp(); err != nil {
+			return fmt.Errorf("bring up lo: %w", err)
 		}
 	} else {
 		// Plain process: adopt orphans so they are reaped and stopped with the container.
 		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-	}
-	// The init must outlive what it runs when memory runs out (needs privileges; best effort).
-	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0)
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
-		return fmt.Errorf("working directory: %w", err)
+		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+			return fmt.Errorf("working directory: %w", err)
+		}
 	}
 	if err := os.Chdir(cfg.Dir); err != nil {
 		return fmt.Errorf("working directory: %w", err)
 	}
 	return nil
+}
+
+// startLauncher starts the goroutine, locked to its OS thread for good, from which the init
+// starts every process of the container. The thread enters a cgroup namespace of its own (the
+// init is in the container's cgroups by now, so they become the namespace's root), drops its
+// capabilities to keptCaps, sets no_new_privs and installs the seccomp filter: all of them are
+// per thread and inherited by what the thread forks, and the init's other threads keep serving
+// the runtime unfiltered. The thread never returns to the Go scheduler's pool.
+func startLauncher() (func(func()), error) {
+	prog, err := seccompProgram()
+	if err != nil {
+		return nil, err
+	}
+	reqs := make(chan func())
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the init
+		if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+			errc <- fmt.Errorf("cgroup namespace: %w", err)
+			return
+		}
+		if err := dropCapabilities(); err != nil {
+			errc <- err
+			return
+		}
+		if err := applySeccomp(prog); err != nil {
+			errc <- err
+			return
+		}
+		errc <- nil
+		for fn := range reqs {
+			fn()
+		}
+	}()
+	if err := <-errc; err != nil {
+		return nil, err
+	}
+	return func(fn func()) {
+		done := make(chan struct{})
+		reqs <- func() { fn(); close(done) }
+		<-done
+	}, nil
 }
 
 func loopbackUp() error {
@@ -298,7 +347,7 @@ func (s *initState) start(args, env []string, dir string, tty bool, files []*os.
 	if tty {
 		sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	}
-	if !s.cfg.Namespaces {
+	if !s.cfg.Sandbox {
 		sys.Pdeathsig = syscall.SIGKILL
 	}
 	s.mu.Lock()
@@ -306,9 +355,16 @@ func (s *initState) start(args, env []string, dir string, tty bool, files []*os.
 	if s.ending {
 		return 0, nil, errors.New("container is stopping")
 	}
-	p, err := os.StartProcess(path, args, &os.ProcAttr{
-		Dir: dir, Env: append(append([]string{}, s.cfg.Env...), env...), Files: files, Sys: sys,
-	})
+	attr := &os.ProcAttr{Dir: dir, Env: append(append([]string{}, s.cfg.Env...), env...), Files: files, Sys: sys}
+	var (
+		p   *os.Process
+		err error
+	)
+	if s.launch != nil {
+		s.launch(func() { p, err = os.StartProcess(path, args, attr) })
+	} else {
+		p, err = os.StartProcess(path, args, attr)
+	}
 	if err != nil {
 		return 0, nil, err
 	}
@@ -336,16 +392,11 @@ func lookPath(file string, env []string) (string, error) {
 	return "", fmt.Errorf("%s: executable file not found in $PATH", file)
 }
 
-// copyCapped appends what r delivers to the file at path; when the file would grow past max it
+// copyCapped appends what r delivers to f (opened for append); when the file would grow past max it
 // starts over (truncates), so a chatty repl cannot fill the VM's disk. Followers (Attach) notice
 // the truncation and start from the top.
-func copyCapped(r *os.File, path string, max int64) {
+func copyCapped(r, f *os.File, max int64) {
 	defer r.Close()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		_, _ = io.Copy(io.Discard, r)
-		return
-	}
 	defer f.Close()
 	buf := make([]byte, 32<<10)
 	for {
@@ -418,7 +469,7 @@ func (s *initState) terminate() {
 		}
 		_ = syscall.Kill(-g, syscall.SIGTERM)
 	}
-	if s.cfg.Namespaces {
+	if s.cfg.Sandbox {
 		// Everything in our PID namespace but ourselves.
 		_ = syscall.Kill(-1, syscall.SIGTERM)
 	}
@@ -442,8 +493,12 @@ func (s *initState) exit(code int) int {
 	case <-time.After(200 * time.Millisecond):
 	}
 	b, _ := json.Marshal(exitRecord{Code: code})
-	_ = os.WriteFile(filepath.Join(s.cfg.StateDir, exitName), b, 0o644)
-	if s.cfg.Namespaces {
+	if s.exitFile != nil {
+		_ = s.exitFile.Truncate(0)
+		_, _ = s.exitFile.WriteAt(b, 0)
+		_ = s.exitFile.Sync()
+	}
+	if s.cfg.Sandbox {
 		return code // the kernel kills the rest of the PID namespace with us
 	}
 	s.mu.Lock()
@@ -471,6 +526,9 @@ func (s *initState) serve(ln *net.UnixListener) {
 // handle runs one Exec connection.
 func (s *initState) handle(c *net.UnixConn) {
 	defer c.Close()
+	if err := s.checkPeer(c); err != nil {
+		return // not the runtime: no answer at all
+	}
 	buf := make([]byte, maxPacket)
 	n, err := c.Read(buf)
 	if err != nil {
@@ -486,8 +544,12 @@ func (s *initState) handle(c *net.UnixConn) {
 		_, _, err := c.WriteMsgUnix(b, oob, nil)
 		return err
 	}
-	if err := json.Unmarshal(buf[:n], &req); err != nil || len(req.Args) == 0 {
+	if err := json.Unmarshal(buf[:n], &req); err != nil || (len(req.Args) == 0) == (req.DialPort == 0) {
 		_ = reply(execResponse{Error: "invalid exec request"}, nil)
+		return
+	}
+	if req.DialPort != 0 {
+		s.dial(req.DialPort, reply)
 		return
 	}
 	var (
@@ -577,4 +639,61 @@ func (s *initState) handle(c *net.UnixConn) {
 	case <-gone:
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}
+}
+
+// checkPeer accepts only the runtime. In the sandbox the runtime is outside the container's PID
+// namespace, so SO_PEERCRED gives its pid as 0, while every process of the container has a pid
+// here: a repl that reached the socket would be refused. Without the sandbox, the peer must run
+// as the init's own uid.
+func (s *initState) checkPeer(c *net.UnixConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return cerr
+	}
+	if s.cfg.Sandbox {
+		if cred.Pid != 0 {
+			return fmt.Errorf("peer pid %d is inside the container", cred.Pid)
+		}
+		return nil
+	}
+	if cred.Uid != uint32(os.Getuid()) {
+		return fmt.Errorf("peer uid %d", cred.Uid)
+	}
+	return nil
+}
+
+// dial connects to the container's own loopback and hands the connection to the runtime.
+func (s *initState) dial(port int, reply func(execResponse, []int) error) {
+	if port < 1 || port > 65535 {
+		_ = reply(execResponse{Error: "invalid port"}, nil)
+		return
+	}
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 5*time.Second)
+	if err != nil {
+		resp := execResponse{Error: err.Error()}
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			resp.Errno = int(errno)
+		}
+		_ = reply(resp, nil)
+		return
+	}
+	defer conn.Close()
+	f, err := conn.(*net.TCPConn).File()
+	if err != nil {
+		_ = reply(execResponse{Error: err.Error()}, nil)
+		return
+	}
+	defer f.Close()
+	_ = reply(execResponse{}, []int{int(f.Fd())})
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,12 +27,13 @@ import (
 type Isolation string
 
 const (
-	// Auto uses namespaces and cgroups where the process may, and falls back to plain processes
-	// (logged once, reported by Inspect) where it may not.
-	Auto Isolation = ""
-	// Namespaces requires namespaces: Start fails where they are not permitted.
-	Namespaces Isolation = "namespaces"
-	// None runs plain processes without namespaces or cgroups.
+	// Sandbox, the zero value, runs every container in the sandbox (see the package
+	// documentation). Start fails, saying why, where the kernel or the runtime's privileges do
+	// not allow it: there is no silent fallback.
+	Sandbox Isolation = ""
+	// None runs plain processes with the runtime's own privileges, on the VM's file system and
+	// network, without namespaces or cgroups: only for trusted code (tests, development). It
+	// must be asked for explicitly, and Status.Isolation says "unsandboxed".
 	None Isolation = "none"
 )
 
@@ -41,8 +43,18 @@ type Config struct {
 	// and home/ when Spec.Dir is empty). Required. A new Runtime over the same StateDir recovers
 	// the containers recorded there.
 	StateDir string
-	// Isolation: zero value Auto.
+	// Isolation: zero value Sandbox.
 	Isolation Isolation
+	// UIDBase is the VM uid (and gid) where the containers' id ranges start, for a runtime
+	// running as root: the container in slot n maps its ids 0-65535 to UIDBase+n*65536 on.
+	// Zero means 1<<28; it must be a multiple of 65536. Runtimes sharing a host must agree on
+	// it and on SlotDir.
+	UIDBase uint32
+	// UIDSlots is the number of id ranges on the host. Zero means 4096.
+	UIDSlots int
+	// SlotDir holds the host-wide reservations of id ranges. Empty means
+	// /run/switchyard/uid-slots.
+	SlotDir string
 	// CgroupRoot is where cgroups are mounted. Empty means /sys/fs/cgroup.
 	CgroupRoot string
 	// CgroupParent is the cgroup (relative to each hierarchy) under which containers get theirs.
@@ -57,10 +69,6 @@ type Config struct {
 	// MaxOutputBytes caps each container's output file (what Attach follows): past it the file
 	// starts over, so a chatty repl cannot fill the disk. Zero means 16 MiB; negative, no cap.
 	MaxOutputBytes int64
-	// WarmInits is how many inits the runtime keeps started in fresh namespaces, waiting for a
-	// container to start (without Spec.Network): Start then skips the init's exec and Go start,
-	// most of a cold start. Zero means 2; negative means none. Only with namespaces.
-	WarmInits int
 	// Logger receives the runtime's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -73,14 +81,12 @@ type Runtime struct {
 	cg   *cgroups // nil: no cgroups
 	cgEr error
 
+	root  bool           // euid 0: per-container id ranges, setns dials
+	slots *slotAllocator // nil unless root and sandboxed
+
 	mu         sync.Mutex
 	containers map[string]*container
 	closed     bool
-	noNS       error // set once namespaces were found unavailable (Auto)
-
-	warm     chan *initProcess // inits waiting in fresh namespaces
-	refill   chan struct{}
-	stopWarm chan struct{}
 
 	wg sync.WaitGroup
 }
@@ -98,12 +104,14 @@ type container struct {
 	pidfd    *os.File      // watched while running
 	done     chan struct{} // closed when the container exits (nil before start)
 	stopping bool
+	slot     int // id range slot, -1 for none
 }
 
 // persisted is state.json.
 type persisted struct {
 	Status   conman.Status `json:"status"`
 	PidStart uint64        `json:"pid_start,omitempty"`
+	Slot     *int          `json:"slot,omitempty"`
 }
 
 // New returns a Runtime and recovers the containers recorded in cfg.StateDir: those still
@@ -137,102 +145,63 @@ func New(cfg Config) (*Runtime, error) {
 		cfg.MaxOutputBytes = 16 << 20
 	}
 	switch cfg.Isolation {
-	case Auto, Namespaces, None:
+	case Sandbox, None:
 	default:
 		return nil, fmt.Errorf("%w: process: unknown isolation %q", conman.ErrInvalid, cfg.Isolation)
+	}
+	if cfg.UIDBase == 0 {
+		cfg.UIDBase = 1 << 28
+	}
+	if cfg.UIDSlots == 0 {
+		cfg.UIDSlots = 4096
+	}
+	if cfg.SlotDir == "" {
+		cfg.SlotDir = "/run/switchyard/uid-slots"
+	}
+	if cfg.UIDBase%idRange != 0 || cfg.UIDSlots < 0 || uint64(cfg.UIDBase)+uint64(cfg.UIDSlots)*idRange > 1<<32-1 {
+		return nil, fmt.Errorf("%w: process: UIDBase %d and UIDSlots %d do not fit in 32-bit ids in 65536-aligned ranges", conman.ErrInvalid, cfg.UIDBase, cfg.UIDSlots)
+	}
+	if cfg.Isolation == Sandbox {
+		if _, err := seccompProgram(); err != nil {
+			return nil, fmt.Errorf("process: sandbox: %w", err)
+		}
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("process: state directory: %w", err)
 	}
-	r := &Runtime{cfg: cfg, log: cfg.Logger, containers: make(map[string]*container)}
+	r := &Runtime{cfg: cfg, log: cfg.Logger, containers: make(map[string]*container), root: os.Geteuid() == 0}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
 	if cfg.Isolation != None {
-		if os.Geteuid() != 0 {
+		if !r.root {
 			r.cgEr = errors.New("not root")
 		} else {
 			r.cg, r.cgEr = detectCgroups(cfg.CgroupRoot, cfg.CgroupParent)
+			r.slots = &slotAllocator{dir: cfg.SlotDir, owner: cfg.StateDir, base: cfg.UIDBase, slots: cfg.UIDSlots}
 		}
 		if r.cgEr != nil {
-			if cfg.Isolation == Namespaces {
-				return nil, fmt.Errorf("process: cgroups: %w", r.cgEr)
-			}
 			r.log.Warn("conman/process: no cgroups, containers run without resource limits", "err", r.cgEr)
 		}
+	} else {
+		r.log.Warn("conman/process: Isolation None: containers run unsandboxed, with the runtime's privileges; run only trusted code")
 	}
 	if err := r.recover(); err != nil {
 		return nil, err
 	}
-	if cfg.WarmInits == 0 {
-		cfg.WarmInits = 2
-		r.cfg.WarmInits = 2
-	}
-	if cfg.WarmInits > 0 && cfg.Isolation != None {
-		r.warm = make(chan *initProcess, cfg.WarmInits)
-		r.refill = make(chan struct{}, 1)
-		r.stopWarm = make(chan struct{})
-		r.wg.Add(1)
-		go r.keepWarm()
+	if r.slots != nil {
+		r.slots.reclaim(func(id string) bool {
+			c, ok := r.containers[id]
+			return ok && c.slot >= 0
+		})
 	}
 	return r, nil
 }
 
-var nsFlags = uintptr(syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-
-// keepWarm keeps the warm pool full until Close.
-func (r *Runtime) keepWarm() {
-	defer r.wg.Done()
-	defer func() {
-		for {
-			select {
-			case p := <-r.warm:
-				p.discard()
-			default:
-				return
-			}
-		}
-	}()
-	for {
-		for len(r.warm) < cap(r.warm) {
-			select {
-			case <-r.stopWarm:
-				return
-			default:
-			}
-			r.mu.Lock()
-			noNS := r.noNS
-			r.mu.Unlock()
-			if noNS != nil {
-				return
-			}
-			p, err := r.spawn(nil, &syscall.SysProcAttr{Setsid: true, Cloneflags: nsFlags})
-			if err != nil {
-				r.log.Debug("conman/process: warm init", "err", err)
-				break // Start reports the error if it persists
-			}
-			select {
-			case r.warm <- p:
-			case <-r.stopWarm:
-				p.discard()
-				return
-			}
-		}
-		select {
-		case <-r.refill:
-		case <-r.stopWarm:
-			return
-		}
-	}
-}
-
-// discard ends an init that never got a container.
-func (p *initProcess) discard() {
-	p.cfgW.Close() // the init exits on EOF
-	p.readyR.Close()
-	_ = p.Kill()
-	_, _ = p.Wait()
-}
+// sandboxFlags are the namespaces of a sandboxed container's init. The cgroup namespace comes
+// later, from the init's launcher thread, once the init is inside its cgroups.
+const sandboxFlags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID | syscall.CLONE_NEWNS |
+	syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET
 
 func (r *Runtime) recover() error {
 	entries, err := os.ReadDir(r.cfg.StateDir)
@@ -253,7 +222,10 @@ func (r *Runtime) recover() error {
 			r.log.Warn("conman/process: unreadable container state, skipped", "dir", dir, "err", err)
 			continue
 		}
-		c := &container{id: p.Status.ID, dir: dir, st: p.Status, pidStart: p.PidStart}
+		c := &container{id: p.Status.ID, dir: dir, st: p.Status, pidStart: p.PidStart, slot: -1}
+		if p.Slot != nil {
+			c.slot = *p.Slot
+		}
 		if r.cg != nil {
 			c.cg = r.cg.open(c.id)
 		}
@@ -326,7 +298,11 @@ func (r *Runtime) get(id string) (*container, error) {
 }
 
 func (c *container) save() error {
-	b, err := json.Marshal(persisted{Status: c.st, PidStart: c.pidStart})
+	rec := persisted{Status: c.st, PidStart: c.pidStart}
+	if c.slot >= 0 {
+		rec.Slot = &c.slot
+	}
+	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
@@ -347,6 +323,23 @@ func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error
 	}
 	if spec.Port < 0 || spec.Port > 65535 || spec.Limits.MemoryBytes < 0 || spec.Limits.CPUMilli < 0 || spec.Limits.Pids < 0 {
 		return fmt.Errorf("%w: spec out of range", conman.ErrInvalid)
+	}
+	if spec.Image != "" {
+		return fmt.Errorf("%w: conman/process does not unpack images (Spec.Image); give an unpacked root as Spec.Rootfs", conman.ErrInvalid)
+	}
+	if spec.Dir != "" && !filepath.IsAbs(spec.Dir) {
+		return fmt.Errorf("%w: Spec.Dir %q must be absolute", conman.ErrInvalid, spec.Dir)
+	}
+	if spec.Rootfs != "" && !filepath.IsAbs(spec.Rootfs) {
+		return fmt.Errorf("%w: Spec.Rootfs %q must be absolute", conman.ErrInvalid, spec.Rootfs)
+	}
+	for _, m := range spec.Mounts {
+		if err := validMountTarget(m); err != nil {
+			return err
+		}
+	}
+	if r.cfg.Isolation == None && (spec.Rootfs != "" || len(spec.Mounts) > 0) {
+		return fmt.Errorf("%w: Spec.Rootfs and Spec.Mounts need the sandbox (Isolation None has no mount namespace)", conman.ErrInvalid)
 	}
 	if spec.Hostname == "" {
 		spec.Hostname = id
@@ -370,7 +363,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error
 	if spec.Dir == "" {
 		spec.Dir = filepath.Join(dir, homeName)
 	}
-	c := &container{id: id, dir: dir, st: conman.Status{
+	c := &container{id: id, dir: dir, slot: -1, st: conman.Status{
 		ID: id, State: conman.Created, Spec: spec, Created: time.Now().UTC(),
 	}}
 	if err := c.save(); err != nil {
@@ -386,7 +379,12 @@ func (r *Runtime) env(spec conman.Spec) []string {
 	if spec.Port != 0 {
 		env = append(env, "PORT="+strconv.Itoa(spec.Port))
 	}
-	return append(env, spec.Env...)
+	env = append(env, spec.Env...)
+	if r.cfg.Isolation == Sandbox {
+		// The web app listens on the container's own loopback, where DialContainer reaches it.
+		env = append(env, "HOST=127.0.0.1")
+	}
+	return env
 }
 
 // Start implements conman.Runtime.
@@ -401,30 +399,112 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: container %q is %s", conman.ErrConflict, id, c.st.State)
 	}
 	spec := c.st.Spec
+	sandbox := r.cfg.Isolation == Sandbox
+	fail := func(err error) error { return fmt.Errorf("process: start %s: %w", id, err) }
+
+	// The repl's directory, owned by the container's root.
+	if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
+		return fail(fmt.Errorf("repl directory: %w", err))
+	}
+	var ids idMapping
+	switch {
+	case sandbox && r.slots != nil:
+		slot, err := r.slots.acquire(id, c.slot)
+		if err != nil {
+			return fail(err)
+		}
+		if slot != c.slot {
+			c.slot = slot
+			if err := c.save(); err != nil {
+				return fail(err)
+			}
+		}
+		base := r.slots.base + uint32(slot)*idRange
+		ids = idMapping{uid: base, gid: base, size: idRange}
+		if fi, err := os.Stat(spec.Dir); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && (st.Uid != base || st.Gid != base) {
+				if err := shiftOwner(spec.Dir, base); err != nil {
+					return fail(fmt.Errorf("give the repl directory to its id range: %w", err))
+				}
+			}
+		}
+	case sandbox:
+		ids = idMapping{uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), size: 1}
+	}
+
 	_ = os.Remove(filepath.Join(c.dir, exitName))
 	logf, err := os.OpenFile(filepath.Join(c.dir, outputName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("process: start %s: %w", id, err)
+		return fail(err)
 	}
 	defer logf.Close()
+	exitf, err := os.OpenFile(filepath.Join(c.dir, exitName), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fail(err)
+	}
+	defer exitf.Close()
+	ctl, err := listenControl(c.dir)
+	if err != nil {
+		return fail(err)
+	}
+	defer ctl.Close()
+	files := []*os.File{logf, ctl, exitf}
+	// A root runtime hands the sandbox its VM paths as detached mounts, from fd 7 on (see
+	// initConfig).
+	var icfgFDs initConfig
+	if sandbox && r.root {
+		tree := func(path string) (int, error) {
+			fd, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+			if err != nil {
+				return 0, fmt.Errorf("open_tree %s: %w", path, err)
+			}
+			files = append(files, os.NewFile(uintptr(fd), path))
+			return 4 + len(files) - 1, nil // fds 0-2, cfg 3, ready 4, then files[1:] from 5
+		}
+		var err error
+		if icfgFDs.DirFD, err = tree(spec.Dir); err != nil {
+			return fail(fmt.Errorf("repl directory: %w", err))
+		}
+		if spec.Rootfs != "" {
+			if icfgFDs.RootfsFD, err = tree(spec.Rootfs); err != nil {
+				return fail(fmt.Errorf("rootfs: %w", err))
+			}
+		}
+		for _, m := range spec.Mounts {
+			fd, err := tree(m.Source)
+			if err != nil {
+				return fail(fmt.Errorf("mount: %w", err))
+			}
+			icfgFDs.MountFDs = append(icfgFDs.MountFDs, fd)
+		}
+	}
+	defer func() {
+		for _, f := range files[3:] {
+			f.Close()
+		}
+	}()
 
 	var cg *cgroup
 	if r.cg != nil {
 		cg, err = r.cg.create(id, spec.Limits)
 		if err != nil {
-			return fmt.Errorf("process: start %s: %w", id, err)
+			return fail(err)
 		}
 	}
-	fail := func(err error) error {
+	fail = func(err error) error {
 		if cg != nil {
 			cg.kill()
 			cg.remove()
 		}
+		_ = os.Remove(filepath.Join(c.dir, socketName))
 		return fmt.Errorf("process: start %s: %w", id, err)
 	}
 
-	p, namespaces, err := r.startInit(logf, spec)
+	p, err := r.spawn(files, sandbox, ids)
 	if err != nil {
+		if sandbox {
+			return fail(fmt.Errorf("sandbox: %w (user namespaces not permitted here? Isolation None runs trusted code without the sandbox)", err))
+		}
 		return fail(err)
 	}
 	pid := p.Pid
@@ -434,6 +514,8 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 		_, _ = p.Wait()
 	}
 	if perr != nil {
+		p.cfgW.Close()
+		p.readyR.Close()
 		kill()
 		return fail(fmt.Errorf("pidfd_open: %w", perr))
 	}
@@ -448,10 +530,12 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 			return fail(err)
 		}
 	}
+	tmp := spec.Limits.MemoryBytes
 	icfg := initConfig{
 		ID: id, Hostname: spec.Hostname, Command: spec.Command, Env: r.env(spec), Dir: spec.Dir,
-		StateDir: c.dir, Namespaces: namespaces, Network: spec.Network && namespaces,
-		Output: filepath.Join(c.dir, outputName), MaxOutput: max(r.cfg.MaxOutputBytes, 0),
+		Sandbox: sandbox, SingleID: ids.size == 1, DirFD: icfgFDs.DirFD, Rootfs: spec.Rootfs,
+		RootfsFD: icfgFDs.RootfsFD, Mounts: spec.Mounts, MountFDs: icfgFDs.MountFDs,
+		TmpBytes: tmp, MaxOutput: max(r.cfg.MaxOutputBytes, 0),
 	}
 	werr := json.NewEncoder(cfgW).Encode(icfg)
 	cfgW.Close()
@@ -491,8 +575,8 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	c.st.ExitCode = 0
 	c.st.OOMKilled = false
 	c.st.Recovered = false
-	c.st.Isolated = namespaces
-	c.st.Isolation = r.describe(namespaces, spec)
+	c.st.Isolated = sandbox
+	c.st.Isolation = r.describe(sandbox, ids)
 	if err := c.save(); err != nil {
 		r.log.Error("conman/process: persist container state", "id", id, "err", err)
 	}
@@ -501,34 +585,52 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	return nil
 }
 
-func (r *Runtime) describe(namespaces bool, spec conman.Spec) string {
+// idMapping is a container's range of VM ids (size 0: no user namespace).
+type idMapping struct {
+	uid, gid, size uint32
+}
+
+func (r *Runtime) describe(sandbox bool, ids idMapping) string {
 	var parts []string
-	if namespaces {
-		ns := "namespaces pid,mnt,uts,ipc"
-		if spec.Network {
-			ns += ",net"
-		}
-		parts = append(parts, ns)
+	if sandbox {
+		parts = append(parts, fmt.Sprintf("sandbox: namespaces user,pid,mnt,uts,ipc,net,cgroup; ids 0-%d are %d-%d on the VM; "+
+			"pivot_root into a read-only root; seccomp; no_new_privs; capabilities %s",
+			ids.size-1, ids.uid, ids.uid+ids.size-1, strings.Join(KeptCapabilities(), ",")))
 	} else {
-		r.mu.Lock()
-		why := r.noNS
-		r.mu.Unlock()
-		s := "plain process"
-		if r.cfg.Isolation == None {
-			s += " (isolation disabled)"
-		} else if why != nil {
-			s += " (namespaces not permitted: " + why.Error() + ")"
-		}
-		parts = append(parts, s)
+		parts = append(parts, "unsandboxed: plain process with the runtime's privileges (Isolation None: trusted code only)")
 	}
 	if r.cg != nil {
 		parts = append(parts, r.cg.describe())
 	} else if r.cgEr != nil {
-		parts = append(parts, "no cgroups ("+r.cgEr.Error()+")")
+		parts = append(parts, "no cgroups ("+r.cgEr.Error()+"): no resource limits")
 	} else {
-		parts = append(parts, "no cgroups")
+		parts = append(parts, "no cgroups: no resource limits")
 	}
 	return strings.Join(parts, "; ")
+}
+
+// listenControl creates the container's control socket, init.sock in its state directory, and
+// returns the listening socket for the init to inherit.
+func listenControl(dir string) (*os.File, error) {
+	path, pin, err := socketPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	if pin != nil {
+		defer pin.Close()
+	}
+	_ = os.Remove(filepath.Join(dir, socketName))
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return f, nil
 }
 
 type initProcess struct {
@@ -537,56 +639,21 @@ type initProcess struct {
 	readyR *os.File
 }
 
-// startInit starts the init in new namespaces, or as a plain process when namespaces are not
-// permitted and the isolation is Auto.
-func (r *Runtime) startInit(logf *os.File, spec conman.Spec) (*initProcess, bool, error) {
-	r.mu.Lock()
-	tryNS := r.cfg.Isolation != None && r.noNS == nil
-	r.mu.Unlock()
-	if tryNS && !spec.Network && r.warm != nil {
-		for {
-			var p *initProcess
-			select {
-			case p = <-r.warm:
-			default:
-			}
-			if p == nil {
-				break
-			}
-			select {
-			case r.refill <- struct{}{}:
-			default:
-			}
-			if syscall.Kill(p.Pid, 0) == nil {
-				return p, true, nil
-			}
-			p.discard() // died while waiting
-		}
+// spawn starts an init with extra (output, control socket, exit file, then the sandbox's
+// paths) as fds 1/2, 5, 6 and 7 on, in the sandbox's namespaces with ids mapped when sandbox is
+// set.
+func (r *Runtime) spawn(extra []*os.File, sandbox bool, ids idMapping) (*initProcess, error) {
+	sys := &syscall.SysProcAttr{Setsid: true}
+	if sandbox {
+		sys.Cloneflags = sandboxFlags
+		sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.uid), Size: int(ids.size)}}
+		sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.gid), Size: int(ids.size)}}
+		// A root runtime may let the container manage its groups; an unprivileged one may not.
+		sys.GidMappingsEnableSetgroups = r.root
+		// The child becomes the namespace's root (the first id of the range) before its exec, so
+		// the init gets the namespace's capabilities.
+		sys.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: !r.root}
 	}
-	if tryNS {
-		flags := nsFlags
-		if spec.Network {
-			flags |= syscall.CLONE_NEWNET
-		}
-		p, err := r.spawn(logf, &syscall.SysProcAttr{Setsid: true, Cloneflags: flags})
-		if err == nil {
-			return p, true, nil
-		}
-		if r.cfg.Isolation == Namespaces || !(errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EUSERS)) {
-			return nil, false, err
-		}
-		r.mu.Lock()
-		if r.noNS == nil {
-			r.noNS = err
-			r.log.Warn("conman/process: namespaces not permitted; containers run as plain processes without isolation", "err", err)
-		}
-		r.mu.Unlock()
-	}
-	p, err := r.spawn(logf, &syscall.SysProcAttr{Setsid: true})
-	return p, false, err
-}
-
-func (r *Runtime) spawn(logf *os.File, sys *syscall.SysProcAttr) (*initProcess, error) {
 	cfgR, cfgW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -602,12 +669,10 @@ func (r *Runtime) spawn(logf *os.File, sys *syscall.SysProcAttr) (*initProcess, 
 		return nil, err
 	}
 	defer null.Close()
-	if logf == nil { // a warm init: it opens the container's output file once it has one
-		logf = null
-	}
+	fds := append([]*os.File{null, extra[0], extra[0], cfgR, readyW}, extra[1:]...)
 	p, err := os.StartProcess(r.cfg.InitPath, []string{initArgv0}, &os.ProcAttr{
 		Env:   []string{initEnv + "=1", "GOMAXPROCS=1", "GOTRACEBACK=crash"},
-		Files: []*os.File{null, logf, logf, cfgR, readyW},
+		Files: fds,
 		Sys:   sys,
 	})
 	cfgR.Close()
@@ -750,6 +815,9 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	r.mu.Lock()
 	delete(r.containers, id)
 	r.mu.Unlock()
+	if r.slots != nil && c.slot >= 0 {
+		r.slots.release(c.slot, id)
+	}
 	if r.cg != nil {
 		g := r.cg.open(id)
 		g.kill()
@@ -854,9 +922,6 @@ func (r *Runtime) Close() error {
 		return nil
 	}
 	r.closed = true
-	if r.stopWarm != nil {
-		close(r.stopWarm)
-	}
 	cs := make([]*container, 0, len(r.containers))
 	for _, c := range r.containers {
 		cs = append(cs, c)

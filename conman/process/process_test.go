@@ -94,14 +94,14 @@ func run(t *testing.T, r conman.Runtime, id string, args ...string) (string, str
 
 func TestNamespaces(t *testing.T) {
 	needRoot(t)
-	r := newRuntime(t, process.Config{Isolation: process.Namespaces})
+	r := newRuntime(t, process.Config{})
 	start(t, r, "ns1", conman.Spec{Hostname: "repl-host", Port: 12345, Env: []string{"FOO=bar"}})
 
 	st, err := r.Inspect(context.Background(), "ns1")
 	require.NoError(t, err)
 	require.Equal(t, conman.Running, st.State)
 	require.True(t, st.Isolated, st.Isolation)
-	require.Contains(t, st.Isolation, "namespaces pid,mnt,uts,ipc")
+	require.Contains(t, st.Isolation, "sandbox: namespaces user,pid,mnt,uts,ipc,net,cgroup")
 	require.NotZero(t, st.Pid)
 
 	tests := []struct {
@@ -302,7 +302,7 @@ func TestForcedFallback(t *testing.T) {
 	st, err := r.Inspect(context.Background(), "plain1")
 	require.NoError(t, err)
 	require.False(t, st.Isolated)
-	require.Contains(t, st.Isolation, "plain process")
+	require.Contains(t, st.Isolation, "unsandboxed: plain process")
 	out, _, code := run(t, r, "plain1", "/bin/sh", "-c", "echo $$")
 	require.Equal(t, 0, code)
 	require.NotEqual(t, "1\n", out)
@@ -370,9 +370,9 @@ func dumpLogs(t *testing.T, dir string) {
 }
 
 func TestConformance(t *testing.T) {
-	newRT := func(iso process.Isolation, warm int) func(t *testing.T) conman.Runtime {
+	newRT := func(iso process.Isolation) func(t *testing.T) conman.Runtime {
 		return func(t *testing.T) conman.Runtime {
-			r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test-process", Isolation: iso, WarmInits: warm})
+			r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test-process", Isolation: iso})
 			require.NoError(t, err)
 			return r
 		}
@@ -386,22 +386,18 @@ func TestConformance(t *testing.T) {
 			return r
 		}
 	}
-	t.Run("namespaces", func(t *testing.T) {
+	t.Run("sandbox", func(t *testing.T) {
 		needRoot(t)
-		conmantest.Run(t, conmantest.Options{New: newRT(process.Namespaces, 0), Reopen: reopen(process.Namespaces), Isolated: true, Limits: true})
-	})
-	t.Run("namespaces-without-warm-inits", func(t *testing.T) {
-		needRoot(t)
-		conmantest.Run(t, conmantest.Options{New: newRT(process.Namespaces, -1), Isolated: true, Limits: true})
+		conmantest.Run(t, conmantest.Options{New: newRT(process.Sandbox), Reopen: reopen(process.Sandbox), Isolated: true, Limits: true})
 	})
 	t.Run("plain", func(t *testing.T) {
-		conmantest.Run(t, conmantest.Options{New: newRT(process.None, 0), Reopen: reopen(process.None)})
+		conmantest.Run(t, conmantest.Options{New: newRT(process.None), Reopen: reopen(process.None)})
 	})
 }
 
-// TestUnprivilegedFallback runs TestUnprivilegedChild as an unprivileged user (nobody): the
-// runtime cannot create namespaces or cgroups there and must fall back to plain processes.
-func TestUnprivilegedFallback(t *testing.T) {
+// TestUnprivileged runs TestUnprivilegedChild as an unprivileged user (nobody): the runtime
+// builds the sandbox in an unprivileged user namespace mapping that one uid, without cgroups.
+func TestUnprivileged(t *testing.T) {
 	needRoot(t)
 	exe, err := os.Executable()
 	require.NoError(t, err)
@@ -426,13 +422,13 @@ func TestUnprivilegedFallback(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	require.Contains(t, string(out), "--- PASS: TestUnprivilegedChild", "%s", out)
-	require.Contains(t, string(out), "containers run as plain processes", "the fallback is logged")
+	require.Contains(t, string(out), "no cgroups, containers run without resource limits", "the missing limits are logged")
 }
 
 func TestUnprivilegedChild(t *testing.T) {
 	state := os.Getenv("CONMAN_TEST_UNPRIVILEGED_STATE")
 	if state == "" {
-		t.Skip("run by TestUnprivilegedFallback")
+		t.Skip("run by TestUnprivileged")
 	}
 	require.NotEqual(t, 0, os.Geteuid(), "must run unprivileged")
 	r, err := process.New(process.Config{StateDir: state})
@@ -441,15 +437,15 @@ func TestUnprivilegedChild(t *testing.T) {
 	start(t, r, "nobody1", conman.Spec{Hostname: "ignored", Limits: conman.Limits{MemoryBytes: 32 << 20}})
 	st, err := r.Inspect(context.Background(), "nobody1")
 	require.NoError(t, err)
-	require.False(t, st.Isolated)
-	require.Contains(t, st.Isolation, "plain process (namespaces not permitted")
+	require.True(t, st.Isolated, st.Isolation)
+	require.Contains(t, st.Isolation, "ids 0-0 are 65534-65534 on the VM")
 	require.Contains(t, st.Isolation, "no cgroups (not root)")
 	t.Log("isolation:", st.Isolation)
-	out, _, code := run(t, r, "nobody1", "/bin/sh", "-c", "id -u")
+	out, _, code := run(t, r, "nobody1", "/bin/sh", "-c", "id -u; cat /proc/self/uid_map")
 	require.Equal(t, 0, code)
-	require.Equal(t, "65534\n", out)
+	require.Regexp(t, `^0\n\s+0\s+65534\s+1\n$`, out, "root inside is nobody outside")
 
-	// The shell on a pty works without namespaces too.
+	// The shell on a pty works in the unprivileged sandbox too.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	p, err := r.Exec(ctx, "nobody1", conman.ExecOptions{Args: []string{"/bin/sh"}, TTY: true})

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -220,9 +221,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		ForceAttemptHTTP2:   false,
 	}
 	s.proxy = &httputil.ReverseProxy{
-		Rewrite:      rewrite,
-		Transport:    s.tr,
-		ErrorHandler: s.forwardError,
+		Rewrite:        rewrite,
+		Transport:      s.tr,
+		ModifyResponse: stripResponse,
+		ErrorHandler:   s.forwardError,
 		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	s.mux = http.NewServeMux()
@@ -611,17 +613,68 @@ func rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-// dialRepl dials a repl's port, retrying while a just-started app is not listening yet.
+// stripResponse removes every Switchyard-* header from the app's response: only conman itself
+// may tell a proxy why it failed (HeaderError), so a hostile app cannot make the proxies avoid a
+// healthy VM or move its repl.
+func stripResponse(resp *http.Response) error {
+	for k := range resp.Header {
+		if strings.HasPrefix(k, "Switchyard-") {
+			delete(resp.Header, k)
+		}
+	}
+	stripTrailer(resp.Trailer)
+	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
+		// Trailers arrive with the end of the body: strip them then, before they are copied.
+		resp.Body = &trailerStripper{ReadCloser: resp.Body, resp: resp}
+	}
+	return nil
+}
+
+func stripTrailer(h http.Header) {
+	for k := range h {
+		if strings.HasPrefix(k, "Switchyard-") {
+			delete(h, k)
+		}
+	}
+}
+
+type trailerStripper struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+func (t *trailerStripper) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if err != nil {
+		stripTrailer(t.resp.Trailer)
+	}
+	return n, err
+}
+
+// dialRepl dials a repl's port, retrying while a just-started app is not listening yet. With a
+// runtime that implements Dialer, the connection is made inside the container (its own
+// loopback); otherwise on ReplHost.
 func (s *Server) dialRepl(ctx context.Context, network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	var exited <-chan struct{}
+	dial := func() (net.Conn, error) { return d.DialContext(ctx, network, addr) }
 	if t, ok := ctx.Value(targetKey{}).(forwardTarget); ok {
 		exited = t.repl.exited
+		if cd, ok := s.rt.(Dialer); ok {
+			id, port := t.repl.id, t.repl.port
+			dial = func() (net.Conn, error) {
+				c, err := cd.DialContainer(ctx, id, port)
+				if errors.Is(err, errors.ErrUnsupported) {
+					return d.DialContext(ctx, network, addr)
+				}
+				return c, err
+			}
+		}
 	}
 	deadline := time.Now().Add(s.cfg.PortWait)
 	wait := 5 * time.Millisecond
 	for {
-		c, err := d.DialContext(ctx, network, addr)
+		c, err := dial()
 		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
 			return c, err
 		}

@@ -56,6 +56,15 @@ func webApp() {
 			}
 		}
 	})
+	mux.HandleFunc("/lie", func(w http.ResponseWriter, r *http.Request) {
+		// A hostile app pretending to be conman, to make the proxies avoid this VM.
+		w.Header().Set(conman.HeaderError, conman.ErrorDraining)
+		w.Header().Set("Switchyard-Credential", "forged")
+		w.Header().Set("Trailer", "Switchyard-Error")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "draining, honest")
+		w.Header().Set("Switchyard-Error", conman.ErrorDraining)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		hostname, _ := os.Hostname()
@@ -78,7 +87,13 @@ func webAppSpec(ctx context.Context, repl string) (conman.Spec, error) {
 	if err != nil {
 		return conman.Spec{}, err
 	}
-	return conman.Spec{Command: []string{exe}, Env: []string{"CONMAN_TEST_WEBAPP=1"}}, nil
+	// The sandbox shows nothing of the VM but its system directories: the app (this test
+	// binary) is bound in read-only, as a platform binds its runtimes or images.
+	const app = "/opt/switchyard-test/app"
+	return conman.Spec{
+		Command: []string{app}, Env: []string{"CONMAN_TEST_WEBAPP=1"},
+		Mounts: []conman.Mount{{Source: exe, Target: app, ReadOnly: true}},
+	}, nil
 }
 
 // recordingPlacement is a real Controlplane that also records Release calls.
@@ -395,6 +410,29 @@ func TestForward(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "echo:hi", string(b))
 	require.NoError(t, c.Close(websocket.StatusNormalClosure, ""))
+}
+
+// TestForwardStripsAppSwitchyardHeaders: an app cannot speak for conman. Its 503 with
+// Switchyard-Error: draining reaches the proxy as a plain app 503.
+func TestForwardStripsAppSwitchyardHeaders(t *testing.T) {
+	e := newEnv(t, envOpts{spec: webAppSpec})
+	req, err := http.NewRequest("GET", e.ts.URL+"/lie", nil)
+	require.NoError(t, err)
+	req.Header.Set(conman.HeaderCredential, testCredential)
+	req.Header.Set(conman.HeaderRepl, "liar1")
+	resp, err := e.ts.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Equal(t, "draining, honest", string(b))
+	for k := range resp.Header {
+		require.False(t, strings.HasPrefix(k, "Switchyard-"), "header %s reached the proxy", k)
+	}
+	for k := range resp.Trailer {
+		require.False(t, strings.HasPrefix(k, "Switchyard-"), "trailer %s reached the proxy", k)
+	}
 }
 
 func TestForwardErrors(t *testing.T) {

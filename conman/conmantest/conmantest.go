@@ -40,6 +40,9 @@ type Options struct {
 	Isolated bool
 	// Limits says the runtime enforces Spec.Limits: the memory limit test runs only when set.
 	Limits bool
+	// Spec, if set, adapts every spec the isolation suite creates (a runtime that needs an
+	// image sets Rootfs or Image here). Nil uses the specs as they are.
+	Spec func(conman.Spec) conman.Spec
 }
 
 // Run runs the conformance suite.

@@ -524,3 +524,42 @@ func TestOutputIsCapped(t *testing.T) {
 	require.True(t, strings.HasSuffix(string(b), "the-end\n"), "the newest output is kept")
 	require.Contains(t, string(b), "earlier output dropped")
 }
+
+// TestIsolation runs conmantest's isolation suite: a hostile program inside a sandboxed
+// container attacks the VM, a neighbour and the platform, and must get nowhere.
+func TestIsolation(t *testing.T) {
+	needRoot(t)
+	conmantest.RunIsolation(t, conmantest.Options{New: func(t *testing.T) conman.Runtime {
+		r, err := process.New(process.Config{StateDir: t.TempDir(), CgroupParent: "switchyard-test-process"})
+		require.NoError(t, err)
+		return r
+	}})
+}
+
+// TestIsolationSuiteCatchesPlainProcesses: the isolation suite is not a formality. Run against
+// unsandboxed plain processes (Isolation None), it must fail, naming the attacks that got out.
+func TestIsolationSuiteCatchesPlainProcesses(t *testing.T) {
+	needRoot(t)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "-test.run=^TestIsolationPlainChild$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "CONMAN_TEST_ISOLATION_PLAIN=1")
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "the suite passed plain processes:\n%s", out)
+	for _, a := range []string{"root-on-host", "read-host-file", "write-host-dir", "read-neighbour", "tcp-host", "host-processes"} {
+		require.Contains(t, string(out), "NOT BLOCKED "+a+":", "%s", out)
+	}
+}
+
+func TestIsolationPlainChild(t *testing.T) {
+	if os.Getenv("CONMAN_TEST_ISOLATION_PLAIN") == "" {
+		t.Skip("run by TestIsolationSuiteCatchesPlainProcesses")
+	}
+	conmantest.RunIsolation(t, conmantest.Options{New: func(t *testing.T) conman.Runtime {
+		r, err := process.New(process.Config{StateDir: t.TempDir(), Isolation: process.None})
+		require.NoError(t, err)
+		return r
+	}})
+}

@@ -225,7 +225,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Transport:      s.tr,
 		ModifyResponse: stripResponse,
 		ErrorHandler:   s.forwardError,
-		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("GET /v1/repls/{id}/attach", s.serveAttach)

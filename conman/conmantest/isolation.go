@@ -61,7 +61,9 @@ type buildError struct {
 	err error
 }
 
-func (e *buildError) Error() string { return "build the hostile program: " + e.err.Error() + "\n" + e.out }
+func (e *buildError) Error() string {
+	return "build the hostile program: " + e.err.Error() + "\n" + e.out
+}
 
 func token(t *testing.T) string {
 	b := make([]byte, 16)

@@ -34,9 +34,10 @@ var (
 	hostileErr  error
 )
 
-// buildHostile builds the hostile program once per test binary: a static binary (CGO off), so
-// it runs on any root file system.
-func buildHostile() ([]byte, error) {
+// HostileBinary returns the hostile program (conman/conmantest/hostile), built once per test
+// binary with the go command: a static binary (CGO off), so it runs on any root file system.
+// End-to-end tests put it into a repl's files and run it through the repl's shell.
+func HostileBinary() ([]byte, error) {
 	hostileOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "conmantest-hostile")
 		if err != nil {
@@ -87,7 +88,7 @@ func RunIsolation(t *testing.T, o Options) {
 	if o.New == nil {
 		t.Fatal("conmantest: Options.New is required")
 	}
-	bin, err := buildHostile()
+	bin, err := HostileBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +171,7 @@ func RunIsolation(t *testing.T, o Options) {
 	args := []string{filepath.Join(attackerDir, "hostile"),
 		"-secret", secret, "-secret-file", secretFile, "-write-dir", writeDir,
 		"-neighbour", neighbourDir, "-neighbour-secret", neighbourSecret,
-		"-tcp", ln.Addr().String(), "-marker-reversed", reverse(marker)}
+		"-tcp", ln.Addr().String(), "-marker-reversed", Reverse(marker)}
 	p, err := r.Exec(ctx, "attacker", conman.ExecOptions{Args: args})
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +229,9 @@ func RunIsolation(t *testing.T, o Options) {
 	}
 }
 
-func reverse(s string) string {
+// Reverse reverses s: the hostile program takes its marker reversed, so its own argv does not
+// hold it.
+func Reverse(s string) string {
 	r := []rune(s)
 	for i, j := 0, len(r)-1; i < j; i, j = i+1, j-1 {
 		r[i], r[j] = r[j], r[i]

@@ -82,16 +82,25 @@ func demoSpec(exe, stateDir, cluster, vm string, repl func(context.Context, stri
 		if r, err := repl(ctx, id); err == nil {
 			name = r.Slug + "." + r.Owner
 		}
+		// The sandbox shows the repl nothing of the VM but its system directories: the demo app
+		// (this binary) is bound in read-only, as a platform binds its language runtimes.
 		return conman.Spec{
 			Hostname: id,
-			Command:  []string{exe, demoAppCommand},
+			Command:  []string{demoAppPath, demoAppCommand},
+			Mounts:   []conman.Mount{{Source: exe, Target: demoAppPath, ReadOnly: true}},
 			Env: []string{
 				envRepl + "=" + id, envName + "=" + name,
 				envCluster + "=" + cluster, envVM + "=" + vm,
 			},
 			Dir:    filepath.Join(stateDir, "repls", id),
 			Shell:  []string{"/bin/sh"},
-			Limits: conman.Limits{MemoryBytes: 512 << 20, Pids: 512},
+			Limits: demoLimits,
 		}, nil
 	}
 }
+
+// demoAppPath is where the demo app is inside every repl's sandbox.
+const demoAppPath = "/opt/switchyard/platform"
+
+// demoLimits are every demo repl's limits: memory, processes and CPU are always capped.
+var demoLimits = conman.Limits{MemoryBytes: 512 << 20, Pids: 512, CPUMilli: 1000}

@@ -105,7 +105,8 @@ func runPlatform(args []string) error {
 	fs.IntVar(&cfg.ControlplanePort, "controlplane-port", 8500, "controlplane port on each cluster's .1 address")
 	fs.IntVar(&cfg.ConmanPort, "conman-port", 8600, "conman port on each VM address")
 	fs.DurationVar(&cfg.EvalGrace, "eval-grace", 30*time.Hour, "how long a draining Eval keeps live sessions")
-	fs.StringVar(&cfg.Isolation, "isolation", "", `conman/process isolation: "" (namespaces when permitted), "namespaces" or "none"`)
+	fs.StringVar(&cfg.Runtime, "runtime", RuntimeProcess, `the repls' container runtime: "process" (conman/process, our own sandbox)`)
+	fs.StringVar(&cfg.Isolation, "isolation", "", `conman/process isolation: "" (the sandbox) or "none" (unsandboxed plain processes: trusted code only)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

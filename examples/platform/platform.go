@@ -35,6 +35,9 @@ const (
 	StoreEtcd   = "etcd"   // etcd: lore, placement, tombstones and VM liveness shared through etcd
 )
 
+// RuntimeProcess is conman/process, the sandbox of our own (nothing to install).
+const RuntimeProcess = "process"
+
 // Config is the shape of one reference deployment. Every address is a flag of the run command.
 type Config struct {
 	// Zone is the platform zone: repls are <slug>.<owner>.<Zone>.
@@ -59,7 +62,10 @@ type Config struct {
 	StateDir string
 	// EvalGrace is how long a draining Eval keeps live sessions.
 	EvalGrace time.Duration
-	// Isolation is the conman/process isolation mode ("" = namespaces when permitted).
+	// Runtime names the repls' container runtime (RuntimeProcess). Empty means RuntimeProcess.
+	Runtime string
+	// Isolation is the conman/process isolation mode: "" is the sandbox, "none" runs repls as
+	// plain processes with the platform's privileges (trusted code only).
 	Isolation string
 	// Logger receives every component's log lines.
 	Logger *slog.Logger
@@ -128,6 +134,18 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	switch c.Runtime {
+	case "":
+		c.Runtime = RuntimeProcess
+	case RuntimeProcess:
+	default:
+		return fmt.Errorf("runtime %q: want %q", c.Runtime, RuntimeProcess)
+	}
+	switch c.Isolation {
+	case "", "none":
+	default:
+		return fmt.Errorf("isolation %q: want \"\" (the sandbox) or \"none\"", c.Isolation)
 	}
 	switch c.Store {
 	case "":

@@ -10,16 +10,13 @@
 // cgroups, a pty per attach); conman/conmantest is the conformance suite any other backend
 // (Docker, Firecracker, gVisor) must pass.
 //
-// # Isolation, not a sandbox
+// # A repl is hostile
 //
-// conman/process isolates repls from each other (own PID, mount, UTS and IPC namespaces, own
-// /proc and /dev/pts, cgroup limits on memory, CPU and processes) but it is not a security
-// boundary: containers run as root on the VM's kernel and file system, with no seccomp, no
-// capability dropping, no user namespace and no chroot. Run untrusted code only on a runtime
-// built for it — gVisor (runsc), Firecracker microVMs, or at least Docker/runc with user
-// namespaces and seccomp — and treat the VM itself as the blast radius. Where the process may not
-// create namespaces (not root), conman/process runs plain processes, logs it once and reports it
-// in Status.Isolated / Status.Isolation.
+// conman/process, the default runtime, is a sandbox: a user namespace with an id range of its
+// own per container, pivot_root into a read-only root, its own network namespace, dropped
+// capabilities, seccomp and cgroup limits (see its package documentation and
+// docs/security.md). conmantest.RunIsolation is the attack suite every runtime must pass. What
+// it does not stop is a kernel exploit; run gVisor (conman/oci with runsc) where that matters.
 //
 // # The HTTP contract (what the proxies call)
 //
@@ -49,11 +46,12 @@
 //
 // # Ports
 //
-// The Server assigns each repl a web port from Config.Ports (default 20000-29999), skipping
-// ports in use on Config.ReplHost, and exports PORT and HOST to the repl: the app listens on
-// HOST:PORT and the Server forwards there. When several conman VMs share one machine (the
-// reference deployment), give each its own ReplHost (its 127.0.N.x address) or disjoint port
-// ranges.
+// The Server assigns each repl a web port from Config.Ports (default 20000-29999) and exports
+// PORT and HOST to the repl: the app listens on HOST:PORT. With a runtime that implements
+// Dialer (conman/process's sandbox), HOST is the container's own 127.0.0.1 and the Server dials
+// inside the container; otherwise HOST is Config.ReplHost, the port must be free there, and
+// several VMs sharing a machine need their own ReplHost or disjoint port ranges. Every
+// Switchyard-* header or trailer of an app's response is removed: only conman speaks for conman.
 //
 // # Lifecycle
 //

@@ -84,6 +84,9 @@ type Runtime struct {
 	root  bool           // euid 0: per-container id ranges, setns dials
 	slots *slotAllocator // nil unless root and sandboxed
 
+	// startProcess is os.StartProcess; tests swap it to see what the kernel refusing does.
+	startProcess func(name string, argv []string, attr *os.ProcAttr) (*os.Process, error)
+
 	mu         sync.Mutex
 	containers map[string]*container
 	closed     bool
@@ -169,7 +172,7 @@ func New(cfg Config) (*Runtime, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("process: state directory: %w", err)
 	}
-	r := &Runtime{cfg: cfg, log: cfg.Logger, containers: make(map[string]*container), root: os.Geteuid() == 0}
+	r := &Runtime{cfg: cfg, log: cfg.Logger, containers: make(map[string]*container), root: os.Geteuid() == 0, startProcess: os.StartProcess}
 	if r.log == nil {
 		r.log = slog.Default()
 	}
@@ -379,9 +382,15 @@ func (r *Runtime) env(spec conman.Spec) []string {
 	if spec.Port != 0 {
 		env = append(env, "PORT="+strconv.Itoa(spec.Port))
 	}
-	env = append(env, spec.Env...)
+	for _, kv := range spec.Env {
+		if r.cfg.Isolation == Sandbox && strings.HasPrefix(kv, "HOST=") {
+			continue
+		}
+		env = append(env, kv)
+	}
 	if r.cfg.Isolation == Sandbox {
-		// The web app listens on the container's own loopback, where DialContainer reaches it.
+		// The web app listens on the container's own loopback, where DialContainer reaches it,
+		// whatever address the caller had in mind.
 		env = append(env, "HOST=127.0.0.1")
 	}
 	return env
@@ -670,7 +679,7 @@ func (r *Runtime) spawn(extra []*os.File, sandbox bool, ids idMapping) (*initPro
 	}
 	defer null.Close()
 	fds := append([]*os.File{null, extra[0], extra[0], cfgR, readyW}, extra[1:]...)
-	p, err := os.StartProcess(r.cfg.InitPath, []string{initArgv0}, &os.ProcAttr{
+	p, err := r.startProcess(r.cfg.InitPath, []string{initArgv0}, &os.ProcAttr{
 		Env:   []string{initEnv + "=1", "GOMAXPROCS=1", "GOTRACEBACK=crash"},
 		Files: fds,
 		Sys:   sys,

@@ -95,7 +95,7 @@ func run(t *testing.T, r conman.Runtime, id string, args ...string) (string, str
 func TestNamespaces(t *testing.T) {
 	needRoot(t)
 	r := newRuntime(t, process.Config{})
-	start(t, r, "ns1", conman.Spec{Hostname: "repl-host", Port: 12345, Env: []string{"FOO=bar"}})
+	start(t, r, "ns1", conman.Spec{Hostname: "repl-host", Port: 12345, Env: []string{"FOO=bar", "HOST=192.0.2.1"}})
 
 	st, err := r.Inspect(context.Background(), "ns1")
 	require.NoError(t, err)
@@ -113,6 +113,7 @@ func TestNamespaces(t *testing.T) {
 		{"own pid namespace", "echo $$", ""},
 		{"hostname", "hostname", "repl-host\n"},
 		{"env", "echo $FOO $PORT $HOSTNAME", "bar 12345 repl-host\n"},
+		{"the web app listens on its own loopback", "echo $HOST", "127.0.0.1\n"},
 		{"working directory", "pwd", st.Spec.Dir + "\n"},
 		{"own devpts", "ls /dev/pts", "ptmx\n"},
 	}

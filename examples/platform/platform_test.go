@@ -515,15 +515,22 @@ func (pp *platformProcess) stop(t *testing.T, limit time.Duration) {
 	}
 }
 
-// demoApps lists the PIDs of demo apps started from this test binary.
+// demoApps lists the PIDs of demo apps started from this test binary (bound into the repls'
+// sandboxes at demoAppPath: the same file, under another name).
 func demoApps(t *testing.T) []string {
 	t.Helper()
-	want := os.Args[0] + "\x00" + demoAppCommand + "\x00"
+	want := demoAppPath + "\x00" + demoAppCommand + "\x00"
+	self, err := os.Stat(os.Args[0])
+	require.NoError(t, err)
 	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
 	require.NoError(t, err)
 	var pids []string
 	for _, p := range procs {
-		if b, err := os.ReadFile(p); err == nil && string(b) == want {
+		b, err := os.ReadFile(p)
+		if err != nil || string(b) != want {
+			continue
+		}
+		if exe, err := os.Stat(filepath.Join(filepath.Dir(p), "exe")); err == nil && os.SameFile(exe, self) {
 			pids = append(pids, filepath.Base(filepath.Dir(p)))
 		}
 	}

@@ -66,7 +66,10 @@ func startE2ECluster(t *testing.T, dir *lore.Directory, id string, n int, clock 
 	c.conman, err = conman.New(ctx, conman.Config{
 		Runtime: rt, Credential: e2eCredential, ReplHost: vmHost,
 		Spec: func(context.Context, string) (conman.Spec, error) {
-			return conman.Spec{Command: []string{exe}, Env: []string{"TOMBSTONE_TEST_WEBAPP=1"}}, nil
+			// The sandbox shows nothing of the VM's files: bind the app (this binary) in.
+			const app = "/opt/switchyard-test/app"
+			return conman.Spec{Command: []string{app}, Env: []string{"TOMBSTONE_TEST_WEBAPP=1"},
+				Mounts: []conman.Mount{{Source: exe, Target: app, ReadOnly: true}}}, nil
 		},
 		Placement: c.cp,
 		VM:        placement.VM{ID: "vm-" + id, Cluster: id, Addr: "http://" + vmLn.Addr().String(), Capacity: placement.Resources{Containers: 10}},

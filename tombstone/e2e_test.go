@@ -68,7 +68,7 @@ func startE2ECluster(t *testing.T, dir *lore.Directory, id string, n int, clock 
 		Spec: func(context.Context, string) (conman.Spec, error) {
 			// The sandbox shows nothing of the VM's files: bind the app (this binary) in.
 			const app = "/opt/switchyard-test/app"
-			return conman.Spec{Command: []string{app}, Env: []string{"TOMBSTONE_TEST_WEBAPP=1"},
+			return conman.Spec{Command: []string{app}, Env: []string{"TOMBSTONE_TEST_WEBAPP=1", "TOMBSTONE_TEST_VM=" + vmHost},
 				Mounts: []conman.Mount{{Source: exe, Target: app, ReadOnly: true}}}, nil
 		},
 		Placement: c.cp,

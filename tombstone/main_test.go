@@ -27,7 +27,7 @@ func webApp() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", wsEcho)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello from %s, forwarded for %s\n", os.Getenv("HOST"), r.Header.Get("X-Forwarded-For"))
+		fmt.Fprintf(w, "hello from %s, forwarded for %s\n", os.Getenv("TOMBSTONE_TEST_VM"), r.Header.Get("X-Forwarded-For"))
 	})
 	addr := net.JoinHostPort(os.Getenv("HOST"), os.Getenv("PORT"))
 	if err := http.ListenAndServe(addr, mux); err != nil {

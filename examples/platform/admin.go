@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 )
@@ -102,12 +101,17 @@ func writeJSONError(w http.ResponseWriter, status int, msg string) {
 func runAdmin(cmd string, args []string) error {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	admin := fs.String("admin", "http://127.0.0.1:8401", "platform admin API base URL")
-	key := fs.String("admin-key", os.Getenv("SWITCHYARD_ADMIN_KEY"), "admin key (default $SWITCHYARD_ADMIN_KEY)")
+	adminKey := adminKeyFlag(fs)
 	cluster := fs.String("cluster", "a", "cluster")
 	vm := fs.String("vm", "", "VM to roll (roll only; default the oldest active VM)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	k, err := adminKey()
+	if err != nil {
+		return err
+	}
+	key := &k
 	path := "/v1/clusters/" + *cluster + "/eval/restart"
 	if cmd == "roll" {
 		path = "/v1/clusters/" + *cluster + "/roll"

@@ -136,11 +136,24 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	c.stops.add(c.cpSrv.Shutdown)
 	c.cpClient = placement.NewClient(c.controlplaneURL(), c.credential, nil)
 
-	// Conman VMs.
-	for i := 0; i < cfg.VMs; i++ {
+	// Conman VMs: first those an earlier run left with containers (same ids, so their
+	// containers are adopted), then new ones up to cfg.VMs.
+	left, err := c.leftVMs()
+	if err != nil {
+		return c, err
+	}
+	for _, host := range left {
+		if _, err := c.addVMAt(ctx, host); err != nil {
+			return c, err
+		}
+	}
+	for i := len(left); i < cfg.VMs; i++ {
 		if _, err := c.addVM(ctx); err != nil {
 			return c, err
 		}
+	}
+	if len(left) > 0 {
+		c.log.Info("adopted the VMs an earlier run left", "vms", len(left))
 	}
 
 	// Eval: the sessions proxy, on an SO_REUSEPORT listener so a new generation can take over.

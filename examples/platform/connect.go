@@ -28,7 +28,7 @@ import (
 func runConnect(args []string) error {
 	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
 	loreURL := fs.String("lore", "http://127.0.0.1:8400", "lore API base URL")
-	key := fs.String("admin-key", os.Getenv("SWITCHYARD_ADMIN_KEY"), "lore admin key (default $SWITCHYARD_ADMIN_KEY)")
+	adminKey := adminKeyFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: platform connect [flags] <owner>/<slug> | <repl id>")
 		fs.PrintDefaults()
@@ -36,6 +36,11 @@ func runConnect(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	k, err := adminKey()
+	if err != nil {
+		return err
+	}
+	key := &k
 	if fs.NArg() != 1 {
 		fs.Usage()
 		return flag.ErrHelp

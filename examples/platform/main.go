@@ -92,13 +92,13 @@ func runPlatform(args []string) error {
 		processes  = fs.Bool("processes", false, "run each component as its own OS process (implies -store etcd): lore, dns, and per cluster a controlplane, conman VMs, Eval and hosting, sharing one etcd")
 		endpoints  = fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated, with -store etcd (default: start an etcd in this process, data under the state directory)")
 	)
-	fs.StringVar(&cfg.Store, "store", StoreMemory, `where state lives: "memory" (in this process) or "etcd"`)
+	fs.StringVar(&cfg.Store, "store", "", `where state lives: "memory" (in this process; the default without -state) or "etcd" (the default with -state: an etcd in process, its data under the state directory, unless -etcd-endpoints)`)
 	fs.DurationVar(&cfg.AliveTTL, "alive-ttl", 5*time.Second, "with -store etcd: how long a VM whose agent stopped stays placeable (its etcd lease TTL)")
 	fs.StringVar(&cfg.Zone, "zone", "repl.test", "the platform DNS zone")
 	fs.StringVar(&cfg.DNSAddr, "dns", "127.0.0.1:5353", "dnsauth address (UDP and TCP)")
 	fs.StringVar(&cfg.LoreAddr, "lore", "127.0.0.1:8400", "lore HTTP API address")
 	fs.StringVar(&cfg.AdminAddr, "admin", "127.0.0.1:8401", "platform admin API address (roll VMs, restart Eval; not with -processes)")
-	fs.StringVar(&cfg.AdminKey, "admin-key", os.Getenv("SWITCHYARD_ADMIN_KEY"), "admin key for lore and the platform admin API (default $SWITCHYARD_ADMIN_KEY, else generated)")
+	adminKey := adminKeyFlag(fs)
 	fs.IntVar(&cfg.VMs, "vms", 2, "conman VMs per cluster")
 	fs.IntVar(&cfg.HostingPort, "hosting-port", 8080, "hosting proxy port on each cluster's .1 address")
 	fs.IntVar(&cfg.EvalPort, "eval-port", 8443, "Eval (sessions proxy) port on each cluster's .1 address")
@@ -107,11 +107,16 @@ func runPlatform(args []string) error {
 	fs.DurationVar(&cfg.EvalGrace, "eval-grace", 30*time.Hour, "how long a draining Eval keeps live sessions")
 	fs.StringVar(&cfg.Runtime, "runtime", RuntimeProcess, `the repls' container runtime: "process" (conman/process, our own sandbox)`)
 	fs.StringVar(&cfg.Isolation, "isolation", "", `conman/process isolation: "" (the sandbox) or "none" (unsandboxed plain processes: trusted code only)`)
+	etcdTLSFlags(fs, &cfg.EtcdTLS)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	var err error
+	if cfg.AdminKey, err = adminKey(); err != nil {
+		return err
 	}
 	pfx, err := netip.ParsePrefix(*clusterNet)
 	if err != nil {
@@ -140,6 +145,20 @@ func runPlatform(args []string) error {
 		}
 		defer os.RemoveAll(dir)
 		*state = dir
+	} else {
+		// A state directory is kept: so is the state, in etcd, unless told otherwise.
+		if cfg.Store == "" {
+			cfg.Store = StoreEtcd
+		}
+		if err := os.MkdirAll(*state, 0o700); err != nil {
+			return err
+		}
+		if cfg.AdminKey, err = keepAdminKey(*state, cfg.AdminKey); err != nil {
+			return err
+		}
+	}
+	if !*processes && (cfg.Store == "" || cfg.Store == StoreMemory) {
+		cfg.Logger.Warn("the platform's state (repls, domains, tombstones, placement) lives only in this process's memory: a restart loses it; give -state DIR to keep it")
 	}
 	cfg.StateDir = *state
 

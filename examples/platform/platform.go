@@ -20,11 +20,9 @@ import (
 
 	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/switchyard-dev/switchyard/dnsauth"
 	"github.com/switchyard-dev/switchyard/etcd"
-	"github.com/switchyard-dev/switchyard/etcd/etcdtest"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/proxy"
 )
@@ -79,6 +77,9 @@ type Config struct {
 	EtcdEndpoints []string
 	// EtcdHost is the loopback address the in-process etcd listens on. Empty means 127.0.0.1.
 	EtcdHost string
+	// EtcdTLS is how to reach EtcdEndpoints: TLS with the given CA and client certificate.
+	// Ignored for the in-process etcd, which always runs TLS with the deployment's own CA.
+	EtcdTLS EtcdTLS
 	// AliveTTL is how long a VM stays placeable after its agent stops, with StoreEtcd (the
 	// TTL of its etcd lease, whole seconds). Zero means 5 s.
 	AliveTTL time.Duration
@@ -202,7 +203,8 @@ type Platform struct {
 		dnsauth.Directory
 		proxy.Directory
 	}
-	etcdServer *etcdtest.Cluster // the in-process etcd, when no endpoints were given
+	etcdServer *embeddedEtcd // the in-process etcd, when no endpoints were given
+	etcdTLS    EtcdTLS       // how this platform reaches etcd
 	etcdCli    *clientv3.Client
 	loreStore  *etcd.LoreStore
 	mirror     *etcd.Mirror
@@ -306,21 +308,28 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 // startEtcd connects to etcd (starting one in process when no endpoints are configured) and
 // opens lore's store in it.
 func (p *Platform) startEtcd() error {
-	eps := p.cfg.EtcdEndpoints
+	eps, t := p.cfg.EtcdEndpoints, p.cfg.EtcdTLS
 	if len(eps) == 0 {
-		c, err := etcdtest.Start(etcdtest.Config{
-			Dir:  filepath.Join(p.cfg.StateDir, "etcd"),
-			Host: p.cfg.EtcdHost,
-		})
+		ca, err := openPKI(filepath.Join(p.cfg.StateDir, "pki"))
 		if err != nil {
-			return fmt.Errorf("etcd: %w", err)
+			return err
+		}
+		c, err := startEmbeddedEtcd(filepath.Join(p.cfg.StateDir, "etcd"), p.cfg.EtcdHost, ca)
+		if err != nil {
+			return err
 		}
 		p.etcdServer = c
 		p.stop.add(func(context.Context) error { c.Close(); return nil })
 		eps = c.Endpoints
-		p.log.Info("started etcd in process", "endpoints", strings.Join(eps, ","))
+		cert, key, err := ca.issue("platform", false)
+		if err != nil {
+			return err
+		}
+		t = EtcdTLS{CAFile: ca.CAFile(), CertFile: cert, KeyFile: key}
+		p.log.Info("started etcd in process (TLS, client certificates)", "endpoints", strings.Join(eps, ","))
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	p.etcdTLS = t
+	cli, err := etcdClient(eps, t)
 	if err != nil {
 		return fmt.Errorf("etcd: %w", err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -184,16 +185,37 @@ func TestPlatformEtcd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	require.Len(t, p.EtcdEndpoints(), 1)
-	require.True(t, strings.HasPrefix(p.EtcdEndpoints()[0], "http://127.79.0.1:"), p.EtcdEndpoints())
+	require.True(t, strings.HasPrefix(p.EtcdEndpoints()[0], "https://127.79.0.1:"), p.EtcdEndpoints())
 	lc := lore.NewClient(p.LoreURL(), "test-admin-key", nil)
 
-	// The state is in etcd: a second client of it sees lore's clusters.
-	cli, err := clientv3.New(clientv3.Config{Endpoints: p.EtcdEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	// The state is in etcd: a second client of it (with a certificate of the deployment's CA)
+	// sees lore's clusters.
+	cli, err := etcdClient(p.EtcdEndpoints(), p.etcdTLS)
 	require.NoError(t, err)
 	defer cli.Close()
 	resp, err := cli.Get(ctx, "/switchyard/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	require.NoError(t, err)
 	require.Positive(t, resp.Count)
+
+	// Nobody else gets in: not without TLS, not with TLS but no client certificate, and the
+	// platform's own client refuses a plain endpoint unless told.
+	plain := "http://" + strings.TrimPrefix(p.EtcdEndpoints()[0], "https://")
+	_, err = etcdClient([]string{plain}, EtcdTLS{})
+	require.ErrorContains(t, err, "has no TLS")
+	for name, c := range map[string]clientv3.Config{
+		"plain":                 {Endpoints: []string{plain}},
+		"no client certificate": {Endpoints: p.EtcdEndpoints(), TLS: mustTLS(t, p.etcdTLS.CAFile, "", "")},
+	} {
+		c.DialTimeout, c.Logger = 2*time.Second, zap.NewNop()
+		anon, err := clientv3.New(c)
+		if err == nil {
+			actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err = anon.Put(actx, "/switchyard/clusters/a", "{\"hosting_url\":\"http://169.254.169.254\"}")
+			acancel()
+			anon.Close()
+		}
+		require.Error(t, err, "%s: an anonymous client wrote to etcd", name)
+	}
 
 	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "a"})
 	require.NoError(t, err)
@@ -424,7 +446,7 @@ func TestPlatformProcessStopsOnSignal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pp := startPlatformProcess(ctx, t, "-cluster-net", "127.78.0.0/16", "-clusters", "a",
-		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-admin-key", "k")
+		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0")
 	loreURL, stateDir := pp.field("  lore API", 2), pp.field("  state", 1)
 	require.NotEmpty(t, loreURL)
 	require.DirExists(t, stateDir)
@@ -459,6 +481,7 @@ func startPlatformProcess(ctx context.Context, t *testing.T, args ...string) *pl
 	t.Helper()
 	pp := &platformProcess{cmd: exec.Command(os.Args[0], append([]string{"run"}, args...)...), exited: make(chan error, 1)}
 	pp.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	pp.cmd.Env = append(os.Environ(), envAdminKey+"=k") // never in argv
 	stdout, err := pp.cmd.StdoutPipe()
 	require.NoError(t, err)
 	pp.cmd.Stderr = &pp.stderr
@@ -565,7 +588,7 @@ func TestPlatformProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pp := startPlatformProcess(ctx, t, "-processes", "-cluster-net", "127.80.0.0/16",
-		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-admin-key", "k")
+		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0")
 	stderr := &pp.stderr
 	loreURL, dnsAddr := pp.field("  lore API", 2), pp.field("  DNS (UDP+TCP)", 2)
 	pids := map[string]bool{}
@@ -654,4 +677,11 @@ func TestPlatformProcesses(t *testing.T) {
 		require.True(t, os.IsNotExist(err), "component pid %s outlived the platform", pid)
 	}
 	require.Empty(t, demoApps(t), "repl processes outlived the platform")
+}
+
+func mustTLS(t *testing.T, ca, cert, key string) *tls.Config {
+	t.Helper()
+	c, err := clientTLS(ca, cert, key)
+	require.NoError(t, err)
+	return c
 }

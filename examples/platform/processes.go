@@ -23,12 +23,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/etcd"
-	"github.com/switchyard-dev/switchyard/etcd/etcdtest"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 	"github.com/switchyard-dev/switchyard/proxy"
@@ -99,6 +97,8 @@ func runComponent(name string, args []string) error {
 	fs.StringVar(&f.isolation, "isolation", "", "conman/process isolation (conman)")
 	fs.DurationVar(&f.aliveTTL, "alive-ttl", 5*time.Second, "the VM's etcd lease TTL (conman)")
 	fs.DurationVar(&f.grace, "grace", 30*time.Second, "how long stopping may take (live sessions drain)")
+	var etls EtcdTLS
+	etcdTLSFlags(fs, &etls)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,7 +118,7 @@ func runComponent(name string, args []string) error {
 		if len(f.endpoints) == 0 {
 			return errors.New("-etcd-endpoints is required")
 		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: f.endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		cli, err := etcdClient(f.endpoints, etls)
 		if err != nil {
 			return fmt.Errorf("etcd: %w", err)
 		}
@@ -325,7 +325,7 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 	rt, err := process.New(process.Config{
 		StateDir:     filepath.Join(f.state, "conman", f.id),
 		Isolation:    process.Isolation(f.isolation),
-		CgroupParent: "switchyard-platform/" + f.id,
+		CgroupParent: cgroupParent(f.state, f.id),
 		Logger:       f.log.With("vm", f.id),
 	})
 	if err != nil {
@@ -552,7 +552,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 	}
 	log := cfg.Logger
 	var children []*child
-	var etcdServer *etcdtest.Cluster
+	var etcdServer *embeddedEtcd
 	stopAll := func(ctx context.Context) error {
 		var errs []error
 		for i := len(children) - 1; i >= 0; i-- {
@@ -571,14 +571,40 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		}
 	}()
 	endpoints := cfg.EtcdEndpoints
+	etls := cfg.EtcdTLS
+	var ca *pki
 	if len(endpoints) == 0 {
-		etcdServer, err = etcdtest.Start(etcdtest.Config{Dir: filepath.Join(cfg.StateDir, "etcd"), Host: cfg.EtcdHost})
-		if err != nil {
-			return fmt.Errorf("etcd: %w", err)
+		if ca, err = openPKI(filepath.Join(cfg.StateDir, "pki")); err != nil {
+			return err
+		}
+		if etcdServer, err = startEmbeddedEtcd(filepath.Join(cfg.StateDir, "etcd"), cfg.EtcdHost, ca); err != nil {
+			return err
 		}
 		endpoints = etcdServer.Endpoints
+		etls = EtcdTLS{CAFile: ca.CAFile()}
 	}
-	eps := "-etcd-endpoints=" + strings.Join(endpoints, ",")
+	// Each component presents a client certificate of its own (the deployment CA's), or the
+	// one the operator gave for external endpoints.
+	etcdArgs := func(component string) ([]string, error) {
+		t := etls
+		if ca != nil {
+			var err error
+			if t.CertFile, t.KeyFile, err = ca.issue("component-"+component, false); err != nil {
+				return nil, err
+			}
+		}
+		args := []string{"-etcd-endpoints=" + strings.Join(endpoints, ",")}
+		if t.CAFile != "" {
+			args = append(args, "-etcd-ca="+t.CAFile)
+		}
+		if t.CertFile != "" {
+			args = append(args, "-etcd-cert="+t.CertFile, "-etcd-key="+t.KeyFile)
+		}
+		if t.Insecure {
+			args = append(args, "-etcd-insecure")
+		}
+		return args, nil
+	}
 	hop := make([]byte, 32)
 	if _, err := rand.Read(hop); err != nil {
 		return err
@@ -588,6 +614,13 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := func(name string, env []string, args ...string) (*child, error) {
+		if name != "eval" {
+			ea, err := etcdArgs(name)
+			if err != nil {
+				return nil, err
+			}
+			args = append(ea, args...)
+		}
 		c, err := startChild(ctx, name, env, args...)
 		if err != nil {
 			return nil, err
@@ -596,12 +629,12 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		log.Info("component started", "component", name, "pid", c.cmd.Process.Pid, "addr", c.addr)
 		return c, nil
 	}
-	loreC, err := start("lore", secrets, eps, "-zone", cfg.Zone, "-addr", cfg.LoreAddr)
+	loreC, err := start("lore", secrets, "-zone", cfg.Zone, "-addr", cfg.LoreAddr)
 	if err != nil {
 		return err
 	}
 	loreURL := "http://" + loreC.addr
-	dnsC, err := start("dns", nil, eps, "-zone", cfg.Zone, "-addr", cfg.DNSAddr)
+	dnsC, err := start("dns", nil, "-zone", cfg.Zone, "-addr", cfg.DNSAddr)
 	if err != nil {
 		return err
 	}
@@ -617,12 +650,12 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		at := func(h, port int) string { return net.JoinHostPort(cfg.clusterAddr(n, h).String(), itoa(port)) }
 		env := append([]string{envCredential + "=" + randomKey()}, secrets...)
 		cl := clusterProcs{id: id}
-		if cl.controlplane, err = start("controlplane", env, eps, "-cluster", id, "-addr", at(1, cfg.ControlplanePort)); err != nil {
+		if cl.controlplane, err = start("controlplane", env, "-cluster", id, "-addr", at(1, cfg.ControlplanePort)); err != nil {
 			return err
 		}
 		cpURL := "http://" + cl.controlplane.addr
 		for v := 0; v < cfg.VMs; v++ {
-			vm, err := start("conman", env, eps, "-cluster", id, "-id", fmt.Sprintf("%s-vm%d", id, v+1),
+			vm, err := start("conman", env, "-cluster", id, "-id", fmt.Sprintf("%s-vm%d", id, v+1),
 				"-addr", at(11+v, cfg.ConmanPort), "-controlplane", cpURL, "-state", cfg.StateDir,
 				"-isolation", cfg.Isolation, "-alive-ttl", cfg.AliveTTL.String())
 			if err != nil {
@@ -635,7 +668,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 			"-lore", loreURL, "-grace", cfg.EvalGrace.String()); err != nil {
 			return err
 		}
-		if cl.hosting, err = start("hosting", env, eps, "-zone", cfg.Zone, "-cluster", id, "-addr", at(1, cfg.HostingPort),
+		if cl.hosting, err = start("hosting", env, "-zone", cfg.Zone, "-cluster", id, "-addr", at(1, cfg.HostingPort),
 			"-controlplane", cpURL); err != nil {
 			return err
 		}

@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +45,44 @@ func (c *cluster) addVM(ctx context.Context) (*vm, error) {
 	host := c.nextVM
 	c.nextVM++
 	c.mu.Unlock()
+	return c.addVMAt(ctx, host)
+}
+
+// leftVMs returns the host numbers of this cluster's VMs that an earlier run of the platform
+// left in the state directory with containers, in order, and removes the empty ones. A restart
+// starts them again under the same ids, so their runtimes adopt every container they left.
+func (c *cluster) leftVMs() ([]int, error) {
+	dir := filepath.Join(c.p.cfg.StateDir, "conman")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var hosts []int
+	for _, e := range ents {
+		n, ok := strings.CutPrefix(e.Name(), c.id+"-vm")
+		num, err := strconv.Atoi(n)
+		if !ok || err != nil || num < 1 || num > 244 || !e.IsDir() {
+			continue
+		}
+		sub, _ := os.ReadDir(filepath.Join(dir, e.Name()))
+		if len(sub) == 0 {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+			continue
+		}
+		hosts = append(hosts, num+10)
+	}
+	sort.Ints(hosts)
+	return hosts, nil
+}
+
+// addVMAt starts the conman VM at host number host (id <cluster>-vm<host-10>).
+func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
+	c.mu.Lock()
+	c.nextVM = max(c.nextVM, host+1)
+	c.mu.Unlock()
 	if host > 254 {
 		return nil, errors.New("out of VM addresses in the cluster's /24")
 	}
@@ -53,7 +96,7 @@ func (c *cluster) addVM(ctx context.Context) (*vm, error) {
 	v.rt, err = process.New(process.Config{
 		StateDir:     filepath.Join(cfg.StateDir, "conman", v.id),
 		Isolation:    process.Isolation(cfg.Isolation),
-		CgroupParent: "switchyard-platform/" + v.id,
+		CgroupParent: cgroupParent(cfg.StateDir, v.id),
 		Logger:       log.With("component", "runtime", "vm", v.id),
 	})
 	if err != nil {
@@ -143,3 +186,10 @@ func (v *vm) stop(ctx context.Context) error {
 
 // stopped reports whether the VM is stopping or stopped.
 func (v *vm) stopped() bool { return v.stopping.Load() }
+
+// cgroupParent is the cgroup of a VM's containers: one tree per platform instance (by its
+// state directory), so two platforms on a host never kill each other's containers.
+func cgroupParent(stateDir, vm string) string {
+	sum := sha256.Sum256([]byte(stateDir))
+	return "switchyard-platform-" + hex.EncodeToString(sum[:4]) + "/" + vm
+}

@@ -259,6 +259,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func mknodDevices() {
 	dir, _ := os.MkdirTemp("", "dev")
+	defer os.RemoveAll(dir)
 	err := unix.Mknod(filepath.Join(dir, "sda"), unix.S_IFBLK|0o600, int(unix.Mkdev(8, 0)))
 	try("mknod-block", err, "mknod a block device")
 	err = unix.Mknod(filepath.Join(dir, "mem"), unix.S_IFCHR|0o600, int(unix.Mkdev(1, 1)))
@@ -456,6 +457,7 @@ func unshareUnmountProc() {
 
 func mountTmpfs() {
 	dir, _ := os.MkdirTemp("", "mnt")
+	defer os.Remove(dir)
 	err := unix.Mount("tmpfs", dir, "tmpfs", 0, "")
 	if err == nil {
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
@@ -479,6 +481,7 @@ func cgroupEscape() {
 		return
 	}
 	dir, _ := os.MkdirTemp("", "cg")
+	defer os.Remove(dir)
 	for _, opts := range []struct{ fs, data string }{{"cgroup", "pids"}, {"cgroup2", ""}} {
 		if err := unix.Mount(opts.fs, dir, opts.fs, 0, opts.data); err == nil {
 			_ = unix.Unmount(dir, unix.MNT_DETACH)
@@ -523,6 +526,7 @@ func chrootEscape() {
 		if err != nil {
 			return err
 		}
+		defer os.Remove(dir) // by its path from before the chroot: gone only if the chroot failed
 		if err := unix.Chroot(dir); err != nil {
 			return fmt.Errorf("chroot: %w", err)
 		}

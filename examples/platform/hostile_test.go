@@ -21,7 +21,7 @@ import (
 // Eval as a person would, attacks the VM, another owner's repl and every internal service of
 // the platform, and gets nowhere.
 func TestPlatformHostileRepl(t *testing.T) {
-	p := startPlatform(t, "127.78.0.0/16")
+	p := startPlatform(t, "127.92.0.0/16")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	lc := lore.NewClient(p.LoreURL(), "test-admin-key", nil)

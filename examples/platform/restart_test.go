@@ -25,8 +25,8 @@ func TestPlatformRestartKeepsState(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	state := filepath.Join(t.TempDir(), "state")
-	args := []string{"-cluster-net", "127.81.0.0/16", "-dns", "127.81.0.1:0", "-lore", "127.81.0.1:0",
-		"-admin", "127.81.0.1:0", "-state", state}
+	args := []string{"-cluster-net", "127.91.0.0/16", "-dns", "127.91.0.1:0", "-lore", "127.91.0.1:0",
+		"-admin", "127.91.0.1:0", "-state", state}
 	pp := startPlatformProcess(ctx, t, args...)
 	lc := lore.NewClient(pp.field("  lore API", 2), "k", nil)
 	require.Contains(t, strings.Join(pp.banner, "\n"), "etcd", "with -state the state is kept in etcd")
@@ -37,11 +37,11 @@ func TestPlatformRestartKeepsState(t *testing.T) {
 	require.NoError(t, err)
 	_, err = lc.AddDomain(ctx, "www.blog.example", blog.ID)
 	require.NoError(t, err)
-	require.Contains(t, getPage(t, "127.81.1.1:8080", "blog.replbot.repl.test"), blog.ID)
-	require.Contains(t, getPage(t, "127.81.1.1:8080", "diary.alice.repl.test"), "cluster <b>a</b>")
+	require.Contains(t, getPage(t, "127.91.1.1:8080", "blog.replbot.repl.test"), blog.ID)
+	require.Contains(t, getPage(t, "127.91.1.1:8080", "diary.alice.repl.test"), "cluster <b>a</b>")
 	_, err = lc.MoveRepl(ctx, diary.ID, "b")
 	require.NoError(t, err)
-	pageEventually(ctx, t, "127.81.1.1:8080", "diary.alice.repl.test", "cluster <b>b</b>") // a forwards by its tombstone
+	pageEventually(ctx, t, "127.91.1.1:8080", "diary.alice.repl.test", "cluster <b>b</b>") // a forwards by its tombstone
 	before := demoApps(t)
 	require.NotEmpty(t, before)
 
@@ -62,8 +62,8 @@ func TestPlatformRestartKeepsState(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, blog.ID, d.Repl)
 	// The tombstone survived: cluster a still forwards the moved repl.
-	pageEventually(ctx, t, "127.81.1.1:8080", "diary.alice.repl.test", "cluster <b>b</b>")
-	pageEventually(ctx, t, "127.81.1.1:8080", "blog.replbot.repl.test", blog.ID)
+	pageEventually(ctx, t, "127.91.1.1:8080", "diary.alice.repl.test", "cluster <b>b</b>")
+	pageEventually(ctx, t, "127.91.1.1:8080", "blog.replbot.repl.test", blog.ID)
 	after := demoApps(t)
 	for _, pid := range before {
 		if slices.Contains(after, pid) {

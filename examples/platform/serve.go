@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/switchyard-dev/switchyard/connlimit"
 	"github.com/switchyard-dev/switchyard/proxy"
 )
 
@@ -23,8 +25,32 @@ type server struct {
 	err  error // Serve's result, set before done closes
 }
 
+// connBudget is this process's descriptor budget, shared by every listener it serves: past it
+// they answer 503 instead of letting accept reach EMFILE.
+var connBudget = connlimit.NewBudget(0)
+
+// limitsFor are the per-client limits of each public server: a client IP may hold PerIP
+// connections and make requests at the rate. The internal plane (controlplane, conman) is
+// reached by the platform's own proxies, which carry many clients' requests: only the budget
+// applies there. Eval hijacks its connections into spliced sessions (a wrapped connection
+// could not be spliced): its listener gets the header timeout and the budget is not counted.
+func limitsFor(name string) (cfg *connlimit.Config, rate *connlimit.Rate) {
+	switch {
+	case name == "hosting":
+		return &connlimit.Config{Name: name, PerIP: 256, Budget: connBudget}, &connlimit.Rate{Name: name, PerSecond: 200, Burst: 400}
+	case name == "lore":
+		return &connlimit.Config{Name: name, PerIP: 64, Budget: connBudget}, &connlimit.Rate{Name: name, PerSecond: 50, Burst: 100}
+	case name == "admin":
+		return &connlimit.Config{Name: name, PerIP: 16, Budget: connBudget}, &connlimit.Rate{Name: name, PerSecond: 10, Burst: 20}
+	case name == "eval":
+		return nil, nil
+	}
+	return &connlimit.Config{Name: name, PerIP: -1, Budget: connBudget}, nil
+}
+
 // serve listens on addr (with SO_REUSEPORT when reuse is set, so a replacement can bind the same
-// address while this one drains) and serves h until Shutdown.
+// address while this one drains) and serves h until Shutdown, within the limits of its name
+// (limitsFor) and with header and idle timeouts.
 func serve(ctx context.Context, name, addr string, h http.Handler, reuse bool) (*server, error) {
 	var (
 		ln  net.Listener
@@ -39,6 +65,13 @@ func serve(ctx context.Context, name, addr string, h http.Handler, reuse bool) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	lcfg, rate := limitsFor(strings.Fields(name)[0])
+	if lcfg != nil {
+		ln = connlimit.NewListener(ln, *lcfg)
+	}
+	if rate != nil {
+		h = connlimit.RateLimit(h, *rate)
+	}
 	s := &server{
 		name: name,
 		ln:   ln,
@@ -46,6 +79,7 @@ func serve(ctx context.Context, name, addr string, h http.Handler, reuse bool) (
 		srv: &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
 			MaxHeaderBytes:    64 << 10,
 		},
 	}

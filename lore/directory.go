@@ -78,17 +78,18 @@ type Config struct {
 // *Directory and *Client have the same lookup and mutation methods. All methods are safe for
 // concurrent use.
 type Directory struct {
-	zone     string
-	store    Store
-	ownStore *MemStore
-	issuer   *Issuer
-	keys     []PublicKey
-	policy   ClusterPolicy
-	resolver TXTResolver
-	rand     io.Reader
-	now      func() time.Time
-	log      *slog.Logger
-	m        *dirMetrics
+	zone      string
+	store     Store
+	ownStore  *MemStore
+	issuer    *Issuer
+	keys      []PublicKey
+	ownerKeys *KeySet // keys, to verify owner tokens
+	policy    ClusterPolicy
+	resolver  TXTResolver
+	rand      io.Reader
+	now       func() time.Time
+	log       *slog.Logger
+	m         *dirMetrics
 }
 
 type dirMetrics struct {
@@ -137,6 +138,7 @@ func New(cfg Config) (*Directory, error) {
 		}
 		d.keys = append(d.keys, k)
 	}
+	d.ownerKeys = NewKeySet(d.keys...)
 	if cfg.Registerer != nil {
 		m := &dirMetrics{
 			writes: prometheus.NewCounterVec(prometheus.CounterOpts{

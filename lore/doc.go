@@ -118,10 +118,27 @@
 //	POST   /v1/domains/{domain}/verify       admin    checks the TXT record → the domain
 //	GET    /v1/domains/{domain}/repl         read     the repl of a verified domain
 //	GET    /v1/watch                         read     newline-delimited JSON Events, empty keepalive lines
+//	POST   /v1/owners/{owner}/token          admin    → {"owner","token","expires_at"}: an owner token (1 h)
+//	PUT    /v1/acme/{name}                   owner    {"target"} → the ACME delegation (+ "record" for a custom domain)
+//	GET    /v1/acme/{name}                   owner    the delegation
+//	DELETE /v1/acme/{name}                   owner    204
 //
 // "admin" endpoints need HandlerConfig.AdminKey: they change state or issue tokens, and are
 // called by the platform's web backend, never by end users. "read" endpoints accept the admin
-// key or HandlerConfig.ReadKey, for DNS servers and proxies in other regions.
+// key or HandlerConfig.ReadKey, for DNS servers and proxies in other regions. "owner" endpoints
+// take the admin key (any name) or an owner token, which the web backend mints for a signed-in
+// user (an EdDSA JWT of the directory's issuer, aud "lore:owner", sub the owner).
+//
+// # ACME delegations
+//
+// An owner who runs their own ACME client (lego, certbot with acme-dns) publishes
+// _acme-challenge.<name> CNAME <target> for names they own: <owner>.<zone> (the validation name
+// of *.<owner>.<zone>), <slug>.<owner>.<zone> of their repls, and their verified custom domains.
+// dnsauth serves it through Directory.ACMETarget (Zone.ACMEDelegate). A custom domain's
+// validation reaches the platform through one record in the domain's own DNS,
+// _acme-challenge.<domain> CNAME _acme-challenge.<domain>._domains.<zone> (DomainACMEName), and is
+// served only while the domain is verified and belongs to the delegation's owner. Stores keep
+// delegations through the optional ACMEStore interface (MemStore has it).
 //
 // # Metrics
 //

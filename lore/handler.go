@@ -79,6 +79,8 @@ func NewHandler(cfg HandlerConfig) http.Handler {
 	h.route("/v1/domains/{domain}/verify", access{post: admin}, h.verify)
 	h.route("/v1/domains/{domain}/repl", access{get: reader}, h.domainRepl)
 	h.route("/v1/watch", access{get: reader}, h.watch)
+	h.route("/v1/owners/{owner}/token", access{post: admin}, h.ownerToken)
+	h.route("/v1/acme/{name}", access{get: ownerLevel, put: ownerLevel, del: ownerLevel}, h.acmeDelegation)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("lore: no endpoint %s", r.URL.Path))
 	})
@@ -92,6 +94,7 @@ const (
 	public
 	reader
 	admin
+	ownerLevel // the admin key, or an owner token (the handler checks what the owner may do)
 )
 
 // access says who may call each method of a route; none means the method is not allowed.
@@ -142,7 +145,15 @@ func (h *handler) route(pattern string, a access, fn func(http.ResponseWriter, *
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("lore: method %s not allowed on %s", r.Method, r.URL.Path))
 			return
 		}
-		if need != public {
+		if need == ownerLevel {
+			var status int
+			var msg string
+			if r, status, msg = h.authorizeOwner(r); status != 0 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="lore"`)
+				writeError(w, status, msg)
+				return
+			}
+		} else if need != public {
 			status, msg := h.authorize(r, need)
 			if status != 0 {
 				if status == http.StatusUnauthorized {

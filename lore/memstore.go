@@ -51,6 +51,8 @@ type MemStore struct {
 	replDomains map[string][]string // repl ID → names of its custom domains
 	clusters    map[string]*Cluster
 	counts      map[string]int
+
+	acme acmeTable // ACME delegations (acme.go)
 }
 
 type memWatcher struct {

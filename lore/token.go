@@ -122,6 +122,11 @@ func (i *Issuer) Issue(cluster, repl string) (string, Claims, error) {
 	if cluster == "" || repl == "" {
 		return "", Claims{}, fmt.Errorf("%w: token needs a cluster and a repl", ErrInvalid)
 	}
+	return i.issue(cluster, repl, i.ttl)
+}
+
+// issue signs a token for audience and subject (Claims.Cluster and Claims.Repl) valid for ttl.
+func (i *Issuer) issue(cluster, repl string, ttl time.Duration) (string, Claims, error) {
 	var jti [16]byte
 	if _, err := rand.Read(jti[:]); err != nil {
 		return "", Claims{}, fmt.Errorf("lore: token id: %w", err)
@@ -132,7 +137,7 @@ func (i *Issuer) Issue(cluster, repl string) (string, Claims, error) {
 		Repl:      repl,
 		Cluster:   cluster,
 		IssuedAt:  now,
-		ExpiresAt: now.Add(i.ttl),
+		ExpiresAt: now.Add(ttl),
 	}
 	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, tokenClaims{
 		Audience: cluster, Subject: repl, IssuedAt: now.Unix(), ExpiresAt: c.ExpiresAt.Unix(), ID: c.ID,

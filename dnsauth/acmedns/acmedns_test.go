@@ -182,3 +182,43 @@ func TestAPIRegistrationLimits(t *testing.T) {
 		t.Fatal("NewHandler without a zone")
 	}
 }
+
+func TestAPIRegistrationGate(t *testing.T) {
+	keyed := newAPI(t, acmedns.HandlerConfig{RegisterKey: "platform-secret"})
+	for _, hdr := range []map[string]string{nil, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic platform-secret"}} {
+		if code, out := keyed.do("POST", "/register", hdr, ""); code != 401 || out["error"] != "forbidden" {
+			t.Fatalf("register with %v: %d %v", hdr, code, out)
+		}
+	}
+	if code, out := keyed.do("POST", "/register", map[string]string{"Authorization": "Bearer platform-secret"}, ""); code != 201 {
+		t.Fatalf("register with the key: %d %v", code, out)
+	}
+
+	// One address: 3 a minute, then 429 with Retry-After; another address still registers.
+	limited := newAPI(t, acmedns.HandlerConfig{RegisterPerMinute: 3, RegisterTotalPerMinute: 5, ClientIPHeader: "X-Forwarded-For"})
+	from := func(ip string) map[string]string { return map[string]string{"X-Forwarded-For": ip} }
+	for i := range 3 {
+		if code, out := limited.do("POST", "/register", from("192.0.2.1"), ""); code != 201 {
+			t.Fatalf("registration %d: %d %v", i, code, out)
+		}
+	}
+	req, _ := http.NewRequest("POST", limited.url+"/register", nil)
+	req.Header.Set("X-Forwarded-For", "192.0.2.1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("4th registration from one address: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	for _, ip := range []string{"192.0.2.2", "192.0.2.3"} {
+		if code, out := limited.do("POST", "/register", from(ip), ""); code != 201 {
+			t.Fatalf("registration from %s: %d %v", ip, code, out)
+		}
+	}
+	// The total cap (5) holds whatever the address.
+	if code, out := limited.do("POST", "/register", from("192.0.2.4"), ""); code != 429 || out["error"] != "rate_limited" {
+		t.Fatalf("over the total cap: %d %v", code, out)
+	}
+}

@@ -25,8 +25,10 @@
 // (default 1 h), which acme-dns does not do. API keys are 40 random characters (240 bits);
 // the store keeps only their SHA-256 and compares it in constant time: a slow password hash
 // protects low-entropy secrets and would add nothing here. An account's allowfrom networks
-// limit who may update it; HandlerConfig.RegisterFrom and DisableRegistration limit who may
-// register at all.
+// limit who may update it; HandlerConfig.RegisterFrom, RegisterKey and DisableRegistration limit
+// who may register at all, and registrations are rate limited per client address
+// (RegisterPerMinute, 10) and in total (RegisterTotalPerMinute, 600): 429 rate_limited with
+// Retry-After beyond that, so anonymous registrations cannot grow the store without bound.
 //
 // # Metrics
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +36,16 @@ type HandlerConfig struct {
 	// RegisterFrom limits POST /register to clients in these networks. Empty: anyone (as
 	// acme-dns); an account's own allowfrom still limits its updates.
 	RegisterFrom []netip.Prefix
+	// RegisterKey, if set, must come as "Authorization: Bearer <RegisterKey>" with every POST
+	// /register (401 forbidden otherwise): the platform hands it to its own tooling, and owners
+	// register through it. Empty: no key (acme-dns's behaviour; the rate limits still apply).
+	RegisterKey string
+	// RegisterPerMinute is how many registrations one client address may make a minute (a
+	// token bucket holding as many). Zero: 10. Negative: no per-address limit.
+	RegisterPerMinute int
+	// RegisterTotalPerMinute caps registrations from all clients together, which bounds how fast
+	// the store grows whatever the addresses. Zero: 600. Negative: no cap.
+	RegisterTotalPerMinute int
 	// ClientIPHeader names a header holding the client address (e.g. "X-Forwarded-For", first
 	// entry) when the API runs behind a trusted reverse proxy. Empty: the connection's address.
 	ClientIPHeader string
@@ -53,7 +65,8 @@ type HandlerConfig struct {
 //
 // Errors are JSON {"error": "..."} with acme-dns's messages: 400 bad_allowfrom / bad_subdomain
 // / bad_txt / malformed_json, 401 forbidden (unknown user, wrong key, other subdomain, address
-// not allowed), 403 registration_disabled, 405, 413, 500 internal.
+// not allowed, no or wrong RegisterKey), 403 registration_disabled, 405, 413, 429 rate_limited,
+// 500 internal.
 func NewHandler(cfg HandlerConfig) (http.Handler, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("acmedns: HandlerConfig.Store is required")
@@ -63,6 +76,11 @@ func NewHandler(cfg HandlerConfig) (http.Handler, error) {
 		return nil, errors.New("acmedns: HandlerConfig.Zone is required")
 	}
 	h := &handler{cfg: cfg, zone: zone, lifetime: cfg.Lifetime, log: cfg.Logger}
+	if cfg.RegisterKey != "" {
+		h.registerKey = sha256.Sum256([]byte(cfg.RegisterKey))
+	}
+	h.perClient = newLimiter(cfg.RegisterPerMinute, 10)
+	h.total = newLimiter(cfg.RegisterTotalPerMinute, 600)
 	if h.lifetime <= 0 {
 		h.lifetime = time.Hour
 	}
@@ -93,6 +111,10 @@ type handler struct {
 	log      *slog.Logger
 	requests *prometheus.CounterVec
 	mux      *http.ServeMux
+
+	registerKey [sha256.Size]byte
+	perClient   *limiter // per client address
+	total       *limiter // every client together (key: the zero address)
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
@@ -127,12 +149,27 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, "register", http.StatusForbidden, "registration_disabled")
 		return
 	}
-	if len(h.cfg.RegisterFrom) > 0 {
-		ip, ok := h.clientIP(r)
-		if !ok || !(Account{AllowFrom: h.cfg.RegisterFrom}).Allowed(ip) {
+	ip, ok := h.clientIP(r)
+	if len(h.cfg.RegisterFrom) > 0 && (!ok || !(Account{AllowFrom: h.cfg.RegisterFrom}).Allowed(ip)) {
+		h.fail(w, "register", http.StatusUnauthorized, "forbidden")
+		return
+	}
+	if h.cfg.RegisterKey != "" {
+		scheme, key, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		sum := sha256.Sum256([]byte(key))
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(sum[:], h.registerKey[:]) != 1 {
 			h.fail(w, "register", http.StatusUnauthorized, "forbidden")
 			return
 		}
+	}
+	now := time.Now()
+	if wait := h.perClient.take(ip, now); wait > 0 {
+		h.limited(w, wait)
+		return
+	}
+	if wait := h.total.take(netip.Addr{}, now); wait > 0 {
+		h.limited(w, wait)
+		return
 	}
 	var req registerRequest
 	if code, msg := decodeOptional(w, r, &req); code != 0 {
@@ -169,6 +206,12 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		Username: acct.Username, Password: key, Subdomain: acct.Subdomain,
 		FullDomain: acct.Subdomain + "." + h.zone, AllowFrom: allow,
 	})
+}
+
+// limited answers 429 rate_limited with Retry-After in whole seconds.
+func (h *handler) limited(w http.ResponseWriter, wait time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+	h.fail(w, "register", http.StatusTooManyRequests, "rate_limited")
 }
 
 func (h *handler) update(w http.ResponseWriter, r *http.Request) {

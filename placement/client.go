@@ -18,6 +18,7 @@ import (
 type Client struct {
 	base string
 	auth string
+	vm   string // with NewVMClient: the VM it authenticates as
 	hc   *http.Client
 }
 
@@ -29,6 +30,15 @@ func NewClient(baseURL, credential string, httpClient *http.Client) *Client {
 		httpClient = http.DefaultClient
 	}
 	return &Client{base: strings.TrimRight(baseURL, "/"), auth: "Bearer " + credential, hc: httpClient}
+}
+
+// NewVMClient returns a client for VM id's agent, authenticating as that VM with
+// VMCredential(secret, id) (see HandlerConfig.VMSecret): it may register, heartbeat and
+// drain its own VM, release its own assignments and look assignments up.
+func NewVMClient(baseURL, id, credential string, httpClient *http.Client) *Client {
+	c := NewClient(baseURL, credential, httpClient)
+	c.vm = id
+	return c
 }
 
 // APIError is an error answered by the API: its HTTP status, error code and message. Unwrap
@@ -85,6 +95,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("placement: %s %s: %w", method, path, err)
 	}
 	req.Header.Set("Authorization", c.auth)
+	if c.vm != "" {
+		req.Header.Set(HeaderVM, c.vm)
+	}
 	req.Header.Set("Accept", "application/json")
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")

@@ -2,8 +2,10 @@ package placement
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +45,12 @@ type HandlerConfig struct {
 	// "Authorization: Bearer <Credential>". Empty means every such request is refused (401): the
 	// API never runs open by accident.
 	Credential string
+	// VMSecret, if set, lets each VM's agent authenticate as itself: with header
+	// Switchyard-VM: <id> and the bearer VMCredential(VMSecret, id). Such a caller may
+	// register, heartbeat, read and deregister only its own VM, set it Draining, release its own
+	// assignments and look assignments up; nothing else (403). So a VM that is taken over cannot
+	// place, drain or release anything of another VM. Empty means VMs use Credential.
+	VMSecret string
 	// MaxBodyBytes bounds request bodies; larger ones get 413. 0 means 1 MiB.
 	MaxBodyBytes int64
 	// Logger receives internal errors (answered 500 without details). nil means slog.Default().
@@ -69,11 +77,14 @@ type HandlerConfig struct {
 //	DELETE /v1/assignments/{repl}[?vm=ID]    release → 204
 //	GET    /v1/autoscale                     {"pools":[PoolScale...]}
 func NewHandler(cfg HandlerConfig) http.Handler {
-	h := &handler{cp: cfg.Controlplane, maxBody: cfg.MaxBodyBytes, log: cfg.Logger}
+	h := &handler{cp: cfg.Controlplane, maxBody: cfg.MaxBodyBytes, log: cfg.Logger, vmSecret: cfg.VMSecret}
 	if cfg.Credential != "" {
 		sum := sha256.Sum256([]byte(cfg.Credential))
 		h.cred = sum[:]
 	}
+	pathVM := func(r *http.Request, vm string) bool { return r.PathValue("id") == vm }
+	anyVM := func(*http.Request, string) bool { return true }
+	queryVM := func(r *http.Request, vm string) bool { return r.URL.Query().Get("vm") == vm }
 	if h.maxBody <= 0 {
 		h.maxBody = 1 << 20
 	}
@@ -82,12 +93,12 @@ func NewHandler(cfg HandlerConfig) http.Handler {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", h.methods(map[string]http.HandlerFunc{http.MethodGet: h.healthz}))
-	mux.HandleFunc("/v1/vms", h.auth(h.methods(map[string]http.HandlerFunc{
-		http.MethodPost: h.register, http.MethodGet: h.listVMs})))
-	mux.HandleFunc("/v1/vms/{id}", h.auth(h.methods(map[string]http.HandlerFunc{
+	mux.HandleFunc("/v1/vms", h.methods(map[string]http.HandlerFunc{
+		http.MethodPost: h.vmAuth(anyVM, h.register), http.MethodGet: h.auth(h.listVMs)}))
+	mux.HandleFunc("/v1/vms/{id}", h.vmAuth(pathVM, h.methods(map[string]http.HandlerFunc{
 		http.MethodGet: h.getVM, http.MethodDelete: h.deregister})))
-	mux.HandleFunc("/v1/vms/{id}/heartbeat", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.heartbeat})))
-	mux.HandleFunc("/v1/vms/{id}/state", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPut: h.setState})))
+	mux.HandleFunc("/v1/vms/{id}/heartbeat", h.vmAuth(pathVM, h.methods(map[string]http.HandlerFunc{http.MethodPost: h.heartbeat})))
+	mux.HandleFunc("/v1/vms/{id}/state", h.vmAuth(pathVM, h.methods(map[string]http.HandlerFunc{http.MethodPut: h.setState})))
 	for verb, s := range map[string]State{"drain": Draining, "cordon": Cordoned, "activate": Active} {
 		mux.HandleFunc("/v1/vms/{id}/"+verb, h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.setStateTo(s)})))
 	}
@@ -95,8 +106,8 @@ func NewHandler(cfg HandlerConfig) http.Handler {
 	mux.HandleFunc("/v1/place", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.place})))
 	mux.HandleFunc("/v1/explain", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodPost: h.explain})))
 	mux.HandleFunc("/v1/assignments", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodGet: h.allAssignments})))
-	mux.HandleFunc("/v1/assignments/{repl}", h.auth(h.methods(map[string]http.HandlerFunc{
-		http.MethodGet: h.lookup, http.MethodDelete: h.release})))
+	mux.HandleFunc("/v1/assignments/{repl}", h.methods(map[string]http.HandlerFunc{
+		http.MethodGet: h.vmAuth(anyVM, h.lookup), http.MethodDelete: h.vmAuth(queryVM, h.release)}))
 	mux.HandleFunc("/v1/autoscale", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodGet: h.autoscale})))
 	mux.HandleFunc("/", h.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "placement: no such endpoint: "+r.URL.Path)
@@ -105,23 +116,86 @@ func NewHandler(cfg HandlerConfig) http.Handler {
 }
 
 type handler struct {
-	cp      *Controlplane
-	cred    []byte // sha256 of the credential; nil refuses everything
-	maxBody int64
-	log     *slog.Logger
+	cp       *Controlplane
+	cred     []byte // sha256 of the credential; nil refuses everything
+	vmSecret string
+	maxBody  int64
+	log      *slog.Logger
 }
 
+// HeaderVM names the VM an agent authenticates as (with VMCredential).
+const HeaderVM = "Switchyard-VM"
+
+// VMCredential is the credential of VM id's agent, derived from a controlplane's VMSecret
+// (HMAC-SHA256): the controlplane checks it without storing one per VM, and a VM that knows its
+// own cannot compute another's.
+func VMCredential(secret, id string) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte("switchyard placement vm\x00" + id))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+type principalKey struct{}
+
+// authenticate returns who calls: "" with the full credential, the VM's id with a VM's.
+func (h *handler) authenticate(r *http.Request) (vm string, ok bool) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	if h.cred != nil && subtle.ConstantTimeCompare(sum[:], h.cred) == 1 {
+		return "", true
+	}
+	if id := r.Header.Get(HeaderVM); h.vmSecret != "" && id != "" {
+		want := sha256.Sum256([]byte(VMCredential(h.vmSecret, id)))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+			return id, true
+		}
+	}
+	return "", false
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="placement"`)
+	writeError(w, http.StatusUnauthorized, "unauthorized", "placement: missing or wrong bearer credential")
+}
+
+// auth admits the full credential only.
 func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(tok))
-		if !ok || h.cred == nil || subtle.ConstantTimeCompare(sum[:], h.cred) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="placement"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "placement: missing or wrong bearer credential")
-			return
+		vm, ok := h.authenticate(r)
+		switch {
+		case !ok:
+			unauthorized(w)
+		case vm != "":
+			writeError(w, http.StatusForbidden, "forbidden", "placement: a VM's credential does not allow "+r.Method+" "+r.URL.Path)
+		default:
+			next(w, r)
 		}
-		next(w, r)
 	}
+}
+
+// vmAuth admits the full credential, and a VM's where allowed says the request concerns that
+// VM; handlers that read the VM from the body check it against callerVM.
+func (h *handler) vmAuth(allowed func(r *http.Request, vm string) bool, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		vm, ok := h.authenticate(r)
+		switch {
+		case !ok:
+			unauthorized(w)
+		case vm != "" && !allowed(r, vm):
+			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("placement: VM %s may not %s %s", vm, r.Method, r.URL.Path))
+		default:
+			next(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, vm)))
+		}
+	}
+}
+
+// callerVM is the VM a request authenticated as; "" for the full credential.
+func callerVM(r *http.Request) string {
+	vm, _ := r.Context().Value(principalKey{}).(string)
+	return vm
 }
 
 func (h *handler) methods(m map[string]http.HandlerFunc) http.HandlerFunc {
@@ -216,6 +290,10 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 	if !h.decode(w, r, &vm) {
 		return
 	}
+	if c := callerVM(r); c != "" && vm.ID != c {
+		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("placement: VM %s may not register %q", c, vm.ID))
+		return
+	}
 	out, err := h.cp.Register(r.Context(), vm)
 	if err != nil {
 		h.fail(w, r, err)
@@ -280,6 +358,10 @@ type stateBody struct {
 func (h *handler) setState(w http.ResponseWriter, r *http.Request) {
 	var b stateBody
 	if !h.decode(w, r, &b) {
+		return
+	}
+	if callerVM(r) != "" && b.State != Draining {
+		writeError(w, http.StatusForbidden, "forbidden", "placement: a VM may only set itself draining")
 		return
 	}
 	h.setStateTo(b.State)(w, r)

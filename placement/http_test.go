@@ -267,3 +267,60 @@ func TestHTTPConcurrentPlace(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 }
+
+// TestHTTPVMCredentials: a VM's agent authenticates as itself and can act only on its own VM.
+// A VM that is taken over cannot impersonate another, place repls, revive or drain others, or
+// release what runs elsewhere.
+func TestHTTPVMCredentials(t *testing.T) {
+	ctx := context.Background()
+	cp := newCP(t, placement.Config{HeartbeatTimeout: time.Minute})
+	const vmSecret = "vm-secret-of-the-cluster"
+	srv := httptest.NewServer(placement.NewHandler(placement.HandlerConfig{
+		Controlplane: cp, Credential: testCredential, VMSecret: vmSecret, Logger: quiet,
+	}))
+	t.Cleanup(srv.Close)
+	admin := placement.NewClient(srv.URL, testCredential, nil)
+	vm1 := placement.NewVMClient(srv.URL, "vm-1", placement.VMCredential(vmSecret, "vm-1"), nil)
+	vm2 := placement.NewVMClient(srv.URL, "vm-2", placement.VMCredential(vmSecret, "vm-2"), nil)
+
+	// Each VM registers and heartbeats as itself.
+	_, err := vm1.Register(ctx, vm("vm-1", "", 5))
+	require.NoError(t, err)
+	_, err = vm2.Register(ctx, vm("vm-2", "", 5))
+	require.NoError(t, err)
+	require.NoError(t, vm1.Heartbeat(ctx, placement.Heartbeat{VM: "vm-1"}))
+	a, err := admin.Place(ctx, placement.Request{Repl: "r2", Prefer: "vm-2"})
+	require.NoError(t, err)
+	require.Equal(t, "vm-2", a.VM)
+	got, err := vm1.Lookup(ctx, "r2")
+	require.NoError(t, err, "a VM may look assignments up")
+	require.Equal(t, "vm-2", got.VM)
+
+	forbidden := func(what string, err error) {
+		t.Helper()
+		var ae *placement.APIError
+		require.ErrorAs(t, err, &ae, what)
+		require.Equal(t, http.StatusForbidden, ae.Status, what)
+	}
+	forbidden("register another VM", func() error { _, err := vm1.Register(ctx, vm("vm-2", "", 50)); return err }())
+	forbidden("heartbeat another VM", vm1.Heartbeat(ctx, placement.Heartbeat{VM: "vm-2"}))
+	forbidden("drain another VM", vm1.SetState(ctx, "vm-2", placement.Draining))
+	forbidden("set itself active", vm1.SetState(ctx, "vm-1", placement.Active))
+	forbidden("place", func() error { _, err := vm1.Place(ctx, placement.Request{Repl: "r9"}); return err }())
+	forbidden("release another VM's repl", vm1.Release(ctx, "r2", "vm-2"))
+	forbidden("release without naming itself", vm1.Release(ctx, "r2", ""))
+	forbidden("list VMs", func() error { _, err := vm1.VMs(ctx); return err }())
+	// Releasing its own name for another VM's assignment is refused by the controlplane.
+	require.ErrorIs(t, vm1.Release(ctx, "r2", "vm-1"), placement.ErrConflict)
+	// What it may do about itself, it can.
+	require.NoError(t, vm1.SetState(ctx, "vm-1", placement.Draining))
+	require.NoError(t, vm2.Release(ctx, "r2", "vm-2"))
+
+	// A VM's credential is worthless under another name, and a guessed one is refused.
+	impostor := placement.NewVMClient(srv.URL, "vm-2", placement.VMCredential(vmSecret, "vm-1"), nil)
+	var ae *placement.APIError
+	require.ErrorAs(t, impostor.Heartbeat(ctx, placement.Heartbeat{VM: "vm-2"}), &ae)
+	require.Equal(t, http.StatusUnauthorized, ae.Status)
+	require.NotEqual(t, placement.VMCredential(vmSecret, "vm-1"), placement.VMCredential(vmSecret, "vm-2"))
+	require.NotEqual(t, placement.VMCredential(vmSecret, "vm-1"), placement.VMCredential("other-secret", "vm-1"))
+}

@@ -28,7 +28,9 @@ type cluster struct {
 	n   int // cluster number, from 1: its addresses are in the Nth /24
 	log *slog.Logger
 
-	credential string // the cluster's internal credential (placement and conman)
+	credential string // the cluster's placement credential (the controlplane and the proxies)
+	vmSecret   string // each VM agent's placement credential derives from it
+	conmanCred string // what the proxies present to conman
 
 	cp       *placement.Controlplane
 	cpClient *placement.Client
@@ -75,7 +77,7 @@ func (e *evalInstance) drain(ctx context.Context) error {
 }
 
 func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluster, err error) {
-	c = &cluster{p: p, id: id, n: n, log: p.log.With("cluster", id), credential: randomKey(), nextVM: 11}
+	c = &cluster{p: p, id: id, n: n, log: p.log.With("cluster", id), credential: randomKey(), vmSecret: randomKey(), conmanCred: randomKey(), nextVM: 11}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -128,7 +130,7 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 		}
 	}
 	c.cpSrv, err = serve(ctx, "controlplane", c.hostPort(1, cfg.ControlplanePort), placement.NewHandler(placement.HandlerConfig{
-		Controlplane: c.cp, Credential: c.credential, Logger: c.log.With("component", "controlplane"),
+		Controlplane: c.cp, Credential: c.credential, VMSecret: c.vmSecret, Logger: c.log.With("component", "controlplane"),
 	}), false)
 	if err != nil {
 		return c, err
@@ -167,7 +169,7 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 		Cluster:    id,
 		Directory:  p.reader,
 		Placer:     c.cpClient,
-		Credential: c.credential,
+		Credential: c.conmanCred,
 		// A request another cluster forwarded (verified hop header) keeps its client address.
 		TrustForwarded: tombstone.Internal,
 		Logger:         c.log.With("component", "hosting"),
@@ -218,7 +220,7 @@ func (c *cluster) startEval(ctx context.Context) error {
 		Cluster:    c.id,
 		Tokens:     lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: c.p.LoreURL() + "/v1/keys"}),
 		Placer:     c.cpClient,
-		Credential: c.credential,
+		Credential: c.conmanCred,
 		Mode:       proxy.Splice,
 		EventLoops: 1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
 		Logger:     c.log.With("component", "eval"),

@@ -120,4 +120,9 @@ func TestPlatformHoldsUnderIdleFlood(t *testing.T) {
 		}
 		return errors.Join(errors.New("want 401"), err)
 	})
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	pp.stop(t, 30*time.Second)
 }

@@ -488,6 +488,15 @@ func startPlatformProcess(ctx context.Context, t *testing.T, args ...string) *pl
 	require.NoError(t, pp.cmd.Start())
 	go func() { pp.exited <- pp.cmd.Wait() }()
 	t.Cleanup(func() {
+		// SIGTERM first, so the platform stops its containers (a killed one leaves them for the
+		// next run to adopt); SIGKILL if it does not stop in time.
+		_ = pp.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-pp.exited:
+			pp.exited <- err
+			return
+		case <-time.After(20 * time.Second):
+		}
 		pp.cmd.Process.Kill()
 		err := <-pp.exited
 		pp.exited <- err

@@ -37,8 +37,14 @@ import (
 // (which every user of the host can read).
 const (
 	envAdminKey   = "SWITCHYARD_ADMIN_KEY"
-	envCredential = "SWITCHYARD_CREDENTIAL" // the cluster's internal credential
+	envCredential = "SWITCHYARD_CREDENTIAL" // the cluster's placement credential (controlplane, proxies)
 	envHopSecret  = "SWITCHYARD_HOP_SECRET" // hex: the platform's tombstone hop key
+	// envVMSecret is the controlplane's: it derives each VM agent's own credential.
+	envVMSecret = "SWITCHYARD_VM_SECRET"
+	// envVMCredential is one conman VM's placement credential (placement.VMCredential).
+	envVMCredential = "SWITCHYARD_VM_CREDENTIAL"
+	// envConmanCredential is what the proxies present to conman, and conman checks.
+	envConmanCredential = "SWITCHYARD_CONMAN_CREDENTIAL"
 )
 
 // components are what `platform run <component>` runs, each as its own process.
@@ -168,11 +174,20 @@ func (f *componentFlags) need(names ...string) error {
 	return nil
 }
 
+// credential reads the cluster's placement credential from the environment.
 func credential() (string, error) {
-	if c := os.Getenv(envCredential); c != "" {
-		return c, nil
+	return secretEnv(envCredential, "the cluster's placement credential")
+}
+
+// secretEnv reads a secret the parent passed in the environment, and drops it from the
+// environment so nothing this process starts inherits it.
+func secretEnv(name, what string) (string, error) {
+	c := os.Getenv(name)
+	if c == "" {
+		return "", fmt.Errorf("$%s (%s) is required", name, what)
 	}
-	return "", fmt.Errorf("$%s (the cluster's internal credential) is required", envCredential)
+	os.Unsetenv(name)
+	return c, nil
 }
 
 func runLore(ctx context.Context, f *componentFlags) (*component, error) {
@@ -277,7 +292,11 @@ func runControlplane(ctx context.Context, f *componentFlags) (*component, error)
 	case <-ctx.Done():
 		return c, ctx.Err()
 	}
-	srv, err := serve(ctx, "controlplane", f.addr, placement.NewHandler(placement.HandlerConfig{Controlplane: cp, Credential: cred, Logger: f.log}), false)
+	vmSecret, err := secretEnv(envVMSecret, "the secret VM credentials derive from")
+	if err != nil {
+		return c, err
+	}
+	srv, err := serve(ctx, "controlplane", f.addr, placement.NewHandler(placement.HandlerConfig{Controlplane: cp, Credential: cred, VMSecret: vmSecret, Logger: f.log}), false)
 	if err != nil {
 		return c, err
 	}
@@ -290,7 +309,12 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 	if err := f.need("cluster", "id", "controlplane", "state"); err != nil {
 		return nil, err
 	}
-	cred, err := credential()
+	// A VM gets the conman credential and its own placement credential, never the cluster's.
+	cred, err := secretEnv(envConmanCredential, "the conman credential")
+	if err != nil {
+		return nil, err
+	}
+	vmCred, err := secretEnv(envVMCredential, "this VM's placement credential")
 	if err != nil {
 		return nil, err
 	}
@@ -339,7 +363,7 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 		ReplHost:          host,
 		Spec:              demoSpec(exe, f.state, f.cluster, f.id, store.Repl),
 		StopGrace:         3 * time.Second,
-		Placement:         placement.NewClient(f.controlplane, cred, nil),
+		Placement:         placement.NewVMClient(f.controlplane, f.id, vmCred, nil),
 		VM:                placement.VM{ID: f.id, Cluster: f.cluster, Addr: "http://" + addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
 		HeartbeatInterval: time.Second,
 		Logger:            f.log.With("vm", f.id),
@@ -375,12 +399,16 @@ func runEval(ctx context.Context, f *componentFlags) (*component, error) {
 	if err != nil {
 		return nil, err
 	}
+	conmanCred, err := secretEnv(envConmanCredential, "the conman credential")
+	if err != nil {
+		return nil, err
+	}
 	c := &component{}
 	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
 		Cluster:    f.cluster,
 		Tokens:     lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: strings.TrimSuffix(f.loreURL, "/") + "/v1/keys"}),
 		Placer:     placement.NewClient(f.controlplane, cred, nil),
-		Credential: cred,
+		Credential: conmanCred,
 		Mode:       proxy.Splice,
 		EventLoops: 1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
 		Logger:     f.log,
@@ -410,6 +438,10 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return nil, err
 	}
+	conmanCred, err := secretEnv(envConmanCredential, "the conman credential")
+	if err != nil {
+		return nil, err
+	}
 	secret, err := hex.DecodeString(os.Getenv(envHopSecret))
 	if err != nil || len(secret) < 32 {
 		return nil, fmt.Errorf("$%s must be at least 32 hex-encoded bytes", envHopSecret)
@@ -421,7 +453,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	}
 	placer := placement.NewClient(f.controlplane, cred, nil)
 	h, err := proxy.NewHosting(proxy.HostingConfig{
-		Zone: f.zone, Cluster: f.cluster, Directory: m, Placer: placer, Credential: cred,
+		Zone: f.zone, Cluster: f.cluster, Directory: m, Placer: placer, Credential: conmanCred,
 		TrustForwarded: tombstone.Internal, Logger: f.log,
 	})
 	if err != nil {
@@ -437,7 +469,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
 		Cluster: f.cluster, Store: tombs, Watcher: store, Placement: placer, Logger: f.log,
 		Stop: func(ctx context.Context, a placement.Assignment) error {
-			err := conman.NewClient(a.Addr, cred, nil).Stop(ctx, a.Repl)
+			err := conman.NewClient(a.Addr, conmanCred, nil).Stop(ctx, a.Repl)
 			if errors.Is(err, conman.ErrNotFound) {
 				return nil // not running there: nothing to stop
 			}
@@ -609,7 +641,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 	if _, err := rand.Read(hop); err != nil {
 		return err
 	}
-	secrets := []string{envAdminKey + "=" + cfg.AdminKey, envHopSecret + "=" + hex.EncodeToString(hop)}
+	adminEnv, hopEnv := envAdminKey+"="+cfg.AdminKey, envHopSecret+"="+hex.EncodeToString(hop)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -629,7 +661,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		log.Info("component started", "component", name, "pid", c.cmd.Process.Pid, "addr", c.addr)
 		return c, nil
 	}
-	loreC, err := start("lore", secrets, "-zone", cfg.Zone, "-addr", cfg.LoreAddr)
+	loreC, err := start("lore", []string{adminEnv}, "-zone", cfg.Zone, "-addr", cfg.LoreAddr)
 	if err != nil {
 		return err
 	}
@@ -648,14 +680,21 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 	for i, id := range cfg.Clusters {
 		n := i + 1
 		at := func(h, port int) string { return net.JoinHostPort(cfg.clusterAddr(n, h).String(), itoa(port)) }
-		env := append([]string{envCredential + "=" + randomKey()}, secrets...)
+		// Each component gets only the secrets it needs: the proxies the placement and conman
+		// credentials, the controlplane the placement credential and the VM secret, each VM
+		// the conman credential and its own placement credential.
+		placementCred, vmSecret, conmanCred := randomKey(), randomKey(), randomKey()
+		env := []string{envCredential + "=" + placementCred, envConmanCredential + "=" + conmanCred}
+		cpEnv := []string{envCredential + "=" + placementCred, envVMSecret + "=" + vmSecret}
 		cl := clusterProcs{id: id}
-		if cl.controlplane, err = start("controlplane", env, "-cluster", id, "-addr", at(1, cfg.ControlplanePort)); err != nil {
+		if cl.controlplane, err = start("controlplane", cpEnv, "-cluster", id, "-addr", at(1, cfg.ControlplanePort)); err != nil {
 			return err
 		}
 		cpURL := "http://" + cl.controlplane.addr
 		for v := 0; v < cfg.VMs; v++ {
-			vm, err := start("conman", env, "-cluster", id, "-id", fmt.Sprintf("%s-vm%d", id, v+1),
+			vmID := fmt.Sprintf("%s-vm%d", id, v+1)
+			vmEnv := []string{envConmanCredential + "=" + conmanCred, envVMCredential + "=" + placement.VMCredential(vmSecret, vmID)}
+			vm, err := start("conman", vmEnv, "-cluster", id, "-id", vmID,
 				"-addr", at(11+v, cfg.ConmanPort), "-controlplane", cpURL, "-state", cfg.StateDir,
 				"-isolation", cfg.Isolation, "-alive-ttl", cfg.AliveTTL.String())
 			if err != nil {
@@ -668,7 +707,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 			"-lore", loreURL, "-grace", cfg.EvalGrace.String()); err != nil {
 			return err
 		}
-		if cl.hosting, err = start("hosting", env, "-zone", cfg.Zone, "-cluster", id, "-addr", at(1, cfg.HostingPort),
+		if cl.hosting, err = start("hosting", append(env[:len(env):len(env)], hopEnv), "-zone", cfg.Zone, "-cluster", id, "-addr", at(1, cfg.HostingPort),
 			"-controlplane", cpURL); err != nil {
 			return err
 		}

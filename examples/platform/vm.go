@@ -106,11 +106,11 @@ func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
 	v.addr = "http://" + c.hostPort(host, cfg.ConmanPort)
 	v.cm, err = conman.New(ctx, conman.Config{
 		Runtime:           v.rt,
-		Credential:        c.credential,
+		Credential:        c.conmanCred,
 		ReplHost:          vmAddr.String(),
 		Spec:              demoSpec(exe, cfg.StateDir, c.id, v.id, c.p.dir.Repl),
 		StopGrace:         3 * time.Second,
-		Placement:         c.cpClient,
+		Placement:         placement.NewVMClient(c.controlplaneURL(), v.id, placement.VMCredential(c.vmSecret, v.id), nil),
 		VM:                placement.VM{ID: v.id, Cluster: c.id, Addr: v.addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
 		HeartbeatInterval: time.Second,
 		Logger:            log.With("component", "conman"),

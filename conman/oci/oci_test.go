@@ -1,0 +1,268 @@
+//go:build linux
+
+package oci_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/conman/conmantest"
+	"github.com/switchyard-dev/switchyard/conman/oci"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if baseDir != "" {
+		os.RemoveAll(baseDir)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+var (
+	baseOnce  sync.Once
+	baseDir   string
+	baseImage string // "<layout>@base"
+	baseErr   error
+)
+
+// base writes, once per test binary, a busybox image layout the runtimes unpack.
+func base(t *testing.T) string {
+	t.Helper()
+	baseOnce.Do(func() {
+		bb, err := exec.LookPath("busybox")
+		if err != nil {
+			baseErr = fmt.Errorf("busybox (busybox-static) not installed: %w", err)
+			return
+		}
+		if baseDir, baseErr = os.MkdirTemp("", "oci-test-"); baseErr != nil {
+			return
+		}
+		root := filepath.Join(baseDir, "rootfs")
+		if baseErr = oci.BusyboxRootfs(root, bb); baseErr != nil {
+			return
+		}
+		layout := filepath.Join(baseDir, "layout")
+		if _, baseErr = oci.WriteImage(layout, "base", root); baseErr != nil {
+			return
+		}
+		baseImage = layout + "@base"
+	})
+	if baseErr != nil {
+		t.Skip(baseErr)
+	}
+	return baseImage
+}
+
+// runtimes are the OCI runtime binaries the tests run, with their flags.
+var runtimes = []struct {
+	name string
+	args []string
+}{
+	{"runc", nil},
+	{"runsc", []string{"--platform=ptrace"}},
+}
+
+func newRuntime(t *testing.T, binary string, args []string, stateDir string) *oci.Runtime {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := exec.LookPath(binary); err != nil {
+		t.Skipf("%s not installed (apt-get install %s)", binary, binary)
+	}
+	image := base(t)
+	if stateDir == "" {
+		stateDir = t.TempDir()
+	}
+	r, err := oci.New(oci.Config{Binary: binary, Args: args, StateDir: stateDir, Image: image, CgroupParent: "switchyard-test-oci/" + binary})
+	require.NoError(t, err)
+	return r
+}
+
+func TestConformance(t *testing.T) {
+	for _, rt := range runtimes {
+		t.Run(rt.name, func(t *testing.T) {
+			conmantest.Run(t, conmantest.Options{
+				New: func(t *testing.T) conman.Runtime {
+					r := newRuntime(t, rt.name, rt.args, "")
+					t.Cleanup(func() {
+						if t.Failed() {
+							dumpLogs(t, r)
+						}
+					})
+					return r
+				},
+				Reopen: func(t *testing.T, old conman.Runtime) conman.Runtime {
+					return newRuntime(t, rt.name, rt.args, old.(*oci.Runtime).StateDir())
+				},
+				Isolated: true,
+				Limits:   true,
+			})
+		})
+	}
+}
+
+func dumpLogs(t *testing.T, r *oci.Runtime) {
+	t.Helper()
+	_ = filepath.WalkDir(filepath.Join(r.StateDir(), "containers"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".log") || filepath.Base(p) == "exit") {
+			b, _ := os.ReadFile(p)
+			if len(b) > 4096 {
+				b = b[len(b)-4096:]
+			}
+			t.Logf("%s:\n%s", p, b)
+		}
+		return nil
+	})
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func exec1(t *testing.T, r conman.Runtime, id string, args ...string) (string, int) {
+	t.Helper()
+	out, errOut, code := conmantest.Exec(t, r, id, "", args...)
+	return out + errOut, code
+}
+
+func startT(t *testing.T, r conman.Runtime, id string, spec conman.Spec) {
+	t.Helper()
+	ctx := ctxT(t)
+	require.NoError(t, r.Create(ctx, id, spec))
+	require.NoError(t, r.Start(ctx, id))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = r.Stop(ctx, id, 0)
+		_ = r.Remove(ctx, id)
+	})
+}
+
+// TestDialContainer: the web port is reached inside the container's network namespace and not
+// on the VM's.
+func TestDialContainer(t *testing.T) {
+	for _, rt := range runtimes {
+		t.Run(rt.name, func(t *testing.T) {
+			r := newRuntime(t, rt.name, rt.args, "")
+			t.Cleanup(func() { r.Close() })
+			const port = 18099
+			startT(t, r, "web1", conman.Spec{Port: port, Command: []string{"/bin/sh", "-c",
+				`mkdir -p /tmp/www && echo hello-$HOSTNAME > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:$PORT -h /tmp/www`}})
+			ctx := ctxT(t)
+			var body string
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				conn, err := r.DialContainer(ctx, "web1", port)
+				if err == nil {
+					_, _ = io.WriteString(conn, "GET / HTTP/1.0\r\n\r\n")
+					b, _ := io.ReadAll(conn)
+					conn.Close()
+					body = string(b)
+					if strings.Contains(body, "hello-web1") {
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no answer on the container's port: %v %q", err, body)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			var d net.Dialer
+			if c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+				c.Close()
+				t.Fatal("the container's port is reachable on the VM's loopback")
+			}
+			_, err := r.DialContainer(ctx, "missing", port)
+			require.ErrorIs(t, err, conman.ErrNotFound)
+		})
+	}
+}
+
+// TestSandbox checks the layers of each container's sandbox from inside it.
+func TestSandbox(t *testing.T) {
+	for _, rt := range runtimes {
+		t.Run(rt.name, func(t *testing.T) {
+			r := newRuntime(t, rt.name, rt.args, "")
+			t.Cleanup(func() { r.Close() })
+			home := t.TempDir()
+			startT(t, r, "box1", conman.Spec{Hostname: "box-host", Dir: home + "/repl"})
+			startT(t, r, "box2", conman.Spec{})
+			check := func(what string, want string, args ...string) {
+				t.Helper()
+				out, _ := exec1(t, r, "box1", args...)
+				if strings.TrimSpace(out) != want {
+					t.Errorf("%s: got %q, want %q", what, strings.TrimSpace(out), want)
+				}
+			}
+			fails := func(what string, args ...string) {
+				t.Helper()
+				if out, code := exec1(t, r, "box1", args...); code == 0 {
+					t.Errorf("%s succeeded: %q", what, out)
+				}
+			}
+			// Docker's default capabilities, no_new_privs.
+			// Docker's default capabilities (gVisor also drops NET_RAW unless run with --net-raw).
+			caps := "00000000a80425fb"
+			if rt.name == "runsc" {
+				caps = "00000000a80405fb"
+			}
+			check("CapEff", caps, "/bin/sh", "-c", "grep CapEff /proc/self/status | cut -f2")
+			check("CapBnd", caps, "/bin/sh", "-c", "grep CapBnd /proc/self/status | cut -f2")
+			// Read-only image, writable /tmp and home, hostname in /etc/hosts.
+			fails("write to the image", "touch", "/bin/evil")
+			check("write to /tmp and home", "ok", "/bin/sh", "-c", "touch /tmp/x && touch $HOME/file && echo ok")
+			check("hosts", "box-host", "/bin/sh", "-c", "grep -o box-host /etc/hosts")
+			// Only a loopback.
+			check("interfaces", "lo", "/bin/sh", "-c", "ls /sys/class/net 2>/dev/null || ip -o link | cut -d: -f2")
+			// What needs CAP_SYS_ADMIN fails.
+			fails("mount", "mount", "-t", "tmpfs", "none", "/tmp")
+			fails("unshare", "unshare", "-n", "true")
+			fails("sethostname", "hostname", "evil")
+			if rt.name == "runc" {
+				// Seccomp: personality(ADDR_NO_RANDOMIZE) passes the capabilities but not
+				// Docker's profile. (gVisor applies the profile inside the sandbox with
+				// --oci-seccomp, and implements no personality but the default.)
+				check("personality allowed", "ok", "/bin/sh", "-c", "linux64 true && echo ok")
+				fails("personality(ADDR_NO_RANDOMIZE)", "linux64", "-R", "true")
+				check("Seccomp", "2", "/bin/sh", "-c", "grep Seccomp: /proc/self/status | cut -f2")
+				check("NoNewPrivs", "1", "/bin/sh", "-c", "grep NoNewPrivs /proc/self/status | cut -f2")
+				check("masked /proc/timer_list", "0", "/bin/sh", "-c", "wc -c < /proc/timer_list")
+				// Each container has a user-namespace range of its own; home belongs to it.
+				m1, _ := exec1(t, r, "box1", "cat", "/proc/self/uid_map")
+				m2, _ := exec1(t, r, "box2", "cat", "/proc/self/uid_map")
+				f1, f2 := strings.Fields(m1), strings.Fields(m2)
+				if len(f1) != 3 || len(f2) != 3 || f1[0] != "0" || f1[1] == "0" || f1[1] == f2[1] || f1[2] != "65536" {
+					t.Errorf("uid maps %q and %q: want root mapped to distinct unprivileged ranges", m1, m2)
+				}
+				fi, err := os.Stat(home + "/repl/file")
+				require.NoError(t, err)
+				if uid := fmt.Sprint(fi.Sys().(*syscall.Stat_t).Uid); uid != f1[1] {
+					t.Errorf("a file the repl made is owned by host uid %s, want %s", uid, f1[1])
+				}
+			}
+		})
+	}
+}

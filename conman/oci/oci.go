@@ -430,6 +430,7 @@ func (r *Runtime) start(ctx context.Context, c *container) error {
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
 	var pid int
+	gone := false
 	for pid == 0 {
 		select {
 		case <-deadline.C:
@@ -437,12 +438,18 @@ func (r *Runtime) start(ctx context.Context, c *container) error {
 		case <-ctx.Done():
 			err = ctx.Err()
 		case <-tick.C:
+			b, _ := os.ReadFile(pidFile)
 			if exitedNow(pidfd) {
+				if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n > 0 {
+					// It ran and is gone already (e.g. OOM-killed at once): a start and an exit.
+					pid, gone = n, true
+					continue
+				}
 				_ = shim.Wait()
 				pidfd.Close()
 				return fmt.Errorf("oci: %s run failed: %s", filepath.Base(r.binary), r.failure(c))
 			}
-			if b, rerr := os.ReadFile(pidFile); rerr != nil || len(b) == 0 {
+			if len(b) == 0 {
 				continue
 			}
 			st, serr := r.state(ctx, c.id)
@@ -471,6 +478,10 @@ func (r *Runtime) start(ctx context.Context, c *container) error {
 	if err := c.save(); err != nil {
 		r.log.Warn("conman/oci: save state", "id", c.id, "err", err)
 	}
+	if gone {
+		r.exited(c)
+		return nil
+	}
 	r.wg.Add(1)
 	go r.watch(c, pidfd)
 	return nil
@@ -486,13 +497,16 @@ echo "$code" >"$exitf.tmp" && mv "$exitf.tmp" "$exitf"`
 
 // initScript is the container's PID 1: it starts the main process (or an idle one), reaps
 // orphans while it waits, passes SIGTERM to every process of the container and exits with the
-// main process's code.
+// main process's code. A wait the trap interrupts returns 128+15, so it waits until the main
+// process is gone, then once more for a status the shell collected meanwhile (127: none).
 const initScript = `trap 'kill -TERM -1 2>/dev/null' TERM
 [ $# -gt 0 ] || set -- sleep 2147483647
 "$@" </dev/null &
 main=$!
 code=0
 while kill -0 "$main" 2>/dev/null; do wait "$main"; code=$?; done
+wait "$main" 2>/dev/null; last=$?
+[ "$last" = 127 ] || code=$last
 exit "$code"`
 
 // failure describes why a runtime run failed, from its log and the shim's output.

@@ -90,7 +90,9 @@ func (s *Server) serveAttach(w http.ResponseWriter, r *http.Request) {
 		Args: shell, TTY: true, Size: WindowSize{Cols: cols, Rows: rows},
 	})
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "cannot start the repl's shell: "+err.Error(), ErrorStart)
+		// The container runs here: a shell that cannot start is the repl's own failure (its
+		// pids limit, a broken shell), not this VM's. Another VM would not help.
+		writeError(w, http.StatusBadGateway, "cannot start the repl's shell: "+err.Error(), ErrorRepl)
 		return
 	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{

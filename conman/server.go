@@ -2,8 +2,10 @@ package conman
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +26,16 @@ import (
 	"github.com/switchyard-dev/switchyard/placement"
 )
 
+// VMCredential is the credential of the conman on VM vm, derived from a cluster secret
+// (HMAC-SHA256): give each VM's Server its own (Config.Credential) and the proxies the
+// derivation (proxy.SessionsConfig.VMCredential), so a VM knows only its own credential and
+// cannot reach another VM's conman with it.
+func VMCredential(secret, vm string) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte("switchyard conman vm\x00" + vm))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
 // Header names of the conman HTTP contract.
 const (
 	// HeaderCredential carries the internal credential on every request to conman.
@@ -40,6 +52,9 @@ const (
 	ErrorUnreachable = "port-unreachable"
 	ErrorDraining    = "draining"
 	ErrorInvalid     = "invalid-repl"
+	// ErrorRepl: the repl itself failed (its shell could not start in its running container);
+	// proxies must not move it to another VM for that.
+	ErrorRepl = "repl-failed"
 	// ErrorUnauthorized marks conman's own 401, so a proxy can tell it from the app's.
 	ErrorUnauthorized = "unauthorized"
 )

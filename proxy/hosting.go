@@ -62,6 +62,9 @@ type HostingConfig struct {
 	Placer Placer
 	// Credential is the internal credential sent to conman in Switchyard-Credential.
 	Credential string
+	// VMCredential, if set, returns the credential of the conman on one VM (each VM its own,
+	// e.g. conman.VMCredential(secret, vm)); Credential is then not used.
+	VMCredential func(vm string) string
 	// Pool maps a repl to its placement pool. Nil places every repl in the default pool ("").
 	Pool func(lore.Repl) string
 
@@ -156,8 +159,8 @@ func NewHosting(cfg HostingConfig) (*Hosting, error) {
 		return nil, errors.New("proxy: HostingConfig.Directory is required")
 	case cfg.Placer == nil:
 		return nil, errors.New("proxy: HostingConfig.Placer is required")
-	case cfg.Credential == "":
-		return nil, errors.New("proxy: HostingConfig.Credential is required")
+	case cfg.Credential == "" && cfg.VMCredential == nil:
+		return nil, errors.New("proxy: HostingConfig.Credential or VMCredential is required")
 	}
 	cfg.Zone = strings.ToLower(strings.TrimSuffix(cfg.Zone, "."))
 	if cfg.ResolveTimeout <= 0 {
@@ -385,7 +388,11 @@ func (h *Hosting) rewrite(pr *httputil.ProxyRequest) {
 	StripSwitchyardHeaders(pr.Out.Header)
 	SetForwarded(pr, st.trusted)
 	pr.Out.Header.Set(HeaderRepl, st.repl.ID)
-	pr.Out.Header.Set(HeaderCredential, h.cfg.Credential)
+	cred := h.cfg.Credential
+	if h.cfg.VMCredential != nil {
+		cred = h.cfg.VMCredential(st.vm)
+	}
+	pr.Out.Header.Set(HeaderCredential, cred)
 }
 
 // errConman is a failure answered by conman itself (its Switchyard-Error reason, or 401).

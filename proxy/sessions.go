@@ -12,6 +12,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 )
 
@@ -90,6 +93,16 @@ type SessionsConfig struct {
 	// Credential is sent to conman in the Switchyard-Credential header. Empty sends none
 	// (conman will answer 401).
 	Credential string
+	// VMCredential, if set, returns the credential of the conman on one VM (each VM its own,
+	// e.g. conman.VMCredential(secret, vm)), and Credential is not used.
+	VMCredential func(vm string) string
+	// Directory, if set, is asked where the token's repl lives now before every attach: a
+	// token for a repl that moved to another cluster is refused (421, stage token) with a
+	// message telling the client to connect through lore again. Nil trusts the token's
+	// audience alone.
+	Directory interface {
+		Repl(ctx context.Context, id string) (lore.Repl, error)
+	}
 	// Mode selects the relay; the zero value is Splice.
 	Mode RelayMode
 
@@ -115,6 +128,10 @@ type SessionsConfig struct {
 	// MaxSessions caps concurrent sessions, counting those still in setup; past it the proxy
 	// answers 503. Zero means no limit.
 	MaxSessions int
+	// MaxSessionsPerRepl, MaxSessionsPerToken and MaxSessionsPerIP cap the concurrent sessions
+	// of one repl, one connect token (its jti) and one client IP (IPv6: /64); past one, the
+	// proxy answers 429 (stage limit). Zero means 64, 8 and 256; negative means no cap.
+	MaxSessionsPerRepl, MaxSessionsPerToken, MaxSessionsPerIP int
 	// MaxHeaderBytes caps the size of the client's request line and headers; larger requests
 	// are answered 431. Zero means 8 KiB. (The http.Server's own MaxHeaderBytes applies first.)
 	MaxHeaderBytes int
@@ -264,6 +281,7 @@ type Sessions struct {
 	closing  bool
 	inflight int // admitted ServeHTTP calls (setup or relay)
 	live     map[*sessionsLive]struct{}
+	perKey   map[string]int // sessions per repl, token and client IP (admitKeys)
 	relays   sync.WaitGroup // relay goroutines of established sessions
 	idle     chan struct{}  // closed when inflight reaches 0 while closing
 	stopCtx  context.Context
@@ -288,6 +306,14 @@ func NewSessions(cfg SessionsConfig) (*Sessions, error) {
 	}
 	if strings.ContainsAny(cfg.Credential, "\r\n") {
 		return nil, errors.New("proxy: SessionsConfig.Credential must not contain CR or LF")
+	}
+	for _, c := range []struct {
+		v   *int
+		def int
+	}{{&cfg.MaxSessionsPerRepl, 64}, {&cfg.MaxSessionsPerToken, 8}, {&cfg.MaxSessionsPerIP, 256}} {
+		if *c.v == 0 {
+			*c.v = c.def
+		}
 	}
 	if cfg.RetryBudget == 0 {
 		cfg.RetryBudget = 3 * time.Second
@@ -323,10 +349,11 @@ func NewSessions(cfg SessionsConfig) (*Sessions, error) {
 		cfg.LingerTimeout = 10 * time.Second
 	}
 	s := &Sessions{
-		cfg:  cfg,
-		log:  cfg.Logger,
-		live: make(map[*sessionsLive]struct{}),
-		idle: make(chan struct{}),
+		cfg:    cfg,
+		log:    cfg.Logger,
+		live:   make(map[*sessionsLive]struct{}),
+		perKey: make(map[string]int),
+		idle:   make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -489,6 +516,57 @@ type sessionsAttempt struct {
 	repl  string
 	vm    string
 	tries int
+	keys  []string // per-repl, per-token and per-IP counters it holds (see admitKeys)
+}
+
+// admitKeys counts the attempt against the per-repl, per-token and per-IP caps, all or none.
+func (s *Sessions) admitKeys(a *sessionsAttempt, claims lore.Claims, remote string) (ok bool, reason string) {
+	type key struct {
+		k    string
+		max  int
+		what string
+	}
+	ip := remote
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		ip = host
+	}
+	if addr, err := netip.ParseAddr(ip); err == nil && addr.Unmap().Is6() {
+		p, _ := addr.Prefix(64)
+		ip = p.String()
+	}
+	keys := []key{
+		{"repl\x00" + claims.Repl, s.cfg.MaxSessionsPerRepl, "too many sessions for this repl"},
+		{"ip\x00" + ip, s.cfg.MaxSessionsPerIP, "too many sessions from your address"},
+	}
+	if claims.ID != "" {
+		keys = append(keys, key{"jti\x00" + claims.ID, s.cfg.MaxSessionsPerToken, "too many sessions with this token"})
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range keys {
+		if k.max > 0 && s.perKey[k.k] >= k.max {
+			return false, k.what
+		}
+	}
+	for _, k := range keys {
+		if k.max > 0 {
+			s.perKey[k.k]++
+			a.keys = append(a.keys, k.k)
+		}
+	}
+	return true, ""
+}
+
+// releaseKeys gives back what admitKeys counted.
+func (s *Sessions) releaseKeys(a *sessionsAttempt) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range a.keys {
+		if s.perKey[k]--; s.perKey[k] <= 0 {
+			delete(s.perKey, k)
+		}
+	}
+	a.keys = nil
 }
 
 func (a *sessionsAttempt) attrs(stage string) []any {
@@ -554,6 +632,22 @@ func (s *Sessions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.repl = claims.Repl
+	if ok, reason := s.admitKeys(a, claims, r.RemoteAddr); !ok {
+		w.Header().Set("Retry-After", "5")
+		s.fail(w, a, StageLimit, http.StatusTooManyRequests, reason, errors.New(reason))
+		return
+	}
+	defer func() {
+		if !started {
+			s.releaseKeys(a)
+		}
+	}()
+	if s.cfg.Directory != nil {
+		if status, msg, err := s.checkCluster(ctx, claims.Repl); err != nil {
+			s.fail(w, a, StageToken, status, msg, err)
+			return
+		}
+	}
 
 	leg, stage, status, msg, err := s.connectBackend(ctx, r, a)
 	if err != nil {
@@ -572,17 +666,34 @@ func (s *Sessions) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// checkCluster refuses a repl that no longer lives in this cluster: its token was issued
+// before a move, and the repl's sessions belong to its new cluster now.
+func (s *Sessions) checkCluster(ctx context.Context, repl string) (int, string, error) {
+	rp, err := s.cfg.Directory.Repl(ctx, repl)
+	switch {
+	case errors.Is(err, lore.ErrNotFound):
+		return http.StatusNotFound, "repl not found", fmt.Errorf("directory: %w", err)
+	case err != nil:
+		return http.StatusServiceUnavailable, "cannot check where the repl lives", fmt.Errorf("directory: %w", err)
+	case rp.Cluster != s.cfg.Cluster:
+		return http.StatusMisdirectedRequest, "the repl moved to another cluster: connect again through lore",
+			fmt.Errorf("repl %s lives in cluster %q, not %q", repl, rp.Cluster, s.cfg.Cluster)
+	}
+	return 0, "", nil
+}
+
 // relay runs an established session's relay in a goroutine of its own, so the HTTP server's
 // connection goroutine, its buffers and the request can go as soon as the upgrade is done (an
 // idle session then holds only its relay goroutines and sockets). It takes over the admission
-// slot and releases it when the session ends.
-func (s *Sessions) relay(goAway func(), run func()) {
+// slot and the attempt's per-key counts and releases them when the session ends.
+func (s *Sessions) relay(a *sessionsAttempt, goAway func(), run func()) {
 	live := &sessionsLive{goAway: goAway}
 	tracked := s.track(live)
 	s.relays.Add(1)
 	go func() {
 		defer s.relays.Done()
 		defer s.release()
+		defer s.releaseKeys(a)
 		if tracked {
 			defer s.untrack(live)
 		} else {
@@ -771,6 +882,12 @@ func (s *Sessions) connectBackend(ctx context.Context, r *http.Request, a *sessi
 				return leg, "", 0, "", nil
 			}
 			lastErr = err
+			var ae *AttachError
+			if errors.As(err, &ae) && ae.Code == ErrorReplFailed {
+				// The repl's own failure: another VM would fare no better, and avoiding this
+				// one would start the repl twice.
+				return nil, StageBackend, http.StatusBadGateway, "the repl's shell could not start: " + ae.Message, lastErr
+			}
 			dialFailed = true
 			stage, status, msg = StageDial, http.StatusBadGateway, "could not attach to the repl"
 			s.log.Debug("attach failed", append(a.attrs(StageDial), "addr", asg.Addr, "err", err)...)

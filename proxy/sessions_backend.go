@@ -51,6 +51,25 @@ type AttachError struct {
 	VM      string
 	Status  int
 	Message string
+	// Code is conman's Switchyard-Error on the answer: why conman itself refused ("draining",
+	// "start-failed", "repl-failed"), or empty for a status from anything else.
+	Code string
+}
+
+// ErrorReplFailed is conman's Switchyard-Error when the repl itself failed (its shell could
+// not start in its running container, e.g. it exhausted its own processes): another VM would
+// not help, so the VM is not avoided.
+const ErrorReplFailed = "repl-failed"
+
+// credential is what to present to conman on vm.
+func (s *Sessions) credential(vm string) string {
+	if s.cfg.VMCredential != nil {
+		if c := s.cfg.VMCredential(vm); !strings.ContainsAny(c, "\r\n") {
+			return c
+		}
+		return "" // never a header injection; conman answers 401
+	}
+	return s.cfg.Credential
 }
 
 func (e *AttachError) Error() string {
@@ -110,8 +129,8 @@ func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.As
 	defer cancel()
 	if s.cfg.Mode == Frame {
 		h := http.Header{}
-		if s.cfg.Credential != "" {
-			h.Set("Switchyard-Credential", s.cfg.Credential)
+		if cred := s.credential(asg.VM); cred != "" {
+			h.Set("Switchyard-Credential", cred)
 		}
 		slot := &sessionsDialSlot{vm: asg.VM}
 		c, resp, err := websocket.Dial(context.WithValue(ctx, sessionsDialKey{}, slot), u.String(), &websocket.DialOptions{
@@ -120,7 +139,7 @@ func (s *Sessions) attach(ctx context.Context, r *http.Request, asg placement.As
 		})
 		if err != nil {
 			if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-				return nil, &AttachError{VM: asg.VM, Status: resp.StatusCode, Message: sessionsErrorBody(resp)}
+				return nil, &AttachError{VM: asg.VM, Status: resp.StatusCode, Message: sessionsErrorBody(resp), Code: resp.Header.Get("Switchyard-Error")}
 			}
 			return nil, fmt.Errorf("attach to VM %s: %w", asg.VM, err)
 		}
@@ -162,9 +181,9 @@ func (s *Sessions) attachRaw(ctx context.Context, u *url.URL, vm string) (*sessi
 	req.WriteString(u.Host)
 	req.WriteString("\r\nUser-Agent: switchyard-sessions\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ")
 	req.WriteString(key)
-	if s.cfg.Credential != "" {
+	if cred := s.credential(vm); cred != "" {
 		req.WriteString("\r\nSwitchyard-Credential: ")
-		req.WriteString(s.cfg.Credential)
+		req.WriteString(cred)
 	}
 	req.WriteString("\r\n\r\n")
 	conn, resp, pending, err := s.upgrade(ctx, u, vm, func(c io.Writer) error {
@@ -243,7 +262,7 @@ func (s *Sessions) upgrade(ctx context.Context, u *url.URL, vm string, write fun
 		return nil, nil, nil, fmt.Errorf("attach to VM %s: reading response: %w", vm, sessionsCtxErr(ctx, err))
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		return nil, nil, nil, &AttachError{VM: vm, Status: resp.StatusCode, Message: sessionsErrorBody(resp)}
+		return nil, nil, nil, &AttachError{VM: vm, Status: resp.StatusCode, Message: sessionsErrorBody(resp), Code: resp.Header.Get("Switchyard-Error")}
 	}
 	var pending []byte
 	if n := br.Buffered(); n > 0 {

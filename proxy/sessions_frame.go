@@ -67,7 +67,7 @@ func (s *Sessions) serveFrame(ctx context.Context, w http.ResponseWriter, r *htt
 	fr := &sessionsFrameRelay{client: client, back: back, rawClient: sh.conn, rawBack: fb.raw, backBody: fb.body, cfg: &s.cfg}
 	fr.ctx, fr.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.log.Debug("session established", a.attrs(StageOK)...)
-	s.relay(fr.goAway, func() {
+	s.relay(a, fr.goAway, func() {
 		defer fr.cancel()
 		fr.run()
 		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(fr.c2b.Load()))

@@ -75,7 +75,7 @@ func (s *Sessions) serveSplice(ctx context.Context, w http.ResponseWriter, r *ht
 		linger:        s.cfg.LingerTimeout,
 	}
 	s.log.Debug("session established", a.attrs(StageOK)...)
-	s.relay(sp.goAway, func() {
+	s.relay(a, sp.goAway, func() {
 		s.loops.relay(sp)
 		stage, reason := sp.run()
 		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(sp.c2b.Load()))

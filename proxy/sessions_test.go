@@ -21,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 )
@@ -74,6 +75,11 @@ func (c *sessTestConman) attach(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fail != 0 {
+		if fail == http.StatusBadGateway {
+			w.Header().Set("Switchyard-Error", ErrorReplFailed) // what conman says of a repl's own failure
+			sessionsWriteError(w, fail, "fork: resource temporarily unavailable")
+			return
+		}
 		sessionsWriteError(w, fail, "repl cannot start here")
 		return
 	}
@@ -227,6 +233,8 @@ func newSessTestEnv(t testing.TB, mode RelayMode, tweak func(*SessionsConfig)) *
 	if mode == sessTestSpliceLoop {
 		cfg.Mode, cfg.EventLoops = Splice, 1
 	}
+	// Most tests open many sessions to one repl from one address; the caps have their test.
+	cfg.MaxSessionsPerRepl, cfg.MaxSessionsPerToken, cfg.MaxSessionsPerIP = -1, -1, -1
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -1056,4 +1064,123 @@ func TestSessionsUpgradedBodyBatch(t *testing.T) {
 	if body.batch != nil {
 		t.Fatal("batch still open after endBatch")
 	}
+}
+
+// TestSessionsCaps: one token, one repl and one client address each hold a bounded number of
+// sessions (an attacker with one token opened 700); over a cap the proxy answers 429 before
+// anything reaches conman, and a session that ends gives its place back.
+func TestSessionsCaps(t *testing.T) {
+	e := newSessTestEnv(t, Splice, func(c *SessionsConfig) {
+		c.MaxSessionsPerToken, c.MaxSessionsPerRepl, c.MaxSessionsPerIP = 2, 3, 5
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	status := func(tok string) (*websocket.Conn, int) {
+		c, resp, err := websocket.Dial(ctx, e.url+"?token="+tok, nil)
+		if err == nil {
+			return c, http.StatusSwitchingProtocols
+		}
+		if resp == nil {
+			t.Fatal(err)
+		}
+		return nil, resp.StatusCode
+	}
+	tok := e.token("r1")
+	c1, st := status(tok)
+	require.Equal(t, http.StatusSwitchingProtocols, st)
+	c2, st := status(tok)
+	require.Equal(t, http.StatusSwitchingProtocols, st)
+	_, st = status(tok)
+	require.Equal(t, http.StatusTooManyRequests, st, "a third session with one token")
+	c3, st := status(e.token("r1"))
+	require.Equal(t, http.StatusSwitchingProtocols, st, "another token for the repl")
+	_, st = status(e.token("r1"))
+	require.Equal(t, http.StatusTooManyRequests, st, "a fourth session of one repl")
+	c4, st := status(e.token("r2"))
+	require.Equal(t, http.StatusSwitchingProtocols, st)
+	c5, st := status(e.token("r3"))
+	require.Equal(t, http.StatusSwitchingProtocols, st)
+	_, st = status(e.token("r4"))
+	require.Equal(t, http.StatusTooManyRequests, st, "a sixth session from one address")
+	c1.Close(websocket.StatusNormalClosure, "")
+	require.Eventually(t, func() bool {
+		c, st := status(tok)
+		if c != nil {
+			c.Close(websocket.StatusNormalClosure, "")
+		}
+		return st == http.StatusSwitchingProtocols
+	}, 10*time.Second, 10*time.Millisecond, "an ended session gives its place back")
+	for _, c := range []*websocket.Conn{c2, c3, c4, c5} {
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	require.Positive(t, e.stages()[StageLimit])
+}
+
+type sessTestDirectory struct{ cluster string }
+
+func (d sessTestDirectory) Repl(ctx context.Context, id string) (lore.Repl, error) {
+	if id == "gone" {
+		return lore.Repl{}, lore.ErrNotFound
+	}
+	return lore.Repl{ID: id, Cluster: d.cluster}, nil
+}
+
+// TestSessionsRefusesMovedRepl: a token issued before the repl moved still verifies, but the
+// repl lives elsewhere now: the proxy says so (421) and attaches nothing.
+func TestSessionsRefusesMovedRepl(t *testing.T) {
+	e := newSessTestEnv(t, Splice, func(c *SessionsConfig) { c.Directory = sessTestDirectory{cluster: "elsewhere"} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, e.url+"?token="+e.token("r1"), nil)
+	require.Error(t, err)
+	require.Equal(t, http.StatusMisdirectedRequest, resp.StatusCode)
+	body, _ := io.ReadAll(resp.Body)
+	require.Contains(t, string(body), "connect again through lore")
+	_, resp, err = websocket.Dial(ctx, e.url+"?token="+e.token("gone"), nil)
+	require.Error(t, err)
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	require.Zero(t, e.conman.hitCount(), "nothing reached conman")
+	require.Equal(t, 2, e.stages()[StageToken])
+}
+
+// TestSessionsReplFailureDoesNotMoveTheRepl: when conman says the repl itself failed (its
+// shell could not start, say it exhausted its own processes), the proxy does not try the
+// repl on another VM: that would run it twice.
+func TestSessionsReplFailureDoesNotMoveTheRepl(t *testing.T) {
+	e := newSessTestEnv(t, Splice, nil)
+	e.conman.setFail(http.StatusBadGateway)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, e.url+"?token="+e.token("r1"), nil)
+	require.Error(t, err)
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	body, _ := io.ReadAll(resp.Body)
+	require.Contains(t, string(body), "the repl's shell could not start")
+	e.placer.mu.Lock()
+	defer e.placer.mu.Unlock()
+	require.Len(t, e.placer.calls, 1, "placed once, never with the VM avoided")
+	require.Empty(t, e.placer.calls[0].Avoid)
+}
+
+// TestSessionsVMCredential: with VMCredential, each VM's conman gets its own credential.
+func TestSessionsVMCredential(t *testing.T) {
+	var asked []string
+	var mu sync.Mutex
+	e := newSessTestEnv(t, Splice, func(c *SessionsConfig) {
+		c.Credential = "not-this-one"
+		c.VMCredential = func(vm string) string {
+			mu.Lock()
+			asked = append(asked, vm)
+			mu.Unlock()
+			return sessTestCredential
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := e.dial(ctx, "r1")
+	require.NoError(t, err)
+	c.Close(websocket.StatusNormalClosure, "")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []string{"vm-1"}, asked)
 }

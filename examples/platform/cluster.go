@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
@@ -30,7 +31,7 @@ type cluster struct {
 
 	credential string // the cluster's placement credential (the controlplane and the proxies)
 	vmSecret   string // each VM agent's placement credential derives from it
-	conmanCred string // what the proxies present to conman
+	conmanKey  string // each VM's conman credential derives from it (conman.VMCredential)
 
 	cp       *placement.Controlplane
 	cpClient *placement.Client
@@ -77,7 +78,7 @@ func (e *evalInstance) drain(ctx context.Context) error {
 }
 
 func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluster, err error) {
-	c = &cluster{p: p, id: id, n: n, log: p.log.With("cluster", id), credential: randomKey(), vmSecret: randomKey(), conmanCred: randomKey(), nextVM: 11}
+	c = &cluster{p: p, id: id, n: n, log: p.log.With("cluster", id), credential: randomKey(), vmSecret: randomKey(), conmanKey: randomKey(), nextVM: 11}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -165,11 +166,11 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 
 	// Hosting, behind the tombstone middleware.
 	c.hostingProxy, err = proxy.NewHosting(proxy.HostingConfig{
-		Zone:       cfg.Zone,
-		Cluster:    id,
-		Directory:  p.reader,
-		Placer:     c.cpClient,
-		Credential: c.conmanCred,
+		Zone:         cfg.Zone,
+		Cluster:      id,
+		Directory:    p.reader,
+		Placer:       c.cpClient,
+		VMCredential: c.conmanCredential,
 		// A request another cluster forwarded (verified hop header) keeps its client address.
 		TrustForwarded: tombstone.Internal,
 		Logger:         c.log.With("component", "hosting"),
@@ -217,13 +218,14 @@ func (c *cluster) evalURL() string {
 func (c *cluster) startEval(ctx context.Context) error {
 	cfg := &c.p.cfg
 	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
-		Cluster:    c.id,
-		Tokens:     lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: c.p.LoreURL() + "/v1/keys"}),
-		Placer:     c.cpClient,
-		Credential: c.conmanCred,
-		Mode:       proxy.Splice,
-		EventLoops: 1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
-		Logger:     c.log.With("component", "eval"),
+		Cluster:      c.id,
+		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: c.p.LoreURL() + "/v1/keys"}),
+		Placer:       c.cpClient,
+		VMCredential: c.conmanCredential,
+		Directory:    c.p.reader, // a token for a repl that moved away is refused
+		Mode:         proxy.Splice,
+		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
+		Logger:       c.log.With("component", "eval"),
 	})
 	if err != nil {
 		return err
@@ -363,3 +365,6 @@ func (c *cluster) rollVM(ctx context.Context, id string) (old, replacement strin
 	}
 	return target.id, nv.id, nil
 }
+
+// conmanCredential is what conman on vm checks: its own, derived from the cluster's key.
+func (c *cluster) conmanCredential(vm string) string { return conman.VMCredential(c.conmanKey, vm) }

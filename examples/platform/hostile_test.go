@@ -13,8 +13,10 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
+	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/conman/conmantest"
 	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
 )
 
 // TestPlatformHostileRepl: a repl owner's program, run from the repl's shell through lore and
@@ -107,4 +109,26 @@ func TestPlatformHostileRepl(t *testing.T) {
 	require.Len(t, ents, 1, "the repl wrote into a host directory")
 	// The victim's shell is unharmed.
 	require.Equal(t, "still", vs.run(ctx, t, "grep -q alice-private-secret $HOME/secret.txt && printf 'MARK-%s\\n' still"))
+}
+
+// TestPlatformCredentialsPerVM: what one VM knows opens nothing of another. Its conman
+// credential is refused by every other conman, and its placement credential only acts on
+// itself.
+func TestPlatformCredentialsPerVM(t *testing.T) {
+	p := startPlatform(t, "127.94.0.0/16")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := p.Cluster("a")
+	c.mu.Lock()
+	vm1, vm2 := c.vms[0], c.vms[1]
+	c.mu.Unlock()
+	// vm1's own credential works on vm1, and is refused by vm2.
+	require.ErrorIs(t, conman.NewClient(vm1.addr, c.conmanCredential(vm1.id), nil).Stop(ctx, "nosuchrepl"), conman.ErrNotFound)
+	err := conman.NewClient(vm2.addr, c.conmanCredential(vm1.id), nil).Stop(ctx, "nosuchrepl")
+	require.ErrorContains(t, err, "401")
+	// vm1's placement credential cannot drain vm2.
+	pc := placement.NewVMClient(c.controlplaneURL(), vm1.id, placement.VMCredential(c.vmSecret, vm1.id), nil)
+	var ae *placement.APIError
+	require.ErrorAs(t, pc.SetState(ctx, vm2.id, placement.Draining), &ae)
+	require.Equal(t, 403, ae.Status)
 }

@@ -144,6 +144,9 @@ func TestPlatformEndToEnd(t *testing.T) {
 	require.Equal(t, []string{"127.77.2.1"}, lookupA(t, p.DNSAddr(), "udp", host))
 	require.Contains(t, getPage(t, "127.77.2.1:8080", host), "cluster <b>b</b>")
 	require.Contains(t, getPage(t, "127.77.1.1:8080", host), "cluster <b>b</b>")
+	// A token issued for cluster a before the move opens nothing there now: Eval checks where
+	// the repl lives and sends the client back to lore (421).
+	require.Equal(t, http.StatusMisdirectedRequest, dialStatus(ctx, t, info.URL, info.Token))
 
 	// Eval drains with a session open: the session keeps working until it closes, new sessions
 	// reach the new Eval generation, and the drain then completes.

@@ -43,8 +43,10 @@ const (
 	envVMSecret = "SWITCHYARD_VM_SECRET"
 	// envVMCredential is one conman VM's placement credential (placement.VMCredential).
 	envVMCredential = "SWITCHYARD_VM_CREDENTIAL"
-	// envConmanCredential is what the proxies present to conman, and conman checks.
+	// envConmanCredential is one conman VM's own credential (conman.VMCredential).
 	envConmanCredential = "SWITCHYARD_CONMAN_CREDENTIAL"
+	// envConmanKey is the proxies': every VM's conman credential derives from it.
+	envConmanKey = "SWITCHYARD_CONMAN_KEY"
 )
 
 // components are what `platform run <component>` runs, each as its own process.
@@ -90,7 +92,7 @@ func runComponent(name string, args []string) error {
 	fs := flag.NewFlagSet("run "+name, flag.ContinueOnError)
 	var (
 		f         componentFlags
-		endpoints = fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated (every component but eval)")
+		endpoints = fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated")
 		verbose   = fs.Bool("v", false, "log at debug level")
 	)
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:0", "address to serve on")
@@ -120,7 +122,7 @@ func runComponent(name string, args []string) error {
 	if f.cluster != "" {
 		f.log = f.log.With("cluster", f.cluster)
 	}
-	if name != "eval" {
+	{
 		if len(f.endpoints) == 0 {
 			return errors.New("-etcd-endpoints is required")
 		}
@@ -399,19 +401,26 @@ func runEval(ctx context.Context, f *componentFlags) (*component, error) {
 	if err != nil {
 		return nil, err
 	}
-	conmanCred, err := secretEnv(envConmanCredential, "the conman credential")
+	conmanKey, err := secretEnv(envConmanKey, "the key conman credentials derive from")
 	if err != nil {
 		return nil, err
 	}
+	conmanCred := func(vm string) string { return conman.VMCredential(conmanKey, vm) }
 	c := &component{}
+	// Where repls live now, from an etcd mirror: a token for a repl that moved is refused.
+	_, m, err := f.mirror(ctx, c)
+	if err != nil {
+		return c, err
+	}
 	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
-		Cluster:    f.cluster,
-		Tokens:     lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: strings.TrimSuffix(f.loreURL, "/") + "/v1/keys"}),
-		Placer:     placement.NewClient(f.controlplane, cred, nil),
-		Credential: conmanCred,
-		Mode:       proxy.Splice,
-		EventLoops: 1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
-		Logger:     f.log,
+		Cluster:      f.cluster,
+		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: strings.TrimSuffix(f.loreURL, "/") + "/v1/keys"}),
+		Placer:       placement.NewClient(f.controlplane, cred, nil),
+		VMCredential: conmanCred,
+		Directory:    m,
+		Mode:         proxy.Splice,
+		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
+		Logger:       f.log,
 	})
 	if err != nil {
 		return nil, err
@@ -438,10 +447,11 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return nil, err
 	}
-	conmanCred, err := secretEnv(envConmanCredential, "the conman credential")
+	conmanKey, err := secretEnv(envConmanKey, "the key conman credentials derive from")
 	if err != nil {
 		return nil, err
 	}
+	conmanCred := func(vm string) string { return conman.VMCredential(conmanKey, vm) }
 	secret, err := hex.DecodeString(os.Getenv(envHopSecret))
 	if err != nil || len(secret) < 32 {
 		return nil, fmt.Errorf("$%s must be at least 32 hex-encoded bytes", envHopSecret)
@@ -453,7 +463,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	}
 	placer := placement.NewClient(f.controlplane, cred, nil)
 	h, err := proxy.NewHosting(proxy.HostingConfig{
-		Zone: f.zone, Cluster: f.cluster, Directory: m, Placer: placer, Credential: conmanCred,
+		Zone: f.zone, Cluster: f.cluster, Directory: m, Placer: placer, VMCredential: conmanCred,
 		TrustForwarded: tombstone.Internal, Logger: f.log,
 	})
 	if err != nil {
@@ -469,7 +479,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
 		Cluster: f.cluster, Store: tombs, Watcher: store, Placement: placer, Logger: f.log,
 		Stop: func(ctx context.Context, a placement.Assignment) error {
-			err := conman.NewClient(a.Addr, conmanCred, nil).Stop(ctx, a.Repl)
+			err := conman.NewClient(a.Addr, conmanCred(a.VM), nil).Stop(ctx, a.Repl)
 			if errors.Is(err, conman.ErrNotFound) {
 				return nil // not running there: nothing to stop
 			}
@@ -646,13 +656,11 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := func(name string, env []string, args ...string) (*child, error) {
-		if name != "eval" {
-			ea, err := etcdArgs(name)
-			if err != nil {
-				return nil, err
-			}
-			args = append(ea, args...)
+		ea, err := etcdArgs(name)
+		if err != nil {
+			return nil, err
 		}
+		args = append(ea, args...)
 		c, err := startChild(ctx, name, env, args...)
 		if err != nil {
 			return nil, err
@@ -683,8 +691,8 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		// Each component gets only the secrets it needs: the proxies the placement and conman
 		// credentials, the controlplane the placement credential and the VM secret, each VM
 		// the conman credential and its own placement credential.
-		placementCred, vmSecret, conmanCred := randomKey(), randomKey(), randomKey()
-		env := []string{envCredential + "=" + placementCred, envConmanCredential + "=" + conmanCred}
+		placementCred, vmSecret, conmanKey := randomKey(), randomKey(), randomKey()
+		env := []string{envCredential + "=" + placementCred, envConmanKey + "=" + conmanKey}
 		cpEnv := []string{envCredential + "=" + placementCred, envVMSecret + "=" + vmSecret}
 		cl := clusterProcs{id: id}
 		if cl.controlplane, err = start("controlplane", cpEnv, "-cluster", id, "-addr", at(1, cfg.ControlplanePort)); err != nil {
@@ -693,7 +701,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		cpURL := "http://" + cl.controlplane.addr
 		for v := 0; v < cfg.VMs; v++ {
 			vmID := fmt.Sprintf("%s-vm%d", id, v+1)
-			vmEnv := []string{envConmanCredential + "=" + conmanCred, envVMCredential + "=" + placement.VMCredential(vmSecret, vmID)}
+			vmEnv := []string{envConmanCredential + "=" + conman.VMCredential(conmanKey, vmID), envVMCredential + "=" + placement.VMCredential(vmSecret, vmID)}
 			vm, err := start("conman", vmEnv, "-cluster", id, "-id", vmID,
 				"-addr", at(11+v, cfg.ConmanPort), "-controlplane", cpURL, "-state", cfg.StateDir,
 				"-isolation", cfg.Isolation, "-alive-ttl", cfg.AliveTTL.String())

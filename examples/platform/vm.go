@@ -106,7 +106,7 @@ func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
 	v.addr = "http://" + c.hostPort(host, cfg.ConmanPort)
 	v.cm, err = conman.New(ctx, conman.Config{
 		Runtime:           v.rt,
-		Credential:        c.conmanCred,
+		Credential:        c.conmanCredential(v.id),
 		ReplHost:          vmAddr.String(),
 		Spec:              demoSpec(exe, cfg.StateDir, c.id, v.id, c.p.dir.Repl),
 		StopGrace:         3 * time.Second,

@@ -13,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -680,6 +682,31 @@ func TestPlatformProcesses(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
 			t.Fatalf("b's container was not stopped after the move (demo apps %v): %s", demoApps(t), stderr.String())
+		}
+	}
+
+	// A conman VM process dies (kill -9): it is started again, on its address, and adopts the
+	// container it left; nothing else stops, and the repl keeps serving from one container.
+	vmPid := pidRE.FindStringSubmatch(strings.Join(slices.DeleteFunc(slices.Clone(pp.banner), func(l string) bool {
+		return !strings.Contains(l, "vm a-vm1 ")
+	}), "\n"))
+	require.Len(t, vmPid, 2, "a-vm1's pid in the banner")
+	pid, err := strconv.Atoi(vmPid[1])
+	require.NoError(t, err)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	for !strings.Contains(stderr.String(), "component restarted") {
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("the killed conman was not restarted: %s", stderr.String())
+		}
+	}
+	require.Contains(t, getPage(t, "127.80.1.1:8080", host), "cluster <b>a</b>")
+	require.Len(t, demoApps(t), 1, "the restarted conman adopted the container")
+	for p := range pids {
+		if p != vmPid[1] {
+			_, err := os.Stat("/proc/" + p)
+			require.NoError(t, err, "component %s stopped when a VM died", p)
 		}
 	}
 

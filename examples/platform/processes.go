@@ -584,6 +584,102 @@ func (c *child) kill() {
 	<-c.done
 }
 
+// supervised keeps one component running: when its process dies on its own, it is started
+// again on the same address, with a backoff (100 ms doubling to 30 s, reset after a minute of
+// life), and nothing else is stopped. A conman that comes back adopts the containers it left.
+type supervised struct {
+	name string
+	env  []string
+	args []string
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	cur      *child
+	restarts int
+	stopping bool
+	quit     chan struct{}
+	done     chan struct{}
+}
+
+func supervise(first *child, env, args []string, log *slog.Logger) *supervised {
+	s := &supervised{name: first.name, env: env, args: withAddr(args, first.addr), log: log,
+		cur: first, quit: make(chan struct{}), done: make(chan struct{})}
+	go s.run()
+	return s
+}
+
+// withAddr returns args with the value of -addr set to addr (a port 0 became a real port: a
+// restarted component must come back where the others reach it).
+func withAddr(args []string, addr string) []string {
+	out := append([]string(nil), args...)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "-addr" {
+			out[i+1] = addr
+		}
+	}
+	return out
+}
+
+func (s *supervised) current() *child {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+func (s *supervised) run() {
+	defer close(s.done)
+	backoff := 100 * time.Millisecond
+	for {
+		c := s.current()
+		started := time.Now()
+		select {
+		case <-c.done:
+		case <-s.quit:
+			return
+		}
+		s.mu.Lock()
+		stopping := s.stopping
+		s.mu.Unlock()
+		if stopping {
+			return
+		}
+		if time.Since(started) > time.Minute {
+			backoff = 100 * time.Millisecond
+		}
+		for {
+			s.log.Error("component exited; starting it again", "component", s.name, "pid", c.cmd.Process.Pid, "err", c.err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.quit:
+				return
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			next, err := startChild(ctx, s.name, s.env, s.args...)
+			cancel()
+			if err == nil {
+				s.mu.Lock()
+				s.cur = next
+				s.restarts++
+				s.mu.Unlock()
+				s.log.Info("component restarted", "component", s.name, "pid", next.cmd.Process.Pid, "addr", next.addr)
+				break
+			}
+			s.log.Error("component restart failed", "component", s.name, "err", err)
+		}
+	}
+}
+
+// stop ends supervision and stops the component.
+func (s *supervised) stop(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	close(s.quit)
+	<-s.done
+	return s.current().stop(ctx)
+}
+
 // runProcesses is the all-in-one parent of the multi-process mode: it starts etcd (unless
 // endpoints are given) and every component as its own process, wires their addresses by
 // flags, publishes the clusters in lore, and on SIGINT/SIGTERM stops the children in reverse
@@ -593,7 +689,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		return err
 	}
 	log := cfg.Logger
-	var children []*child
+	var children []*supervised
 	var etcdServer *embeddedEtcd
 	stopAll := func(ctx context.Context) error {
 		var errs []error
@@ -665,7 +761,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		if err != nil {
 			return nil, err
 		}
-		children = append(children, c)
+		children = append(children, supervise(c, env, args, log))
 		log.Info("component started", "component", name, "pid", c.cmd.Process.Pid, "addr", c.addr)
 		return c, nil
 	}
@@ -748,22 +844,9 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 	}
 	fmt.Fprintf(w, "\nStop with Ctrl-C: every component process gets SIGTERM, in reverse order.\n")
 
-	// Wait for a signal, or a child dying on its own (which stops the rest).
-	died := make(chan *child, len(children))
-	var once sync.Once
-	for _, c := range children {
-		go func() {
-			<-c.done
-			once.Do(func() { died <- c })
-		}()
-	}
-	select {
-	case sig := <-sigs:
-		log.Info("stopping every component", "signal", sig.String())
-	case c := <-died:
-		err = fmt.Errorf("%s (pid %d) exited: %v", c.name, c.cmd.Process.Pid, c.err)
-		log.Error("a component exited; stopping the rest", "err", err)
-	}
+	// Components that die on their own are started again (supervised); a signal stops all.
+	sig := <-sigs
+	log.Info("stopping every component", "signal", sig.String())
 	// Eval keeps live sessions for -eval-grace; a second signal kills what is still running.
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.EvalGrace+time.Minute)
 	defer cancel()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard-dev/switchyard/autotls"
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/lore"
@@ -42,6 +43,8 @@ type cluster struct {
 
 	hostingProxy *proxy.Hosting
 	hosting      *server
+	https        *server      // hosting over HTTPS (acme.go); nil with ACME.Disable
+	certs        *autotls.TLS // its certificates
 
 	// bgCtx bounds the background drains of replaced Eval generations; shutdown cancels it
 	// when its own context ends, and waits for them on bg.
@@ -182,7 +185,16 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	if err != nil {
 		return c, err
 	}
-	c.hosting, err = serve(ctx, "hosting", c.hostPort(1, cfg.HostingPort), handler, false)
+	httpHandler := handler
+	if !cfg.ACME.Disable {
+		if err := c.startHTTPS(ctx, handler); err != nil {
+			return c, err
+		}
+		if cfg.ACME.Redirect {
+			httpHandler = redirectHTTPS(handler, cfg.ACME.HTTPSPort)
+		}
+	}
+	c.hosting, err = serve(ctx, "hosting", c.hostPort(1, cfg.HostingPort), httpHandler, false)
 	if err != nil {
 		return c, err
 	}

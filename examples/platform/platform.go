@@ -56,6 +56,8 @@ type Config struct {
 	VMs int
 	// Ports of each cluster's components, on the cluster's .1 address (VMs on .11, .12, …).
 	HostingPort, EvalPort, ControlplanePort, ConmanPort int
+	// ACME is the HTTPS side: the acme-dns API, the CA and the HTTPS hosting listeners (acme.go).
+	ACME ACMEConfig
 	// StateDir holds the repls' files and conman state. It must exist.
 	StateDir string
 	// EvalGrace is how long a draining Eval keeps live sessions.
@@ -126,6 +128,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.EvalGrace <= 0 {
 		c.EvalGrace = 30 * time.Hour
+	}
+	if err := c.ACME.setDefaults(); err != nil {
+		return err
 	}
 	if c.StateDir == "" {
 		return errors.New("no state directory")
@@ -210,6 +215,8 @@ type Platform struct {
 	mirror     *etcd.Mirror
 	dns        []*dns.Server
 
+	acme *acmePlatform // the HTTPS side (acme.go); nil with ACME.Disable
+
 	// hopSecret signs the hop header tombstone forwarding sends between clusters.
 	hopSecret []byte
 
@@ -256,7 +263,11 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		}
 		store = p.loreStore
 	}
-	p.dir, err = lore.New(lore.Config{Zone: cfg.Zone, Store: store, Issuer: issuer, Logger: p.log.With("component", "lore")})
+	loreCfg := lore.Config{Zone: cfg.Zone, Store: store, Issuer: issuer, Logger: p.log.With("component", "lore")}
+	if r := p.txtResolver(); r != nil {
+		loreCfg.Resolver = r
+	}
+	p.dir, err = lore.New(loreCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -282,6 +293,11 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	// dnsauth on UDP and TCP.
 	if err := p.startDNS(); err != nil {
 		return nil, err
+	}
+	if !cfg.ACME.Disable {
+		if err := p.startACME(ctx); err != nil {
+			return nil, err
+		}
 	}
 
 	// The clusters.
@@ -352,14 +368,26 @@ func (p *Platform) EtcdEndpoints() []string {
 }
 
 func (p *Platform) startDNS() error {
-	h, err := dnsauth.New(dnsauth.Config{
+	dcfg := dnsauth.Config{
 		Zones: []dnsauth.Zone{{
 			Name: p.cfg.Zone,
 			NS:   []dnsauth.NameServer{{Name: "ns1." + p.cfg.Zone, Addrs: []netip.Addr{dnsHostAddr(p.cfg.DNSAddr)}}},
 		}},
 		Directory: p.reader,
 		Logger:    p.log.With("component", "dns"),
-	})
+	}
+	if !p.cfg.ACME.Disable {
+		// _acme-challenge names: owners' delegations from lore, else the challenge store (which
+		// autotls writes to); acme-dns accounts live in the challenge zone.
+		store, err := p.challenges()
+		if err != nil {
+			return err
+		}
+		dcfg.Challenges = store
+		dcfg.Zones[0].ACMEDelegate = p.dir.ACMETarget
+		dcfg.Zones = append(dcfg.Zones, dnsauth.Zone{Name: p.challengeZone(), ChallengeZone: true})
+	}
+	h, err := dnsauth.New(dcfg)
 	if err != nil {
 		return err
 	}
@@ -445,6 +473,7 @@ func (p *Platform) printEndpoints(w *os.File) {
 			fmt.Fprintf(w, "                  vm %-10s %s\n", v.id, v.addr)
 		}
 	}
+	p.printACME(w)
 	a := p.clusters[p.order[0]]
 	_, hostingPort, _ := net.SplitHostPort(a.hosting.Addr())
 	fmt.Fprintf(w, `

@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, httpsLeaks...)
 }
 
 // startPlatform runs the platform in-process on its own /16 of loopback, every listener of its
@@ -70,6 +70,7 @@ func startPlatformWith(t *testing.T, net16 string, edit func(*Config)) *Platform
 		DNSAddr:    base + ":0",
 		LoreAddr:   base + ":0",
 		AdminAddr:  base + ":0",
+		ACME:       ACMEConfig{APIAddr: base + ":0"},
 		AdminKey:   "test-admin-key",
 		ClusterNet: pfx,
 		StateDir:   t.TempDir(),
@@ -451,7 +452,7 @@ func TestPlatformProcessStopsOnSignal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pp := startPlatformProcess(ctx, t, "-cluster-net", "127.78.0.0/16", "-clusters", "a",
-		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0")
+		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-acme-dns", "127.78.0.1:0")
 	loreURL, stateDir := pp.field("  lore API", 2), pp.field("  state", 1)
 	require.NotEmpty(t, loreURL)
 	require.DirExists(t, stateDir)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,11 @@ func limitsFor(name string) (cfg *connlimit.Config, rate *connlimit.Rate) {
 // address while this one drains) and serves h until Shutdown, within the limits of its name
 // (limitsFor) and with header and idle timeouts.
 func serve(ctx context.Context, name, addr string, h http.Handler, reuse bool) (*server, error) {
+	return serveTLS(ctx, name, addr, h, reuse, nil)
+}
+
+// serveTLS is serve over TLS with tlsCfg (nil: plain HTTP).
+func serveTLS(ctx context.Context, name, addr string, h http.Handler, reuse bool, tlsCfg *tls.Config) (*server, error) {
 	var (
 		ln  net.Listener
 		err error
@@ -71,6 +77,9 @@ func serve(ctx context.Context, name, addr string, h http.Handler, reuse bool) (
 	}
 	if rate != nil {
 		h = connlimit.RateLimit(h, *rate)
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	s := &server{
 		name: name,

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/switchyard-dev/switchyard/internal/acmeca"
+	"github.com/switchyard-dev/switchyard/lore"
+)
+
+// httpsLeaks are goroutines the HTTPS side leaves by design: Pebble's validation queue, never
+// stopped; certmagic's process-wide rate limiters per ACME account; a file lock's refresher,
+// which ends on its next tick after the unlock.
+var httpsLeaks = []goleak.Option{
+	goleak.IgnoreTopFunction(acmeca.IgnoreLeaks),
+	goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.(*RingBufferRateLimiter).loop"),
+	goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"),
+}
+
+// customerDNS is the DNS of a user's own domain (example.test): the TXT record that verifies it
+// with lore and the CNAMEs that send it (and its ACME validations) to the platform.
+type customerDNS struct {
+	mu      sync.Mutex
+	records map[string][]dns.RR // by lowercase FQDN
+}
+
+func (c *customerDNS) set(rr string) {
+	r, err := dns.NewRR(rr)
+	if err != nil {
+		panic(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := strings.ToLower(r.Header().Name)
+	c.records[n] = append(c.records[n], r)
+}
+
+func (c *customerDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	q := r.Question[0]
+	c.mu.Lock()
+	rrs := c.records[strings.ToLower(q.Name)]
+	c.mu.Unlock()
+	for _, rr := range rrs {
+		if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == dns.TypeCNAME {
+			m.Answer = append(m.Answer, rr)
+		}
+	}
+	if len(rrs) == 0 {
+		m.Rcode = dns.RcodeNameError
+	}
+	if len(m.Answer) == 0 {
+		m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.test.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 1},
+			Ns: "ns.example.test.", Mbox: "hostmaster.example.test.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: 1}}
+	}
+	_ = w.WriteMsg(m)
+}
+
+// serveDNSAt serves h over UDP and TCP on addr until the test ends.
+func serveDNSAt(t *testing.T, addr string, h dns.Handler) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h, MaxTCPQueries: -1}} {
+		started := make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
+		done := make(chan struct{})
+		go func() { defer close(done); _ = s.ActivateAndServe() }()
+		<-started
+		t.Cleanup(func() { _ = s.Shutdown(); <-done })
+	}
+}
+
+// startUnbound runs Debian's unbound on addr (host:port) as the recursive resolver, with a
+// stub zone per name pointing at its authoritative server.
+func startUnbound(t *testing.T, addr string, stubs map[string]string) {
+	t.Helper()
+	bin, err := exec.LookPath("unbound")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("unbound is not installed; CI must install it")
+		}
+		t.Skip("unbound is not installed")
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	dir := t.TempDir()
+	var zones strings.Builder
+	for zone, auth := range stubs {
+		h, p, _ := net.SplitHostPort(auth)
+		fmt.Fprintf(&zones, "stub-zone:\n  name: %q\n  stub-addr: %s@%s\n", zone+".", h, p)
+	}
+	conf := fmt.Sprintf(`server:
+  interface: %s
+  port: %s
+  do-ip6: no
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  pidfile: ""
+  directory: %q
+  logfile: ""
+  use-syslog: no
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  cache-max-negative-ttl: 1
+  cache-max-ttl: 1
+  local-zone: "test." nodefault
+remote-control:
+  control-enable: no
+%s`, host, port, dir, zones.String())
+	path := filepath.Join(dir, "unbound.conf")
+	require.NoError(t, os.WriteFile(path, []byte(conf), 0o600))
+	out := &lockedBuffer{}
+	cmd := exec.Command(bin, "-d", "-c", path)
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	// Ready when it answers.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m := new(dns.Msg)
+		m.SetQuestion("example.test.", dns.TypeSOA)
+		if _, _, err := (&dns.Client{Timeout: 500 * time.Millisecond}).Exchange(m, addr); err == nil {
+			return
+		}
+		select {
+		case <-exited:
+			t.Fatalf("unbound exited:\n%s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unbound never answered:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// httpsGet GETs https://host:port/ the way curl --cacert <root> would, with host resolved
+// through the resolver at dnsAddr (A records, CNAMEs followed by it), or pinned to addr if set.
+func httpsGet(ctx context.Context, t *testing.T, roots *x509.CertPool, dnsAddr, host string, port int, addr string) (string, *x509.Certificate, error) {
+	t.Helper()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, dnsAddr)
+	}}
+	c := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			if addr != "" {
+				a = addr
+			} else {
+				ips, err := r.LookupHost(ctx, host)
+				if err != nil {
+					return nil, err
+				}
+				a = net.JoinHostPort(ips[0], fmt.Sprint(port))
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, a)
+		},
+	}}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("https://%s:%d/", host, port), nil)
+	require.NoError(t, err)
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", nil, fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return string(b), resp.TLS.PeerCertificates[0], err
+}
+
+// TestPlatformHTTPS: the platform's in-process CA issues owners' wildcards through DNS-01
+// answered by the platform's DNS, and a verified custom domain's certificate through
+// TLS-ALPN-01; both stay served over HTTPS after a move, from either cluster.
+func TestPlatformHTTPS(t *testing.T) {
+	customer := &customerDNS{records: map[string][]dns.RR{}}
+	const (
+		platformDNS = "127.81.0.1:5353"
+		customerNS  = "127.81.0.2:5353"
+		resolver    = "127.81.0.3:53"
+	)
+	serveDNSAt(t, customerNS, customer)
+	startUnbound(t, resolver, map[string]string{"repl.test": platformDNS, "example.test": customerNS})
+	p := startPlatformWith(t, "127.81.0.0/16", func(c *Config) {
+		c.DNSAddr = platformDNS
+		c.ACME.Resolver = resolver
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pem, err := os.ReadFile(p.CARootPath())
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(pem))
+	lc := lore.NewClient(p.LoreURL(), "test-admin-key", nil)
+	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "a"})
+	require.NoError(t, err)
+	const port = 4443
+
+	// The platform name, resolved by our DNS: the owner's wildcard, obtained on this request.
+	start := time.Now()
+	page, cert, err := httpsGet(ctx, t, roots, platformDNS, "blog.replbot.repl.test", port, "")
+	require.NoError(t, err)
+	t.Logf("first HTTPS answer for a new owner after %v", time.Since(start))
+	require.Contains(t, page, "cluster <b>a</b>")
+	require.Equal(t, []string{"*.replbot.repl.test"}, cert.DNSNames)
+
+	// A custom domain: verified through the customer's DNS, then its own certificate.
+	dom, err := lc.AddDomain(ctx, "shop.example.test", repl.ID)
+	require.NoError(t, err)
+	customer.set(fmt.Sprintf("%s. 1 IN TXT %q", lore.ChallengeName(dom.Name), dom.Challenge))
+	customer.set(fmt.Sprintf("shop.example.test. 1 IN CNAME %s.id.repl.test.", repl.ID))
+	_, err = lc.VerifyDomain(ctx, dom.Name)
+	require.NoError(t, err)
+	start = time.Now()
+	page, cert, err = httpsGet(ctx, t, roots, resolver, "shop.example.test", port, "")
+	require.NoError(t, err)
+	t.Logf("first HTTPS answer for a verified custom domain after %v", time.Since(start))
+	require.Contains(t, page, "cluster <b>a</b>")
+	require.Equal(t, []string{"shop.example.test"}, cert.DNSNames)
+
+	// An unverified domain gets no certificate (and the CA is never asked).
+	_, err = lc.AddDomain(ctx, "pending.example.test", repl.ID)
+	require.NoError(t, err)
+	_, _, err = httpsGet(ctx, t, roots, resolver, "pending.example.test", port, "127.81.1.1:4443")
+	require.Error(t, err)
+
+	// Move to b: DNS now answers b, which serves both names; a client still on a's address is
+	// forwarded by a's tombstone, TLS ending at a.
+	_, err = lc.MoveRepl(ctx, repl.ID, "b")
+	require.NoError(t, err)
+	for _, host := range []string{"blog.replbot.repl.test", "shop.example.test"} {
+		page, _, err := httpsGet(ctx, t, roots, resolver, host, port, "")
+		require.NoError(t, err, host)
+		require.Contains(t, page, "cluster <b>b</b>", host)
+		page, _, err = httpsGet(ctx, t, roots, resolver, host, port, "127.81.1.1:4443")
+		require.NoError(t, err, host+" through a's tombstone")
+		require.Contains(t, page, "cluster <b>b</b>", host)
+	}
+}

@@ -443,7 +443,23 @@ func (s *Server) start(r *repl) {
 	s.mu.Unlock()
 }
 
+// errNotAssigned: placement assigns the repl to another VM; starting it here would run it twice.
+var errNotAssigned = errors.New("conman: the repl is assigned to another VM")
+
 func (s *Server) startContainer(ctx context.Context, r *repl) error {
+	// A repl runs on one VM at a time: never start one that placement has on another VM (a
+	// proxy with a stale assignment, or one that moved it away from here). A repl placement
+	// does not know yet may start; the heartbeat reports it.
+	if s.cfg.Placement != nil {
+		a, err := s.cfg.Placement.Lookup(ctx, r.id)
+		switch {
+		case errors.Is(err, placement.ErrNotFound):
+		case err != nil:
+			return fmt.Errorf("conman: check the repl's assignment: %w", err)
+		case a.VM != s.cfg.VM.ID:
+			return fmt.Errorf("%w (%s)", errNotAssigned, a.VM)
+		}
+	}
 	var spec Spec
 	if s.cfg.Spec != nil {
 		var err error

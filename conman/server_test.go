@@ -631,13 +631,13 @@ func TestOrphansAreStopped(t *testing.T) {
 	_, err := e.pl.Register(ctx, placement.VM{ID: "vm2", Addr: "http://127.0.0.1:9", Capacity: placement.Resources{Containers: 10}})
 	require.NoError(t, err)
 	require.NoError(t, e.pl.Heartbeat(ctx, placement.Heartbeat{VM: "vm2"}))
+	_, err = e.srv.Ensure(ctx, "kept1") // unknown to placement: adopted from the heartbeat
+	require.NoError(t, err)
+	_, err = e.srv.Ensure(ctx, "orphan1") // runs here, then placement moves it away (a split brain)
+	require.NoError(t, err)
 	a, err := e.pl.Place(ctx, placement.Request{Repl: "orphan1", Avoid: []string{"vm1"}})
 	require.NoError(t, err)
 	require.Equal(t, "vm2", a.VM)
-	_, err = e.srv.Ensure(ctx, "kept1") // unknown to placement: adopted from the heartbeat
-	require.NoError(t, err)
-	_, err = e.srv.Ensure(ctx, "orphan1") // placed on vm2, yet running here
-	require.NoError(t, err)
 	for {
 		_, err := e.rt.Inspect(ctx, "orphan1")
 		if errors.Is(err, conman.ErrNotFound) {
@@ -691,4 +691,25 @@ func TestClientStop(t *testing.T) {
 	require.ErrorIs(t, c.Stop(ctx, "Bad/ID"), conman.ErrInvalid)
 	err = conman.NewClient(e.ts.URL, "wrong", nil).Stop(ctx, "cstop1")
 	require.ErrorContains(t, err, "401")
+}
+
+// TestRefusesReplAssignedElsewhere: conman starts no repl that placement has on another VM,
+// whoever asks (a proxy with a stale assignment): it would run twice.
+func TestRefusesReplAssignedElsewhere(t *testing.T) {
+	e := newEnv(t, envOpts{placement: true})
+	waitRegistered(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err := e.pl.Register(ctx, placement.VM{ID: "vm2", Addr: "http://127.0.0.1:9", Capacity: placement.Resources{Containers: 10}})
+	require.NoError(t, err)
+	require.NoError(t, e.pl.Heartbeat(ctx, placement.Heartbeat{VM: "vm2"}))
+	a, err := e.pl.Place(ctx, placement.Request{Repl: "elsewhere1", Prefer: "vm2"})
+	require.NoError(t, err)
+	require.Equal(t, "vm2", a.VM)
+	_, resp, err := e.dialAttach(t, "elsewhere1", "")
+	require.Error(t, err)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Equal(t, conman.ErrorStart, resp.Header.Get(conman.HeaderError))
+	_, err = e.rt.Inspect(ctx, "elsewhere1")
+	require.ErrorIs(t, err, conman.ErrNotFound, "no container was made")
 }

@@ -366,6 +366,15 @@ func (h *Hosting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if st.retry && replayable && attempt < h.cfg.Attempts {
 			h.metrics.retries.Inc()
 			h.log.Info("hosting: retrying on another VM", "request_id", st.id, "repl", repl.ID, "vm", st.vm, "err", st.err)
+			var ce *errConman
+			if errors.As(st.err, &ce) {
+				// conman answered: the VM is alive. Have it stop the repl before the repl is
+				// placed elsewhere, so it never runs on two VMs.
+				base := st.backend.Scheme + "://" + st.backend.Host
+				if err := fence(r.Context(), &http.Client{Transport: h.cfg.Transport}, base, repl.ID, h.credential(st.vm)); err != nil {
+					h.log.Warn("hosting: could not fence the repl on the VM it leaves", "request_id", st.id, "repl", repl.ID, "vm", st.vm, "err", err)
+				}
+			}
 			avoid = append(avoid, st.vm)
 			continue
 		}
@@ -388,11 +397,15 @@ func (h *Hosting) rewrite(pr *httputil.ProxyRequest) {
 	StripSwitchyardHeaders(pr.Out.Header)
 	SetForwarded(pr, st.trusted)
 	pr.Out.Header.Set(HeaderRepl, st.repl.ID)
-	cred := h.cfg.Credential
+	pr.Out.Header.Set(HeaderCredential, h.credential(st.vm))
+}
+
+// credential is what to present to conman on vm.
+func (h *Hosting) credential(vm string) string {
 	if h.cfg.VMCredential != nil {
-		cred = h.cfg.VMCredential(st.vm)
+		return h.cfg.VMCredential(vm)
 	}
-	pr.Out.Header.Set(HeaderCredential, cred)
+	return h.cfg.Credential
 }
 
 // errConman is a failure answered by conman itself (its Switchyard-Error reason, or 401).

@@ -275,7 +275,9 @@ type Sessions struct {
 	metrics *sessionsMetrics
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	wsHTTP  *http.Client // Frame mode's backend dialer
-	loops   *spliceLoops // Splice mode's event loops; nil: none
+	// fenceHTTP asks conman to stop a repl that is moving away from its VM.
+	fenceHTTP *http.Client
+	loops     *spliceLoops // Splice mode's event loops; nil: none
 
 	mu       sync.Mutex
 	closing  bool
@@ -373,6 +375,9 @@ func NewSessions(cfg SessionsConfig) (*Sessions, error) {
 	if cfg.Mode == Frame {
 		s.wsHTTP = &http.Client{Transport: &sessionsUpgradeTransport{s: s}}
 	}
+	s.fenceHTTP = &http.Client{Transport: &http.Transport{
+		DialContext: s.dial, TLSClientConfig: cfg.BackendTLS, MaxIdleConnsPerHost: 1, IdleConnTimeout: 30 * time.Second,
+	}}
 	if cfg.Mode == Splice && cfg.EventLoops > 0 {
 		s.loops = newSpliceLoops(cfg.EventLoops, s.metrics)
 		if s.loops == nil {
@@ -410,6 +415,7 @@ func (s *Sessions) Active() int {
 // the proxy started has finished. The grace period is the caller's: a context with a 30-hour
 // deadline keeps sessions for 30 hours.
 func (s *Sessions) Shutdown(ctx context.Context) error {
+	defer s.fenceHTTP.CloseIdleConnections()
 	s.mu.Lock()
 	if s.shutDone {
 		s.mu.Unlock()
@@ -887,6 +893,13 @@ func (s *Sessions) connectBackend(ctx context.Context, r *http.Request, a *sessi
 				// The repl's own failure: another VM would fare no better, and avoiding this
 				// one would start the repl twice.
 				return nil, StageBackend, http.StatusBadGateway, "the repl's shell could not start: " + ae.Message, lastErr
+			}
+			if ae != nil && ae.Status != http.StatusUnauthorized {
+				// conman answered, so the VM is alive: have it stop the repl before the repl is
+				// placed on another VM, so it never runs on two.
+				if ferr := fence(ctx, s.fenceHTTP, asg.Addr, a.repl, s.credential(asg.VM)); ferr != nil {
+					s.log.Warn("could not fence the repl on the VM it leaves", append(a.attrs(StageDial), "err", ferr)...)
+				}
 			}
 			dialFailed = true
 			stage, status, msg = StageDial, http.StatusBadGateway, "could not attach to the repl"

@@ -36,11 +36,12 @@ const (
 // banner and echoes every message. Text commands steer it: "close:<code>" closes with that
 // code, "drop" cuts the TCP connection, "size" answers the cols/rows it was given.
 type sessTestConman struct {
-	id   string
-	srv  *httptest.Server
-	mu   sync.Mutex
-	fail int // non-zero: answer this status before the upgrade
-	hits int
+	id      string
+	srv     *httptest.Server
+	mu      sync.Mutex
+	fail    int // non-zero: answer this status before the upgrade
+	hits    int
+	stopped []string // repls a proxy asked it to stop (DELETE), with the right credential
 }
 
 func newSessTestConman(t testing.TB, id string) *sessTestConman {
@@ -48,6 +49,16 @@ func newSessTestConman(t testing.TB, id string) *sessTestConman {
 	c := &sessTestConman{id: id}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/repls/{id}/attach", c.attach)
+	mux.HandleFunc("DELETE /v1/repls/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Switchyard-Credential") != sessTestCredential {
+			sessionsWriteError(w, http.StatusUnauthorized, "bad credential")
+			return
+		}
+		c.mu.Lock()
+		c.stopped = append(c.stopped, r.PathValue("id"))
+		c.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	c.srv = httptest.NewServer(mux)
 	t.Cleanup(c.srv.Close)
 	return c
@@ -1183,4 +1194,26 @@ func TestSessionsVMCredential(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	require.Equal(t, []string{"vm-1"}, asked)
+}
+
+// TestSessionsFencesTheVMItLeaves: when conman on a VM answers but refuses the attach (it is
+// draining), the proxy has it stop the repl before placing the repl anywhere else, so the
+// repl never runs on two VMs. A refusal by the repl itself moves nothing and fences nothing.
+func TestSessionsFencesTheVMItLeaves(t *testing.T) {
+	e := newSessTestEnv(t, Splice, func(c *SessionsConfig) { c.RetryBudget = -1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e.conman.setFail(http.StatusServiceUnavailable)
+	_, _, err := websocket.Dial(ctx, e.url+"?token="+e.token("r1"), nil)
+	require.Error(t, err)
+	e.conman.mu.Lock()
+	require.Equal(t, []string{"r1"}, e.conman.stopped)
+	e.conman.stopped = nil
+	e.conman.mu.Unlock()
+	e.conman.setFail(http.StatusBadGateway) // repl-failed
+	_, _, err = websocket.Dial(ctx, e.url+"?token="+e.token("r2"), nil)
+	require.Error(t, err)
+	e.conman.mu.Lock()
+	defer e.conman.mu.Unlock()
+	require.Empty(t, e.conman.stopped)
 }

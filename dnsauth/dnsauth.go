@@ -82,7 +82,30 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the handler's metrics (see the package doc). Nil: no metrics.
 	Registerer prometheus.Registerer
+	// RRL limits the rate of UDP answers per client prefix and kind of answer (see RRL).
+	// Nil: no limit.
+	RRL *RRL
+	// Cookies answers DNS cookies (RFC 7873 with RFC 9018 server cookies); a client that
+	// returns a valid one is spared by RRL. Nil: cookie options are ignored.
+	Cookies *Cookies
+	// Write says how answers reach the ResponseWriter. The zero value, WriteAuto, packs the
+	// answer in the handler's own buffer and writes the bytes to miekg/dns's own writers (no
+	// allocation), and hands the *dns.Msg to WriteMsg of any other writer: a middleware that
+	// wraps the writer (logging, metrics, CoreDNS) sees every answer.
+	Write WriteMode
 }
+
+// WriteMode is how the Handler writes answers (Config.Write).
+type WriteMode int
+
+const (
+	// WriteAuto writes bytes to miekg/dns's own ResponseWriter and messages to any other.
+	WriteAuto WriteMode = iota
+	// WriteBytes always packs the answer itself and calls Write.
+	WriteBytes
+	// WriteMessage always calls WriteMsg.
+	WriteMessage
+)
 
 // Zone is one zone the handler serves.
 type Zone struct {
@@ -133,6 +156,9 @@ type Handler struct {
 	udpSize    uint16
 	log        *slog.Logger
 	m          *metrics
+	rrl        *rrlLimiter
+	cookies    *Cookies
+	write      WriteMode
 	pool       sync.Pool
 	lastLog    atomic.Int64 // UnixNano of the last logged directory failure
 	suppressed atomic.Int64 // failures not logged since
@@ -165,6 +191,14 @@ func New(cfg Config) (*Handler, error) {
 		timeout:    cfg.Timeout,
 		udpSize:    cfg.UDPSize,
 		log:        cfg.Logger,
+		cookies:    cfg.Cookies,
+		write:      cfg.Write,
+	}
+	if cfg.RRL != nil {
+		h.rrl = newRRL(*cfg.RRL)
+	}
+	if cfg.Cookies != nil && cfg.Cookies.Secret == ([16]byte{}) {
+		return nil, fmt.Errorf("%w: Cookies.Secret is required", ErrConfig)
 	}
 	h.hosting, _ = cfg.Directory.(HostingDirectory)
 	if h.timeout <= 0 {

@@ -68,6 +68,20 @@
 // last good answer for up to CacheConfig.Stale (1 h), without retrying the backend more than
 // once per CacheConfig.RetryAfter (1 s). Names it never saw still get SERVFAIL.
 //
+// Abuse resistance, each off unless configured:
+//
+//   - Config.RRL: response-rate limiting of UDP answers per client prefix (/24, /56) and kind
+//     of answer, with slip: past the rate, answers are dropped but every Slip-th goes out
+//     empty and truncated, so a real client retries over TCP. Per-prefix rates override the
+//     default (0 exempts). TCP, and clients with a valid DNS cookie, are never limited.
+//   - Config.Cookies: DNS cookies (RFC 7873) with RFC 9018 server cookies (SipHash-2-4, a
+//     shared secret with an optional previous one for rotation); a malformed option is FORMERR.
+//   - ANY gets one RRset (RFC 8482), so it cannot amplify.
+//
+// Answers reach miekg/dns's own ResponseWriter as bytes packed in a pooled buffer; any other
+// writer (a middleware's wrapper, such as CoreDNS's) gets the *dns.Msg through WriteMsg and sees
+// every answer (Config.Write).
+//
 // # Metrics
 //
 // With Config.Registerer set:
@@ -80,7 +94,9 @@
 //   - switchyard_dnsauth_directory_errors_total{op}: failed lookups (op: repl, cluster, challenges,
 //     acme_delegate), each answered SERVFAIL.
 //   - switchyard_dnsauth_truncated_total: UDP answers truncated to the client's size.
-//   - switchyard_dnsauth_dropped_total: messages not answered (responses).
+//   - switchyard_dnsauth_dropped_total: messages not answered (responses, and RRL drops).
+//   - switchyard_dnsauth_rrl_total{action="dropped"|"slipped"}: answers RRL limited.
+//   - switchyard_dnsauth_cookies_total{server_cookie="valid"|"none"}: queries with a cookie.
 //
 // A Cache with a Registerer adds switchyard_dnsauth_cache_stale_answers_total and
 // switchyard_dnsauth_cache_backend_errors_total.

@@ -26,6 +26,8 @@ type metrics struct {
 	truncated prometheus.Counter
 	latency   prometheus.Histogram
 	dirErrors *prometheus.CounterVec
+	rrl       *prometheus.CounterVec
+	cookies   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -52,7 +54,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Failed directory or challenge-store lookups (each answered SERVFAIL), by operation.",
 		}, []string{"op"}),
 	}
-	for _, c := range []prometheus.Collector{queries, m.dropped, m.truncated, m.latency, m.dirErrors} {
+	m.rrl = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "switchyard_dnsauth_rrl_total",
+		Help: "UDP answers response-rate limiting dropped or sent truncated (slipped).",
+	}, []string{"action"})
+	m.cookies = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "switchyard_dnsauth_cookies_total",
+		Help: "Queries with a DNS cookie, by whether their server cookie was valid.",
+	}, []string{"server_cookie"})
+	for _, c := range []prometheus.Collector{queries, m.dropped, m.truncated, m.latency, m.dirErrors, m.rrl, m.cookies} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"reflect"
 	"strings"
 	"time"
 
@@ -28,6 +29,10 @@ type answer struct {
 	v4    [maxAddrs]netip.Addr
 	v6    [maxAddrs]netip.Addr
 	opt   dns.OPT
+	optv  [1]dns.EDNS0
+	cook  dns.EDNS0_COOKIE
+	class uint64 // what RRL counts the answer as
+	valid bool   // the query carried a valid server cookie
 	cname dns.CNAME
 	hinfo dns.HINFO
 	buf   []byte
@@ -57,16 +62,45 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	a := h.pool.Get().(*answer)
 	a.reset()
 	udp := false
+	var ip netip.Addr
 	if w != nil {
-		_, udp = w.RemoteAddr().(*net.UDPAddr)
+		switch ra := w.RemoteAddr().(type) {
+		case *net.UDPAddr:
+			udp, ip = true, ra.AddrPort().Addr()
+		case *net.TCPAddr:
+			ip = ra.AddrPort().Addr()
+		}
 	}
-	limit, send := h.build(a, req, udp)
+	limit, send := h.build(a, req, udp, ip)
+	if send && udp && h.rrl != nil && !a.valid && ip.IsValid() {
+		switch h.rrl.decide(ip, a.class) {
+		case rrlDrop:
+			send = false
+			if h.m != nil {
+				h.m.rrl.WithLabelValues("dropped").Inc()
+			}
+		case rrlSlip:
+			a.slip()
+			if h.m != nil {
+				h.m.rrl.WithLabelValues("slipped").Inc()
+			}
+		}
+	}
 	truncated := false
 	if send {
-		var buf []byte
-		buf, truncated = h.pack(a, limit)
-		if buf != nil {
-			_, _ = w.Write(buf) // a write error means the client is gone; nothing to answer
+		if h.write == WriteMessage || (h.write == WriteAuto && !ownWriter(w)) {
+			if len(a.msg.Answer)+len(a.msg.Ns)+len(a.msg.Extra) > 0 && udp {
+				before := a.msg.Truncated
+				a.msg.Truncate(limit)
+				truncated = a.msg.Truncated && !before
+			}
+			_ = w.WriteMsg(&a.msg) // a write error means the client is gone; nothing to answer
+		} else {
+			var buf []byte
+			buf, truncated = h.pack(a, limit)
+			if buf != nil {
+				_, _ = w.Write(buf) // a write error means the client is gone; nothing to answer
+			}
 		}
 	}
 	if h.m != nil {
@@ -81,10 +115,32 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	h.pool.Put(a)
 }
 
+// ownWriter reports whether w is miekg/dns's own ResponseWriter, not a middleware's wrapper.
+func ownWriter(w dns.ResponseWriter) bool {
+	t := reflect.TypeOf(w)
+	return t != nil && t.Kind() == reflect.Pointer && t.Elem().Name() == "response" && t.Elem().PkgPath() == "github.com/miekg/dns"
+}
+
+// slip turns the answer into the empty, truncated one RRL sends instead of dropping: the
+// client retries over TCP.
+func (a *answer) slip() {
+	m := &a.msg
+	m.Answer, m.Ns = m.Answer[:0], m.Ns[:0]
+	extra := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	m.Extra = extra
+	m.Truncated = true
+}
+
 // build fills a.msg with the response to req. It returns the largest response the client
 // accepts and whether to answer at all.
-func (h *Handler) build(a *answer, req *dns.Msg, udp bool) (limit int, send bool) {
+func (h *Handler) build(a *answer, req *dns.Msg, udp bool, ip netip.Addr) (limit int, send bool) {
 	m := &a.msg
+	a.class = fnv1a(fnvOffset, "error")
 	if req.Response {
 		return 0, false // never answer a response: that is how loops start
 	}
@@ -109,10 +165,34 @@ func (h *Handler) build(a *answer, req *dns.Msg, udp bool) (limit int, send bool
 			limit = int(min(max(reqOpt.UDPSize(), dns.MinMsgSize), h.udpSize))
 		}
 	}
+	var cookie string
+	cookieErr := false
+	if reqOpt != nil && h.cookies != nil {
+		for _, o := range reqOpt.Option {
+			if c, ok := o.(*dns.EDNS0_COOKIE); ok {
+				var err error
+				cookie, a.valid, err = h.cookies.cookie(c.Cookie, ip)
+				cookieErr = err != nil
+				if h.m != nil {
+					label := "none"
+					if a.valid {
+						label = "valid"
+					}
+					h.m.cookies.WithLabelValues(label).Inc()
+				}
+				break
+			}
+		}
+	}
 	defer func() {
 		if reqOpt != nil {
 			a.opt = dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: h.udpSize}}
 			a.opt.Hdr.Ttl = reqOpt.Hdr.Ttl & 0x8000 // echo DO; version 0
+			if cookie != "" {
+				a.cook = dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: cookie}
+				a.optv[0] = &a.cook
+				a.opt.Option = a.optv[:1]
+			}
 			m.Extra = append(m.Extra, &a.opt)
 		}
 	}()
@@ -129,6 +209,9 @@ func (h *Handler) build(a *answer, req *dns.Msg, udp bool) (limit int, send bool
 		return limit, true
 	case req.Opcode != dns.OpcodeQuery:
 		m.Rcode = dns.RcodeNotImplemented
+		return limit, true
+	case cookieErr:
+		m.Rcode = dns.RcodeFormatError // a malformed COOKIE option (RFC 7873 §5.2.2)
 		return limit, true
 	}
 	q := req.Question[0]
@@ -149,6 +232,12 @@ func (h *Handler) build(a *answer, req *dns.Msg, udp bool) (limit int, send bool
 	}
 	m.Authoritative = true
 	m.Rcode = h.lookup(a, z, rel, name, q)
+	switch m.Rcode {
+	case dns.RcodeSuccess: // one name and type
+		a.class = fnv1a(fnv1a(fnvOffset, name), dns.TypeToString[q.Qtype])
+	case dns.RcodeNameError: // every nonexistent name of the zone together (random-subdomain floods)
+		a.class = fnv1a(fnv1a(fnvOffset, "nxdomain "), z.fqdn)
+	}
 	if m.Rcode == dns.RcodeServerFailure {
 		m.Answer, m.Ns, m.Extra = m.Answer[:0], m.Ns[:0], m.Extra[:0]
 		m.Authoritative = false

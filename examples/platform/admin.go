@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // adminHandler serves the platform's own operations, so the rollout story can be watched live:
@@ -18,6 +20,7 @@ import (
 //	POST /v1/clusters/{cluster}/vms/{vm}/roll   the same for a named VM
 //	POST /v1/clusters/{cluster}/eval/restart    start a new Eval on the same address; the old one drains
 //	GET  /v1/clusters                           what runs where
+//	GET  /metrics                               Prometheus metrics of every Eval and VM
 //
 // Every request needs "Authorization: Bearer <admin key>".
 func (p *Platform) adminHandler() http.Handler {
@@ -41,6 +44,8 @@ func (p *Platform) adminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"eval": c.evalURL(), "draining_sessions": draining})
 	})
+	// The metrics of every Eval generation and VM, labelled by cluster and generation or vm.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/clusters", func(w http.ResponseWriter, r *http.Request) {
 		out := []map[string]any{}
 		for _, id := range p.order {

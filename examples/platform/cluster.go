@@ -55,6 +55,7 @@ type cluster struct {
 	mu     sync.Mutex
 	eval   *evalInstance
 	old    []*evalInstance // replaced Eval generations, draining in the background
+	gens   int             // Eval generations started
 	vms    []*vm
 	nextVM int // host number of the next VM address
 	stops  group
@@ -62,6 +63,7 @@ type cluster struct {
 
 // evalInstance is one generation of the cluster's Eval: a sessions proxy and its listener.
 type evalInstance struct {
+	gen      int // 1 for the first, then one more per restart
 	sessions *proxy.Sessions
 	srv      *server
 	once     sync.Once
@@ -229,6 +231,10 @@ func (c *cluster) evalURL() string {
 
 func (c *cluster) startEval(ctx context.Context) error {
 	cfg := &c.p.cfg
+	c.mu.Lock()
+	c.gens++
+	gen := c.gens
+	c.mu.Unlock()
 	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
 		Cluster:      c.id,
 		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: c.p.LoreURL() + "/v1/keys"}),
@@ -237,6 +243,7 @@ func (c *cluster) startEval(ctx context.Context) error {
 		Directory:    c.p.reader, // a token for a repl that moved away is refused
 		Mode:         proxy.Splice,
 		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
+		Registerer:   c.p.evalRegisterer(c.id, gen),
 		Logger:       c.log.With("component", "eval"),
 	})
 	if err != nil {
@@ -251,7 +258,7 @@ func (c *cluster) startEval(ctx context.Context) error {
 		return err
 	}
 	c.mu.Lock()
-	c.eval = &evalInstance{sessions: sessions, srv: srv, drained: make(chan struct{})}
+	c.eval = &evalInstance{gen: gen, sessions: sessions, srv: srv, drained: make(chan struct{})}
 	c.mu.Unlock()
 	return nil
 }

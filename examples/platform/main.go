@@ -6,6 +6,7 @@
 //
 //	go run ./examples/platform [flags]                 run the platform (see -h)
 //	go run ./examples/platform connect owner/slug      open a shell in a repl through Eval
+//	go run ./examples/platform owner-key replbot       an owner's sign-in key for the web pages
 //	go run ./examples/platform roll -cluster a         drain a conman VM and replace it
 //	go run ./examples/platform restart-eval -cluster a start a new Eval; the old one drains
 //	go run ./examples/platform -processes              one OS process per component, on etcd
@@ -58,13 +59,17 @@ func main() {
 		err = runAdmin("roll", args)
 	case "restart-eval":
 		err = runAdmin("restart-eval", args)
+	case "owner-key":
+		err = runOwnerKey(args)
+	case "web-assets":
+		err = runWebAssets(args)
 	case demoAppCommand:
 		err = runDemoApp()
 	case "help", "-h", "--help":
-		fmt.Fprintln(os.Stderr, "usage: platform [run [component]|connect|roll|restart-eval] [flags]; platform <command> -h for flags")
+		fmt.Fprintln(os.Stderr, "usage: platform [run [component]|connect|roll|restart-eval|owner-key|web-assets] [flags]; platform <command> -h for flags")
 		return
 	default:
-		err = fmt.Errorf("unknown command %q (run, connect, roll, restart-eval)", cmd)
+		err = fmt.Errorf("unknown command %q (run, connect, roll, restart-eval, owner-key, web-assets)", cmd)
 	}
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "platform:", err)
@@ -99,6 +104,7 @@ func runPlatform(args []string) error {
 	fs.StringVar(&cfg.LoreAddr, "lore", "127.0.0.1:8400", "lore HTTP API address")
 	fs.StringVar(&cfg.AdminAddr, "admin", "127.0.0.1:8401", "platform admin API address (roll VMs, restart Eval; not with -processes)")
 	adminKey := adminKeyFlag(fs)
+	fs.StringVar(&cfg.WebAddr, "web", "127.0.0.1:8402", `web pages address: the workspace (/<owner>/<slug>) and the console (/console); "" for none (not with -processes)`)
 	fs.IntVar(&cfg.VMs, "vms", 2, "conman VMs per cluster")
 	fs.IntVar(&cfg.HostingPort, "hosting-port", 8080, "hosting proxy port on each cluster's .1 address")
 	fs.IntVar(&cfg.EvalPort, "eval-port", 8443, "Eval (sessions proxy) port on each cluster's .1 address")
@@ -188,6 +194,7 @@ func runPlatform(args []string) error {
 		return err
 	}
 	p.printEndpoints(os.Stdout)
+	p.printWeb(os.Stdout)
 
 	sig := <-sigs
 	cfg.Logger.Info("stopping: live sessions drain; signal again to close them at once", "signal", sig.String())

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-dev/switchyard/dnsauth"
@@ -48,6 +49,11 @@ type Config struct {
 	AdminAddr string
 	// AdminKey guards lore's admin API and the platform admin endpoints.
 	AdminKey string
+	// WebAddr serves the workspace and console pages (web.go). Empty means no web server.
+	WebAddr string
+	// WebAssetCache is where the pages' npm files are cached (webassets.go). Empty means the
+	// user's cache directory.
+	WebAssetCache string
 	// Clusters are the cluster IDs; the Nth (from 1) lives in ClusterNet's Nth /24.
 	Clusters []string
 	// ClusterNet holds every cluster's /24: cluster N is ClusterNet.Addr() + N<<8.
@@ -221,6 +227,8 @@ type Platform struct {
 	hopSecret []byte
 
 	admin    *server
+	web      *webServer
+	metrics  *prometheus.Registry // every Eval generation's and VM's metrics, labelled
 	clusters map[string]*cluster
 	order    []string // cluster IDs in start order
 
@@ -235,7 +243,7 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Platform{cfg: cfg, log: cfg.Logger, clusters: map[string]*cluster{}, hopSecret: make([]byte, 32)}
+	p := &Platform{cfg: cfg, log: cfg.Logger, clusters: map[string]*cluster{}, hopSecret: make([]byte, 32), metrics: prometheus.NewRegistry()}
 	if _, err := rand.Read(p.hopSecret); err != nil {
 		return nil, err
 	}
@@ -318,6 +326,16 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		return nil, err
 	}
 	p.stop.add(p.admin.Shutdown)
+	if cfg.WebAddr != "" {
+		cache := cfg.WebAssetCache
+		if cache == "" {
+			cache = defaultAssetCache()
+		}
+		if p.web, err = startWeb(ctx, p, cfg.WebAddr, cache); err != nil {
+			return nil, err
+		}
+		p.stop.add(p.web.shutdown)
+	}
 	return p, nil
 }
 
@@ -456,6 +474,9 @@ func (p *Platform) printEndpoints(w *os.File) {
 	zone := p.cfg.Zone
 	dnsHost, dnsPort, _ := net.SplitHostPort(p.DNSAddr())
 	fmt.Fprintf(w, "\nswitchyard reference platform is up\n\n")
+	if p.web != nil {
+		fmt.Fprintf(w, "web %s/   (workspace: /<owner>/<slug>, owner key: platform owner-key <owner>; console: /console, admin key)\n\n", p.web.URL())
+	}
 	fmt.Fprintf(w, "  zone            %s\n", zone)
 	fmt.Fprintf(w, "  DNS (UDP+TCP)   %s\n", p.DNSAddr())
 	fmt.Fprintf(w, "  lore API        %s   (admin key: %s)\n", p.LoreURL(), p.cfg.AdminKey)
@@ -491,6 +512,17 @@ Try it (in another terminal):
 
 Stop with Ctrl-C (a second Ctrl-C closes open sessions at once).
 `, p.cfg.AdminKey, p.LoreURL(), a.id, dnsHost, dnsPort, zone, a.cfgHostingHost(), hostingPort, p.otherCluster(a.id), p.AdminURL())
+}
+
+// printWeb writes how to open the web pages, when they are served.
+func (p *Platform) printWeb(w *os.File) {
+	if p.web == nil {
+		return
+	}
+	fmt.Fprintf(w, `In a browser, once replbot/blog exists: %[1]s/replbot/blog (sign in as replbot, key %[2]s);
+the console: %[1]s/console (the admin key).
+
+`, p.web.URL(), ownerKey(p.cfg.AdminKey, "replbot"))
 }
 
 func (p *Platform) otherCluster(id string) string {

@@ -452,7 +452,7 @@ func TestPlatformProcessStopsOnSignal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pp := startPlatformProcess(ctx, t, "-cluster-net", "127.78.0.0/16", "-clusters", "a",
-		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-acme-dns", "127.78.0.1:0")
+		"-dns", "127.78.0.1:0", "-lore", "127.78.0.1:0", "-admin", "127.78.0.1:0", "-acme-dns", "127.78.0.1:0", "-web", "127.78.0.1:0")
 	loreURL, stateDir := pp.field("  lore API", 2), pp.field("  state", 1)
 	require.NotEmpty(t, loreURL)
 	require.DirExists(t, stateDir)

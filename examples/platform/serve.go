@@ -39,7 +39,7 @@ func limitsFor(name string) (cfg *connlimit.Config, rate *connlimit.Rate) {
 	switch {
 	case name == "hosting":
 		return &connlimit.Config{Name: name, PerIP: 256, Budget: connBudget}, &connlimit.Rate{Name: name, PerSecond: 200, Burst: 400}
-	case name == "lore":
+	case name == "lore", name == "web":
 		return &connlimit.Config{Name: name, PerIP: 64, Budget: connBudget}, &connlimit.Rate{Name: name, PerSecond: 50, Burst: 100}
 	case name == "admin":
 		return &connlimit.Config{Name: name, PerIP: 16, Budget: connBudget}, &connlimit.Rate{Name: name, PerSecond: 10, Burst: 20}

@@ -113,6 +113,7 @@ func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
 		Placement:         placement.NewVMClient(c.controlplaneURL(), v.id, placement.VMCredential(c.vmSecret, v.id), nil),
 		VM:                placement.VM{ID: v.id, Cluster: c.id, Addr: v.addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
 		HeartbeatInterval: time.Second,
+		Registerer:        c.p.vmRegisterer(c.id, v.id),
 		Logger:            log.With("component", "conman"),
 	})
 	if err != nil {

@@ -117,6 +117,9 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 
 // ownWriter reports whether w is miekg/dns's own ResponseWriter, not a middleware's wrapper.
 func ownWriter(w dns.ResponseWriter) bool {
+	if _, ok := w.(*packetWriter); ok {
+		return true
+	}
 	t := reflect.TypeOf(w)
 	return t != nil && t.Kind() == reflect.Pointer && t.Elem().Name() == "response" && t.Elem().PkgPath() == "github.com/miekg/dns"
 }

@@ -168,7 +168,7 @@ func (r *Runtime) prepareFS(c *container) error {
 		return fmt.Errorf("oci: working directory: %w", err)
 	}
 	if !r.gvisor {
-		if err := chownTree(home, int(r.uidBase(c.p.Slot)), int(r.cfg.IDRangeSize)); err != nil {
+		if err := chownTree(home, int(r.uidBase(c.p.Slot)), idRange); err != nil {
 			return fmt.Errorf("oci: working directory: %w", err)
 		}
 	}
@@ -314,8 +314,8 @@ func (r *Runtime) writeBundle(c *container, dir string) error {
 		s.Linux.Namespaces = append(s.Linux.Namespaces,
 			specs.LinuxNamespace{Type: specs.NetworkNamespace}, specs.LinuxNamespace{Type: specs.UserNamespace},
 			specs.LinuxNamespace{Type: specs.CgroupNamespace})
-		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: r.cfg.IDRangeSize}}
-		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: r.cfg.IDRangeSize}}
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: idRange}}
+		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: idRange}}
 	}
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {

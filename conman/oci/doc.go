@@ -14,11 +14,12 @@
 //     are Spec.Dir, bound read-write at the same path (without Dir, a directory of the
 //     container's state at /home/repl), /tmp is a tmpfs of Config.TmpBytes, Spec.Mounts are
 //     bound nosuid,nodev;
-//   - with runc: a user namespace with a range of IDRangeSize uids and gids of its own
-//     (IDBase + slot*IDRangeSize; slots are reused after Remove), root inside and nobody on the
-//     host; Spec.Dir is given to that range (entries owned outside it are moved into it, keeping
-//     their offset). With runsc the gVisor sandbox is the user boundary: it already runs in a
-//     user namespace of its own as an unprivileged host user;
+//   - with runc: a user namespace with 65536 uids and gids of its own (UIDBase + slot*65536),
+//     root inside and nobody on the host; slots are reserved host-wide in SlotDir, in the same
+//     format as conman/process, so the two never hand out one range twice. Spec.Dir is given to
+//     that range (entries owned outside it are moved into it, keeping their offset). With runsc
+//     the gVisor sandbox is the user boundary: it already runs in a user namespace of its own as
+//     an unprivileged host user;
 //   - new pid, mount, uts, ipc, network (loopback only) and, with runc, cgroup namespaces;
 //   - Docker's defaults: capabilities, seccomp profile (DefaultSeccomp), masked and read-only
 //     /proc paths, no_new_privs, a read-only root;

@@ -48,13 +48,16 @@ type Config struct {
 	// Image is the image (a local OCI image layout, as Spec.Image) of containers whose Spec names
 	// neither Rootfs nor Image. With both Rootfs and Image empty, such a Spec is ErrInvalid.
 	Image string
-	// IDBase is the first host uid (and gid) of the user-namespace ranges given to containers:
-	// container number n (a slot reused once its container is removed) runs with container uid
-	// 0..IDRangeSize-1 mapped to IDBase+n*IDRangeSize onward. Zero means 1<<24. The ranges must
-	// not be used by anything else on the host.
-	IDBase uint32
-	// IDRangeSize is the number of uids (and gids) of each container. Zero means 65536.
-	IDRangeSize uint32
+	// UIDBase is the host uid (and gid) where the containers' ranges start (runc; runsc's
+	// sandbox has its own): the container in slot n maps its ids 0-65535 to UIDBase+n*65536 on.
+	// Zero means 1<<28; it must be a multiple of 65536. Runtimes sharing a host (this package's
+	// and conman/process's) must agree on it and on SlotDir.
+	UIDBase uint32
+	// UIDSlots is the number of id ranges on the host. Zero means 4096.
+	UIDSlots int
+	// SlotDir holds the host-wide reservations of id ranges (shared with conman/process).
+	// Empty means /run/switchyard/uid-slots.
+	SlotDir string
 	// RunDir holds each running container's root file system mount and network namespace. It
 	// is made traversable by every user (the containers' users open their root through it).
 	// Empty means
@@ -89,6 +92,7 @@ type Runtime struct {
 	log     *slog.Logger
 	cg      *cgroups
 	runDir  string
+	slots   *slots
 
 	imageMu sync.Mutex
 
@@ -148,11 +152,17 @@ func New(cfg Config) (*Runtime, error) {
 	if bin, err = filepath.Abs(bin); err != nil {
 		return nil, fmt.Errorf("oci: runtime binary: %w", err)
 	}
-	if cfg.IDBase == 0 {
-		cfg.IDBase = 1 << 24
+	if cfg.UIDBase == 0 {
+		cfg.UIDBase = 1 << 28
 	}
-	if cfg.IDRangeSize == 0 {
-		cfg.IDRangeSize = 65536
+	if cfg.UIDSlots == 0 {
+		cfg.UIDSlots = 4096
+	}
+	if cfg.SlotDir == "" {
+		cfg.SlotDir = "/run/switchyard/uid-slots"
+	}
+	if cfg.UIDBase%idRange != 0 || cfg.UIDSlots < 0 || uint64(cfg.UIDBase)+uint64(cfg.UIDSlots)*idRange > 1<<32 {
+		return nil, fmt.Errorf("%w: oci: UIDBase %d and UIDSlots %d: the base must be a multiple of 65536 and the ranges fit 32 bits", conman.ErrInvalid, cfg.UIDBase, cfg.UIDSlots)
 	}
 	if cfg.CgroupRoot == "" {
 		cfg.CgroupRoot = "/sys/fs/cgroup"
@@ -216,12 +226,14 @@ func New(cfg Config) (*Runtime, error) {
 		}
 	}
 	r.runDir = cfg.RunDir
+	r.slots = &slots{dir: cfg.SlotDir, owner: cfg.StateDir, base: cfg.UIDBase, n: cfg.UIDSlots}
 	if err := mkdirTraversable(r.runDir); err != nil {
 		return nil, fmt.Errorf("oci: run directory: %w", err)
 	}
 	if err := r.recover(); err != nil {
 		return nil, err
 	}
+	r.slots.reclaim(func(id string) bool { _, ok := r.containers[id]; return ok })
 	if cfg.MaxOutputBytes > 0 {
 		r.wg.Add(1)
 		go r.capOutputs()
@@ -283,18 +295,22 @@ func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error
 		r.mu.Unlock()
 		return fmt.Errorf("%w: %s", conman.ErrExists, id)
 	}
-	slot := r.freeSlot()
-	if slot < 0 {
-		r.mu.Unlock()
-		return fmt.Errorf("oci: no free user-namespace range (IDBase %d, IDRangeSize %d)", r.cfg.IDBase, r.cfg.IDRangeSize)
-	}
 	c := &container{id: id, dir: filepath.Join(r.cfg.StateDir, "containers", id)}
-	c.p = persisted{Slot: slot, Rootfs: rootfs, Status: conman.Status{ID: id, State: conman.Created, Spec: spec, Created: time.Now(), Isolated: true}}
-	c.p.Status.Isolation = r.isolation(slot)
-	r.containers[id] = c // reserves the id and the slot
+	c.p = persisted{Slot: -1, Rootfs: rootfs, Status: conman.Status{ID: id, State: conman.Created, Spec: spec, Created: time.Now(), Isolated: true}}
+	r.containers[id] = c // reserves the id
 	r.mu.Unlock()
 
+	if !r.gvisor {
+		if c.p.Slot, err = r.slots.acquire(id, -1); err != nil {
+			r.mu.Lock()
+			delete(r.containers, id)
+			r.mu.Unlock()
+			return err
+		}
+	}
+	c.p.Status.Isolation = r.isolation(c.p.Slot)
 	if err := c.create(); err != nil {
+		r.slots.release(c.p.Slot, id)
 		r.mu.Lock()
 		delete(r.containers, id)
 		r.mu.Unlock()
@@ -329,28 +345,13 @@ func (c *container) save() error {
 	return nil
 }
 
-// freeSlot returns the lowest user-namespace slot no container holds, or -1. r.mu is held.
-func (r *Runtime) freeSlot() int {
-	used := make(map[int]bool, len(r.containers))
-	for _, c := range r.containers {
-		used[c.p.Slot] = true
-	}
-	max := int((1<<32 - 1 - uint64(r.cfg.IDBase)) / uint64(r.cfg.IDRangeSize))
-	for s := 0; s < max; s++ {
-		if !used[s] {
-			return s
-		}
-	}
-	return -1
-}
-
-func (r *Runtime) uidBase(slot int) uint32 { return r.cfg.IDBase + uint32(slot)*r.cfg.IDRangeSize }
+func (r *Runtime) uidBase(slot int) uint32 { return r.cfg.UIDBase + uint32(slot)*idRange }
 
 func (r *Runtime) isolation(slot int) string {
 	if r.gvisor {
 		return fmt.Sprintf("%s (%s): gVisor sandbox; namespaces pid,mnt,uts,ipc,net; caps and seccomp docker-default; cgroup %s", r.version, strings.Join(r.cfg.Args, " "), r.cg.version())
 	}
-	return fmt.Sprintf("%s: user namespace %d+%d; namespaces pid,mnt,uts,ipc,net,cgroup; caps and seccomp docker-default; no_new_privs; read-only root; cgroup %s", r.version, r.uidBase(slot), r.cfg.IDRangeSize, r.cg.version())
+	return fmt.Sprintf("%s: user namespace %d+%d; namespaces pid,mnt,uts,ipc,net,cgroup; caps and seccomp docker-default; no_new_privs; read-only root; cgroup %s", r.version, r.uidBase(slot), idRange, r.cg.version())
 }
 
 // Start implements conman.Runtime.
@@ -686,6 +687,7 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	if err := os.RemoveAll(c.dir); err != nil {
 		return fmt.Errorf("oci: remove %s: %w", id, err)
 	}
+	r.slots.release(c.p.Slot, id)
 	r.mu.Lock()
 	delete(r.containers, id)
 	r.mu.Unlock()
@@ -839,6 +841,20 @@ func (r *Runtime) recover() error {
 		if err := json.Unmarshal(b, &c.p); err != nil || c.p.Status.ID != c.id {
 			r.log.Warn("conman/oci: recover: skipping container with bad state", "id", c.id, "err", err)
 			continue
+		}
+		if c.p.Slot >= 0 {
+			// Ours already, normally (the reservation outlives us); taken meanwhile only if
+			// the host's reservations were lost, then a stopped container takes another.
+			slot, err := r.slots.acquire(c.id, c.p.Slot)
+			if err == nil && slot != c.p.Slot && c.p.Status.State == conman.Running {
+				r.slots.release(slot, c.id)
+				err = fmt.Errorf("its uid range (slot %d) is reserved by another container", c.p.Slot)
+			}
+			if err != nil {
+				r.log.Error("conman/oci: recover: container left alone", "id", c.id, "err", err)
+				continue
+			}
+			c.p.Slot = slot
 		}
 		r.containers[c.id] = c
 		if c.p.Status.State != conman.Running {

@@ -152,7 +152,9 @@ func readManifest(layout, ref string) (v1.Manifest, digest.Digest, error) {
 			continue
 		}
 		if ref == "" || string(d.Digest) == ref || d.Annotations[v1.AnnotationRefName] == ref {
-			found = append(found, d)
+			if !slices.ContainsFunc(found, func(f v1.Descriptor) bool { return f.Digest == d.Digest }) {
+				found = append(found, d)
+			}
 		}
 	}
 	switch {

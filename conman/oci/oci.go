@@ -453,6 +453,14 @@ func (r *Runtime) start(ctx context.Context, c *container) error {
 			if len(b) == 0 {
 				continue
 			}
+			if !r.gvisor {
+				// runc writes the pid file once the init runs (after `start`); it is ready when
+				// it handles SIGTERM (a PID 1 ignores signals it has no handler for).
+				if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n > 0 && catchesTERM(n) {
+					pid = n
+				}
+				continue
+			}
 			st, serr := r.state(ctx, c.id)
 			if serr == nil && st.Status == "running" && st.Pid > 0 {
 				pid = st.Pid
@@ -646,17 +654,29 @@ func (r *Runtime) Stop(ctx context.Context, id string, grace time.Duration) erro
 	done := c.done
 	c.stopping = true
 	c.mu.Unlock()
-	if _, err := r.run(ctx, "kill", id, "TERM"); err != nil {
-		r.log.Debug("conman/oci: kill TERM", "id", id, "err", err)
-	}
+	// SIGTERM goes to the init, which passes it to every process. It is sent again, less and
+	// less often, in case it came before the init set its handler (gVisor's init is not
+	// visible from the host to check).
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
+	for again := 50 * time.Millisecond; ; again = min(2*again, time.Second) {
+		if _, err := r.run(ctx, "kill", id, "TERM"); err != nil {
+			r.log.Debug("conman/oci: kill TERM", "id", id, "err", err)
+		}
+		resend := time.NewTimer(again)
+		select {
+		case <-done:
+			resend.Stop()
+			return nil
+		case <-ctx.Done():
+			resend.Stop()
+			return ctx.Err()
+		case <-t.C:
+			resend.Stop()
+		case <-resend.C:
+			continue
+		}
+		break
 	}
 	c.mu.Lock()
 	c.p.Killed = true
@@ -946,6 +966,21 @@ func waitPidfd(pidfd *os.File) {
 		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
 		return n > 0 || (err != nil && err != unix.EINTR)
 	})
+}
+
+// catchesTERM reports whether pid has a SIGTERM handler (SigCgt in /proc/<pid>/status).
+func catchesTERM(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<(int(syscall.SIGTERM)-1)) != 0
+		}
+	}
+	return false
 }
 
 // procStartTime returns the start time of pid (field 22 of /proc/<pid>/stat).

@@ -22,9 +22,11 @@ import (
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/conman/conmantest"
 	"github.com/switchyard-dev/switchyard/conman/oci"
+	"github.com/switchyard-dev/switchyard/conman/process"
 )
 
 func TestMain(m *testing.M) {
+	process.Init() // the benchmarks run conman/process's sandbox side by side
 	code := m.Run()
 	if baseDir != "" {
 		os.RemoveAll(baseDir)
@@ -46,7 +48,7 @@ var (
 )
 
 // base writes, once per test binary, a busybox image layout the runtimes unpack.
-func base(t *testing.T) string {
+func base(t testing.TB) string {
 	t.Helper()
 	baseOnce.Do(func() {
 		bb, err := exec.LookPath("busybox")

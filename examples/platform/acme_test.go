@@ -122,7 +122,7 @@ func startUnbound(t *testing.T, addr string, stubs map[string]string) {
   logfile: ""
   use-syslog: no
   num-threads: 1
-  access-control: 127.0.0.0/8 allow
+  access-control: 127.0.0.0/8 allow_snoop # lego checks propagation with non-recursive queries
   do-not-query-localhost: no
   module-config: "iterator"
   cache-max-negative-ttl: 1
@@ -205,29 +205,59 @@ func httpsGet(ctx context.Context, t *testing.T, roots *x509.CertPool, dnsAddr, 
 	return string(b), resp.TLS.PeerCertificates[0], err
 }
 
+// httpsEnv is a platform with its DNS on a fixed address, a customer's DNS for example.test,
+// and unbound resolving both, which the platform's CA and lore resolve through.
+type httpsEnv struct {
+	p           *Platform
+	customer    *customerDNS
+	platformDNS string
+	resolver    string
+	roots       *x509.CertPool
+	lc          *lore.Client
+}
+
+// startHTTPSEnv starts an httpsEnv on net16 ("127.N.0.0/16").
+func startHTTPSEnv(t *testing.T, net16 string) *httpsEnv {
+	t.Helper()
+	base := strings.TrimSuffix(net16, ".0.0/16")
+	e := &httpsEnv{customer: &customerDNS{records: map[string][]dns.RR{}}, platformDNS: base + ".0.1:5353", resolver: base + ".0.3:53"}
+	customerNS := base + ".0.2:5353"
+	serveDNSAt(t, customerNS, e.customer)
+	startUnbound(t, e.resolver, map[string]string{"repl.test": e.platformDNS, "example.test": customerNS})
+	e.p = startPlatformWith(t, net16, func(c *Config) {
+		c.DNSAddr = e.platformDNS
+		c.ACME.Resolver = e.resolver
+	})
+	pem, err := os.ReadFile(e.p.CARootPath())
+	require.NoError(t, err)
+	e.roots = x509.NewCertPool()
+	require.True(t, e.roots.AppendCertsFromPEM(pem))
+	e.lc = lore.NewClient(e.p.LoreURL(), "test-admin-key", nil)
+	return e
+}
+
+// verifyDomain adds domain for repl in lore, publishes its records in the customer's DNS (the
+// verification TXT, the CNAME to the repl's id name, and the static _acme-challenge CNAME to the
+// platform) and has lore verify it.
+func (e *httpsEnv) verifyDomain(ctx context.Context, t *testing.T, domain string, repl lore.Repl) {
+	t.Helper()
+	dom, err := e.lc.AddDomain(ctx, domain, repl.ID)
+	require.NoError(t, err)
+	e.customer.set(fmt.Sprintf("%s. 1 IN TXT %q", lore.ChallengeName(dom.Name), dom.Challenge))
+	e.customer.set(fmt.Sprintf("%s. 1 IN CNAME %s.id.repl.test.", domain, repl.ID))
+	e.customer.set(fmt.Sprintf("_acme-challenge.%s. 1 IN CNAME %s.", domain, lore.DomainACMEName(domain, "repl.test")))
+	_, err = e.lc.VerifyDomain(ctx, dom.Name)
+	require.NoError(t, err)
+}
+
 // TestPlatformHTTPS: the platform's in-process CA issues owners' wildcards through DNS-01
 // answered by the platform's DNS, and a verified custom domain's certificate through
 // TLS-ALPN-01; both stay served over HTTPS after a move, from either cluster.
 func TestPlatformHTTPS(t *testing.T) {
-	customer := &customerDNS{records: map[string][]dns.RR{}}
-	const (
-		platformDNS = "127.81.0.1:5353"
-		customerNS  = "127.81.0.2:5353"
-		resolver    = "127.81.0.3:53"
-	)
-	serveDNSAt(t, customerNS, customer)
-	startUnbound(t, resolver, map[string]string{"repl.test": platformDNS, "example.test": customerNS})
-	p := startPlatformWith(t, "127.81.0.0/16", func(c *Config) {
-		c.DNSAddr = platformDNS
-		c.ACME.Resolver = resolver
-	})
+	e := startHTTPSEnv(t, "127.81.0.0/16")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	pem, err := os.ReadFile(p.CARootPath())
-	require.NoError(t, err)
-	roots := x509.NewCertPool()
-	require.True(t, roots.AppendCertsFromPEM(pem))
-	lc := lore.NewClient(p.LoreURL(), "test-admin-key", nil)
+	roots, lc, resolver, platformDNS := e.roots, e.lc, e.resolver, e.platformDNS
 	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "a"})
 	require.NoError(t, err)
 	const port = 4443
@@ -241,12 +271,7 @@ func TestPlatformHTTPS(t *testing.T) {
 	require.Equal(t, []string{"*.replbot.repl.test"}, cert.DNSNames)
 
 	// A custom domain: verified through the customer's DNS, then its own certificate.
-	dom, err := lc.AddDomain(ctx, "shop.example.test", repl.ID)
-	require.NoError(t, err)
-	customer.set(fmt.Sprintf("%s. 1 IN TXT %q", lore.ChallengeName(dom.Name), dom.Challenge))
-	customer.set(fmt.Sprintf("shop.example.test. 1 IN CNAME %s.id.repl.test.", repl.ID))
-	_, err = lc.VerifyDomain(ctx, dom.Name)
-	require.NoError(t, err)
+	e.verifyDomain(ctx, t, "shop.example.test", repl)
 	start = time.Now()
 	page, cert, err = httpsGet(ctx, t, roots, resolver, "shop.example.test", port, "")
 	require.NoError(t, err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -50,15 +52,17 @@ type env struct {
 	ln    net.Listener
 	tls   *autotls.TLS
 	reg   *prometheus.Registry
+	txt   txt // the customer's verification records
 }
 
 // newEnv runs lore, dnsauth (the platform zone, and the customer's zone example.test with
 // shop.example.test on loopback), Pebble resolving through it, and an HTTPS server on autotls.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx := context.Background()
 	e := &env{store: acmedns.NewMemStore(acmedns.MemStoreConfig{}), reg: prometheus.NewRegistry()}
 	custom := txt{}
+	e.txt = custom
 	var err error
 	e.dir, err = lore.New(lore.Config{Zone: "repl.test", Resolver: custom})
 	if err != nil {
@@ -127,6 +131,7 @@ func newEnv(t *testing.T) *env {
 		Zone: "repl.test", Directory: e.dir, Challenges: e.store,
 		CA: e.ca.DirectoryURL(), CARoots: e.ca.APIRoots(), Dir: t.TempDir(),
 		TLSALPNAddr: e.ln.Addr().String(), Registerer: e.reg,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +141,7 @@ func newEnv(t *testing.T) *env {
 			io.WriteString(w, "hello from "+r.Host)
 		}), 0),
 		TLSConfig: e.tls.TLSConfig(),
-		ErrorLog:  nil,
+		ErrorLog:  log.New(io.Discard, "", 0), // refused handshakes are the test's point
 	}
 	served := make(chan struct{})
 	go func() { defer close(served); _ = hs.ServeTLS(e.ln, "", "") }()
@@ -145,7 +150,7 @@ func newEnv(t *testing.T) *env {
 }
 
 // get fetches https://host/ from the test server, trusting only the CA's root.
-func (e *env) get(t *testing.T, host string) (*http.Response, string, error) {
+func (e *env) get(t testing.TB, host string) (*http.Response, string, error) {
 	t.Helper()
 	c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: e.ca.Roots()},

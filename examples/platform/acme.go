@@ -24,7 +24,7 @@ import (
 type ACMEConfig struct {
 	// Disable turns HTTPS off: no acme-dns API, no CA, no HTTPS listeners.
 	Disable bool
-	// APIAddr is where the acme-dns compatible API listens. Empty: 127.0.0.1:8402.
+	// APIAddr is where the acme-dns compatible API listens. Empty: 127.0.0.1:8403.
 	APIAddr string
 	// RegisterKey, when set, is required (Authorization: Bearer) to register acme-dns accounts.
 	// Empty: registration is open, within acmedns's rate limits.
@@ -50,7 +50,7 @@ type ACMEConfig struct {
 
 func (c *ACMEConfig) setDefaults() error {
 	if c.APIAddr == "" {
-		c.APIAddr = "127.0.0.1:8402"
+		c.APIAddr = "127.0.0.1:8403"
 	}
 	if c.HTTPSPort == 0 {
 		c.HTTPSPort = 4443

@@ -114,7 +114,7 @@ func runPlatform(args []string) error {
 	fs.StringVar(&cfg.Runtime, "runtime", RuntimeProcess, `the repls' container runtime: "process" (conman/process, our own sandbox)`)
 	fs.BoolVar(&cfg.ACME.Disable, "no-https", false, "serve hosting over HTTP only: no acme-dns API, no ACME CA, no HTTPS listeners")
 	fs.IntVar(&cfg.ACME.HTTPSPort, "https-port", 4443, "hosting HTTPS port on each cluster's .1 address")
-	fs.StringVar(&cfg.ACME.APIAddr, "acme-dns", "127.0.0.1:8402", "acme-dns compatible API address (registration key: $SWITCHYARD_ACMEDNS_KEY, else open within rate limits)")
+	fs.StringVar(&cfg.ACME.APIAddr, "acme-dns", "127.0.0.1:8403", "acme-dns compatible API address (registration key: $SWITCHYARD_ACMEDNS_KEY, else open within rate limits)")
 	fs.StringVar(&cfg.ACME.CA, "acme-ca", "", "ACME directory URL of the CA to use (default: Pebble, Let's Encrypt's test CA, in this process)")
 	fs.StringVar(&cfg.ACME.CARoot, "acme-ca-root", "", "PEM file trusted for the -acme-ca server's HTTPS (default: the system roots)")
 	fs.StringVar(&cfg.ACME.CAAddr, "acme-ca-addr", "127.0.0.1:0", "address of the in-process CA's ACME API")

@@ -176,12 +176,22 @@ func (c *cluster) startHTTPS(ctx context.Context, h http.Handler) error {
 	if err != nil {
 		return err
 	}
-	c.certs, err = autotls.New(autotls.Config{
+	acfg := autotls.Config{
 		Zone: p.cfg.Zone, Directory: p.reader, Challenges: store,
 		CA: p.acme.caURL, CARoots: p.acme.caRoots,
 		Dir: filepath.Join(p.cfg.StateDir, "certs"), TLSALPNAddr: addr,
 		Logger: c.log.With("component", "autotls"),
-	})
+	}
+	if p.cfg.Store == StoreEtcd {
+		// Certificates and their locks in etcd, shared by every hosting replica.
+		cs, err := etcd.NewCertStorage(etcd.CertStorageConfig{Client: p.etcdCli})
+		if err != nil {
+			return err
+		}
+		c.stops.add(func(context.Context) error { return cs.Close() })
+		acfg.Storage = cs
+	}
+	c.certs, err = autotls.New(acfg)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
 	"github.com/switchyard-dev/switchyard/internal/acmeca"
@@ -200,7 +201,7 @@ func httpsGet(ctx context.Context, t *testing.T, roots *x509.CertPool, dnsAddr, 
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return "", nil, fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		return "", resp.TLS.PeerCertificates[0], fmt.Errorf("status %d: %s", resp.StatusCode, b)
 	}
 	return string(b), resp.TLS.PeerCertificates[0], err
 }
@@ -216,8 +217,8 @@ type httpsEnv struct {
 	lc          *lore.Client
 }
 
-// startHTTPSEnv starts an httpsEnv on net16 ("127.N.0.0/16").
-func startHTTPSEnv(t *testing.T, net16 string) *httpsEnv {
+// startHTTPSEnv starts an httpsEnv on net16 ("127.N.0.0/16") with the given store ("" is memory).
+func startHTTPSEnv(t *testing.T, net16, store string) *httpsEnv {
 	t.Helper()
 	base := strings.TrimSuffix(net16, ".0.0/16")
 	e := &httpsEnv{customer: &customerDNS{records: map[string][]dns.RR{}}, platformDNS: base + ".0.1:5353", resolver: base + ".0.3:53"}
@@ -227,6 +228,8 @@ func startHTTPSEnv(t *testing.T, net16 string) *httpsEnv {
 	e.p = startPlatformWith(t, net16, func(c *Config) {
 		c.DNSAddr = e.platformDNS
 		c.ACME.Resolver = e.resolver
+		c.Store = store
+		c.EtcdHost = base + ".0.4"
 	})
 	pem, err := os.ReadFile(e.p.CARootPath())
 	require.NoError(t, err)
@@ -254,7 +257,7 @@ func (e *httpsEnv) verifyDomain(ctx context.Context, t *testing.T, domain string
 // answered by the platform's DNS, and a verified custom domain's certificate through
 // TLS-ALPN-01; both stay served over HTTPS after a move, from either cluster.
 func TestPlatformHTTPS(t *testing.T) {
-	e := startHTTPSEnv(t, "127.81.0.0/16")
+	e := startHTTPSEnv(t, "127.81.0.0/16", "")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	roots, lc, resolver, platformDNS := e.roots, e.lc, e.resolver, e.platformDNS
@@ -297,4 +300,27 @@ func TestPlatformHTTPS(t *testing.T) {
 		require.NoError(t, err, host+" through a's tombstone")
 		require.Contains(t, page, "cluster <b>b</b>", host)
 	}
+}
+
+// TestPlatformHTTPSEtcd: with -store etcd, certificates and their locks live in etcd
+// (etcd.CertStorage) and challenge values in etcd.ACMEStore, and the owner's wildcard is served
+// by both clusters.
+func TestPlatformHTTPSEtcd(t *testing.T) {
+	e := startHTTPSEnv(t, "127.84.0.0/16", StoreEtcd)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err := e.lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "a"})
+	require.NoError(t, err)
+	waitMirror(ctx, t, e.p, func() bool { _, err := e.p.mirror.ReplByName(ctx, "replbot", "blog"); return err == nil })
+	page, cert, err := httpsGet(ctx, t, e.roots, e.platformDNS, "blog.replbot.repl.test", 4443, "")
+	require.NoError(t, err)
+	require.Contains(t, page, "cluster <b>a</b>")
+	require.Equal(t, []string{"*.replbot.repl.test"}, cert.DNSNames)
+	// Cluster b loads the same certificate from etcd (and answers 404: the repl is in a).
+	_, cert2, err := httpsGet(ctx, t, e.roots, e.platformDNS, "blog.replbot.repl.test", 4443, "127.84.2.1:4443")
+	require.ErrorContains(t, err, "status 404")
+	require.Equal(t, cert.SerialNumber, cert2.SerialNumber, "b obtained its own certificate")
+	resp, err := e.p.etcdCli.Get(ctx, "/switchyard/certs/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	require.Positive(t, resp.Count, "certificates in etcd")
 }

@@ -68,7 +68,7 @@ func TestPlatformLego(t *testing.T) {
 		t.Skip("runs lego")
 	}
 	bin := legoBinary(t)
-	e := startHTTPSEnv(t, "127.82.0.0/16")
+	e := startHTTPSEnv(t, "127.82.0.0/16", "")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	repl, err := e.lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog", Cluster: "a"})

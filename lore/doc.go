@@ -138,7 +138,7 @@
 // validation reaches the platform through one record in the domain's own DNS,
 // _acme-challenge.<domain> CNAME _acme-challenge.<domain>._domains.<zone> (DomainACMEName), and is
 // served only while the domain is verified and belongs to the delegation's owner. Stores keep
-// delegations through the optional ACMEStore interface (MemStore has it).
+// delegations through the optional ACMEStore interface (MemStore and etcd.LoreStore have it).
 //
 // # Metrics
 //

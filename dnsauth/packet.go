@@ -33,6 +33,11 @@ type PacketServer struct {
 	// AnswerTTL is how long an answer is reused: a directory change (a move) reaches clients
 	// at most this late, on top of the DNS TTL. Zero means 2 s; negative disables the cache.
 	AnswerTTL time.Duration
+	// Version, if set, is read once per batch of packets: when its value changes, every
+	// reused answer is dropped, so a directory change shows in the next answer. Give it the
+	// directory's change counter (lore.Directory.Version, etcd.Mirror.Revision). Answers from
+	// the challenge store (ACME) are never reused.
+	Version func() uint64
 	// Batch is how many packets one system call reads or writes. Zero means 64.
 	Batch int
 	// CacheEntries bounds each socket's cache. Zero means 65,536.
@@ -116,6 +121,18 @@ type answerCache struct {
 	ttl     time.Duration
 	max     int
 	entries map[string]*cachedAnswer
+	version uint64
+}
+
+// sync drops every answer when the directory's version moved.
+func (s *PacketServer) sync(c *answerCache) {
+	if c == nil || s.Version == nil {
+		return
+	}
+	if v := s.Version(); v != c.version {
+		clear(c.entries)
+		c.version = v
+	}
 }
 
 type cachedAnswer struct {
@@ -181,10 +198,11 @@ func (c *answerCache) put(key string, e *cachedAnswer) {
 // packetWriter is the ResponseWriter of one query the loop hands the Handler: the answer's
 // bytes land in out.
 type packetWriter struct {
-	local  net.Addr
-	remote *net.UDPAddr
-	out    []byte
-	n      int
+	local   net.Addr
+	remote  *net.UDPAddr
+	out     []byte
+	n       int
+	nocache bool // the Handler says: do not reuse this answer
 }
 
 func (w *packetWriter) LocalAddr() net.Addr  { return w.local }
@@ -249,7 +267,7 @@ func (s *PacketServer) answer(c *answerCache, w *packetWriter, q []byte, ip neti
 	w.n = 0
 	w.remote.IP, w.remote.Port = ip.Addr().AsSlice(), int(ip.Port())
 	h.ServeDNS(w, req)
-	if w.n > 0 && cacheable && c != nil && w.n >= 12 && w.out[2]&0x02 == 0 { // not truncated
+	if w.n > 0 && cacheable && c != nil && !w.nocache && w.n >= 12 && w.out[2]&0x02 == 0 { // not truncated
 		rcode := int(w.out[3] & 0x0f)
 		if rcode == dns.RcodeSuccess || rcode == dns.RcodeNameError {
 			resp := make([]byte, w.n)

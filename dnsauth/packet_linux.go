@@ -73,6 +73,7 @@ func (s *PacketServer) serve(conn *net.UDPConn) {
 			continue // a transient error of one read (e.g. ECONNREFUSED from an ICMP): go on
 		}
 		now := time.Now()
+		s.sync(cache)
 		k := 0
 		for i := 0; i < n; i++ {
 			ap, ok := sockaddrAddrPort(&names[i])

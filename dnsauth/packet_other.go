@@ -22,6 +22,7 @@ func (s *PacketServer) serve(conn *net.UDPConn) {
 			}
 			return
 		}
+		s.sync(cache)
 		if m := s.answer(cache, w, buf[:n], ap, time.Now()); m > 0 {
 			_, _ = conn.WriteToUDPAddrPort(w.out[:m], ap)
 		}

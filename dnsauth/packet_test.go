@@ -3,6 +3,7 @@ package dnsauth_test
 import (
 	"context"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,6 +92,35 @@ func TestPacketServerSeesMoves(t *testing.T) {
 			t.Fatalf("still the old answer after the move: %v", r.Answer)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPacketServerVersion: with the directory's change counter, a move shows in the very next
+// answer, however long answers are otherwise reused.
+func TestPacketServerVersion(t *testing.T) {
+	d := fixture()
+	var version atomic.Uint64
+	h := newHandler(t, dnsauth.Config{Zones: testZones(), Directory: d})
+	conns, err := dnsauth.ListenUDP(context.Background(), "127.0.0.1:0", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := &dnsauth.PacketServer{Handler: h, Conns: conns, AnswerTTL: time.Hour, Version: version.Load}
+	done := make(chan error, 1)
+	go func() { done <- ps.Serve() }()
+	defer func() { _ = ps.Shutdown(context.Background()); <-done }()
+	addr := conns[0].LocalAddr().String()
+	q := query("blog.replbot.repl.test.", dns.TypeA)
+	for range 3 {
+		if r := exchange(t, "udp", addr, q); r.Answer[0].(*dns.A).A.String() != "127.0.1.1" {
+			t.Fatalf("before: %v", r.Answer)
+		}
+	}
+	d.putRepl(lore.Repl{ID: "r1abc", Owner: "replbot", Slug: "blog", Cluster: "a2"})
+	d.putCluster(lore.Cluster{ID: "a2", Hosting4: addrs("127.0.3.1")})
+	version.Add(1)
+	if r := exchange(t, "udp", addr, q); r.Answer[0].(*dns.A).A.String() != "127.0.3.1" {
+		t.Fatalf("the next answer after a move: %v", r.Answer)
 	}
 }
 

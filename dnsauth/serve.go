@@ -32,6 +32,9 @@ type answer struct {
 	optv  [1]dns.EDNS0
 	cook  dns.EDNS0_COOKIE
 	class uint64 // what RRL counts the answer as
+	// nocache: the answer came from the challenge store (or an ACME name), which changes
+	// without the directory: a PacketServer must not reuse it.
+	nocache bool
 	valid bool   // the query carried a valid server cookie
 	cname dns.CNAME
 	hinfo dns.HINFO
@@ -51,6 +54,7 @@ func (a *answer) reset() {
 	a.msg.Answer = a.an[:0]
 	a.msg.Ns = a.ns[:0]
 	a.msg.Extra = a.ex[:0]
+	a.nocache = false
 }
 
 // ServeDNS answers one query. It implements dns.Handler.
@@ -85,6 +89,9 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 				h.m.rrl.WithLabelValues("slipped").Inc()
 			}
 		}
+	}
+	if pw, ok := w.(*packetWriter); ok {
+		pw.nocache = a.nocache
 	}
 	truncated := false
 	if send {
@@ -377,6 +384,7 @@ const acmeLabel = "_acme-challenge"
 // acme answers _acme-challenge.<name>.<zone>: a CNAME when the zone delegates validation,
 // otherwise the challenge store's TXT values.
 func (h *Handler) acme(a *answer, z *zone, rel, name string, q dns.Question) int {
+	a.nocache = true
 	m := &a.msg
 	target := ""
 	if z.ACMEDelegate != nil {
@@ -416,6 +424,7 @@ func (h *Handler) acme(a *answer, z *zone, rel, name string, q dns.Question) int
 // cache of "nothing here yet" never outlives a validation (a SOA-bounded NODATA is the same risk,
 // but NXDOMAIN would also deny every name below, RFC 8020).
 func (h *Handler) servedTXT(a *answer, z *zone, name string, q dns.Question) int {
+	a.nocache = true
 	if q.Qtype != dns.TypeTXT && q.Qtype != dns.TypeANY {
 		return dns.RcodeSuccess
 	}

@@ -75,7 +75,11 @@ func (d *Directory) PutACMEDelegation(ctx context.Context, owner, name, target s
 	if err != nil {
 		return ACMEDelegation{}, err
 	}
-	return s.PutACMEDelegation(ctx, ACMEDelegation{Name: n, Target: t, Owner: lower(owner), Created: d.now().UTC().Truncate(time.Microsecond)})
+	out, err := s.PutACMEDelegation(ctx, ACMEDelegation{Name: n, Target: t, Owner: lower(owner), Created: d.now().UTC().Truncate(time.Microsecond)})
+	if err == nil {
+		d.version.Add(1)
+	}
+	return out, err
 }
 
 // ACMEDelegation returns the delegation of name as the given owner sees it (empty: admin).
@@ -102,6 +106,9 @@ func (d *Directory) DeleteACMEDelegation(ctx context.Context, owner, name string
 		return err
 	}
 	_, err = s.DeleteACMEDelegation(ctx, n)
+	if err == nil {
+		d.version.Add(1)
+	}
 	return err
 }
 

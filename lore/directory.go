@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,7 +91,15 @@ type Directory struct {
 	now       func() time.Time
 	log       *slog.Logger
 	m         *dirMetrics
+	version   atomic.Uint64 // successful writes through this Directory
 }
+
+// Version counts the writes made through this Directory: it changes, before the write
+// returns, whenever an answer derived from the directory may have changed (a cache of answers,
+// such as dnsauth.PacketServer.Version, drops what it holds). Writes made by another process
+// to a shared store are not counted: follow those with the store's watch or a mirror's
+// revision.
+func (d *Directory) Version() uint64 { return d.version.Load() }
 
 type dirMetrics struct {
 	writes *prometheus.CounterVec
@@ -191,6 +200,9 @@ func (d *Directory) Store() Store { return d.store }
 func (d *Directory) Keys() []PublicKey { return append([]PublicKey(nil), d.keys...) }
 
 func (d *Directory) count(op string, err error) {
+	if err == nil {
+		d.version.Add(1)
+	}
 	if d.m == nil {
 		return
 	}

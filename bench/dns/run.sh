@@ -7,6 +7,8 @@
 # dnsperf pinned to CPU 1. Servers:
 #   bare     a miekg/dns server answering a fixed A record        (bench/dns/server -mode bare)
 #   dnsauth  dnsauth over an in-process lore Directory of REPLS repls (bench/dns/server -mode dnsauth)
+#   packet   the same dnsauth Handler on dnsauth.PacketServer for UDP (batched recvmmsg/sendmmsg,
+#            answers reused for 2 s; TCP as dnsauth)     (bench/dns/server -mode dnsauth -packet)
 #   nsd      NSD with a zone file of the same shape (REPLS names with A and AAAA)
 # Query mix (QUERIES lines, repeated for DURATION s): 80% A and 10% AAAA of random repl names,
 # 10% A of names that do not exist (NXDOMAIN). Over UDP and TCP; ROUNDS rounds, servers
@@ -28,6 +30,8 @@ ZONE=repl.test
 PORT_BARE=${PORT_BARE:-5390}
 PORT_DNSAUTH=${PORT_DNSAUTH:-5391}
 PORT_NSD=${PORT_NSD:-5392}
+PORT_PACKET=${PORT_PACKET:-5393}
+MODES=${MODES:-udp tcp}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
@@ -110,14 +114,17 @@ pids+=($!)
 # was a pointerful ~80 MB heap; with the GC-noscan store it made no difference and was dropped.)
 taskset -c "$SERVER_CPU" nsd -d -c "$work/nsd.conf" > "$work/nsd.out" 2>&1 &
 pids+=($!)
-wait_ready "$PORT_BARE"; wait_ready "$PORT_DNSAUTH"; wait_ready "$PORT_NSD"
+GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode dnsauth -packet -repls "$REPLS" -addr "127.0.0.1:$PORT_PACKET" > "$work/packet.log" 2>&1 &
+pids+=($!)
+wait_ready "$PORT_BARE"; wait_ready "$PORT_DNSAUTH"; wait_ready "$PORT_NSD"; wait_ready "$PORT_PACKET"
 
 # Check the answers before measuring them: same rcodes from dnsauth and NSD.
 for q in "s12345.o1234.$ZONE A" "s12345.o1234.$ZONE AAAA" "nx1.o0.$ZONE A"; do
   a=$(dig +norec -p "$PORT_DNSAUTH" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
   n=$(dig +norec -p "$PORT_NSD" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
-  echo "   $q: dnsauth $a, nsd $n"
-  [ "$a" = "$n" ] || { echo "run.sh: dnsauth and NSD disagree on $q" >&2; exit 1; }
+  k=$(dig +norec -p "$PORT_PACKET" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
+  echo "   $q: dnsauth $a, packet $k, nsd $n"
+  [ "$a" = "$n" ] && [ "$k" = "$n" ] || { echo "run.sh: dnsauth and NSD disagree on $q" >&2; exit 1; }
 done
 
 # cpu_ticks PID: CPU time (utime+stime, clock ticks) of PID and all its descendants (NSD's
@@ -141,13 +148,13 @@ hz=$(getconf CLK_TCK)
 # (/proc/stat's steal column, all CPUs). A round with steal measured the host, not the servers.
 steal_ticks() { awk '/^cpu / {print $9; exit}' /proc/stat; }
 
-declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD)
-declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [nsd]=${pids[2]})
+declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD [packet]=$PORT_PACKET)
+declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [nsd]=${pids[2]} [packet]=${pids[3]})
 results="$work/results.txt"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
-  for mode in udp tcp; do
-    for srv in bare dnsauth nsd; do
+  for mode in $MODES; do
+    for srv in bare dnsauth packet nsd; do
       t0=$(cpu_ticks "${pid[$srv]}")
       s0=$(steal_ticks)
       out=$(taskset -c "$CLIENT_CPU" dnsperf -m "$mode" -s 127.0.0.1 -p "${port[$srv]}" -d "$work/queries.txt" \
@@ -170,8 +177,8 @@ done
 median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 echo "== medians over $ROUNDS rounds of ${DURATION}s (ratio to bare)"
 printf "%-4s %-10s %10s %6s %14s %6s\n" mode server qps ratio "q/server-cpu-s" ratio
-for mode in udp tcp; do
-  for srv in bare dnsauth nsd; do
+for mode in $MODES; do
+  for srv in bare dnsauth packet nsd; do
     q=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $3}' "$results" | median)
     c=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $4}' "$results" | median)
     [ "$srv" = bare ] && { bq=$q; bc=$c; }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -219,7 +220,7 @@ type Platform struct {
 	etcdCli    *clientv3.Client
 	loreStore  *etcd.LoreStore
 	mirror     *etcd.Mirror
-	dns        []*dns.Server
+	dnsAddr    string // where DNS answers, UDP and TCP
 
 	acme *acmePlatform // the HTTPS side (acme.go); nil with ACME.Disable
 
@@ -393,6 +394,10 @@ func (p *Platform) startDNS() error {
 		}},
 		Directory: p.reader,
 		Logger:    p.log.With("component", "dns"),
+		// Abuse resistance: rate-limited UDP answers per client prefix (slip 2: a real
+		// client retries over TCP), and DNS cookies, which spare a client from the limit.
+		RRL:     &dnsauth.RRL{ResponsesPerSecond: 200},
+		Cookies: &dnsauth.Cookies{Secret: randomSecret16()},
 	}
 	if !p.cfg.ACME.Disable {
 		// _acme-challenge names: owners' delegations from lore, else the challenge store (which
@@ -409,32 +414,44 @@ func (p *Platform) startDNS() error {
 	if err != nil {
 		return err
 	}
-	pc, err := net.ListenPacket("udp", p.cfg.DNSAddr)
+	// UDP on dnsauth's own batched loop, one SO_REUSEPORT socket per core; TCP on miekg/dns.
+	conns, err := dnsauth.ListenUDP(context.Background(), p.cfg.DNSAddr, runtime.GOMAXPROCS(0))
 	if err != nil {
 		return fmt.Errorf("dns: %w", err)
 	}
+	ps := &dnsauth.PacketServer{Handler: h, Conns: conns}
+	// Reused answers are dropped whenever the directory DNS reads changes, so a move shows
+	// in the next answer (lore's write counter, or the etcd mirror's revision).
+	switch r := p.reader.(type) {
+	case interface{ Version() uint64 }:
+		ps.Version = r.Version
+	case interface{ Revision() int64 }:
+		ps.Version = func() uint64 { return uint64(r.Revision()) }
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = ps.Serve() }()
+	p.stop.add(func(ctx context.Context) error {
+		err := ps.Shutdown(ctx)
+		<-served
+		return err
+	})
+	p.dnsAddr = conns[0].LocalAddr().String()
 	// TCP on the port UDP got, so a ":0" address gives one port for both.
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	ln, err := net.Listen("tcp", p.dnsAddr)
 	if err != nil {
-		pc.Close()
 		return fmt.Errorf("dns: %w", err)
 	}
-	for _, s := range []*dns.Server{
-		{PacketConn: pc, Handler: h},
-		{Listener: ln, Handler: h, MaxTCPQueries: -1, IdleTimeout: func() time.Duration { return 30 * time.Second }},
-	} {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		errc := make(chan error, 1)
-		go func() { errc <- s.ActivateAndServe() }()
-		select {
-		case <-started:
-		case err := <-errc:
-			return fmt.Errorf("dns: %w", err)
-		}
-		p.dns = append(p.dns, s)
-		p.stop.add(s.ShutdownContext)
+	s := &dns.Server{Listener: ln, Handler: h, MaxTCPQueries: -1, IdleTimeout: func() time.Duration { return 30 * time.Second }}
+	started := make(chan struct{})
+	s.NotifyStartedFunc = func() { close(started) }
+	errc := make(chan error, 1)
+	go func() { errc <- s.ActivateAndServe() }()
+	select {
+	case <-started:
+	case err := <-errc:
+		return fmt.Errorf("dns: %w", err)
 	}
+	p.stop.add(s.ShutdownContext)
 	return nil
 }
 
@@ -448,7 +465,7 @@ func dnsHostAddr(hostport string) netip.Addr {
 }
 
 // DNSAddr is where dnsauth answers (UDP and TCP).
-func (p *Platform) DNSAddr() string { return p.dns[0].PacketConn.LocalAddr().String() }
+func (p *Platform) DNSAddr() string { return p.dnsAddr }
 
 // LoreURL is lore's API base URL.
 func (p *Platform) LoreURL() string { return "http://" + p.lore.Addr() }
@@ -535,3 +552,12 @@ func (p *Platform) otherCluster(id string) string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// randomSecret16 is a random 16-byte secret (the DNS cookie key of this run).
+func randomSecret16() [16]byte {
+	var k [16]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return k
+}

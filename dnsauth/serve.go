@@ -35,11 +35,11 @@ type answer struct {
 	// nocache: the answer came from the challenge store (or an ACME name), which changes
 	// without the directory: a PacketServer must not reuse it.
 	nocache bool
-	valid bool   // the query carried a valid server cookie
-	cname dns.CNAME
-	hinfo dns.HINFO
-	buf   []byte
-	ctx   *queryCtx
+	valid   bool // the query carried a valid server cookie
+	cname   dns.CNAME
+	hinfo   dns.HINFO
+	buf     []byte
+	ctx     *queryCtx
 }
 
 func newAnswer() any {

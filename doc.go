@@ -17,7 +17,7 @@
 // # The four flows
 //
 // A workspace session: the client asks lore to connect to a repl and gets its cluster's Eval URL
-// and a short-lived token; proxy.Sessions verifies the token, asks placement for the repl's VM,
+// and a short-lived token; sessions.Proxy verifies the token, asks placement for the repl's VM,
 // dials conman there (retrying elsewhere on setup failure) and splices bytes both ways.
 //
 // A web request: dnsauth answers <slug>.<owner>.<zone> with the hosting addresses of the repl's

@@ -38,7 +38,7 @@
 //
 // NewMirror loads a lore directory from one etcd snapshot into an in-process lore.MemStore and
 // follows the event log; its lookups are in-process. It satisfies dnsauth.Directory and
-// proxy.Directory. When its watch cannot continue (ErrCompacted, overflow, lost leader) it
+// hosting.Directory. When its watch cannot continue (ErrCompacted, overflow, lost leader) it
 // re-lists into a fresh MemStore and swaps it in; while etcd is unreachable it keeps serving its
 // last view and reports switchyard_etcd_mirror_stale = 1.
 //

@@ -33,7 +33,7 @@ type MirrorConfig struct {
 // Mirror is a reader's local copy of the lore directory: an in-process lore.MemStore (repls in
 // GC-noscan memory, lookups without allocation) loaded from one consistent etcd snapshot and kept current by an etcd watch of the store's
 // event log, so lookups are in-process map reads. It satisfies dnsauth.Directory and
-// proxy.Directory.
+// hosting.Directory.
 //
 // When the watch cannot continue (etcd compacted the revisions it needed, the watcher fell
 // behind, the member lost its leader) the mirror re-lists into a fresh MemStore and swaps it in
@@ -327,17 +327,17 @@ func (m *Mirror) wait(ctx context.Context) {
 	}
 }
 
-// Repl implements dnsauth.Directory and proxy.Directory from the local view.
+// Repl implements dnsauth.Directory and hosting.Directory from the local view.
 func (m *Mirror) Repl(ctx context.Context, id string) (lore.Repl, error) {
 	return m.view.Load().Repl(ctx, id)
 }
 
-// ReplByName implements dnsauth.Directory and proxy.Directory from the local view.
+// ReplByName implements dnsauth.Directory and hosting.Directory from the local view.
 func (m *Mirror) ReplByName(ctx context.Context, owner, slug string) (lore.Repl, error) {
 	return m.view.Load().ReplByName(ctx, owner, slug)
 }
 
-// ReplByDomain implements proxy.Directory from the local view.
+// ReplByDomain implements hosting.Directory from the local view.
 func (m *Mirror) ReplByDomain(ctx context.Context, domain string) (lore.Repl, error) {
 	return m.view.Load().ReplByDomain(ctx, domain)
 }

@@ -18,14 +18,14 @@ import (
 	"github.com/switchyard-dev/switchyard/dnsauth"
 	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/etcd/etcdtest"
+	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
-	"github.com/switchyard-dev/switchyard/proxy"
 )
 
 var (
 	_ dnsauth.Directory        = (*etcd.Mirror)(nil)
 	_ dnsauth.HostingDirectory = (*etcd.Mirror)(nil)
-	_ proxy.Directory          = (*etcd.Mirror)(nil)
+	_ hosting.Directory        = (*etcd.Mirror)(nil)
 )
 
 // cutProxy is a TCP relay between a client and etcd that the test can cut and restore, so

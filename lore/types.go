@@ -13,7 +13,7 @@ type Cluster struct {
 	ID string `json:"id"`
 	// Region is a free-form region name, for placement policies and people.
 	Region string `json:"region,omitempty"`
-	// EvalURL is the WebSocket URL of the cluster's sessions proxy (proxy.Sessions), the "url"
+	// EvalURL is the WebSocket URL of the cluster's sessions proxy (sessions.Proxy), the "url"
 	// lore hands out from connect, e.g. "ws://127.0.1.1:8443/v1/connect".
 	EvalURL string `json:"eval_url"`
 	// HostingURL is the internal base URL of the cluster's hosting proxy, where another cluster's

@@ -4,7 +4,7 @@
 //
 // # What it is for
 //
-// A sessions proxy (proxy.Sessions) or the hosting proxy (proxy.Hosting) that must reach a repl
+// A sessions proxy (sessions.Proxy) or the hosting proxy (hosting.Proxy) that must reach a repl
 // calls Place: placement answers with the VM already running the repl, or chooses one, records
 // the assignment and answers with it. The conman agent on every VM calls Register once and
 // Heartbeat periodically, and Release when a repl's container stops. Operators cordon and drain
@@ -19,7 +19,7 @@
 //
 // *Controlplane is the in-process implementation (New). NewHandler serves it as a JSON HTTP API
 // and *Client is the Go client of that API; both have the same method set (the API interface),
-// so a consumer declares the small interface it needs (proxy.Placer needs only Place) and takes
+// so a consumer declares the small interface it needs (hosting.Placer needs only Place) and takes
 // either. The HTTP API requires "Authorization: Bearer <credential>" on every request except
 // GET /healthz and answers 401 otherwise; see NewHandler for the routes and error statuses.
 //

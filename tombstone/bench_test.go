@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-dev/switchyard/internal/revproxy"
 	"github.com/switchyard-dev/switchyard/lore"
-	"github.com/switchyard-dev/switchyard/proxy"
 	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
@@ -69,7 +69,7 @@ func BenchmarkHop(b *testing.B) {
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 		},
-		Transport: proxy.NewTransport(),
+		Transport: revproxy.NewTransport(),
 	}
 	store, _ := tombstone.NewMemStore(tombstone.MemStoreConfig{})
 	now := time.Now()
@@ -88,7 +88,7 @@ func BenchmarkHop(b *testing.B) {
 		{"forwarded", fwd.Wrap(http.NotFoundHandler())},
 	} {
 		srv := httptest.NewServer(tc.h)
-		client := &http.Client{Transport: proxy.NewTransport()}
+		client := &http.Client{Transport: revproxy.NewTransport()}
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {

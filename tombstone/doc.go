@@ -12,7 +12,7 @@
 //   - Tombstone and Store: one cluster's tombstones, by repl ID and by name (owner, slug).
 //     MemStore (go-memdb, with a lock-free-read map index for the request path) is the
 //     in-process Store; every Store must pass the conformance suite in tombstonetest.
-//   - Forwarder (New, then Wrap): HTTP middleware in front of proxy.Hosting. A request whose
+//   - Forwarder (New, then Wrap): HTTP middleware in front of hosting.Proxy. A request whose
 //     Host names a repl with a live tombstone here is reverse-proxied to the new cluster's
 //     hosting proxy, bodies streamed both ways, WebSocket upgrades included; every other request
 //     goes to the wrapped handler. The lookup on that no-tombstone path costs about 1 µs with no
@@ -24,7 +24,7 @@
 //
 // Composition in one cluster (see the end-to-end test, TestMoveEndToEnd):
 //
-//	hosting, _ := proxy.NewHosting(proxy.HostingConfig{Zone: zone, Cluster: "a", Directory: dir,
+//	hosting, _ := hosting.New(hosting.Config{Zone: zone, Cluster: "a", Directory: dir,
 //		Placer: cp, Credential: cred, TrustForwarded: tombstone.Internal})
 //	store, _ := tombstone.NewMemStore(tombstone.MemStoreConfig{})
 //	fwd, _ := tombstone.New(tombstone.Config{Cluster: "a", Zone: zone, Store: store,
@@ -42,7 +42,7 @@
 // client cannot steer the forwarder to an address of its choosing (no SSRF). The request keeps
 // its method, path, query, body and Host (the next cluster routes by the same name); inbound
 // Switchyard-* headers are removed; X-Forwarded-For/-Host/-Proto and Forwarded are written as
-// proxy.SetForwarded describes.
+// revproxy.SetForwarded describes.
 //
 // # Loops, and internal versus external hops
 //
@@ -72,7 +72,7 @@
 // Request and response bodies are streamed (full duplex), never buffered whole; server-sent
 // events and other unknown-length answers are flushed as they arrive. A forward is one attempt
 // at one fixed target, so nothing is ever replayed and no body limit applies here: no request
-// is refused with 413. (proxy.Hosting, which may retry on another VM, buffers only bodies of at
+// is refused with 413. (hosting.Proxy, which may retry on another VM, buffers only bodies of at
 // most HostingConfig.MaxReplayBody for that purpose and streams larger ones in one attempt.)
 //
 // # Failure answers

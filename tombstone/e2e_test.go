@@ -21,9 +21,9 @@ import (
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/dnsauth"
+	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/proxy"
 	"github.com/switchyard-dev/switchyard/tombstone"
 	"github.com/switchyard-dev/switchyard/tombstone/tombstonetest"
 )
@@ -32,13 +32,13 @@ const e2eCredential = "internal-credential-e2e"
 
 // e2eCluster is one cluster on 127.0.N.0/24 built from the real packages: a placement
 // controlplane, one conman VM (conman/process runtime) at 127.0.N.11, and the hosting proxy
-// (tombstone.Forwarder around proxy.Hosting) at 127.0.N.1, with a Follower on lore.
+// (tombstone.Forwarder around hosting.Proxy) at 127.0.N.1, with a Follower on lore.
 type e2eCluster struct {
 	id      string
 	cp      *placement.Controlplane
 	conman  *conman.Server
 	store   *tombstone.MemStore
-	hosting *proxy.Hosting
+	hosting *hosting.Proxy
 	fwd     *tombstone.Forwarder
 	addr    string // hosting proxy host:port
 }
@@ -87,7 +87,7 @@ func startE2ECluster(t *testing.T, dir *lore.Directory, id string, n int, clock 
 	// The hosting proxy behind the tombstone forwarder.
 	c.store, err = tombstone.NewMemStore(tombstone.MemStoreConfig{Now: clock.Now})
 	require.NoError(t, err)
-	c.hosting, err = proxy.NewHosting(proxy.HostingConfig{
+	c.hosting, err = hosting.New(hosting.Config{
 		Zone: "repl.test", Cluster: id, Directory: dir, Placer: c.cp, Credential: e2eCredential,
 		TrustForwarded: tombstone.Internal, Logger: log,
 	})

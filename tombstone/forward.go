@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard-dev/switchyard/internal/drain"
+	"github.com/switchyard-dev/switchyard/internal/revproxy"
 	"github.com/switchyard-dev/switchyard/lore"
-	"github.com/switchyard-dev/switchyard/proxy"
 )
 
 // Clusters is the part of lore's cluster registry the forwarder needs. *lore.Directory and
@@ -29,7 +29,7 @@ type Clusters interface {
 }
 
 // Resolver maps a Host that is not a platform name (a custom domain) to its repl.
-// *proxy.Hosting satisfies it.
+// *hosting.Proxy satisfies it.
 type Resolver interface {
 	ResolveRepl(ctx context.Context, host string) (lore.Repl, error)
 }
@@ -61,12 +61,12 @@ type Config struct {
 	// transit). Zero means one minute.
 	MaxHopAge time.Duration
 	// TrustForwarded reports whether an external request's forwarding headers come from a
-	// trusted load balancer (see proxy.HostingConfig.TrustForwarded); a verified hop is always
+	// trusted load balancer (see hosting.Config.TrustForwarded); a verified hop is always
 	// trusted. Nil trusts none.
 	TrustForwarded func(r *http.Request) bool
 	// ClusterCacheTTL is how long a cluster's HostingURL is cached. Zero means 10 s.
 	ClusterCacheTTL time.Duration
-	// Transport carries forwarded requests. Nil means proxy.NewTransport().
+	// Transport carries forwarded requests. Nil means revproxy.NewTransport().
 	Transport http.RoundTripper
 	// Now is the clock for hop headers. Nil means time.Now.
 	Now func() time.Time
@@ -121,7 +121,7 @@ func New(cfg Config) (*Forwarder, error) {
 		cfg.ClusterCacheTTL = 10 * time.Second
 	}
 	if cfg.Transport == nil {
-		cfg.Transport = proxy.NewTransport()
+		cfg.Transport = revproxy.NewTransport()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -149,7 +149,7 @@ func New(cfg Config) (*Forwarder, error) {
 		Rewrite:      f.rewrite,
 		Transport:    cfg.Transport,
 		ErrorHandler: f.proxyError,
-		BufferPool:   proxy.NewBufferPool(),
+		BufferPool:   revproxy.NewBufferPool(),
 		ErrorLog:     slog.NewLogLogger(f.log.Handler(), slog.LevelWarn),
 	}
 	return f, nil
@@ -158,7 +158,7 @@ func New(cfg Config) (*Forwarder, error) {
 type internalKey struct{}
 
 // Internal reports whether r arrived from another cluster of the platform with a verified
-// HopHeader (it is false outside a Forwarder's Wrap). Use it as proxy.HostingConfig.TrustForwarded
+// HopHeader (it is false outside a Forwarder's Wrap). Use it as hosting.Config.TrustForwarded
 // so the hosting proxy keeps the original client's address.
 func Internal(r *http.Request) bool {
 	v, _ := r.Context().Value(internalKey{}).(bool)
@@ -309,8 +309,8 @@ func (f *Forwarder) rewrite(pr *httputil.ProxyRequest) {
 	st := pr.In.Context().Value(forwardKey{}).(*forwardState)
 	pr.SetURL(st.target)
 	pr.Out.Host = pr.In.Host // the next cluster routes by the name the client used
-	proxy.StripSwitchyardHeaders(pr.Out.Header)
-	proxy.SetForwarded(pr, st.trusted)
+	revproxy.StripSwitchyardHeaders(pr.Out.Header)
+	revproxy.SetForwarded(pr, st.trusted)
 	pr.Out.Header.Set(HopHeader, f.signer.sign(st.via, f.cfg.Now(), pr.In.Host, pr.In.Method, pr.In.RequestURI))
 	pr.Out.Header.Add(CDNLoopHeader, "switchyard; cluster="+f.cfg.Cluster)
 }
@@ -363,13 +363,13 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, id, outcome str
 		attrs = append(attrs, "err", cause)
 	}
 	f.log.Log(r.Context(), level, "tombstone: request refused", attrs...)
-	proxy.WriteError(w, r, status, msg, id)
+	revproxy.WriteError(w, r, status, msg, id)
 }
 
 // Upgraded returns the number of upgraded (WebSocket) connections being forwarded.
 func (f *Forwarder) Upgraded() int { return f.drain.Upgraded() }
 
-// Shutdown drains the forwarder like proxy.Hosting.Shutdown: new forwards are answered 503, and
+// Shutdown drains the forwarder like hosting.Proxy.Shutdown: new forwards are answered 503, and
 // it waits for in-flight forwards and forwarded upgraded connections. When ctx ends first it
 // closes the upgraded connections, waits (at most 5 s) for their handlers and returns
 // ctx.Err(); plain requests still running end with their server's Shutdown or Close.

@@ -1,12 +1,12 @@
-// Command hosting is the load program for proxy.Hosting and the tombstone forwarder. In one
+// Command hosting is the load program for hosting.Proxy and the tombstone forwarder. In one
 // process, on loopback, it serves a small page (the repl's web port) and measures, in
 // alternating rounds so the machine's noise hits every mode alike:
 //
 //	direct     client → the page's server
-//	hosting    client → proxy.Hosting (real lore.Directory + placement.Controlplane) → the page
+//	hosting    client → hosting.Proxy (real lore.Directory + placement.Controlplane) → the page
 //	           (the page's server plays the VM's conman: it accepts the Switchyard-* headers)
 //	plain      client → a plain httputil.ReverseProxy hop → the page
-//	pooled     the same hop with a BufferPool (proxy.NewBufferPool), as Hosting and the
+//	pooled     the same hop with a BufferPool (revproxy.NewBufferPool), as Hosting and the
 //	           forwarder use: the like-for-like baseline
 //	forwarded  client → tombstone.Forwarder (repl has a tombstone) → the page (playing the new
 //	           cluster's hosting proxy)
@@ -38,9 +38,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/switchyard-dev/switchyard/hosting"
+	"github.com/switchyard-dev/switchyard/internal/revproxy"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/proxy"
 	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
@@ -110,12 +111,12 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	if _, err := cp.Register(ctx, placement.VM{ID: "vm1", Addr: appURL.String(), Capacity: placement.Resources{Containers: 100}}); err != nil {
 		return err
 	}
-	hosting, err := proxy.NewHosting(proxy.HostingConfig{Zone: "repl.test", Cluster: "a", Directory: dir, Placer: cp,
+	hp, err := hosting.New(hosting.Config{Zone: "repl.test", Cluster: "a", Directory: dir, Placer: cp,
 		Credential: "c", Logger: quiet})
 	if err != nil {
 		return err
 	}
-	hostingSrv, err := serve("127.0.0.1:0", hosting)
+	hostingSrv, err := serve("127.0.0.1:0", hp)
 	if err != nil {
 		return err
 	}
@@ -124,7 +125,7 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	// A plain reverse proxy hop.
 	plain := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(appURL); pr.Out.Host = pr.In.Host; pr.SetXForwarded() },
-		Transport: proxy.NewTransport(),
+		Transport: revproxy.NewTransport(),
 		ErrorLog:  slog.NewLogLogger(quiet.Handler(), slog.LevelError),
 	}
 	plainSrv, err := serve("127.0.0.1:0", plain)
@@ -133,7 +134,7 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	}
 	defer plainSrv.Close()
 	// The same hop with pooled copy buffers, as Hosting and the forwarder use.
-	pooled := &httputil.ReverseProxy{Rewrite: plain.Rewrite, Transport: proxy.NewTransport(), BufferPool: proxy.NewBufferPool(),
+	pooled := &httputil.ReverseProxy{Rewrite: plain.Rewrite, Transport: revproxy.NewTransport(), BufferPool: revproxy.NewBufferPool(),
 		ErrorLog: plain.ErrorLog}
 	pooledSrv, err := serve("127.0.0.1:0", pooled)
 	if err != nil {
@@ -158,7 +159,7 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	if err != nil {
 		return err
 	}
-	fwdSrv, err := serve("127.0.0.1:0", fwd.Wrap(hosting))
+	fwdSrv, err := serve("127.0.0.1:0", fwd.Wrap(hp))
 	if err != nil {
 		return err
 	}
@@ -200,7 +201,7 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	}
 	shut, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return errorsJoin(fwd.Shutdown(shut), hosting.Shutdown(shut))
+	return errorsJoin(fwd.Shutdown(shut), hp.Shutdown(shut))
 }
 
 func errorsJoin(errs ...error) error {
@@ -233,7 +234,7 @@ func serve(addr string, h http.Handler) (*server, error) {
 
 // load runs conns keep-alive clients against addr for d and measures every request.
 func load(addr, host string, conns int, d time.Duration) result {
-	tr := proxy.NewTransport()
+	tr := revproxy.NewTransport()
 	tr.MaxIdleConnsPerHost = conns
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	defer tr.CloseIdleConnections()

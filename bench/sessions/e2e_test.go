@@ -1,7 +1,7 @@
 package main
 
-// The end-to-end test of proxy.Sessions lives here, beside the load program, rather than in
-// package proxy: it needs real conman Servers (and so conman/process), and keeping them out of
+// The end-to-end test of sessions.Proxy lives here, beside the load program, rather than in
+// package sessions: it needs real conman Servers (and so conman/process), and keeping them out of
 // the proxy package's test binary keeps its unit tests independent of conman.
 
 import (
@@ -25,7 +25,7 @@ import (
 	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/sessions"
 	"go.uber.org/goleak"
 )
 
@@ -42,9 +42,9 @@ const (
 // sessTestModes: Splice on goroutines, Splice on an event loop (EventLoops 1), Frame.
 var sessTestModes = []struct {
 	name  string
-	mode  proxy.RelayMode
+	mode  sessions.RelayMode
 	loops int
-}{{"splice", proxy.Splice, 0}, {"splice-loop", proxy.Splice, 1}, {"frame", proxy.Frame, 0}}
+}{{"splice", sessions.Splice, 0}, {"splice-loop", sessions.Splice, 1}, {"frame", sessions.Frame, 0}}
 
 func newSessTestIssuer(t *testing.T) *lore.Issuer {
 	t.Helper()
@@ -97,7 +97,7 @@ func TestSessionsEndToEnd(t *testing.T) {
 	}
 }
 
-func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode, loops int) {
+func sessTestEndToEnd(t *testing.T, mode sessions.RelayMode, loops int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -146,7 +146,7 @@ func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode, loops int) {
 
 	iss := newSessTestIssuer(t)
 	reg := prometheus.NewRegistry()
-	p, err := proxy.NewSessions(proxy.SessionsConfig{
+	p, err := sessions.New(sessions.Config{
 		Cluster:      sessTestCluster,
 		Tokens:       lore.NewKeySet(iss.PublicKey()),
 		Placer:       cp,
@@ -235,11 +235,11 @@ func sessTestEndToEnd(t *testing.T, mode proxy.RelayMode, loops int) {
 
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
-	if err := p.Shutdown(sctx); err != nil && !errors.Is(err, proxy.ErrSessionsClosed) {
+	if err := p.Shutdown(sctx); err != nil && !errors.Is(err, sessions.ErrClosed) {
 		t.Fatal(err)
 	}
 	stages, retries := sessTestStages(t, reg)
-	if stages[proxy.StageOK] != repls || stages[proxy.StageBackend] != 1 || len(stages) != 2 {
+	if stages[sessions.StageOK] != repls || stages[sessions.StageBackend] != 1 || len(stages) != 2 {
 		t.Errorf("stages = %v, want ok:%d backend:1", stages, repls)
 	}
 	t.Logf("retries across %d sessions: %v", repls+1, retries)

@@ -73,7 +73,7 @@ func loopFD(c net.Conn) (int, error) {
 // calls ready, and runs the timed load: each session sends at its own random phase every
 // 1/rate seconds (skipping a send while its previous echo is still out).
 func latencyLoop(url string, ready func()) ([]time.Duration, loopStats, error) {
-	n := *sessions
+	n := *nSessions
 	var st loopStats
 	sink := make(chan net.Conn, n+64)
 	loopSink.Store(&sink)

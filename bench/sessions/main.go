@@ -1,6 +1,6 @@
-// Command sessions is the load program for proxy.Sessions. It runs, side by side in one run and
+// Command sessions is the load program for sessions.Proxy. It runs, side by side in one run and
 // only on loopback: a WebSocket echo backend (standing in for conman's attach endpoint), a
-// direct baseline, proxy.Sessions in splice and in frame mode (each in its own process, so its
+// direct baseline, sessions.Proxy in splice and in frame mode (each in its own process, so its
 // memory and descriptors are its own), and, when installed, nginx and HAProxy configured as
 // WebSocket proxies from generated configs in a temp dir, run in the foreground and killed at
 // the end. It measures relay throughput with 1 MiB messages, added round-trip latency for
@@ -48,17 +48,17 @@ import (
 	"github.com/coder/websocket"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/sessions"
 	"golang.org/x/sys/unix"
 )
 
 var (
-	role        = flag.String("role", "driver", "driver (runs everything) or proxy (internal: one proxy.Sessions process)")
+	role        = flag.String("role", "driver", "driver (runs everything) or proxy (internal: one sessions.Proxy process)")
 	mode        = flag.String("mode", "splice", "proxy role: splice or frame")
 	backendURL  = flag.String("backend", "", "proxy role: the echo backend's base URL")
 	rounds      = flag.Int("rounds", 3, "throughput rounds per target (the median is reported)")
 	msgs        = flag.Int("messages", 150, "1 MiB messages per throughput round")
-	sessions    = flag.Int("sessions", 1000, "concurrent sessions for the latency test")
+	nSessions   = flag.Int("sessions", 1000, "concurrent sessions for the latency test")
 	rate        = flag.Float64("rate", 10, "messages per second per session in the latency test")
 	latDur      = flag.Duration("latency-duration", 5*time.Second, "duration of each latency run")
 	latDriver   = flag.String("latency-driver", "loop", "latency load generator: loop (one epoll thread sending on a precise schedule, and the echo backend) or goroutines (one per session, timed by Go's millisecond netpoller; the earlier runs' driver)")
@@ -105,15 +105,15 @@ func runProxy() error {
 		return err
 	}
 	pub := ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey)
-	m, loops := proxy.Splice, 0
+	m, loops := sessions.Splice, 0
 	switch *mode {
 	case "frame":
-		m = proxy.Frame
+		m = sessions.Frame
 	case "splice-loop":
 		loops = 1
 	}
 	backend := *backendURL
-	s, err := proxy.NewSessions(proxy.SessionsConfig{
+	s, err := sessions.New(sessions.Config{
 		Cluster: cluster,
 		Tokens:  lore.NewKeySet(lore.PublicKey{KeyID: lore.KeyID(pub), Key: pub}),
 		Placer: placerFunc(func(_ context.Context, r placement.Request) (placement.Assignment, error) {
@@ -285,7 +285,7 @@ func drive() error {
 	}
 	run := func(name string) bool { return *only == "" || slices.Contains(strings.Split(*only, ","), name) }
 
-	fmt.Printf("# proxy.Sessions load run, %s, driver GOMAXPROCS=%d, %s\n\n", time.Now().UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Printf("# sessions.Proxy load run, %s, driver GOMAXPROCS=%d, %s\n\n", time.Now().UTC().Format(time.RFC3339), runtime.GOMAXPROCS(0), runtime.Version())
 	fmt.Printf("Flags: %s\n\n", strings.Join(os.Args[1:], " "))
 	if run("throughput") {
 		if err := benchThroughput(targets); err != nil {
@@ -712,7 +712,7 @@ func throughput(url string) (float64, error) {
 // ---- latency ----
 
 func benchLatency(targets []*target) error {
-	fmt.Printf("## Round trips: %d sessions × %.0f msg/s × 64 bytes for %v (µs)\n\n", *sessions, *rate, *latDur)
+	fmt.Printf("## Round trips: %d sessions × %.0f msg/s × 64 bytes for %v (µs)\n\n", *nSessions, *rate, *latDur)
 	fmt.Printf("Driver: %s.\n\n", *latDriver)
 	fmt.Println("| target | p50 | p90 | p99 | p99.9 | added p50 | added p99 | samples | proxy CPU µs per round trip | host steal ms | sends late p99 µs | skipped | sends < 10 µs after another, % |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -757,7 +757,7 @@ func benchLatency(targets []*target) error {
 // latency opens the sessions, calls ready, and drives raw WebSocket connections (a precomputed masked frame out, a 66-byte frame
 // back) so the load generator spends as little CPU as possible on its side of the measurement.
 func latency(url string, ready func()) ([]time.Duration, loopStats, error) {
-	conns, err := dialAll(url, *sessions)
+	conns, err := dialAll(url, *nSessions)
 	defer func() {
 		for _, c := range conns {
 			if c != nil {

@@ -14,9 +14,10 @@ import (
 	"github.com/switchyard-dev/switchyard/autotls"
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/etcd"
+	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/sessions"
 	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
@@ -41,7 +42,7 @@ type cluster struct {
 	cpDone   chan struct{}
 	liveness *etcd.Liveness // with the etcd store
 
-	hostingProxy *proxy.Hosting
+	hostingProxy *hosting.Proxy
 	hosting      *server
 	https        *server      // hosting over HTTPS (acme.go); nil with ACME.Disable
 	certs        *autotls.TLS // its certificates
@@ -64,7 +65,7 @@ type cluster struct {
 // evalInstance is one generation of the cluster's Eval: a sessions proxy and its listener.
 type evalInstance struct {
 	gen      int // 1 for the first, then one more per restart
-	sessions *proxy.Sessions
+	sessions *sessions.Proxy
 	srv      *server
 	once     sync.Once
 	drained  chan struct{} // closed when drain has finished
@@ -170,7 +171,7 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	}
 
 	// Hosting, behind the tombstone middleware.
-	c.hostingProxy, err = proxy.NewHosting(proxy.HostingConfig{
+	c.hostingProxy, err = hosting.New(hosting.Config{
 		Zone:         cfg.Zone,
 		Cluster:      id,
 		Directory:    p.reader,
@@ -235,14 +236,15 @@ func (c *cluster) startEval(ctx context.Context) error {
 	c.gens++
 	gen := c.gens
 	c.mu.Unlock()
-	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
+	eval, err := sessions.New(sessions.Config{
 		Cluster:      c.id,
 		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: c.p.LoreURL() + "/v1/keys"}),
 		Placer:       c.cpClient,
 		VMCredential: c.conmanCredential,
 		Directory:    c.p.reader, // a token for a repl that moved away is refused
-		Mode:         proxy.Splice,
-		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
+		Mode:         sessions.Splice,
+		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (sessions.Config)
+		LoopBudget:   &c.p.loopBudget,
 		Registerer:   c.p.evalRegisterer(c.id, gen),
 		Logger:       c.log.With("component", "eval"),
 	})
@@ -250,7 +252,7 @@ func (c *cluster) startEval(ctx context.Context) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/connect", sessions)
+	mux.Handle("/v1/connect", eval)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	warnReusePort(c.log)
 	srv, err := serve(ctx, "eval", c.hostPort(1, cfg.EvalPort), mux, true)
@@ -258,7 +260,7 @@ func (c *cluster) startEval(ctx context.Context) error {
 		return err
 	}
 	c.mu.Lock()
-	c.eval = &evalInstance{gen: gen, sessions: sessions, srv: srv, drained: make(chan struct{})}
+	c.eval = &evalInstance{gen: gen, sessions: eval, srv: srv, drained: make(chan struct{})}
 	c.mu.Unlock()
 	return nil
 }

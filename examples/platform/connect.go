@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-dev/switchyard/lore"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/sessions"
 )
 
 // runConnect is the session client: it asks lore to connect to a repl, opens the WebSocket
@@ -81,7 +81,7 @@ func dialRepl(ctx context.Context, lc *lore.Client, target string) (*websocket.C
 	defer cancel()
 	conn, resp, err := websocket.Dial(dctx, info.URL, &websocket.DialOptions{
 		HTTPHeader:   http.Header{"Authorization": {"Bearer " + info.Token}},
-		Subprotocols: []string{proxy.Subprotocol},
+		Subprotocols: []string{sessions.Subprotocol},
 	})
 	if err != nil {
 		if resp != nil {

@@ -25,8 +25,9 @@ import (
 
 	"github.com/switchyard-dev/switchyard/dnsauth"
 	"github.com/switchyard-dev/switchyard/etcd"
+	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/sessions"
 )
 
 // Stores the platform keeps its state in (Config.Store).
@@ -213,10 +214,14 @@ type Platform struct {
 	// store, an etcd mirror (in-process lookups, fed by a watch) with etcd.
 	reader interface {
 		dnsauth.Directory
-		proxy.Directory
+		hosting.Directory
 	}
 	etcdServer *embeddedEtcd // the in-process etcd, when no endpoints were given
-	etcdTLS    EtcdTLS       // how this platform reaches etcd
+
+	// loopBudget is shared by the clusters' session proxies, so that their event loops
+	// together leave a P to the rest of the process.
+	loopBudget sessions.LoopBudget
+	etcdTLS    EtcdTLS // how this platform reaches etcd
 	etcdCli    *clientv3.Client
 	loreStore  *etcd.LoreStore
 	mirror     *etcd.Mirror

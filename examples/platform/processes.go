@@ -27,9 +27,10 @@ import (
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/etcd"
+	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/sessions"
 	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
@@ -412,22 +413,22 @@ func runEval(ctx context.Context, f *componentFlags) (*component, error) {
 	if err != nil {
 		return c, err
 	}
-	sessions, err := proxy.NewSessions(proxy.SessionsConfig{
+	eval, err := sessions.New(sessions.Config{
 		Cluster:      f.cluster,
 		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: strings.TrimSuffix(f.loreURL, "/") + "/v1/keys"}),
 		Placer:       placement.NewClient(f.controlplane, cred, nil),
 		VMCredential: conmanCred,
 		Directory:    m,
-		Mode:         proxy.Splice,
-		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (proxy.SessionsConfig)
+		Mode:         sessions.Splice,
+		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (sessions.Config)
 		Logger:       f.log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	c.stop.add(sessions.Shutdown)
+	c.stop.add(eval.Shutdown)
 	mux := http.NewServeMux()
-	mux.Handle("/v1/connect", sessions)
+	mux.Handle("/v1/connect", eval)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	warnReusePort(f.log)
 	srv, err := serve(ctx, "eval", f.addr, mux, true)
@@ -462,7 +463,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 		return c, err
 	}
 	placer := placement.NewClient(f.controlplane, cred, nil)
-	h, err := proxy.NewHosting(proxy.HostingConfig{
+	h, err := hosting.New(hosting.Config{
 		Zone: f.zone, Cluster: f.cluster, Directory: m, Placer: placer, VMCredential: conmanCred,
 		TrustForwarded: tombstone.Internal, Logger: f.log,
 	})

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/switchyard-dev/switchyard/connlimit"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/handover"
 )
 
 // server is one HTTP listener of the platform and the goroutine serving it.
@@ -21,7 +21,7 @@ type server struct {
 	name string
 	srv  *http.Server
 	ln   net.Listener
-	h    *proxy.Handover
+	h    *handover.Server
 	done chan struct{}
 	err  error // Serve's result, set before done closes
 }
@@ -63,7 +63,7 @@ func serveTLS(ctx context.Context, name, addr string, h http.Handler, reuse bool
 		err error
 	)
 	if reuse {
-		ln, err = proxy.ListenReusePort(ctx, "tcp", addr)
+		ln, err = handover.ListenReusePort(ctx, "tcp", addr)
 	} else {
 		var lc net.ListenConfig
 		ln, err = lc.Listen(ctx, "tcp", addr)
@@ -94,8 +94,8 @@ func serveTLS(ctx context.Context, name, addr string, h http.Handler, reuse bool
 	}
 	// Handover, not srv.Serve and srv.Shutdown: http.Server.Shutdown drops, unanswered, a
 	// request it reads after it began, even on a connection accepted just before (see
-	// proxy.Handover). That would lose connections in an Eval handover.
-	s.h = proxy.NewHandover(s.srv, ln)
+	// handover.Server). That would lose connections in an Eval handover.
+	s.h = handover.New(s.srv, ln)
 	go func() {
 		defer close(s.done)
 		if err := s.h.Serve(); !errors.Is(err, http.ErrServerClosed) {
@@ -126,7 +126,7 @@ var reusePortWarning sync.Once
 // unless net.ipv4.tcp_migrate_req is 1.
 func warnReusePort(log *slog.Logger) {
 	reusePortWarning.Do(func() {
-		ok, err := proxy.ReusePortMigration()
+		ok, err := handover.ReusePortMigration()
 		switch {
 		case err != nil:
 			log.Warn("cannot tell whether Eval handovers lose connections", "err", err)

@@ -17,7 +17,7 @@ import (
 
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/proxy"
+	"github.com/switchyard-dev/switchyard/sessions"
 )
 
 // The operator console: what runs where, live sessions, session outcomes by failure stage, and
@@ -28,8 +28,8 @@ import (
 
 // consoleStages are the session outcome stages in display order.
 var consoleStages = []string{
-	proxy.StageOK, proxy.StageClient, proxy.StageToken, proxy.StagePlacement,
-	proxy.StageDial, proxy.StageBackend, proxy.StageLimit,
+	sessions.StageOK, sessions.StageClient, sessions.StageToken, sessions.StagePlacement,
+	sessions.StageDial, sessions.StageBackend, sessions.StageLimit,
 }
 
 // outcomeWindow is the console's "last minutes" of session outcomes.
@@ -64,10 +64,10 @@ type consoleGeneration struct {
 }
 
 type consoleVM struct {
-	ID, Addr, State     string
+	ID, Addr, State      string
 	Containers, Capacity int
-	Sessions            int
-	Heartbeat           time.Time
+	Sessions             int
+	Heartbeat            time.Time
 }
 
 type consoleRepl struct {

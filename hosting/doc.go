@@ -1,0 +1,14 @@
+// Package hosting is the hosting proxy: an http.Handler that routes web traffic by Host to the
+// repl that serves it.
+//
+// A Proxy maps a request's Host — <slug>.<owner>.<zone>, <id>.id.<zone>, or a verified custom
+// domain — to the repl through a Directory (lore), asks a Placer (placement) for its VM, and
+// reverse-proxies to the repl's web port through that VM's conman: WebSocket upgrades,
+// streaming bodies and trailers included. Failures answer clearly: 404 for a host no repl
+// serves, 502 with a request id (also in the log line) when the repl cannot start, 503 when the
+// directory or placement is down.
+//
+// A Proxy never binds a port. Put tombstone's Forwarder in front of it (Forwarder.Wrap) so that
+// requests for repls that moved to another cluster are forwarded there, and call Proxy.Shutdown
+// with http.Server.Shutdown: the server's does not wait for upgraded connections.
+package hosting

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package sessions
+
+func fileLimit() (uint64, bool) { return 0, false }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,8 +178,26 @@ func TestBrowserWorkspaceAndConsole(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS("#terminal")),
 	))
 	waitJS(t, owner, `window.switchyardWorkspace && window.switchyardWorkspace.state() === "connected"`)
+	waitJS(t, owner, `window.switchyardWorkspace.text().trim().endsWith("#")`) // the shell's prompt
 	typeLine(t, owner, "echo RESULT-$((6*7))-$SWITCHYARD_VM")
 	vm1 := waitTerm(t, owner, regexp.MustCompile(`RESULT-42-(a-vm\d+)`))
+
+	// The pty has the terminal's size, and follows it when the window changes.
+	size := func() string {
+		s, err := chromedp.Run(owner, chromedp.Evaluate[string](`window.switchyardWorkspace.term.rows + " " + window.switchyardWorkspace.term.cols`))
+		require.NoError(t, err)
+		return s
+	}
+	want := size()
+	typeLine(t, owner, "echo SIZE-$(stty size | tr ' ' x)")
+	waitTerm(t, owner, regexp.MustCompile(`SIZE-`+strings.Replace(want, " ", "x", 1)+`\b`))
+	require.NoError(t, chromedp.Do(owner, chromedp.EmulateViewport(1000, 600)))
+	waitJS(t, owner, `window.switchyardWorkspace.term.rows + " " + window.switchyardWorkspace.term.cols !== "`+want+`"`)
+	resized := size()
+	typeLine(t, owner, "echo RESIZED-$(stty size | tr ' ' x)")
+	waitTerm(t, owner, regexp.MustCompile(`RESIZED-`+strings.Replace(resized, " ", "x", 1)+`\b`))
+	require.NoError(t, chromedp.Do(owner, chromedp.EmulateViewport(1400, 820)))
+	t.Logf("terminal %s, resized to %s", want, resized)
 
 	// The repl's page in its web view: the sandboxed frame (an opaque origin the page cannot
 	// read) loaded, and the same URL shows the demo app's page.

@@ -194,7 +194,6 @@ func runPlatform(args []string) error {
 		return err
 	}
 	p.printEndpoints(os.Stdout)
-	p.printWeb(os.Stdout)
 
 	sig := <-sigs
 	cfg.Logger.Info("stopping: live sessions drain; signal again to close them at once", "signal", sig.String())

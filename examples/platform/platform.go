@@ -517,6 +517,7 @@ func (p *Platform) printEndpoints(w *os.File) {
 		}
 	}
 	p.printACME(w)
+	p.printWeb(w)
 	a := p.clusters[p.order[0]]
 	_, hostingPort, _ := net.SplitHostPort(a.hosting.Addr())
 	fmt.Fprintf(w, `
@@ -541,9 +542,9 @@ func (p *Platform) printWeb(w *os.File) {
 	if p.web == nil {
 		return
 	}
-	fmt.Fprintf(w, `In a browser, once replbot/blog exists: %[1]s/replbot/blog (sign in as replbot, key %[2]s);
-the console: %[1]s/console (the admin key).
-
+	fmt.Fprintf(w, `
+  In a browser, once replbot/blog exists: %[1]s/replbot/blog
+  (sign in as replbot, key %[2]s); the console: %[1]s/console (the admin key).
 `, p.web.URL(), ownerKey(p.cfg.AdminKey, "replbot"))
 }
 

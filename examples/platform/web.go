@@ -5,6 +5,8 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"embed"
 	"encoding/base32"
 	"encoding/base64"
@@ -417,7 +419,15 @@ func (w *webServer) workspace(rw http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	w.render(rw, http.StatusOK, "workspace.html", page{Title: repl.Owner + "/" + repl.Slug, Session: s, Data: repl})
+	view := "http://" + repl.Slug + "." + repl.Owner + "." + w.p.cfg.Zone
+	if c := w.p.clusters[repl.Cluster]; c != nil && c.https != nil {
+		view = "https://" + repl.Slug + "." + repl.Owner + "." + w.p.cfg.Zone
+	}
+	w.render(rw, http.StatusOK, "workspace.html", page{Title: repl.Owner + "/" + repl.Slug, Session: s,
+		Data: struct {
+			lore.Repl
+			View string // the repl's own URL the web view relays
+		}{repl, view}})
 }
 
 // connect asks lore for a connect token, on the server side with the admin key, for the
@@ -442,8 +452,9 @@ func (w *webServer) connect(rw http.ResponseWriter, r *http.Request) {
 	writeJSON(rw, http.StatusOK, map[string]string{"url": info.URL, "token": info.Token})
 }
 
-// replPage relays the repl's hosted page through its cluster's hosting proxy, so the workspace
-// can show it beside the terminal before the repl has an HTTPS name a browser resolves (#13).
+// replPage relays the repl's hosted page through its cluster's hosting proxy (over HTTPS to the
+// repl's own name when the cluster serves HTTPS), so the workspace can show it beside the
+// terminal though the browser cannot resolve the platform's zone or trust its CA.
 // The repl's code is hostile: its responses are sandboxed (an opaque origin: no access to this
 // site's cookies or pages), and neither the browser's cookies nor the repl's Set-Cookie pass.
 func (w *webServer) replPage(rw http.ResponseWriter, r *http.Request) {
@@ -462,9 +473,26 @@ func (w *webServer) replPage(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	host := repl.Slug + "." + repl.Owner + "." + w.p.cfg.Zone
+	scheme, addr := target.Scheme, target.Host
+	var transport http.RoundTripper // nil: http.DefaultTransport
+	if c := w.p.clusters[repl.Cluster]; c != nil && c.https != nil {
+		// HTTPS hosting (#13): the hop to the repl is TLS to its own name, verified against the
+		// CA that issued it (the in-process one, else the system's roots).
+		var roots *x509.CertPool
+		if w.p.acme != nil && w.p.acme.ca != nil {
+			roots = w.p.acme.ca.Roots()
+		}
+		tr := &http.Transport{
+			TLSClientConfig:   &tls.Config{ServerName: host, RootCAs: roots, MinVersion: tls.VersionTLS12},
+			DisableKeepAlives: true,
+		}
+		defer tr.CloseIdleConnections()
+		scheme, addr, transport = "https", c.https.Addr(), tr
+	}
 	rp := &httputil.ReverseProxy{
+		Transport: transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = target.Scheme, target.Host
+			pr.Out.URL.Scheme, pr.Out.URL.Host = scheme, addr
 			pr.Out.URL.Path = "/" + r.PathValue("path")
 			pr.Out.URL.RawPath = ""
 			pr.Out.Host = host
@@ -475,6 +503,7 @@ func (w *webServer) replPage(rw http.ResponseWriter, r *http.Request) {
 		ModifyResponse: func(resp *http.Response) error {
 			resp.Header.Del("Set-Cookie")
 			resp.Header.Set("Content-Security-Policy", "sandbox allow-scripts allow-forms allow-popups; frame-ancestors 'self'")
+			resp.Header.Set("Switchyard-Web-View", scheme+"://"+host)
 			return nil
 		},
 		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {

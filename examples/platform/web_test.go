@@ -156,6 +156,7 @@ func TestWebSignInAndOwnership(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	require.Contains(t, body, "Hello from blog.replbot")
 	require.Contains(t, resp.Header.Get("Content-Security-Policy"), "sandbox")
+	require.Equal(t, "https://blog.replbot.repl.test", resp.Header.Get("Switchyard-Web-View"), "over HTTPS, verified")
 	require.Empty(t, resp.Header.Values("Set-Cookie"))
 
 	// Forged and expired cookies count as signed out.

@@ -35,6 +35,7 @@
     scrollback: 5000,
     fontFamily: '"DejaVu Sans Mono", ui-monospace, monospace',
     fontSize: 14,
+    lineHeight: 1.2, // room for underscores
     theme: { background: "#111318" },
   });
   const fit = new FitAddon.FitAddon();
@@ -48,6 +49,7 @@
   let failures = 0;      // connection losses in a row, for the backoff
   let waitKey = false;   // the shell exited: the next key starts a new one
   let timer = null;
+  let reconnecting = false; // a session was open before: the next open is a reconnect
 
   // notice writes a line of the platform's own into the terminal, apart from the shell's output.
   function notice(text) {
@@ -121,6 +123,8 @@
     ws.binaryType = "arraybuffer";
     sock = ws;
     ws.onopen = () => {
+      if (reconnecting) view.src = view.src; // the page may now come from the repl's new VM
+      reconnecting = true;
       failures = 0;
       setStatus("connected", "connected");
       sendResize();

@@ -238,6 +238,10 @@ func TestBrowserWorkspaceAndConsole(t *testing.T) {
 	waitJS(t, admin, vmRow(vm2)+` && `+vmRow(vm2)+`.querySelector(".sessions").textContent === "1"`)
 	waitJS(t, admin, `document.querySelector('tr[data-repl="replbot/blog"] .vm').textContent === "`+vm2+`"`)
 	screenshot(t, owner, "workspace.png")
+	// The hook for the in-band notice (#18): a control message the server sends is shown.
+	_, err = chromedp.Run(owner, chromedp.Evaluate[any](`window.switchyardWorkspace.handleControl('{"type":"notice","text":"IN-BAND notice"}')`))
+	require.NoError(t, err)
+	waitTerm(t, owner, regexp.MustCompile(`\[IN-BAND notice\]`))
 	screenshot(t, admin, "console.png")
 
 	// Move the repl to cluster b from the console: DNS answers b. Cluster a stops the repl's

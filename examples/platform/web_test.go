@@ -167,13 +167,14 @@ func TestWebSignInAndOwnership(t *testing.T) {
 	forged := base64.RawURLEncoding.EncodeToString([]byte("v1|owner|alice|"+exp)) + "." + sig
 	expired := w.sign("v1|owner|alice|" + strconv.FormatInt(time.Now().Add(-time.Second).Unix(), 10))
 	otherKey := (&webServer{sessKey: deriveWebKey("another-admin-key", "sessions")}).sign("v1|owner|alice|" + exp)
+	var req *http.Request
 	for name, v := range map[string]string{"forged": forged, "expired": expired, "other key": otherKey, "admin role forged": base64.RawURLEncoding.EncodeToString([]byte("v1|admin||"+exp)) + "." + sig} {
-		req := httptest.NewRequest("GET", "/alice/notes", nil)
+		req = httptest.NewRequest("GET", "/alice/notes", nil)
 		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: v})
 		_, ok := w.session(req)
 		require.False(t, ok, name)
 	}
-	req := httptest.NewRequest("GET", "/", nil)
+	req = httptest.NewRequest("GET", "/", nil)
 	req.AddCookie(&http.Cookie{Name: sessionCookie, Value: good})
 	s, ok := w.session(req)
 	require.True(t, ok)
@@ -222,6 +223,19 @@ func TestWebSignInAndOwnership(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
 	resp, _ = c.do("POST", "/console/actions/nothing", url.Values{"cluster": {"a"}}, http.Header{csrfHeader: {m[1]}})
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+
+	// The console's counters are the ones the admin API exports.
+	req, err = http.NewRequest("GET", p.AdminURL()+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer test-admin-key")
+	mresp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	mbody, err := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, mresp.StatusCode)
+	require.Contains(t, string(mbody), `switchyard_proxy_sessions_active{cluster="a",generation="2"}`)
+	require.Contains(t, string(mbody), `switchyard_conman_attach_sessions{cluster="a",vm="a-vm1"}`)
 
 	// Sign out ends the session.
 	resp, _ = c.do("POST", "/signout", nil, nil)

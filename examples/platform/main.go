@@ -17,7 +17,8 @@
 // started in process when none are given), DNS and hosting read through etcd mirrors, and each
 // VM's liveness is an etcd lease.
 //
-// Defaults: zone repl.test, DNS 127.0.0.1:5353, lore http://127.0.0.1:8400, clusters a and b on
+// Defaults: zone repl.test, DNS 127.0.0.1:5353, lore http://127.0.0.1:8400, the web pages
+// (workspace and console, web.go) http://127.0.0.1:8402, clusters a and b on
 // 127.0.1.0/24 and 127.0.2.0/24 (hosting .1:8080, Eval .1:8443, controlplane .1:8500, VMs
 // .11, .12, … :8600).
 package main

@@ -233,6 +233,8 @@ func (w *webServer) consoleData(ctx context.Context) consoleData {
 
 	if pg, err := w.lore.Repls(ctx, lore.ReplQuery{Limit: consoleMaxRepls}); err == nil {
 		d.MoreRepls = pg.Next != ""
+		dnsc := w.p.dnsLookups(ctx)
+		defer dnsc.close()
 		for _, r := range pg.Repls {
 			cr := consoleRepl{ID: r.ID, Owner: r.Owner, Slug: r.Slug, Cluster: r.Cluster, OwnerKey: ownerKey(w.adminKey, r.Owner)}
 			if c := w.p.clusters[r.Cluster]; c != nil {
@@ -242,7 +244,7 @@ func (w *webServer) consoleData(ctx context.Context) consoleData {
 					cr.VM = "? " + err.Error()
 				}
 			}
-			cr.DNS = w.p.lookupA(ctx, r.Slug+"."+r.Owner+"."+w.p.cfg.Zone)
+			cr.DNS = dnsc.lookupA(ctx, r.Slug+"."+r.Owner+"."+w.p.cfg.Zone)
 			d.Repls = append(d.Repls, cr)
 		}
 	}
@@ -323,14 +325,30 @@ func (p *Platform) outcomeCounts() map[string]map[string]int {
 	return out
 }
 
-// lookupA asks the platform's DNS for name's A records, as a resolver would: the answer moves
-// when a repl moves.
-func (p *Platform) lookupA(ctx context.Context, name string) string {
+// dnsLookups asks the platform's DNS, as a resolver would, over one TCP connection (UDP
+// answers are rate-limited per client; a console refresh asks once per repl).
+func (p *Platform) dnsLookups(ctx context.Context) *dnsLookups {
+	l := &dnsLookups{c: &dns.Client{Net: "tcp", Timeout: time.Second}}
+	l.conn, l.err = l.c.DialContext(ctx, p.DNSAddr())
+	return l
+}
+
+type dnsLookups struct {
+	c    *dns.Client
+	conn *dns.Conn
+	err  error
+}
+
+// lookupA is the A records DNS answers for name: they move when a repl moves.
+func (l *dnsLookups) lookupA(ctx context.Context, name string) string {
+	if l.err != nil {
+		return "error: " + l.err.Error()
+	}
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
-	cl := &dns.Client{Timeout: time.Second}
-	in, _, err := cl.ExchangeContext(ctx, m, p.DNSAddr())
+	in, _, err := l.c.ExchangeWithConnContext(ctx, m, l.conn)
 	if err != nil {
+		l.err = err // the connection is unusable now
 		return "error: " + err.Error()
 	}
 	var addrs []string
@@ -343,6 +361,12 @@ func (p *Platform) lookupA(ctx context.Context, name string) string {
 		return dns.RcodeToString[in.Rcode]
 	}
 	return strings.Join(addrs, " ")
+}
+
+func (l *dnsLookups) close() {
+	if l.conn != nil {
+		l.conn.Close()
+	}
 }
 
 // outcomeHistory samples the outcome counters so the console can show the last minutes.

@@ -130,7 +130,9 @@ func (r *Runtime) prepareFS(c *container) error {
 	// create them in directories of the image (owned by the host's root).
 	dirs := []string{"/proc", "/dev", "/sys", "/tmp", "/etc"}
 	for _, m := range c.mountMap() {
-		dirs = append(dirs, m[0])
+		if fi, err := os.Stat(m[1]); err != nil || fi.IsDir() {
+			dirs = append(dirs, m[0])
+		}
 	}
 	for _, d := range dirs {
 		if err := mkdirIn(root, d); err != nil {

@@ -8,6 +8,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -563,3 +564,98 @@ func execOutput(name string, args ...string) (string, error) {
 }
 
 func goarch() string { return runtime.GOARCH }
+
+// libDirs are where AddLibraries looks for shared libraries, in order.
+var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
+	"/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+
+// AddLibraries copies into the root file system at rootfs what the VM's dynamically linked
+// binaries need to run there: their ELF interpreter and shared libraries (transitively), each
+// at its path on the VM. A platform binds a program of the VM into its repls (Spec.Mounts) and
+// gives the image its libraries this way; static binaries need nothing.
+func AddLibraries(rootfs string, binaries ...string) error {
+	done := map[string]bool{}
+	var add func(file string) error
+	add = func(file string) error {
+		if done[file] {
+			return nil
+		}
+		done[file] = true
+		f, err := elf.Open(file)
+		if err != nil {
+			return fmt.Errorf("oci: %s: %w", file, err)
+		}
+		defer f.Close()
+		var need []string
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				b, err := io.ReadAll(io.LimitReader(p.Open(), 4096))
+				if err != nil {
+					return fmt.Errorf("oci: %s: interpreter: %w", file, err)
+				}
+				need = append(need, strings.TrimRight(string(b), "\x00"))
+			}
+		}
+		libs, err := f.ImportedLibraries()
+		if err != nil {
+			return fmt.Errorf("oci: %s: %w", file, err)
+		}
+		for _, lib := range libs {
+			found := ""
+			for _, d := range libDirs {
+				if _, err := os.Stat(filepath.Join(d, lib)); err == nil {
+					found = filepath.Join(d, lib)
+					break
+				}
+			}
+			if found == "" {
+				return fmt.Errorf("oci: %s needs %s, not found in %v", file, lib, libDirs)
+			}
+			need = append(need, found)
+		}
+		for _, n := range need {
+			if done[n] {
+				continue
+			}
+			if err := copyInto(rootfs, n); err != nil {
+				return err
+			}
+			if err := add(n); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, b := range binaries {
+		if err := add(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyInto copies the file at name (following symbolic links) to the same path below rootfs.
+func copyInto(rootfs, name string) error {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return fmt.Errorf("oci: %w", err)
+	}
+	rt, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	rel := strings.TrimPrefix(filepath.Clean(name), "/")
+	if err := rt.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
+		return err
+	}
+	f, err := rt.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -268,3 +268,28 @@ func TestSandbox(t *testing.T) {
 		})
 	}
 }
+
+// TestVMBinary runs a dynamically linked program of the VM (this test binary) in a container:
+// bound in read-only, its libraries added to the image.
+func TestVMBinary(t *testing.T) {
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox not installed")
+	}
+	root := filepath.Join(t.TempDir(), "rootfs")
+	require.NoError(t, oci.BusyboxRootfs(root, bb))
+	require.NoError(t, oci.AddLibraries(root, exe))
+	for _, rt := range runtimes {
+		t.Run(rt.name, func(t *testing.T) {
+			r := newRuntime(t, rt.name, rt.args, "")
+			t.Cleanup(func() { r.Close() })
+			startT(t, r, "vmbin", conman.Spec{Rootfs: root, Mounts: []conman.Mount{{Source: exe, Target: "/opt/app/test", ReadOnly: true}}})
+			out, code := exec1(t, r, "vmbin", "/opt/app/test", "-test.run=^TestNothing$")
+			if code != 0 || !strings.Contains(out, "PASS") {
+				t.Fatalf("the VM's binary in the container: %d %q", code, out)
+			}
+		})
+	}
+}

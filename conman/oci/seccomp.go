@@ -11,8 +11,9 @@ import (
 
 // allowedSyscalls are the system calls Docker's default seccomp profile allows to a container
 // with Docker's default capabilities (moby profiles/seccomp/default.json): everything a normal
-// program uses, and nothing that needs CAP_SYS_ADMIN (mount, unshare, setns, bpf, ...),
-// CAP_SYS_PTRACE (ptrace, process_vm_*), kernel modules, clocks, reboot, keyrings or swap.
+// program uses (ptrace of its own processes included, as Docker allows on kernels ≥ 4.8), and
+// nothing that needs CAP_SYS_ADMIN (mount, unshare, setns, bpf, ...), kernel modules, clocks,
+// reboot, keyrings or swap.
 var allowedSyscalls = strings.Fields(`
 accept accept4 access adjtimex alarm bind brk capget capset chdir chmod chown chown32
 clock_adjtime clock_adjtime64 clock_getres clock_getres_time64 clock_gettime clock_gettime64
@@ -55,6 +56,7 @@ timer_gettime timer_gettime64 timer_settime timer_settime64 timerfd_create timer
 timerfd_gettime64 timerfd_settime timerfd_settime64 times tkill truncate truncate64 ugetrlimit
 umask uname unlink unlinkat utime utimensat utimensat_time64 utimes vfork vmsplice wait4
 waitid waitpid write writev
+process_vm_readv process_vm_writev ptrace
 `)
 
 // nsCloneFlags are clone(2)'s namespace flags (CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -75,6 +77,9 @@ type acmePlatform struct {
 	caURL    string
 	caRoots  *x509.CertPool
 	rootPath string // the in-process CA's root certificate, for curl --cacert
+	// scope keeps the in-process CA's certificates apart from an earlier run's: that CA is new
+	// at every start, so certificates it signed before are worthless (a hash of its root).
+	scope string
 }
 
 // challengeZone is where acme-dns accounts' values live: a "_" label is never an owner.
@@ -157,6 +162,8 @@ func (p *Platform) startACME(ctx context.Context) error {
 	}
 	p.stop.add(func(context.Context) error { return p.acme.ca.Close() })
 	p.acme.caURL, p.acme.caRoots = p.acme.ca.DirectoryURL(), p.acme.ca.APIRoots()
+	sum := sha256.Sum256(p.acme.ca.RootPEM())
+	p.acme.scope = hex.EncodeToString(sum[:6])
 	p.acme.rootPath = filepath.Join(p.cfg.StateDir, "acme-ca-root.pem")
 	return os.WriteFile(p.acme.rootPath, p.acme.ca.RootPEM(), 0o644)
 }
@@ -179,12 +186,12 @@ func (c *cluster) startHTTPS(ctx context.Context, h http.Handler) error {
 	acfg := autotls.Config{
 		Zone: p.cfg.Zone, Directory: p.reader, Challenges: store,
 		CA: p.acme.caURL, CARoots: p.acme.caRoots,
-		Dir: filepath.Join(p.cfg.StateDir, "certs"), TLSALPNAddr: addr,
+		Dir: filepath.Join(p.cfg.StateDir, "certs", p.acme.scope), TLSALPNAddr: addr,
 		Logger: c.log.With("component", "autotls"),
 	}
 	if p.cfg.Store == StoreEtcd {
 		// Certificates and their locks in etcd, shared by every hosting replica.
-		cs, err := etcd.NewCertStorage(etcd.CertStorageConfig{Client: p.etcdCli})
+		cs, err := etcd.NewCertStorage(etcd.CertStorageConfig{Client: p.etcdCli, Prefix: "/switchyard/certs/" + p.acme.scope + "/"})
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -323,4 +324,47 @@ func TestPlatformHTTPSEtcd(t *testing.T) {
 	resp, err := e.p.etcdCli.Get(ctx, "/switchyard/certs/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	require.NoError(t, err)
 	require.Positive(t, resp.Count, "certificates in etcd")
+}
+
+// TestPlatformHTTPSCurl is the README's HTTPS example as a person runs it: the platform binary,
+// then curl with the root certificate the platform printed, the name resolved by the platform's
+// DNS.
+func TestPlatformHTTPSCurl(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a whole platform process")
+	}
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("curl is not installed; CI must install it")
+		}
+		t.Skip("curl is not installed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pp := startPlatformProcess(ctx, t, "-cluster-net", "127.85.0.0/16", "-clusters", "a",
+		"-dns", "127.85.0.1:0", "-lore", "127.85.0.1:0", "-admin", "127.85.0.1:0", "-web", "127.85.0.1:0",
+		"-acme-dns", "127.85.0.1:0")
+	banner := strings.Join(pp.banner, "\n")
+	root := regexp.MustCompile(`root certificate (\S+)\)`).FindStringSubmatch(banner)
+	require.NotNil(t, root, banner)
+	acmeDNS := pp.field("acme-dns", 2)
+	require.True(t, strings.HasPrefix(acmeDNS, "http://127.85.0.1:"), banner)
+	resp, err := http.Get(acmeDNS + "/health")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	lc := lore.NewClient(pp.field("  lore API", 2), "k", nil)
+	repl, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog"})
+	require.NoError(t, err)
+	host := "blog.replbot.repl.test"
+	ips := lookupA(t, pp.field("  DNS (UDP+TCP)", 2), "udp", host)
+	require.Equal(t, []string{"127.85.1.1"}, ips)
+	out, err := exec.CommandContext(ctx, curl, "-sS", "--fail", "--cacert", root[1],
+		"--resolve", host+":4443:"+ips[0], "https://"+host+":4443/").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), repl.ID)
+	require.Contains(t, string(out), "cluster <b>a</b>")
+	pp.stop(t, 15*time.Second)
 }

@@ -28,7 +28,7 @@ func TestPlatformHoldsUnderIdleFlood(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pp := startPlatformProcess(ctx, t, "-cluster-net", "127.93.0.0/16", "-clusters", "a",
-		"-dns", "127.93.0.1:0", "-lore", "127.93.0.1:0", "-admin", "127.93.0.1:0", "-web", "127.93.0.1:0")
+		"-dns", "127.93.0.1:0", "-lore", "127.93.0.1:0", "-admin", "127.93.0.1:0", "-web", "127.93.0.1:0", "-acme-dns", "127.93.0.1:0")
 	loreAddr := strings.TrimPrefix(pp.field("  lore API", 2), "http://")
 	lc := lore.NewClient("http://"+loreAddr, "k", nil)
 	_, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "blog"})

@@ -26,7 +26,7 @@ func TestPlatformRestartKeepsState(t *testing.T) {
 	defer cancel()
 	state := filepath.Join(t.TempDir(), "state")
 	args := []string{"-cluster-net", "127.91.0.0/16", "-dns", "127.91.0.1:0", "-lore", "127.91.0.1:0",
-		"-admin", "127.91.0.1:0", "-web", "127.91.0.1:0", "-state", state}
+		"-admin", "127.91.0.1:0", "-web", "127.91.0.1:0", "-acme-dns", "127.91.0.1:0", "-state", state}
 	pp := startPlatformProcess(ctx, t, args...)
 	lc := lore.NewClient(pp.field("  lore API", 2), "k", nil)
 	require.Contains(t, strings.Join(pp.banner, "\n"), "etcd", "with -state the state is kept in etcd")

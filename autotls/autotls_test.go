@@ -57,7 +57,10 @@ type env struct {
 
 // newEnv runs lore, dnsauth (the platform zone, and the customer's zone example.test with
 // shop.example.test on loopback), Pebble resolving through it, and an HTTPS server on autotls.
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvWith(t, 0, 0) }
+
+// newEnvWith is newEnv with a certificate lifetime and renewal check interval (zero: defaults).
+func newEnvWith(t testing.TB, validity, renewCheck time.Duration) *env {
 	t.Helper()
 	ctx := context.Background()
 	e := &env{store: acmedns.NewMemStore(acmedns.MemStoreConfig{}), reg: prometheus.NewRegistry()}
@@ -122,7 +125,7 @@ func newEnv(t testing.TB) *env {
 	}
 	_, port, _ := net.SplitHostPort(e.ln.Addr().String())
 	p, _ := net.LookupPort("tcp", port)
-	e.ca, err = acmeca.Start(acmeca.Config{Resolver: dnsLn.Addr().String(), TLSPort: p})
+	e.ca, err = acmeca.Start(acmeca.Config{Resolver: dnsLn.Addr().String(), TLSPort: p, Validity: validity})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +134,8 @@ func newEnv(t testing.TB) *env {
 		Zone: "repl.test", Directory: e.dir, Challenges: e.store,
 		CA: e.ca.DirectoryURL(), CARoots: e.ca.APIRoots(), Dir: t.TempDir(),
 		TLSALPNAddr: e.ln.Addr().String(), Registerer: e.reg,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+		RenewCheckInterval: renewCheck,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -229,5 +233,34 @@ func TestConfigErrors(t *testing.T) {
 			tl.Close()
 			t.Errorf("New(%+v) succeeded", cfg)
 		}
+	}
+}
+
+// Certificates renew before they expire: with a 12 s lifetime (renewal in its last third, or
+// the CA's renewal info window) and a check every second, the served wildcard changes for a new one without a failed handshake.
+func TestRenewal(t *testing.T) {
+	e := newEnvWith(t, 12*time.Second, time.Second)
+	resp, _, err := e.get(t, "blog.replbot.repl.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := resp.TLS.PeerCertificates[0].SerialNumber
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, _, err := e.get(t, "blog.replbot.repl.test")
+		if err != nil {
+			t.Fatalf("a handshake failed while renewing: %v", err)
+		}
+		c := resp.TLS.PeerCertificates[0]
+		if c.SerialNumber.Cmp(serial) != 0 {
+			if !slices.Equal(c.DNSNames, []string{"*.replbot.repl.test"}) {
+				t.Fatalf("renewed for %q", c.DNSNames)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not renewed 30 s after issuance (expires %v)", c.NotAfter)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -11,4 +11,9 @@
 // A Proxy never binds a port. Put tombstone's Forwarder in front of it (Forwarder.Wrap) so that
 // requests for repls that moved to another cluster are forwarded there, and call Proxy.Shutdown
 // with http.Server.Shutdown: the server's does not wait for upgraded connections.
+//
+// HTTPS is the listener's business: serve the same handler on a TLS listener whose config comes
+// from package autotls (owners' wildcards and verified custom domains, obtained on demand), and
+// optionally answer plain HTTP with autotls.Redirect. The repl sees X-Forwarded-Proto: https,
+// also when another cluster's tombstone forwarded the request over the internal plane.
 package hosting

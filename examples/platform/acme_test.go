@@ -300,6 +300,8 @@ func TestPlatformHTTPS(t *testing.T) {
 		page, _, err = httpsGet(ctx, t, roots, resolver, host, port, "127.81.1.1:4443")
 		require.NoError(t, err, host+" through a's tombstone")
 		require.Contains(t, page, "cluster <b>b</b>", host)
+		// The repl learns the client came over HTTPS, through the plain-HTTP hop between clusters.
+		require.Contains(t, page, "over <code>https</code>", host)
 	}
 }
 

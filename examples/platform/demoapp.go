@@ -65,9 +65,10 @@ func demoHandler() http.Handler {
 <title>%[1]s</title>
 <h1>Hello from %[1]s</h1>
 <p>repl <b>%[2]s</b> · cluster <b>%[3]s</b> · VM <b>%[4]s</b> · hostname <b>%[5]s</b> · pid %[6]d</p>
-<p>You asked for <code>%[7]s</code> as <code>%[8]s</code>.</p>
+<p>You asked for <code>%[7]s</code> as <code>%[8]s</code> over <code>%[9]s</code>.</p>
 `, html.EscapeString(os.Getenv(envName)), html.EscapeString(os.Getenv(envRepl)), html.EscapeString(os.Getenv(envCluster)),
-			html.EscapeString(os.Getenv(envVM)), html.EscapeString(host), os.Getpid(), html.EscapeString(r.URL.RequestURI()), html.EscapeString(r.Host))
+			html.EscapeString(os.Getenv(envVM)), html.EscapeString(host), os.Getpid(), html.EscapeString(r.URL.RequestURI()), html.EscapeString(r.Host),
+			html.EscapeString(r.Header.Get("X-Forwarded-Proto")))
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	return mux

@@ -146,6 +146,12 @@ func (r *Runtime) prepareFS(c *container) error {
 			}
 		}
 	}
+	// The init runs an execute-only copy of the image's /bin/sh: exec of a file the process may
+	// not read makes it non-dumpable, so the repl (same uid) cannot ptrace it or follow its
+	// /proc entries.
+	if err := installInit(c.p.Rootfs, root); err != nil {
+		return err
+	}
 	for _, f := range []string{"/etc/hosts", "/etc/hostname"} {
 		if err := touchIn(root, f); err != nil {
 			return fmt.Errorf("oci: mount point %s: %w", f, err)
@@ -175,6 +181,45 @@ func (r *Runtime) prepareFS(c *container) error {
 		}
 	}
 	return nil
+}
+
+// initPath is the init's shell inside the container.
+const initPath = "/.switchyard/sh"
+
+// installInit copies the image's /bin/sh to initPath below root, mode 0111 and owned by the
+// host's root (no one in the container may read it).
+func installInit(image, root string) error {
+	fi, host, ok := resolveIn(image, nil, "/bin/sh")
+	if !ok || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: the image has no /bin/sh (the container's init)", conman.ErrInvalid)
+	}
+	b, err := os.ReadFile(host)
+	if err != nil {
+		return fmt.Errorf("oci: init: %w", err)
+	}
+	if err := mkdirIn(root, path.Dir(initPath)); err != nil {
+		return fmt.Errorf("oci: init: %w", err)
+	}
+	rt, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	rel := strings.TrimPrefix(initPath, "/")
+	_ = rt.Remove(rel)
+	f, err := rt.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o111)
+	if err != nil {
+		return fmt.Errorf("oci: init: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("oci: init: %w", err)
+	}
+	if err := f.Chmod(0o111); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // escapeOverlay escapes the characters overlayfs options treat specially.
@@ -261,7 +306,7 @@ func (r *Runtime) writeBundle(c *container, dir string) error {
 		Version: specs.Version,
 		Root:    &specs.Root{Path: r.rootDir(c), Readonly: true},
 		Process: &specs.Process{
-			Args:            append([]string{"/bin/sh", "-c", initScript, "conman-init"}, spec.Command...),
+			Args:            append([]string{initPath, "-c", initScript, "conman-init"}, spec.Command...),
 			Env:             containerEnv(c.id, spec),
 			Cwd:             workDir(spec),
 			NoNewPrivileges: true,
@@ -368,24 +413,31 @@ func (r *Runtime) lookPath(c *container, program string, env []string, dir strin
 // executableIn reports whether name (a path inside the container) is an executable regular
 // file, following symbolic links inside the container's file system.
 func (r *Runtime) executableIn(c *container, name string) bool {
-	mounts := c.mountMap()
 	root := c.p.Rootfs
 	if st := c.p.Status.State; st == conman.Running || st == conman.Created {
 		if _, err := os.Stat(r.rootDir(c)); err == nil && isMountPoint(r.rootDir(c)) {
 			root = r.rootDir(c)
 		}
 	}
+	fi, _, ok := resolveIn(root, c.mountMap(), name)
+	return ok && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+}
+
+// resolveIn follows name (a path inside the container) through symbolic links to a file that
+// is not one, resolving every link inside the container's file system (root and mounts), and
+// returns that file's info and host path.
+func resolveIn(root string, mounts [][2]string, name string) (fs.FileInfo, string, bool) {
 	for range 40 { // symbolic link hops
 		host, err := hostPath(root, mounts, name)
 		if err != nil {
-			return false
+			return nil, "", false
 		}
 		fi, err := os.Lstat(host)
 		if err != nil {
 			// A symbolic link in a parent directory: resolve it component by component.
 			resolved, ok := resolveParents(root, mounts, name)
 			if !ok || resolved == name {
-				return false
+				return nil, "", false
 			}
 			name = resolved
 			continue
@@ -393,7 +445,7 @@ func (r *Runtime) executableIn(c *container, name string) bool {
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			target, err := os.Readlink(host)
 			if err != nil {
-				return false
+				return nil, "", false
 			}
 			if !path.IsAbs(target) {
 				target = path.Join(path.Dir(name), target)
@@ -401,9 +453,9 @@ func (r *Runtime) executableIn(c *container, name string) bool {
 			name = path.Clean(target)
 			continue
 		}
-		return fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+		return fi, host, true
 	}
-	return false
+	return nil, "", false
 }
 
 // hostPath maps a clean path inside the container to the host, through the longest bind

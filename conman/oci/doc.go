@@ -21,14 +21,16 @@
 //     the gVisor sandbox is the user boundary: it already runs in a user namespace of its own as
 //     an unprivileged host user;
 //   - new pid, mount, uts, ipc, network (loopback only) and, with runc, cgroup namespaces;
-//   - Docker's defaults: capabilities, seccomp profile (DefaultSeccomp), masked and read-only
-//     /proc paths, no_new_privs, a read-only root;
+//   - Docker's defaults, tightened: its capabilities less NET_RAW and MKNOD, its seccomp profile
+//     less ptrace (DefaultSeccomp), masked and read-only /proc paths, no_new_privs, a read-only
+//     root;
 //   - cgroup limits (v1 or v2) in a cgroup of ours, <CgroupParent>/<id>, with the runtime's own
 //     cgroup inside it: usage and the OOM-kill count are read there, also after the exit.
 //
-// The container's PID 1 is /bin/sh (the image must have one) running a few lines that start
-// Spec.Command, reap orphans, pass SIGTERM to every process and exit with the main process's
-// code. Start first checks that Spec.Command[0] exists in the container's file system, so a
+// The container's PID 1 is the image's /bin/sh (it must have one), copied execute-only so that
+// the repl, the same uid, cannot ptrace it or follow its /proc entries (exec of a file one may
+// not read makes a process non-dumpable), running a few lines that start Spec.Command, reap
+// orphans, pass SIGTERM to every process and exit with the main process's code. Start first checks that Spec.Command[0] exists in the container's file system, so a
 // missing program fails Start instead of becoming exit code 127.
 //
 // # Exits and recovery
@@ -67,8 +69,15 @@
 // # gVisor
 //
 // runsc needs a platform this host supports: --platform=ptrace here (Debian's runsc has no
-// systrap; KVM needs /dev/kvm). runsc applies the OCI seccomp profile only with --oci-seccomp;
-// the sandbox's own filters are its boundary either way.
+// systrap; KVM needs /dev/kvm). The Runtime adds --oci-seccomp, but runsc 20221219 applies the
+// profile to the container's init and its children only, not to `runsc exec`'d processes (a
+// repl's shell): those reach the sentry's own user namespaces and fake kernel log. gVisor's
+// root may also mknod in its own tmpfs and read the init's /proc entries, and the sandbox shows
+// an identity uid_map. All of it stays inside the sentry, which runs as an unprivileged user in
+// a user namespace of its own on the host: that is gVisor's boundary, and why conmantest's
+// isolation suite, which checks these from inside, is skipped for runsc. Files a repl writes to
+// Spec.Dir under runsc are owned by the host's root (its gofer has no uid mapping): mount repl
+// storage nosuid and never run repl files on the host.
 //
 // # Images
 //

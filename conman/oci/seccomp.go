@@ -10,8 +10,8 @@ import (
 )
 
 // allowedSyscalls are the system calls Docker's default seccomp profile allows to a container
-// with Docker's default capabilities (moby profiles/seccomp/default.json): everything a normal
-// program uses (ptrace of its own processes included, as Docker allows on kernels ≥ 4.8), and
+// with Docker's default capabilities (moby profiles/seccomp/default.json), less ptrace and
+// process_vm_* (Docker allows them on kernels ≥ 4.8): everything a normal program uses, and
 // nothing that needs CAP_SYS_ADMIN (mount, unshare, setns, bpf, ...), kernel modules, clocks,
 // reboot, keyrings or swap.
 var allowedSyscalls = strings.Fields(`
@@ -56,7 +56,6 @@ timer_gettime timer_gettime64 timer_settime timer_settime64 timerfd_create timer
 timerfd_gettime64 timerfd_settime timerfd_settime64 times tkill truncate truncate64 ugetrlimit
 umask uname unlink unlinkat utime utimensat utimensat_time64 utimes vfork vmsplice wait4
 waitid waitpid write writev
-process_vm_readv process_vm_writev ptrace
 `)
 
 // nsCloneFlags are clone(2)'s namespace flags (CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|
@@ -64,7 +63,7 @@ process_vm_readv process_vm_writev ptrace
 const nsCloneFlags = 0x7E020000
 
 // DefaultSeccomp returns the seccomp profile every container gets: Docker's default profile for
-// Docker's default capabilities. Unlisted system calls fail with EPERM; clone may not create
+// Docker's default capabilities, without ptrace. Unlisted system calls fail with EPERM; clone may not create
 // namespaces; clone3 fails with ENOSYS so that C libraries fall back to clone; socket may not
 // open AF_VSOCK; personality only takes the harmless values.
 func DefaultSeccomp() *specs.LinuxSeccomp {
@@ -107,10 +106,11 @@ func DefaultSeccomp() *specs.LinuxSeccomp {
 	return s
 }
 
-// defaultCaps are Docker's default capabilities, the only ones a container's processes
-// hold (in its user namespace with runc).
+// defaultCaps are the only capabilities a container's processes hold (in its user namespace
+// with runc): Docker's defaults less CAP_NET_RAW (raw and packet sockets) and CAP_MKNOD
+// (device nodes), which a repl has no use for.
 var defaultCaps = []string{
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER",
 	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
 	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }

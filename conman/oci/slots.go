@@ -27,7 +27,7 @@ type slots struct {
 	n     int
 }
 
-func (a *slots) path(slot int) string  { return filepath.Join(a.dir, strconv.Itoa(slot)) }
+func (a *slots) path(slot int) string    { return filepath.Join(a.dir, strconv.Itoa(slot)) }
 func (a *slots) record(id string) string { return a.owner + "\n" + id + "\n" }
 
 // acquire reserves a slot for id: prefer (if ≥ 0), then the slot its record hashes to, then

@@ -267,5 +267,15 @@ func TestBrowserWorkspaceAndConsole(t *testing.T) {
 			chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(time.Second)))
 		c()
 	}
-	t.Logf("repl %s: shell on %s, rolled to %s, moved to b", repl.ID, vm1, vm2)
+
+	// Restart cluster b's Eval from the console: the session stays on the old generation, which
+	// drains, while the shell keeps working.
+	waitJS(t, admin, `document.querySelector('[data-cluster="b"] tr[data-generation="1"] .sessions').textContent === "1"`)
+	require.NoError(t, chromedp.Do(admin, chromedp.Click(chromedp.CSS(`section[data-cluster="b"] form[data-action="restart-eval"] button`))))
+	waitJS(t, admin, `document.querySelector('[data-cluster="b"] tr[data-generation="2"]') !== null`)
+	waitJS(t, admin, `document.querySelector('[data-cluster="b"] tr[data-generation="1"]').textContent.includes("draining")`)
+	waitJS(t, admin, `document.querySelector('[data-cluster="b"] tr[data-generation="1"] .sessions').textContent === "1"`)
+	typeLine(t, owner, "echo STILL-$((6*7))-$SWITCHYARD_CLUSTER")
+	waitTerm(t, owner, regexp.MustCompile(`STILL-42-b`))
+	t.Logf("repl %s: shell on %s, rolled to %s, moved to b, kept through b's Eval restart", repl.ID, vm1, vm2)
 }

@@ -20,8 +20,8 @@
 //
 // # Metrics
 //
-// The handler's metrics (switchyard_dnsauth_*) go to CoreDNS's Prometheus registry when the
-// prometheus plugin is used.
+// None of its own: answers pass through CoreDNS's ResponseWriter, so CoreDNS's prometheus
+// plugin counts them.
 //
 // Building CoreDNS with this plugin: add "switchyard:github.com/switchyard-dev/switchyard/coredns"
 // to CoreDNS's plugin.cfg, or build a main that imports this package and lists "switchyard" in

@@ -98,6 +98,9 @@ func (r *Runtime) unpacked(ctx context.Context, image string) (string, error) {
 		}
 	}
 	if err := os.Rename(tmp, filepath.Dir(dest)); err != nil {
+		if _, serr := os.Stat(dest); serr == nil {
+			return dest, nil // another Runtime over this StateDir unpacked it meanwhile
+		}
 		return "", fmt.Errorf("oci: unpack image: %w", err)
 	}
 	return dest, nil

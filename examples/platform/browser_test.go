@@ -246,7 +246,7 @@ func TestBrowserWorkspaceAndConsole(t *testing.T) {
 
 	// Move the repl to cluster b from the console: DNS answers b. Cluster a stops the repl's
 	// container, which ends the shell there (conman closes the session with 1000, as when the
-	// shell exits), and the terminal's next key opens a session to the repl in b.
+	// shell exits); the terminal sees lore name another Eval and reconnects to the repl in b.
 	require.NoError(t, chromedp.Do(admin, chromedp.Click(chromedp.CSS(`tr[data-repl="replbot/blog"] button[value="b"]`))))
 	waitJS(t, admin, `document.querySelector('tr[data-repl="replbot/blog"] .dns').textContent === "127.83.2.1"`)
 	waitJS(t, admin, `document.querySelector('tr[data-repl="replbot/blog"] .in-cluster').textContent === "b"`)
@@ -257,7 +257,7 @@ func TestBrowserWorkspaceAndConsole(t *testing.T) {
 		require.NoError(t, err)
 		switch state {
 		case "ended":
-			typeLine(t, owner, "") // any key starts a new session
+			t.Fatalf("the terminal waits for a key after the move:\n%s", termText(t, owner))
 		case "connected":
 			// The shell in a may be closing as the line is typed: type until b answers.
 			typeLine(t, owner, "echo MOVED-$SWITCHYARD_CLUSTER")
@@ -277,5 +277,6 @@ func TestBrowserWorkspaceAndConsole(t *testing.T) {
 	waitJS(t, admin, `document.querySelector('[data-cluster="b"] tr[data-generation="1"] .sessions').textContent === "1"`)
 	typeLine(t, owner, "echo STILL-$((6*7))-$SWITCHYARD_CLUSTER")
 	waitTerm(t, owner, regexp.MustCompile(`STILL-42-b`))
+	waitTerm(t, owner, regexp.MustCompile(`the repl moved to another cluster: reconnecting`))
 	t.Logf("repl %s: shell on %s, rolled to %s, moved to b, kept through b's Eval restart", repl.ID, vm1, vm2)
 }

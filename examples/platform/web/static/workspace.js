@@ -6,8 +6,9 @@
 // a resize is the text message {"type":"resize","cols":C,"rows":R} (conman's control message).
 //
 // When the session closes with 1012 (the repl's VM restarts: a rollout) or 1001 (Eval goes
-// away), the terminal says so and connects again at once, landing on the repl's new VM. Any
-// other loss reconnects with a growing backoff; a shell that exits (1000) waits for a key.
+// away), the terminal says so and connects again at once, landing on the repl's new VM. A normal
+// close (1000) after the repl moved to another cluster reconnects there; a shell that exited
+// waits for a key; any other loss reconnects with a growing backoff.
 "use strict";
 (function () {
   const root = document.getElementById("workspace");
@@ -96,26 +97,36 @@
     return Math.min(500 * 2 ** (failures - 1), 10000);
   }
 
-  async function connect() {
+  // connectInfo asks the web server for a connect URL and token; null when signed out (said).
+  async function connectInfo() {
+    const resp = await fetch("/api/repls/" + owner + "/" + slug + "/connect", {
+      method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf },
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (resp.status === 401 || resp.status === 403) {
+      setStatus("error", "signed out: " + (body.error || resp.status));
+      notice("not signed in as " + owner + ": reload the page to sign in");
+      return null;
+    }
+    if (!resp.ok) throw new Error(body.error || resp.statusText);
+    return body;
+  }
+
+  let lastURL = ""; // the Eval of the last session: another one means the repl moved
+
+  async function connect(info) {
     clearTimeout(timer);
     setStatus("connecting", "connecting");
-    let info;
-    try {
-      const resp = await fetch("/api/repls/" + owner + "/" + slug + "/connect", {
-        method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf },
-      });
-      const body = await resp.json().catch(() => ({}));
-      if (resp.status === 401 || resp.status === 403) {
-        setStatus("error", "signed out: " + (body.error || resp.status));
-        notice("not signed in as " + owner + ": reload the page to sign in");
+    if (!info) {
+      try {
+        info = await connectInfo();
+      } catch (e) {
+        retry("no connect token: " + e.message, backoff());
         return;
       }
-      if (!resp.ok) throw new Error(body.error || resp.statusText);
-      info = body;
-    } catch (e) {
-      retry("no connect token: " + e.message, backoff());
-      return;
+      if (!info) return;
     }
+    lastURL = info.url;
     const url = new URL(info.url);
     url.searchParams.set("cols", term.cols);
     url.searchParams.set("rows", term.rows);
@@ -139,9 +150,7 @@
       sock = null;
       switch (ev.code) {
         case 1000:
-          setStatus("ended", "shell exited");
-          notice("the shell exited; press any key for a new one");
-          waitKey = true;
+          shellEnded();
           break;
         case 1012:
           notice("the VM is restarting (1012): reconnecting");
@@ -158,6 +167,22 @@
         }
       }
     };
+  }
+
+  // shellEnded handles a normal close: the shell exited, or its container stopped because the
+  // repl moved to another cluster (conman closes either way with 1000). A move shows as a new
+  // Eval URL from lore: then connect there at once; else wait for a key.
+  async function shellEnded() {
+    let info = null;
+    try { info = await connectInfo(); } catch (e) { /* decide as for an exit */ }
+    if (info && info.url !== lastURL) {
+      notice("the repl moved to another cluster: reconnecting");
+      connect(info);
+      return;
+    }
+    setStatus("ended", "shell exited");
+    notice("the shell exited; press any key for a new one");
+    waitKey = true;
   }
 
   // For tests and debugging: the terminal's text and its connection state.

@@ -179,10 +179,9 @@ func httpsGet(ctx context.Context, t *testing.T, roots *x509.CertPool, dnsAddr, 
 	}}
 	c := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots},
-		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			if addr != "" {
-				a = addr
-			} else {
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			a := addr
+			if a == "" {
 				ips, err := r.LookupHost(ctx, host)
 				if err != nil {
 					return nil, err

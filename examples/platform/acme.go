@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/switchyard-dev/switchyard/autotls"
 	"github.com/switchyard-dev/switchyard/dnsauth/acmedns"
 	"github.com/switchyard-dev/switchyard/etcd"
@@ -270,4 +272,134 @@ func (p *Platform) printACME(w io.Writer) {
 	fmt.Fprintf(w, "\n  HTTPS (a certificate for *.replbot.%[1]s is obtained on the first request):\n"+
 		"  curl --cacert %[2]s --resolve blog.replbot.%[1]s:%[3]d:$(dig @%[4]s -p %[5]s +short blog.replbot.%[1]s) https://blog.replbot.%[1]s:%[3]d/\n",
 		p.cfg.Zone, p.acme.rootPath, port, dnsHost, dnsPort)
+}
+
+// processesACME is the HTTPS side in -processes mode, run by the parent: the acme-dns API over
+// etcd.ACMEStore and the in-process CA (or an external one). The hosting children get the CA's
+// URL and the file trusting its API, and serve HTTPS themselves.
+type processesACME struct {
+	cli      *clientv3.Client
+	api      *server
+	ca       *acmeca.CA
+	caURL    string
+	caRoot   string // PEM trusted for the CA's API, for the children (-acme-ca-root)
+	rootPath string // the in-process CA's root certificate, for curl --cacert
+}
+
+// startProcessesACME starts the parent's part once DNS (dnsAddr) is up.
+func startProcessesACME(ctx context.Context, cfg Config, endpoints []string, etls EtcdTLS, dnsAddr string) (_ *processesACME, err error) {
+	a := &processesACME{caURL: cfg.ACME.CA, caRoot: cfg.ACME.CARoot}
+	defer func() {
+		if err != nil {
+			a.stop(context.Background())
+		}
+	}()
+	if a.cli, err = etcdClient(endpoints, etls); err != nil {
+		return a, fmt.Errorf("etcd: %w", err)
+	}
+	store, err := etcd.NewACMEStore(etcd.ACMEStoreConfig{Client: a.cli})
+	if err != nil {
+		return a, err
+	}
+	api, err := acmedns.NewHandler(acmedns.HandlerConfig{
+		Store: store, Zone: "_acme." + cfg.Zone, RegisterKey: cfg.ACME.RegisterKey,
+		Logger: cfg.Logger.With("component", "acme-dns"),
+	})
+	if err != nil {
+		return a, err
+	}
+	if a.api, err = serve(ctx, "acme-dns", cfg.ACME.APIAddr, api, false); err != nil {
+		return a, err
+	}
+	if a.caURL != "" {
+		return a, nil
+	}
+	resolver := cfg.ACME.Resolver
+	if resolver == "" {
+		resolver = dnsAddr
+	}
+	a.ca, err = acmeca.Start(acmeca.Config{Addr: cfg.ACME.CAAddr, Resolver: resolver, TLSPort: cfg.ACME.HTTPSPort,
+		Log: slogWriter{cfg.Logger.With("component", "pebble")}})
+	if err != nil {
+		return a, err
+	}
+	a.caURL = a.ca.DirectoryURL()
+	a.caRoot = filepath.Join(cfg.StateDir, "acme-ca-api.pem")
+	a.rootPath = filepath.Join(cfg.StateDir, "acme-ca-root.pem")
+	if err := os.WriteFile(a.caRoot, a.ca.APIRootPEM(), 0o644); err != nil {
+		return a, err
+	}
+	return a, os.WriteFile(a.rootPath, a.ca.RootPEM(), 0o644)
+}
+
+// hostingArgs are the HTTPS flags of a hosting child serving on addr.
+func (a *processesACME) hostingArgs(addr string) []string {
+	args := []string{"-https", addr, "-acme-ca", a.caURL}
+	if a.caRoot != "" {
+		args = append(args, "-acme-ca-root", a.caRoot)
+	}
+	return args
+}
+
+func (a *processesACME) print(w io.Writer) {
+	fmt.Fprintf(w, "acme-dns API      http://%s\n", a.api.Addr())
+	if a.ca != nil {
+		fmt.Fprintf(w, "  ACME CA         %s   (Pebble in process; root certificate %s)\n", a.caURL, a.rootPath)
+	} else {
+		fmt.Fprintf(w, "  ACME CA         %s\n", a.caURL)
+	}
+}
+
+func (a *processesACME) stop(ctx context.Context) error {
+	var errs []error
+	if a.api != nil {
+		errs = append(errs, a.api.Shutdown(ctx))
+	}
+	if a.ca != nil {
+		errs = append(errs, a.ca.Close())
+	}
+	if a.cli != nil {
+		errs = append(errs, a.cli.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// startComponentHTTPS serves a hosting child's handler over HTTPS on addr: certificates and
+// challenge values in etcd, shared with every other hosting process.
+func startComponentHTTPS(ctx context.Context, f *componentFlags, c *component, dir autotls.Directory, h http.Handler) error {
+	var roots *x509.CertPool
+	if f.acmeCARoot != "" {
+		pem, err := os.ReadFile(f.acmeCARoot)
+		if err != nil {
+			return err
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("-acme-ca-root %s: no PEM certificate", f.acmeCARoot)
+		}
+	}
+	store, err := etcd.NewACMEStore(etcd.ACMEStoreConfig{Client: f.cli})
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(f.acmeCA))
+	certs, err := etcd.NewCertStorage(etcd.CertStorageConfig{Client: f.cli, Prefix: "/switchyard/certs/" + hex.EncodeToString(sum[:6]) + "/"})
+	if err != nil {
+		return err
+	}
+	c.stop.add(func(context.Context) error { return certs.Close() })
+	t, err := autotls.New(autotls.Config{
+		Zone: f.zone, Directory: dir, Challenges: store, CA: f.acmeCA, CARoots: roots,
+		Storage: certs, TLSALPNAddr: f.https, Logger: f.log.With("component", "autotls"),
+	})
+	if err != nil {
+		return err
+	}
+	c.stop.add(func(context.Context) error { return t.Close() })
+	srv, err := serveTLS(ctx, "hosting https", f.https, h, false, t.TLSConfig())
+	if err != nil {
+		return err
+	}
+	c.stop.add(srv.Shutdown)
+	return nil
 }

@@ -369,3 +369,25 @@ func TestPlatformHTTPSCurl(t *testing.T) {
 	require.Contains(t, string(out), "cluster <b>a</b>")
 	pp.stop(t, 15*time.Second)
 }
+
+// checkProcessesHTTPS: in -processes mode the hosting process at addr serves host over HTTPS
+// with the printed root: its certificate obtained through the parent's CA, challenge values and
+// certificates shared through etcd.
+func checkProcessesHTTPS(ctx context.Context, t *testing.T, pp *platformProcess, addr, host, want string) {
+	t.Helper()
+	banner := strings.Join(pp.banner, "\n")
+	root := regexp.MustCompile(`root certificate (\S+)\)`).FindStringSubmatch(banner)
+	require.NotNil(t, root, banner)
+	require.NotEmpty(t, pp.field("acme-dns", 2), banner)
+	pem, err := os.ReadFile(root[1])
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(pem))
+	_, port, _ := net.SplitHostPort(addr)
+	var p int
+	fmt.Sscan(port, &p)
+	page, cert, err := httpsGet(ctx, t, roots, "", host, p, addr)
+	require.NoError(t, err, pp.stderr.String())
+	require.Contains(t, page, want)
+	require.Equal(t, []string{"*.replbot.repl.test"}, cert.DNSNames)
+}

@@ -603,7 +603,7 @@ func TestPlatformProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pp := startPlatformProcess(ctx, t, "-processes", "-cluster-net", "127.80.0.0/16",
-		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0")
+		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-acme-dns", "127.80.0.1:0")
 	stderr := &pp.stderr
 	loreURL, dnsAddr := pp.field("  lore API", 2), pp.field("  DNS (UDP+TCP)", 2)
 	pids := map[string]bool{}
@@ -659,6 +659,7 @@ func TestPlatformProcesses(t *testing.T) {
 	require.Contains(t, page, repl.ID)
 	require.Contains(t, page, "cluster <b>b</b>")
 	require.Len(t, demoApps(t), 1, "one demo app process while the repl serves from b")
+	checkProcessesHTTPS(ctx, t, pp, "127.80.2.1:4443", host, repl.ID)
 
 	// Move the repl to a. b's hosting process (its tombstone follower) stops the container
 	// through b's conman process and releases it; b's hosting address then forwards to a.

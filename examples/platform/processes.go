@@ -73,6 +73,9 @@ type componentFlags struct {
 	endpoints    []string
 	aliveTTL     time.Duration
 	grace        time.Duration
+	https        string // hosting: serve HTTPS here too (acme.go)
+	acmeCA       string // hosting: the ACME directory URL
+	acmeCARoot   string // hosting: PEM trusted for the CA's API
 	log          *slog.Logger
 	cli          *clientv3.Client // nil until needed
 }
@@ -106,6 +109,9 @@ func runComponent(name string, args []string) error {
 	fs.StringVar(&f.isolation, "isolation", "", "conman/process isolation (conman)")
 	fs.DurationVar(&f.aliveTTL, "alive-ttl", 5*time.Second, "the VM's etcd lease TTL (conman)")
 	fs.DurationVar(&f.grace, "grace", 30*time.Second, "how long stopping may take (live sessions drain)")
+	fs.StringVar(&f.https, "https", "", "address to serve HTTPS on too (hosting)")
+	fs.StringVar(&f.acmeCA, "acme-ca", "", "ACME directory URL (hosting, with -https)")
+	fs.StringVar(&f.acmeCARoot, "acme-ca-root", "", "PEM file trusted for the ACME CA's API (hosting)")
 	var etls EtcdTLS
 	etcdTLSFlags(fs, &etls)
 	if err := fs.Parse(args); err != nil {
@@ -243,12 +249,18 @@ func (f *componentFlags) mirror(ctx context.Context, c *component) (*etcd.LoreSt
 
 func runDNSComponent(ctx context.Context, f *componentFlags) (*component, error) {
 	c := &component{}
-	_, m, err := f.mirror(ctx, c)
+	store, m, err := f.mirror(ctx, c)
 	if err != nil {
 		return c, err
 	}
+	// ACME: challenge values from etcd.ACMEStore, owners' delegations from lore's store.
+	dir, err := lore.New(lore.Config{Zone: f.zone, Store: store, Logger: f.log})
+	if err != nil {
+		return c, err
+	}
+	c.stop.add(func(context.Context) error { return dir.Close() })
 	// The in-process platform's DNS wiring, over the mirror.
-	p := &Platform{cfg: Config{Zone: f.zone, DNSAddr: f.addr}, log: f.log, reader: m}
+	p := &Platform{cfg: Config{Zone: f.zone, DNSAddr: f.addr, Store: StoreEtcd}, log: f.log, reader: m, dir: dir, etcdCli: f.cli}
 	c.stop.add(p.stop.shutdown)
 	if err := p.startDNS(); err != nil {
 		return c, err
@@ -507,6 +519,11 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	}
 	c.stop.add(srv.Shutdown)
 	c.addr = srv.Addr()
+	if f.https != "" {
+		if err := startComponentHTTPS(ctx, f, c, m, fwd.Wrap(h)); err != nil {
+			return c, err
+		}
+	}
 	return c, nil
 }
 
@@ -775,6 +792,19 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 	if err != nil {
 		return err
 	}
+	var acme *processesACME
+	if !cfg.ACME.Disable {
+		t := etls
+		if ca != nil {
+			if t.CertFile, t.KeyFile, err = ca.issue("component-acme", false); err != nil {
+				return err
+			}
+		}
+		if acme, err = startProcessesACME(ctx, cfg, endpoints, t, dnsC.addr); err != nil {
+			return err
+		}
+		defer acme.stop(context.Background())
+	}
 	lc := lore.NewClient(loreURL, cfg.AdminKey, nil)
 	type clusterProcs struct {
 		id                          string
@@ -812,8 +842,11 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 			"-lore", loreURL, "-grace", cfg.EvalGrace.String()); err != nil {
 			return err
 		}
-		if cl.hosting, err = start("hosting", append(env[:len(env):len(env)], hopEnv), "-zone", cfg.Zone, "-cluster", id, "-addr", at(1, cfg.HostingPort),
-			"-controlplane", cpURL); err != nil {
+		hostingArgs := []string{"-zone", cfg.Zone, "-cluster", id, "-addr", at(1, cfg.HostingPort), "-controlplane", cpURL}
+		if acme != nil {
+			hostingArgs = append(hostingArgs, acme.hostingArgs(at(1, cfg.ACME.HTTPSPort))...)
+		}
+		if cl.hosting, err = start("hosting", append(env[:len(env):len(env)], hopEnv), hostingArgs...); err != nil {
 			return err
 		}
 		if _, err := lc.PutCluster(ctx, lore.Cluster{
@@ -842,6 +875,9 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		for _, v := range cl.vms {
 			fmt.Fprintf(w, "                  vm %-10s http://%s (pid %d)\n", v.label, v.addr, v.cmd.Process.Pid)
 		}
+	}
+	if acme != nil {
+		acme.print(w)
 	}
 	fmt.Fprintf(w, "\nStop with Ctrl-C: every component process gets SIGTERM, in reverse order.\n")
 

@@ -78,7 +78,9 @@ func run(mode, addr, zone string, repls int) error {
 	default:
 		return fmt.Errorf("unknown mode %q", mode)
 	}
+	var servers []*dns.Server
 	if packet {
+		// UDP on dnsauth's PacketServer; TCP on miekg/dns as below.
 		dh, ok := h.(*dnsauth.Handler)
 		if !ok {
 			return errors.New("-packet needs -mode dnsauth")
@@ -90,46 +92,23 @@ func run(mode, addr, zone string, repls int) error {
 		ps := &dnsauth.PacketServer{Handler: dh, Conns: conns}
 		go func() { _ = ps.Serve() }()
 		defer ps.Shutdown(context.Background())
-		ln, err := net.Listen("tcp", addr)
+	} else {
+		pc, err := net.ListenPacket("udp", addr)
 		if err != nil {
 			return err
 		}
-		tcp := &dns.Server{Listener: ln, Handler: h, MaxTCPQueries: -1}
-		started := make(chan struct{})
-		tcp.NotifyStartedFunc = func() { close(started) }
-		errs := make(chan error, 1)
-		go func() { errs <- tcp.ActivateAndServe() }()
-		select {
-		case <-started:
-		case err := <-errs:
-			return err
+		if plainUDP {
+			// Not a *net.UDPConn: miekg reads with ReadFrom and writes with WriteTo instead of
+			// keeping a SessionUDP with the destination address from IP_PKTINFO.
+			pc = struct{ net.PacketConn }{pc}
 		}
-		fmt.Println("ready")
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-		select {
-		case <-sig:
-		case err := <-errs:
-			return err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return tcp.ShutdownContext(ctx)
-	}
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return err
-	}
-	if plainUDP {
-		// Not a *net.UDPConn: miekg reads with ReadFrom and writes with WriteTo instead of
-		// keeping a SessionUDP with the destination address from IP_PKTINFO.
-		pc = struct{ net.PacketConn }{pc}
+		servers = append(servers, &dns.Server{PacketConn: pc, Handler: h})
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h, MaxTCPQueries: -1}}
+	servers = append(servers, &dns.Server{Listener: ln, Handler: h, MaxTCPQueries: -1})
 	errs := make(chan error, len(servers))
 	for _, s := range servers {
 		started := make(chan struct{})

@@ -81,7 +81,7 @@ func shimOf(st conman.Status) int {
 	return 0
 }
 
-func cleanupRuntime(b *testing.B, r conman.Runtime) {
+func cleanupRuntime(_ testing.TB, r conman.Runtime) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sts, _ := r.List(ctx)

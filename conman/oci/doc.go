@@ -76,8 +76,9 @@
 // an identity uid_map. All of it stays inside the sentry, which runs as an unprivileged user in
 // a user namespace of its own on the host: that is gVisor's boundary, and why conmantest's
 // isolation suite, which checks these from inside, is skipped for runsc. Files a repl writes to
-// Spec.Dir under runsc are owned by the host's root (its gofer has no uid mapping): mount repl
-// storage nosuid and never run repl files on the host.
+// Spec.Dir under runsc are owned by the host's root (this runsc's gofer has no uid mapping, and
+// refuses a user namespace in the spec), setuid bits included: keep repl storage on a nosuid
+// mount and never run repl files on the host.
 //
 // # Images
 //

@@ -713,3 +713,21 @@ func TestRefusesReplAssignedElsewhere(t *testing.T) {
 	_, err = e.rt.Inspect(ctx, "elsewhere1")
 	require.ErrorIs(t, err, conman.ErrNotFound, "no container was made")
 }
+
+// TestReplExhaustingItsPidsIsTheReplsFailure: a repl that uses up its own processes makes the
+// next shell fail to start. conman says so as the repl's failure (502, repl-failed), not the
+// VM's, so no proxy moves the repl to start it on a second VM.
+func TestReplExhaustingItsPidsIsTheReplsFailure(t *testing.T) {
+	e := newEnv(t, envOpts{spec: func(ctx context.Context, repl string) (conman.Spec, error) {
+		return conman.Spec{Limits: conman.Limits{Pids: 8}}, nil
+	}})
+	c, _, err := e.dialAttach(t, "pidhog1", "")
+	require.NoError(t, err)
+	tm := readTerm(c)
+	send(t, c, "i=0; while [ $i -lt 40 ]; do sleep 600 & i=$((i+1)); done; printf 'MARK-%s\\n' full\n")
+	tm.waitFor(t, "MARK-full")
+	_, resp, err := e.dialAttach(t, "pidhog1", "")
+	require.Error(t, err, "a shell started past the repl's pids limit")
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	require.Equal(t, conman.ErrorRepl, resp.Header.Get(conman.HeaderError))
+}

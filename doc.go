@@ -21,7 +21,7 @@
 // dials conman there (retrying elsewhere on setup failure) and splices bytes both ways.
 //
 // A web request: dnsauth answers <slug>.<owner>.<zone> with the hosting addresses of the repl's
-// cluster; that cluster's hosting proxy (behind tombstone.Middleware) finds the VM through
+// cluster; that cluster's hosting proxy (behind tombstone.Forwarder) finds the VM through
 // placement and forwards to the repl's web port through conman.
 //
 // A move between clusters: lore updates the directory, so DNS answers the new cluster; the old

@@ -30,7 +30,7 @@ import (
 // HeaderRequestID is set by Proxy on every answer; the same id is in its logs.
 const HeaderRequestID = revproxy.HeaderRequestID
 
-// Errors of Proxy. Match them with errors.Is.
+// Errors of the hosting proxy. Match them with errors.Is.
 var (
 	// ErrUnknownHost: the Host names no repl (not a platform name of an existing repl, not a
 	// verified custom domain).
@@ -41,7 +41,7 @@ var (
 	ErrClosed = errors.New("hosting: hosting is shutting down")
 )
 
-// Config configures a Proxy proxy. Zone, Directory, Placer and Credential are required.
+// Config configures a Proxy. Zone, Directory, Placer and Credential are required.
 type Config struct {
 	// Zone is the platform zone ("repl.test"): hosts <slug>.<owner>.<Zone> and <id>.id.<Zone>
 	// name repls; any other host is looked up as a verified custom domain.
@@ -144,7 +144,7 @@ type Proxy struct {
 	drain drain.Tracker
 }
 
-// New checks cfg and returns a Proxy proxy.
+// New checks cfg and returns a Proxy.
 func New(cfg Config) (*Proxy, error) {
 	switch {
 	case cfg.Zone == "":

@@ -11,9 +11,9 @@
 // VMs for rollouts (SetState), ask why a repl landed where it did (Explain), and feed the
 // autoscaling signal (Autoscale) to whatever creates VMs.
 //
-//	proxy ──Place──▶ Controlplane ◀──Register/Heartbeat/Release── conman agent (per VM)
-//	                     │  ▲
-//	                Store (memdb | map | etcd later)
+//	proxies ──Place──▶ Controlplane ◀──Register/Heartbeat/Release── conman agent (per VM)
+//	                       │  ▲
+//	                  Store (MapStore, memdb, or etcd in the nested etcd module)
 //
 // # Composition
 //

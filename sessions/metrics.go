@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// proxyMetrics are the Proxy proxy's Prometheus metrics. With a nil Registerer they are
+// proxyMetrics are the proxy's Prometheus metrics. With a nil Registerer they are
 // still updated (cheaply) but never exported.
 //
 // Exported series:

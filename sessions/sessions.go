@@ -28,8 +28,8 @@ import (
 	"github.com/switchyard-dev/switchyard/placement"
 )
 
-// RelayMode selects how an established session's bytes are relayed. See the package
-// documentation of Proxy for the measured trade-offs.
+// RelayMode selects how an established session's bytes are relayed: see Proxy's "Splice or
+// frame"; docs/benchmarks/sessions.md has the numbers.
 type RelayMode int
 
 const (
@@ -85,7 +85,7 @@ const Subprotocol = "switchyard.v1"
 // ErrClosed is returned by Shutdown when it is called a second time after it finished.
 var ErrClosed = errors.New("sessions: sessions proxy closed")
 
-// Config configures a Proxy proxy. Cluster, Tokens and Placer are required.
+// Config configures a Proxy. Cluster, Tokens and Placer are required.
 type Config struct {
 	// Cluster is this cluster's ID: the audience connect tokens must carry.
 	Cluster string
@@ -194,8 +194,7 @@ type LoopBudget struct {
 // another VM before the client has seen anything) and relays the session both ways until
 // either side closes. It never binds ports: mount it on an http.Server, at "GET /v1/connect" by
 // convention, and call Shutdown when the server shuts down — http.Server.Shutdown does not wait
-// for hijacked connections, Proxy.Shutdown does. ListenReusePort gives the listener a
-// zero-downtime deploy needs.
+// for hijacked connections, Proxy.Shutdown does.
 //
 // # The connection flow
 //
@@ -205,7 +204,7 @@ type LoopBudget struct {
 // answered 401 before any upgrade; a request without a WebSocket upgrade 426; oversized headers
 // 431; a full or draining proxy 503 (Retry-After: 1). Every refusal has a JSON body
 // {"error": "..."}. The proxy then calls Placer.Place and attaches to conman at
-// {Addr}/v1/repls/{id}/attach (cols and rows are passed on) with the Switchyard-Credential
+// {Addr}/v1/repls/{id}/attach (cols and rows are passed on) with the conman.HeaderCredential
 // header. A refused or timed-out connection, or any status but 101 (conman answers 503 when it
 // drains or cannot start the repl), is retried after a backoff with Place asked again and
 // Request.Avoid naming every VM that failed, for up to RetryBudget; only then is the client
@@ -213,34 +212,12 @@ type LoopBudget struct {
 //
 // # Splice or frame
 //
-// Measured on this project's machine (2 cores, Debian 12, loopback, quiet;
-// docs/benchmarks/sessions.md has the commands, the full tables and their caveats; "loop" is
-// Splice with EventLoops 1):
-//
-//	                               splice           splice, loop     frame
-//	1 MiB echo, × direct           0.91–1.00        1.07             0.80–0.95
-//	  (same runs: nginx 0.45–0.64, HAProxy 0.58–0.80 × direct)
-//	proxy CPU per MiB relayed      0.30–0.42 ms     0.45 ms          0.72–0.77 ms (nginx 1.2, HAProxy 0.8–0.9)
-//	proxy CPU per 64 B round trip  45–61 µs         25–34 µs         53–66 µs (nginx 28–34, HAProxy 37–44)
-//	64 B round trip, added         +67 / +151 µs    +41 / +70 µs     +87 / +316 µs
-//	  p50 / p99 (1,000 sessions × 10 msg/s, medians of 11 runs; nginx +54 / +112, HAProxy +66 / +130)
-//	idle session, heap+stacks      10.1 KiB         4.7 KiB          26.5 KiB (RSS: 14.8, 7.0, 34.2)
-//	goroutines per session         2                1 (parked)       2
-//	descriptors per session        2 sockets, +2 pipe fds each way while bulk moves; frame: 2
-//
-// The loop's numbers come from the message path itself: a message costs one read and one
-// write, and nothing in the Go runtime wakes for it (a goroutine relay pays for a netpoller
-// wake-up, a scheduler hand-off and sysmon on every message that finds the proxy idle, which
-// at 10,000 messages a second spread out in time is nearly every one). Its price is a P, and a
-// session leaves it for its goroutines at the first bulk transfer, big frame, close, or stall:
-// see EventLoops.
-//
-// Splice leaves bulk payloads in the kernel (splice(2) through a pipe; small client writes go
-// through a stack buffer, where splicing saves nothing) and reads only frame headers from
-// conman's side; it cannot limit message sizes or ping peers, and a session can hold six
-// descriptors (New warns when RLIMIT_NOFILE cannot hold 6 × MaxSessions). Frame terminates
-// WebSocket on both legs: it costs CPU per message and about 16 KiB more per session (two
-// coder/websocket connections with their buffers), and in exchange enforces MaxMessageBytes
+// Splice leaves bulk payloads in the kernel (splice(2) through a pipe) and reads only frame
+// headers from conman's side: the least CPU and memory per session, and with EventLoops the
+// lowest added latency for terminal traffic (docs/benchmarks/sessions.md). It cannot limit
+// message sizes or ping peers, and a session can hold six descriptors (New warns when
+// RLIMIT_NOFILE cannot hold 6 × MaxSessions). Frame terminates WebSocket on both legs: more CPU
+// per message and about 16 KiB more per session, and in exchange it enforces MaxMessageBytes
 // (close 1009), pings each leg to find dead peers, supports an idle timeout, and sends clean
 // close codes of its own. Both relay close codes unchanged and never send 1005, 1006 or 1015;
 // when conman's connection breaks without a close frame the client gets 1014 (bad gateway).
@@ -251,11 +228,8 @@ type LoopBudget struct {
 // closes the rest with 1001 (going away) and returns ctx.Err(). In splice mode the relay writes
 // the close frame itself at the next frame boundary of conman's stream, which it always knows
 // (an idle session within a second); a frame that does not complete within a second, or a client
-// that stopped reading, is cut instead. A deploy starts the new process on the same address
-// (ListenReusePort) and waits until it listens; the old one then calls Handover.Shutdown (not
-// http.Server.Shutdown, which drops a connection accepted just before its listener closed if
-// its request is read after) and, once that returns, Proxy.Shutdown. The package
-// documentation's "Deploys" section has the whole sequence.
+// that stopped reading, is cut instead. For a deploy, serve the proxy with a handover.Server and
+// call Shutdown after the handover.Server's Shutdown (package handover has the sequence).
 //
 // # Metrics and the SLO
 //
@@ -304,7 +278,7 @@ type Proxy struct {
 	shutDone bool
 }
 
-// New returns a Proxy proxy. It returns an error wrapping nothing but a message when
+// New returns a Proxy. It returns an error wrapping nothing but a message when
 // the configuration is unusable, and registers its metrics with cfg.Registerer.
 func New(cfg Config) (*Proxy, error) {
 	if cfg.Cluster == "" {

@@ -1,6 +1,6 @@
 // Command platform runs the whole switchyard system on loopback: dnsauth, lore, and N clusters,
 // each with a controlplane (placement), an Eval (sessions.Proxy), a hosting proxy
-// (tombstone.Middleware around hosting.Proxy) and M conman VMs running repls with conman/process.
+// (tombstone.Forwarder wrapping hosting.Proxy) and M conman VMs running repls with conman/process.
 //
 // Usage:
 //

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 type ownerKey struct{}
@@ -42,7 +44,7 @@ func (h *handler) ownerToken(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, OwnerTokenResponse{Owner: c.Repl, Token: tok, ExpiresAt: c.ExpiresAt})
+	httpjson.Write(w, http.StatusOK, OwnerTokenResponse{Owner: c.Repl, Token: tok, ExpiresAt: c.ExpiresAt})
 }
 
 // ACMEDelegationRequest is the body of PUT /v1/acme/{name}.
@@ -87,7 +89,7 @@ func (h *handler) acmeDelegation(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, h.delegationInfo(d))
+		httpjson.Write(w, http.StatusOK, h.delegationInfo(d))
 	case http.MethodDelete:
 		if err := h.d.DeleteACMEDelegation(r.Context(), owner, name); err != nil {
 			h.fail(w, r, err)
@@ -100,6 +102,6 @@ func (h *handler) acmeDelegation(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, h.delegationInfo(d))
+		httpjson.Write(w, http.StatusOK, h.delegationInfo(d))
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 // Client speaks lore's HTTP API. It has the same lookup and mutation methods as *Directory, so
@@ -88,7 +90,7 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
-		var eb errorBody
+		var eb httpjson.ErrorBody
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(raw, &eb) != nil || eb.Error == "" {
 			eb.Error = fmt.Sprintf("lore: %s %s: %s", method, path, resp.Status)

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 // DefaultMaxBodyBytes bounds request bodies when HandlerConfig.MaxBodyBytes is zero.
@@ -82,7 +84,7 @@ func NewHandler(cfg HandlerConfig) http.Handler {
 	h.route("/v1/owners/{owner}/token", access{post: admin}, h.ownerToken)
 	h.route("/v1/acme/{name}", access{get: ownerLevel, put: ownerLevel, del: ownerLevel}, h.acmeDelegation)
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("lore: no endpoint %s", r.URL.Path))
+		httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("lore: no endpoint %s", r.URL.Path))
 	})
 	return h
 }
@@ -142,7 +144,7 @@ func (h *handler) route(pattern string, a access, fn func(http.ResponseWriter, *
 		need := a.level(r.Method)
 		if need == none {
 			w.Header().Set("Allow", a.allow())
-			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("lore: method %s not allowed on %s", r.Method, r.URL.Path))
+			httpjson.Error(w, http.StatusMethodNotAllowed, fmt.Sprintf("lore: method %s not allowed on %s", r.Method, r.URL.Path))
 			return
 		}
 		if need == ownerLevel {
@@ -150,7 +152,7 @@ func (h *handler) route(pattern string, a access, fn func(http.ResponseWriter, *
 			var msg string
 			if r, status, msg = h.authorizeOwner(r); status != 0 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="lore"`)
-				writeError(w, status, msg)
+				httpjson.Error(w, status, msg)
 				return
 			}
 		} else if need != public {
@@ -159,7 +161,7 @@ func (h *handler) route(pattern string, a access, fn func(http.ResponseWriter, *
 				if status == http.StatusUnauthorized {
 					w.Header().Set("WWW-Authenticate", `Bearer realm="lore"`)
 				}
-				writeError(w, status, msg)
+				httpjson.Error(w, status, msg)
 				return
 			}
 		}
@@ -193,41 +195,26 @@ func (h *handler) authorize(r *http.Request, need level) (int, string) {
 	return http.StatusUnauthorized, "lore: wrong key"
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, errorBody{Error: msg})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
 // fail answers err with the status its sentinel maps to; anything else is logged and answered
 // 500 without its details.
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("lore: request body larger than %d bytes", tooBig.Limit))
+		httpjson.Error(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("lore: request body larger than %d bytes", tooBig.Limit))
 	case errors.Is(err, ErrInvalid):
-		writeError(w, http.StatusBadRequest, err.Error())
+		httpjson.Error(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, err.Error())
+		httpjson.Error(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, ErrExists):
-		writeError(w, http.StatusConflict, err.Error())
+		httpjson.Error(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrUnavailable):
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		httpjson.Error(w, http.StatusServiceUnavailable, err.Error())
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
 	default:
 		h.cfg.Logger.Error("lore: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeError(w, http.StatusInternalServerError, "lore: internal error")
+		httpjson.Error(w, http.StatusInternalServerError, "lore: internal error")
 	}
 }
 
@@ -257,7 +244,7 @@ type ReplInfo struct {
 func (h *handler) info(r Repl) ReplInfo { return ReplInfo{Repl: r, Hostname: Hostname(r, h.d.zone)} }
 
 func (h *handler) health(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 func (h *handler) keys(w http.ResponseWriter, _ *http.Request) {
@@ -294,7 +281,7 @@ func (h *handler) repls(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		w.Header().Set("Location", "/v1/repls/"+out.ID)
-		writeJSON(w, http.StatusCreated, h.info(out))
+		httpjson.Write(w, http.StatusCreated, h.info(out))
 		return
 	}
 	qv := r.URL.Query()
@@ -319,7 +306,7 @@ func (h *handler) repls(w http.ResponseWriter, r *http.Request) {
 	for i, rp := range page.Repls {
 		out.Repls[i] = h.info(rp)
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.Write(w, http.StatusOK, out)
 }
 
 func (h *handler) repl(w http.ResponseWriter, r *http.Request) {
@@ -337,7 +324,7 @@ func (h *handler) repl(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.info(out))
+	httpjson.Write(w, http.StatusOK, h.info(out))
 }
 
 // MoveRequest is the body of POST /v1/repls/{id}/move.
@@ -356,7 +343,7 @@ func (h *handler) move(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.info(out))
+	httpjson.Write(w, http.StatusOK, h.info(out))
 }
 
 func (h *handler) connect(w http.ResponseWriter, r *http.Request) {
@@ -365,7 +352,7 @@ func (h *handler) connect(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, info)
+	httpjson.Write(w, http.StatusOK, info)
 }
 
 func (h *handler) name(w http.ResponseWriter, r *http.Request) {
@@ -374,7 +361,7 @@ func (h *handler) name(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.info(out))
+	httpjson.Write(w, http.StatusOK, h.info(out))
 }
 
 func (h *handler) host(w http.ResponseWriter, r *http.Request) {
@@ -383,7 +370,7 @@ func (h *handler) host(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.info(out))
+	httpjson.Write(w, http.StatusOK, h.info(out))
 }
 
 func (h *handler) clusters(w http.ResponseWriter, r *http.Request) {
@@ -392,7 +379,7 @@ func (h *handler) clusters(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.Write(w, http.StatusOK, out)
 }
 
 func (h *handler) cluster(w http.ResponseWriter, r *http.Request) {
@@ -415,7 +402,7 @@ func (h *handler) cluster(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, out)
+		httpjson.Write(w, http.StatusOK, out)
 		return
 	}
 	out, err := h.d.Cluster(r.Context(), id)
@@ -423,7 +410,7 @@ func (h *handler) cluster(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.Write(w, http.StatusOK, out)
 }
 
 // AddDomainRequest is the body of POST /v1/domains.
@@ -461,7 +448,7 @@ func (h *handler) addDomain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Location", "/v1/domains/"+d.Name)
-	writeJSON(w, http.StatusCreated, domainInfo(d))
+	httpjson.Write(w, http.StatusCreated, domainInfo(d))
 }
 
 func (h *handler) domain(w http.ResponseWriter, r *http.Request) {
@@ -479,7 +466,7 @@ func (h *handler) domain(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, domainInfo(d))
+	httpjson.Write(w, http.StatusOK, domainInfo(d))
 }
 
 func (h *handler) verify(w http.ResponseWriter, r *http.Request) {
@@ -488,7 +475,7 @@ func (h *handler) verify(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, domainInfo(d))
+	httpjson.Write(w, http.StatusOK, domainInfo(d))
 }
 
 func (h *handler) domainRepl(w http.ResponseWriter, r *http.Request) {
@@ -497,7 +484,7 @@ func (h *handler) domainRepl(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, h.info(out))
+	httpjson.Write(w, http.StatusOK, h.info(out))
 }
 
 // watch streams events as newline-delimited JSON, one Event per line, after flushing the

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 // Client is the Go client of the Controlplane's HTTP API (NewHandler). It has the same methods,
@@ -113,7 +115,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if resp.StatusCode >= 300 {
 		e := &APIError{Status: resp.StatusCode}
-		var eb errorBody
+		var eb httpjson.ErrorBody
 		if json.Unmarshal(data, &eb) == nil {
 			e.Code, e.Message = eb.Code, eb.Error
 		}

@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 // API is the method set *Controlplane (in-process) and *Client (HTTP) share. Consumers should
@@ -110,7 +112,7 @@ func NewHandler(cfg HandlerConfig) http.Handler {
 		http.MethodGet: h.vmAuth(anyVM, h.lookup), http.MethodDelete: h.vmAuth(queryVM, h.release)}))
 	mux.HandleFunc("/v1/autoscale", h.auth(h.methods(map[string]http.HandlerFunc{http.MethodGet: h.autoscale})))
 	mux.HandleFunc("/", h.auth(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "placement: no such endpoint: "+r.URL.Path)
+		httpjson.ErrorCode(w, http.StatusNotFound, "not_found", "placement: no such endpoint: "+r.URL.Path)
 	}))
 	return mux
 }
@@ -158,7 +160,7 @@ func (h *handler) authenticate(r *http.Request) (vm string, ok bool) {
 
 func unauthorized(w http.ResponseWriter) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="placement"`)
-	writeError(w, http.StatusUnauthorized, "unauthorized", "placement: missing or wrong bearer credential")
+	httpjson.ErrorCode(w, http.StatusUnauthorized, "unauthorized", "placement: missing or wrong bearer credential")
 }
 
 // auth admits the full credential only.
@@ -169,7 +171,7 @@ func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 		case !ok:
 			unauthorized(w)
 		case vm != "":
-			writeError(w, http.StatusForbidden, "forbidden", "placement: a VM's credential does not allow "+r.Method+" "+r.URL.Path)
+			httpjson.ErrorCode(w, http.StatusForbidden, "forbidden", "placement: a VM's credential does not allow "+r.Method+" "+r.URL.Path)
 		default:
 			next(w, r)
 		}
@@ -185,7 +187,7 @@ func (h *handler) vmAuth(allowed func(r *http.Request, vm string) bool, next htt
 		case !ok:
 			unauthorized(w)
 		case vm != "" && !allowed(r, vm):
-			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("placement: VM %s may not %s %s", vm, r.Method, r.URL.Path))
+			httpjson.ErrorCode(w, http.StatusForbidden, "forbidden", fmt.Sprintf("placement: VM %s may not %s %s", vm, r.Method, r.URL.Path))
 		default:
 			next(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, vm)))
 		}
@@ -211,48 +213,32 @@ func (h *handler) methods(m map[string]http.HandlerFunc) http.HandlerFunc {
 		}
 		if !ok {
 			w.Header().Set("Allow", allowed)
-			writeError(w, http.StatusMethodNotAllowed, "method", fmt.Sprintf("placement: method %s not allowed on %s", r.Method, r.URL.Path))
+			httpjson.ErrorCode(w, http.StatusMethodNotAllowed, "method", fmt.Sprintf("placement: method %s not allowed on %s", r.Method, r.URL.Path))
 			return
 		}
 		f(w, r)
 	}
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-	Code  string `json:"code"`
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, errorBody{Error: msg, Code: code})
-}
-
 // fail maps a Controlplane error to its status.
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrInvalid):
-		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		httpjson.ErrorCode(w, http.StatusBadRequest, "invalid", err.Error())
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, "not_found", err.Error())
+		httpjson.ErrorCode(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, ErrConflict):
-		writeError(w, http.StatusConflict, "conflict", err.Error())
+		httpjson.ErrorCode(w, http.StatusConflict, "conflict", err.Error())
 	case errors.Is(err, ErrNoCapacity):
-		writeError(w, http.StatusServiceUnavailable, "no_capacity", err.Error())
+		httpjson.ErrorCode(w, http.StatusServiceUnavailable, "no_capacity", err.Error())
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client is gone; the status is for the access log.
-		writeError(w, 499, "canceled", "placement: request canceled")
+		httpjson.ErrorCode(w, 499, "canceled", "placement: request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
-		writeError(w, http.StatusServiceUnavailable, "timeout", "placement: timed out")
+		httpjson.ErrorCode(w, http.StatusServiceUnavailable, "timeout", "placement: timed out")
 	default:
 		h.log.Error("placement: internal error", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeError(w, http.StatusInternalServerError, "internal", "placement: internal error")
+		httpjson.ErrorCode(w, http.StatusInternalServerError, "internal", "placement: internal error")
 	}
 }
 
@@ -269,20 +255,20 @@ func (h *handler) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("placement: body larger than %d bytes", h.maxBody))
+			httpjson.ErrorCode(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("placement: body larger than %d bytes", h.maxBody))
 			return false
 		}
 		if errors.Is(err, io.EOF) {
 			err = errors.New("empty body")
 		}
-		writeError(w, http.StatusBadRequest, "invalid", "placement: invalid: bad JSON body: "+err.Error())
+		httpjson.ErrorCode(w, http.StatusBadRequest, "invalid", "placement: invalid: bad JSON body: "+err.Error())
 		return false
 	}
 	return true
 }
 
 func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
 func (h *handler) register(w http.ResponseWriter, r *http.Request) {
@@ -291,7 +277,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c := callerVM(r); c != "" && vm.ID != c {
-		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("placement: VM %s may not register %q", c, vm.ID))
+		httpjson.ErrorCode(w, http.StatusForbidden, "forbidden", fmt.Sprintf("placement: VM %s may not register %q", c, vm.ID))
 		return
 	}
 	out, err := h.cp.Register(r.Context(), vm)
@@ -299,7 +285,7 @@ func (h *handler) register(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpjson.Write(w, http.StatusOK, out)
 }
 
 func (h *handler) listVMs(w http.ResponseWriter, r *http.Request) {
@@ -311,7 +297,7 @@ func (h *handler) listVMs(w http.ResponseWriter, r *http.Request) {
 	if vms == nil {
 		vms = []VM{}
 	}
-	writeJSON(w, http.StatusOK, struct {
+	httpjson.Write(w, http.StatusOK, struct {
 		VMs []VM `json:"vms"`
 	}{vms})
 }
@@ -322,7 +308,7 @@ func (h *handler) getVM(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, vm)
+	httpjson.Write(w, http.StatusOK, vm)
 }
 
 func (h *handler) deregister(w http.ResponseWriter, r *http.Request) {
@@ -340,7 +326,7 @@ func (h *handler) heartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	id := r.PathValue("id")
 	if hb.VM != "" && hb.VM != id {
-		writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("placement: invalid: heartbeat for vm %q posted to vm %q", hb.VM, id))
+		httpjson.ErrorCode(w, http.StatusBadRequest, "invalid", fmt.Sprintf("placement: invalid: heartbeat for vm %q posted to vm %q", hb.VM, id))
 		return
 	}
 	hb.VM = id
@@ -361,7 +347,7 @@ func (h *handler) setState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if callerVM(r) != "" && b.State != Draining {
-		writeError(w, http.StatusForbidden, "forbidden", "placement: a VM may only set itself draining")
+		httpjson.ErrorCode(w, http.StatusForbidden, "forbidden", "placement: a VM may only set itself draining")
 		return
 	}
 	h.setStateTo(b.State)(w, r)
@@ -390,7 +376,7 @@ func (h *handler) vmAssignments(w http.ResponseWriter, r *http.Request) {
 	if as == nil {
 		as = []Assignment{}
 	}
-	writeJSON(w, http.StatusOK, assignmentsBody{as})
+	httpjson.Write(w, http.StatusOK, assignmentsBody{as})
 }
 
 func (h *handler) allAssignments(w http.ResponseWriter, r *http.Request) {
@@ -402,7 +388,7 @@ func (h *handler) allAssignments(w http.ResponseWriter, r *http.Request) {
 	if as == nil {
 		as = []Assignment{}
 	}
-	writeJSON(w, http.StatusOK, assignmentsBody{as})
+	httpjson.Write(w, http.StatusOK, assignmentsBody{as})
 }
 
 func (h *handler) place(w http.ResponseWriter, r *http.Request) {
@@ -415,7 +401,7 @@ func (h *handler) place(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a)
+	httpjson.Write(w, http.StatusOK, a)
 }
 
 func (h *handler) explain(w http.ResponseWriter, r *http.Request) {
@@ -428,7 +414,7 @@ func (h *handler) explain(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, d)
+	httpjson.Write(w, http.StatusOK, d)
 }
 
 func (h *handler) lookup(w http.ResponseWriter, r *http.Request) {
@@ -437,7 +423,7 @@ func (h *handler) lookup(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a)
+	httpjson.Write(w, http.StatusOK, a)
 }
 
 func (h *handler) release(w http.ResponseWriter, r *http.Request) {
@@ -454,7 +440,7 @@ func (h *handler) autoscale(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
+	httpjson.Write(w, http.StatusOK, struct {
 		Pools []PoolScale `json:"pools"`
 	}{s})
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/switchyard-dev/switchyard/conman"
@@ -26,6 +25,8 @@ import (
 
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 // RelayMode selects how an established session's bytes are relayed: see Proxy's "Splice or
@@ -708,7 +709,7 @@ func (s *Proxy) clientGone(r *http.Request) bool {
 // the client is gone), logs once and counts the stage once.
 func (s *Proxy) fail(w http.ResponseWriter, a *setupAttempt, stage string, status int, msg string, cause error) {
 	if status != 0 {
-		writeError(w, status, msg)
+		httpjson.Error(w, status, msg)
 	}
 	s.metrics.outcome(stage)
 	lvl := slog.LevelWarn
@@ -730,16 +731,6 @@ func (s *Proxy) end(a *setupAttempt, stage string, established time.Time, reason
 	s.log.Log(context.Background(), lvl, "session ended",
 		append(a.attrs(stage), "duration", time.Since(established), "reason", reason,
 			"bytes_in", c2b, "bytes_out", b2c)...)
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(struct {
-		Error string `json:"error"`
-	}{msg})
 }
 
 var errSessionsBadHandshake = errors.New("sessions: bad WebSocket handshake")

@@ -25,6 +25,8 @@ import (
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 const (
@@ -52,7 +54,7 @@ func newTestConman(t testing.TB, id string) *testConman {
 	mux.HandleFunc("GET /v1/repls/{id}/attach", c.attach)
 	mux.HandleFunc("DELETE /v1/repls/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Switchyard-Credential") != testCredential {
-			writeError(w, http.StatusUnauthorized, "bad credential")
+			httpjson.Error(w, http.StatusUnauthorized, "bad credential")
 			return
 		}
 		c.mu.Lock()
@@ -83,16 +85,16 @@ func (c *testConman) attach(w http.ResponseWriter, r *http.Request) {
 	fail := c.fail
 	c.mu.Unlock()
 	if r.Header.Get("Switchyard-Credential") != testCredential {
-		writeError(w, http.StatusUnauthorized, "bad credential")
+		httpjson.Error(w, http.StatusUnauthorized, "bad credential")
 		return
 	}
 	if fail != 0 {
 		if fail == http.StatusBadGateway {
 			w.Header().Set("Switchyard-Error", conman.ErrorRepl) // what conman says of a repl's own failure
-			writeError(w, fail, "fork: resource temporarily unavailable")
+			httpjson.Error(w, fail, "fork: resource temporarily unavailable")
 			return
 		}
-		writeError(w, fail, "repl cannot start here")
+		httpjson.Error(w, fail, "repl cannot start here")
 		return
 	}
 	ws, err := websocket.Accept(w, r, nil)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/switchyard-dev/switchyard/internal/httpjson"
 )
 
 // adminHandler serves the platform's own operations, so the rollout story can be watched live:
@@ -92,15 +93,9 @@ func (p *Platform) requireAdmin(next http.Handler) http.Handler {
 	})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { httpjson.Write(w, status, v) }
 
-func writeJSONError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
-}
+func writeJSONError(w http.ResponseWriter, status int, msg string) { httpjson.Error(w, status, msg) }
 
 // runAdmin is the roll and restart-eval subcommands: clients of adminHandler.
 func runAdmin(cmd string, args []string) error {

@@ -38,7 +38,7 @@ func benchCluster(b *testing.B, kind string) Store {
 		return s
 	}
 	ctx := context.Background()
-	var s Store = NewMemStore()
+	var s Store = newMemStore()
 	if kind == "map" {
 		s = NewMapStore()
 	}

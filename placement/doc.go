@@ -54,7 +54,7 @@
 // VM refreshed from the store, and the decision retried on the other candidates (up to
 // Config.MaxAttempts). No interleaving of Place calls, from any number of goroutines or
 // Controlplanes sharing a store, pushes a VM past its capacity. With a store that implements
-// BatchAssigner (MemStore), concurrent commits are grouped into one write transaction.
+// BatchAssigner (etcd.PlacementStore), concurrent commits are grouped into one write transaction.
 //
 // Lookup returns a live assignment without deciding anything; Release removes it when the
 // repl's container stops (vm "" = whatever VM; naming another VM is ErrConflict) and remembers

@@ -14,10 +14,6 @@ func TestMain(m *testing.M) {
 }
 
 // The suite checks itself against the reference store.
-func TestMemStore(t *testing.T) {
-	placementtest.TestStore(t, func(t *testing.T) placement.Store { return placement.NewMemStore() })
-}
-
 func TestMapStore(t *testing.T) {
 	placementtest.TestStore(t, func(t *testing.T) placement.Store { return placement.NewMapStore() })
 }

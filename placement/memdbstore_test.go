@@ -8,10 +8,11 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 )
 
-// MemStore is the in-process Store on hashicorp/go-memdb. Every write is one memdb write
-// transaction, so checks and changes are atomic; reads see a consistent snapshot. It is safe for
-// concurrent use; the zero value is not usable, call NewMemStore.
-type MemStore struct {
+// memStore is a second in-process Store, on hashicorp/go-memdb, kept for the tests: the
+// BatchAssigner the controlplane's batched commits are tested with, without etcd. Every write is
+// one memdb write transaction, so checks and changes are atomic; reads see a consistent
+// snapshot. It is safe for concurrent use; the zero value is not usable, call newMemStore.
+type memStore struct {
 	db *memdb.MemDB
 }
 
@@ -43,20 +44,20 @@ func memSchema() *memdb.DBSchema {
 	}}
 }
 
-// NewMemStore returns an empty in-process store.
-func NewMemStore() *MemStore {
+// newMemStore returns an empty in-process store.
+func newMemStore() *memStore {
 	db, err := memdb.NewMemDB(memSchema())
 	if err != nil {
 		// The schema is a constant; an error here is a programming error caught by every test.
 		panic("placement: memdb schema: " + err.Error())
 	}
-	return &MemStore{db: db}
+	return &memStore{db: db}
 }
 
-var _ Store = (*MemStore)(nil)
-var _ BatchAssigner = (*MemStore)(nil)
+var _ Store = (*memStore)(nil)
+var _ BatchAssigner = (*memStore)(nil)
 
-func (s *MemStore) VM(ctx context.Context, id string) (VM, error) {
+func (s *memStore) VM(ctx context.Context, id string) (VM, error) {
 	if err := ctx.Err(); err != nil {
 		return VM{}, err
 	}
@@ -79,7 +80,7 @@ func getVM(txn *memdb.Txn, id string) (*VM, error) {
 	return o.(*VM), nil
 }
 
-func (s *MemStore) VMs(ctx context.Context) ([]VM, error) {
+func (s *memStore) VMs(ctx context.Context) ([]VM, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -95,7 +96,7 @@ func (s *MemStore) VMs(ctx context.Context) ([]VM, error) {
 	return out, nil
 }
 
-func (s *MemStore) PutVM(ctx context.Context, vm VM) (VM, error) {
+func (s *memStore) PutVM(ctx context.Context, vm VM) (VM, error) {
 	if err := ctx.Err(); err != nil {
 		return VM{}, err
 	}
@@ -116,7 +117,7 @@ func (s *MemStore) PutVM(ctx context.Context, vm VM) (VM, error) {
 	return vm, nil
 }
 
-func (s *MemStore) UpdateVM(ctx context.Context, id string, fn func(*VM) error) (VM, error) {
+func (s *memStore) UpdateVM(ctx context.Context, id string, fn func(*VM) error) (VM, error) {
 	if err := ctx.Err(); err != nil {
 		return VM{}, err
 	}
@@ -138,7 +139,7 @@ func (s *MemStore) UpdateVM(ctx context.Context, id string, fn func(*VM) error) 
 	return next, nil
 }
 
-func (s *MemStore) DeleteVM(ctx context.Context, id string) error {
+func (s *memStore) DeleteVM(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -162,7 +163,7 @@ func (s *MemStore) DeleteVM(ctx context.Context, id string) error {
 	return nil
 }
 
-func (s *MemStore) Assignment(ctx context.Context, repl string) (Assignment, error) {
+func (s *memStore) Assignment(ctx context.Context, repl string) (Assignment, error) {
 	if err := ctx.Err(); err != nil {
 		return Assignment{}, err
 	}
@@ -176,7 +177,7 @@ func (s *MemStore) Assignment(ctx context.Context, repl string) (Assignment, err
 	return *o.(*Assignment), nil
 }
 
-func (s *MemStore) Assignments(ctx context.Context, vm string) ([]Assignment, error) {
+func (s *memStore) Assignments(ctx context.Context, vm string) ([]Assignment, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -202,7 +203,7 @@ func (s *MemStore) Assignments(ctx context.Context, vm string) ([]Assignment, er
 	return out, nil
 }
 
-func (s *MemStore) Assign(ctx context.Context, a Assignment) (VM, error) {
+func (s *memStore) Assign(ctx context.Context, a Assignment) (VM, error) {
 	if err := ctx.Err(); err != nil {
 		return VM{}, err
 	}
@@ -217,7 +218,7 @@ func (s *MemStore) Assign(ctx context.Context, a Assignment) (VM, error) {
 }
 
 // AssignBatch commits many assignments in one memdb write transaction; see BatchAssigner.
-func (s *MemStore) AssignBatch(ctx context.Context, as []Assignment) ([]VM, []error) {
+func (s *memStore) AssignBatch(ctx context.Context, as []Assignment) ([]VM, []error) {
 	vms := make([]VM, len(as))
 	errs := make([]error, len(as))
 	if err := ctx.Err(); err != nil {
@@ -271,7 +272,7 @@ func assignTxn(txn *memdb.Txn, a *Assignment) (*VM, error) {
 	return &next, nil
 }
 
-func (s *MemStore) Release(ctx context.Context, repl, vm string) (Assignment, VM, error) {
+func (s *memStore) Release(ctx context.Context, repl, vm string) (Assignment, VM, error) {
 	if err := ctx.Err(); err != nil {
 		return Assignment{}, VM{}, err
 	}
@@ -317,7 +318,7 @@ func releaseTxn(txn *memdb.Txn, a *Assignment, now time.Time) (VM, error) {
 	return next, nil
 }
 
-func (s *MemStore) ReleaseVM(ctx context.Context, vm string) ([]Assignment, VM, error) {
+func (s *memStore) ReleaseVM(ctx context.Context, vm string) ([]Assignment, VM, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, VM{}, err
 	}
@@ -349,7 +350,7 @@ func (s *MemStore) ReleaseVM(ctx context.Context, vm string) ([]Assignment, VM, 
 	return out, next, nil
 }
 
-func (s *MemStore) LastVM(ctx context.Context, repl string) (string, time.Time, error) {
+func (s *memStore) LastVM(ctx context.Context, repl string) (string, time.Time, error) {
 	if err := ctx.Err(); err != nil {
 		return "", time.Time{}, err
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/switchyard-dev/switchyard/internal/acmeca"
 	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
 // httpsLeaks are goroutines the HTTPS side leaves by design: Pebble's validation queue, never
@@ -390,4 +392,20 @@ func checkProcessesHTTPS(ctx context.Context, t *testing.T, pp *platformProcess,
 	require.NoError(t, err, pp.stderr.String())
 	require.Contains(t, page, want)
 	require.Equal(t, []string{"*.replbot.repl.test"}, cert.DNSNames)
+}
+
+// With -https-redirect, plain HTTP is redirected to HTTPS, except requests another cluster's
+// tombstones forwarded (they carry a hop header, which the forwarder behind verifies).
+func TestRedirectHTTPS(t *testing.T) {
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	h := redirectHTTPS(next, 4443)
+	r := httptest.NewRequest("GET", "http://blog.replbot.repl.test:8080/x?y=1", nil)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	require.Equal(t, http.StatusPermanentRedirect, w.Code)
+	require.Equal(t, "https://blog.replbot.repl.test:4443/x?y=1", w.Header().Get("Location"))
+	r.Header.Set(tombstone.HopHeader, "v1; via=a")
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	require.Equal(t, http.StatusTeapot, w.Code)
 }

@@ -3,6 +3,7 @@ package lore_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -125,6 +126,27 @@ func TestACMEDelegations(t *testing.T) {
 	}
 	if code, _ := call(t, s, "GET", "/v1/acme/blog.replbot.repl.test", tok, ""); code != 404 {
 		t.Fatalf("after delete: %d", code)
+	}
+	// The Go client, with the admin key (minting) and with the owner token.
+	ot, err := s.admin.OwnerToken(ctx, "ReplBot")
+	if err != nil || ot.Owner != "replbot" || ot.Token == "" {
+		t.Fatalf("client OwnerToken: %+v %v", ot, err)
+	}
+	owner := lore.NewClient(s.url, ot.Token, nil)
+	if d, err := owner.PutACMEDelegation(ctx, "blog.replbot.repl.test", "x.example.test"); err != nil || d.Target != "x.example.test" || d.Record != nil {
+		t.Fatalf("client put: %+v %v", d, err)
+	}
+	if d, err := owner.ACMEDelegation(ctx, "blog.replbot.repl.test"); err != nil || d.Owner != "replbot" {
+		t.Fatalf("client get: %+v %v", d, err)
+	}
+	if _, err := owner.PutACMEDelegation(ctx, "www2.alice.repl.test", "x.example.test"); !errors.Is(err, lore.ErrInvalid) {
+		t.Fatalf("client put for another owner: %v", err)
+	}
+	if err := owner.DeleteACMEDelegation(ctx, "blog.replbot.repl.test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.ACMEDelegation(ctx, "blog.replbot.repl.test"); !errors.Is(err, lore.ErrNotFound) {
+		t.Fatalf("client get after delete: %v", err)
 	}
 	// A connect token is not an owner token.
 	info, err := s.dir.Connect(ctx, blog.ID)

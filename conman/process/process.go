@@ -234,20 +234,27 @@ func (r *Runtime) recover() error {
 		}
 		if c.st.State == conman.Running {
 			c.st.Recovered = true
+			watch := false
 			if start, err := pidStartTime(c.st.Pid); err == nil && start == c.pidStart {
 				fd, err := unix.PidfdOpen(c.st.Pid, unix.PIDFD_NONBLOCK)
 				if err == nil {
 					c.pidfd = os.NewFile(uintptr(fd), "pidfd")
 					c.done = make(chan struct{})
-					r.wg.Add(1)
-					go r.watch(c)
+					watch = true
 					r.log.Info("conman/process: recovered running container", "id", c.id, "pid", c.st.Pid)
 				}
 			}
-			if c.pidfd == nil {
+			r.containers[c.id] = c
+			if watch {
+				// Started last: the watcher may finish the container at once, and nothing here
+				// may touch it after that.
+				r.wg.Add(1)
+				go r.watch(c)
+			} else {
 				// Gone while nobody watched: its init may have left its exit code.
 				r.finish(c, readExitCode(dir))
 			}
+			continue
 		}
 		r.containers[c.id] = c
 	}

@@ -71,7 +71,8 @@
 // runsc needs a platform this host supports: --platform=ptrace here (Debian's runsc has no
 // systrap; KVM needs /dev/kvm). The Runtime adds --oci-seccomp, but runsc 20221219 applies the
 // profile to the container's init and its children only, not to `runsc exec`'d processes (a
-// repl's shell): those reach the sentry's own user namespaces and fake kernel log. gVisor's
+// repl's shell; fixed in gVisor by google/gvisor#12692, 2026-03): those reach the sentry's own
+// user namespaces and fake kernel log. gVisor's
 // root may also mknod in its own tmpfs and read the init's /proc entries, and the sandbox shows
 // an identity uid_map. All of it stays inside the sentry, which runs as an unprivileged user in
 // a user namespace of its own on the host: that is gVisor's boundary, and why conmantest's

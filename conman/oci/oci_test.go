@@ -302,7 +302,8 @@ func TestIsolation(t *testing.T) {
 			if rt.name == "runsc" {
 				// What the suite finds inside gVisor (runsc 20221219), all inside the sentry: it
 				// applies the OCI seccomp profile to the container's init and its children but
-				// not to `runsc exec`'d processes (user-namespace, kernel-log: the sentry's own
+				// not to `runsc exec`'d processes (google/gvisor#12692 fixed it in 2026) (user-
+				// namespace, kernel-log: the sentry's own
 				// userns and fake dmesg), lets root mknod in its own tmpfs without CAP_MKNOD
 				// (mknod-block; opening it fails), shows an identity uid_map (root-on-host: the
 				// sentry runs as an unprivileged user in a user namespace of its own on the host),

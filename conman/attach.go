@@ -170,7 +170,14 @@ func (ss *session) run(s *Server) {
 				wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
 				code, werr := ss.proc.Wait(wctx)
 				wcancel()
+				s.mu.Lock()
+				stopped := ss.repl.stopping
+				s.mu.Unlock()
 				switch {
+				case stopped:
+					// conman stopped the repl here (it moved, or a proxy fenced it): not the
+					// shell's own end. 1012 tells the client to reconnect.
+					ss.end(CloseDraining, "the repl was stopped on this VM: reconnect")
 				case werr != nil:
 					ss.end(CloseShellExited, "shell ended (container exited)")
 				default:

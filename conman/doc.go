@@ -30,7 +30,7 @@
 //     a JSON error when the VM drains or the repl cannot start here (the session proxy retries on
 //     another VM). After it: binary messages carry pty bytes both ways; a text message
 //     {"type":"resize","cols":N,"rows":M} resizes the pty (other types are ignored, malformed
-//     JSON closes with 1007). conman closes with 1000 when the shell or its container exits,
+//     JSON closes with 1007). conman closes with 1000 when the shell or its container exits on its own, 1012 when conman stopped the repl (it moved, or a proxy fenced it),
 //     1012 when the VM drains or conman restarts, 1011 on an internal error.
 //   - Hosting: any request with HeaderRepl (Switchyard-Repl: <id>) is forwarded to that repl's
 //     web port, method, path, query, body, Host and X-Forwarded-* unchanged, WebSocket upgrades

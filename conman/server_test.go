@@ -731,3 +731,18 @@ func TestReplExhaustingItsPidsIsTheReplsFailure(t *testing.T) {
 	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
 	require.Equal(t, conman.ErrorRepl, resp.Header.Get(conman.HeaderError))
 }
+
+// TestStoppedReplClosesWith1012: when conman stops a repl (it moved, or a proxy fenced it),
+// its shells close with 1012, which clients take as "reconnect", not 1000, "the shell ended".
+func TestStoppedReplClosesWith1012(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	c, _, err := e.dialAttach(t, "moved1", "")
+	require.NoError(t, err)
+	tm := readTerm(c)
+	send(t, c, "printf 'MARK-%s\\n' up\n")
+	tm.waitFor(t, "MARK-up")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	require.NoError(t, e.srv.Stop(ctx, "moved1"))
+	require.Equal(t, websocket.StatusCode(conman.CloseDraining), tm.closeStatus(t))
+}

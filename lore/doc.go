@@ -75,7 +75,7 @@
 // # Connect tokens
 //
 // An Issuer (NewIssuer) signs short-lived connect tokens: JWTs signed with Ed25519 (alg EdDSA,
-// through github.com/golang-jwt/jwt/v5) with a "kid" header and the claims aud (the cluster
+// made and checked with crypto/ed25519 directly) with a "kid" header and the claims aud (the cluster
 // ID), sub (the repl ID), iat, exp (DefaultTokenTTL, 2 minutes, unless IssuerConfig.TTL says
 // otherwise) and a random jti. Directory.Connect returns the repl's cluster EvalURL and a fresh
 // token for that cluster.

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 )
 
 // DefaultTokenTTL is how long a connect token is valid when IssuerConfig.TTL is zero.
@@ -101,6 +99,20 @@ func (i *Issuer) PublicKey() PublicKey {
 // TTL returns how long the issuer's tokens are valid.
 func (i *Issuer) TTL() time.Duration { return i.ttl }
 
+// Tokens are JWTs (RFC 7519) signed with Ed25519 (RFC 8037's "EdDSA"), made and checked with
+// crypto/ed25519 directly: one algorithm, one claim set, so a JWT library would add only an
+// interface to satisfy and a second parser.
+
+// algEdDSA is the only "alg" a token may name.
+const algEdDSA = "EdDSA"
+
+// signedHeader is the JOSE header as signed.
+type signedHeader struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+}
+
 // tokenClaims is the JWT payload as signed: aud is a single string.
 type tokenClaims struct {
 	Audience  string `json:"aud"`
@@ -109,13 +121,6 @@ type tokenClaims struct {
 	ExpiresAt int64  `json:"exp"`
 	ID        string `json:"jti"`
 }
-
-func (tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return nil, nil }
-func (tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return nil, nil }
-func (tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return nil, nil }
-func (tokenClaims) GetIssuer() (string, error)                   { return "", nil }
-func (tokenClaims) GetSubject() (string, error)                  { return "", nil }
-func (tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil, nil }
 
 // Issue signs a token that lets its holder connect to repl through cluster's sessions proxy.
 func (i *Issuer) Issue(cluster, repl string) (string, Claims, error) {
@@ -139,15 +144,19 @@ func (i *Issuer) issue(cluster, repl string, ttl time.Duration) (string, Claims,
 		IssuedAt:  now,
 		ExpiresAt: now.Add(ttl),
 	}
-	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, tokenClaims{
+	head, err := json.Marshal(signedHeader{Alg: algEdDSA, Kid: i.kid, Typ: "JWT"})
+	if err != nil {
+		return "", Claims{}, fmt.Errorf("lore: token header: %w", err)
+	}
+	payload, err := json.Marshal(tokenClaims{
 		Audience: cluster, Subject: repl, IssuedAt: now.Unix(), ExpiresAt: c.ExpiresAt.Unix(), ID: c.ID,
 	})
-	t.Header["kid"] = i.kid
-	s, err := t.SignedString(i.key)
 	if err != nil {
-		return "", Claims{}, fmt.Errorf("lore: signing token: %w", err)
+		return "", Claims{}, fmt.Errorf("lore: token claims: %w", err)
 	}
-	return s, c, nil
+	signed := base64.RawURLEncoding.EncodeToString(head) + "." + base64.RawURLEncoding.EncodeToString(payload)
+	sig := ed25519.Sign(i.key, []byte(signed))
+	return signed + "." + base64.RawURLEncoding.EncodeToString(sig), c, nil
 }
 
 // KeySet verifies connect tokens against a set of public keys, so keys can rotate with an
@@ -242,7 +251,7 @@ func parseHeader(token string) (tokenHeader, error) {
 	if err := json.Unmarshal(raw, &h); err != nil {
 		return h, fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
 	}
-	if h.Alg != jwt.SigningMethodEdDSA.Alg() {
+	if h.Alg != algEdDSA {
 		return h, fmt.Errorf("%w: %q (only EdDSA)", ErrTokenAlgorithm, h.Alg)
 	}
 	if h.Kid == "" {
@@ -269,7 +278,7 @@ func numericDate(f float64) (time.Time, bool) {
 	if f < 0 || f > maxNumericDate {
 		return time.Time{}, false
 	}
-	return time.Unix(int64(f), 0), true // whole seconds, like golang-jwt's default precision
+	return time.Unix(int64(f), 0), true // whole seconds
 }
 
 func audiences(raw json.RawMessage) ([]string, error) {
@@ -286,10 +295,9 @@ func audiences(raw json.RawMessage) ([]string, error) {
 
 var strictB64 = base64.RawURLEncoding.Strict()
 
-// verifyWithKey checks the signature with key (golang-jwt's EdDSA method), then the claims, so
-// each failure has its own error. The header was checked by parseHeader. It decodes the token
-// once, without golang-jwt's generic parser (which would decode the header again into a map):
-// Verify's cost stays close to the Ed25519 check itself (see docs/benchmarks/lore.md).
+// verifyWithKey checks the signature with key, then the claims, so each failure has its own
+// error. The header was checked by parseHeader. It decodes the token once: Verify's cost stays
+// close to the Ed25519 check itself (see docs/benchmarks/lore.md).
 func verifyWithKey(token string, key ed25519.PublicKey, audience string, now time.Time) (Claims, error) {
 	if len(key) != ed25519.PublicKeySize {
 		return Claims{}, fmt.Errorf("%w: key has the wrong size", ErrTokenUnknownKey)
@@ -305,8 +313,8 @@ func verifyWithKey(token string, key ed25519.PublicKey, audience string, now tim
 	if err != nil {
 		return Claims{}, fmt.Errorf("%w: signature: %w", ErrTokenMalformed, err)
 	}
-	if err := jwt.SigningMethodEdDSA.Verify(signed, sig, key); err != nil {
-		return Claims{}, fmt.Errorf("%w: %w", ErrTokenSignature, err)
+	if !ed25519.Verify(key, []byte(signed), sig) {
+		return Claims{}, ErrTokenSignature
 	}
 	var wc wireClaims
 	if err := json.Unmarshal(payload, &wc); err != nil {

@@ -5,7 +5,7 @@ go 1.25.0
 require (
 	github.com/caddyserver/certmagic v0.25.4
 	github.com/prometheus/client_golang v1.24.1
-	github.com/switchyard-dev/switchyard v0.0.0-00010101000000-000000000000
+	github.com/switchyard-dev/switchyard v0.1.0
 	go.etcd.io/etcd/client/v3 v3.6.14
 	go.etcd.io/etcd/server/v3 v3.6.14
 	go.uber.org/goleak v1.3.0

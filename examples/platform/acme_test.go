@@ -409,3 +409,17 @@ func TestRedirectHTTPS(t *testing.T) {
 	h.ServeHTTP(w, r)
 	require.Equal(t, http.StatusTeapot, w.Code)
 }
+
+// -no-https: no acme-dns API, no CA, no HTTPS listener; hosting still serves HTTP.
+func TestPlatformNoHTTPS(t *testing.T) {
+	p := startPlatformWith(t, "127.86.0.0/16", func(c *Config) { c.ACME.Disable = true })
+	require.Nil(t, p.acme)
+	for _, id := range p.order {
+		require.Nil(t, p.Cluster(id).https)
+	}
+	var b strings.Builder
+	p.printACME(&b)
+	require.Empty(t, b.String())
+	_, err := (&net.Dialer{Timeout: time.Second}).Dial("tcp", "127.86.1.1:4443")
+	require.Error(t, err, "nothing listens on the HTTPS port")
+}

@@ -273,10 +273,12 @@ func (t *TLS) decidePlatform(ctx context.Context, name string) error {
 	if !ok || strings.Contains(parent, ".") {
 		return fmt.Errorf("%w: %s is not a repl name", ErrNotAllowed, name)
 	}
-	var err error
 	if first == "*" {
-		return nil // the wildcard itself, as Manage and renewals ask
+		// Only handshakes ask, and no browser sends a wildcard as SNI: a client that does would
+		// otherwise have a wildcard issued for an owner that does not exist.
+		return fmt.Errorf("%w: %s: a wildcard server name", ErrNotAllowed, name)
 	}
+	var err error
 	if parent == "id" {
 		_, err = t.dir.Repl(ctx, first)
 	} else {

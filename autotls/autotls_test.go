@@ -198,7 +198,7 @@ func TestHTTPS(t *testing.T) {
 	if _, _, err := e.get(t, "nope.replbot.repl.test"); err != nil {
 		t.Fatalf("a name under the cached wildcard: %v", err)
 	}
-	for _, host := range []string{"blog.nobody.repl.test", "x.id.repl.test", "unverified.example.test", "a.b.replbot.repl.test", "stranger.example.org"} {
+	for _, host := range []string{"blog.nobody.repl.test", "*.nobody.repl.test", "x.id.repl.test", "unverified.example.test", "a.b.replbot.repl.test", "stranger.example.org"} {
 		if _, _, err := e.get(t, host); err == nil || !strings.Contains(err.Error(), "handshake failure") && !strings.Contains(err.Error(), "internal error") {
 			t.Errorf("%s: got %v, want a failed handshake", host, err)
 		}

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -69,7 +68,7 @@ func TestDocSnippets(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-mod=mod", "-o", os.DevNull, ".")
+			cmd := exec.Command("go", "build", "-mod=mod", "-o", os.DevNull, ".")
 			cmd.Dir = dir
 			cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=")
 			if out, err := cmd.CombinedOutput(); err != nil {

@@ -75,8 +75,8 @@
 // user namespaces and fake kernel log. gVisor's
 // root may also mknod in its own tmpfs and read the init's /proc entries, and the sandbox shows
 // an identity uid_map. All of it stays inside the sentry, which runs as an unprivileged user in
-// a user namespace of its own on the host: that is gVisor's boundary, and why conmantest's
-// isolation suite, which checks these from inside, is skipped for runsc. Files a repl writes to
+// a user namespace of its own on the host: that is gVisor's boundary. The package's tests run
+// conmantest's hostile program under runsc and allow exactly these five findings. Files a repl writes to
 // Spec.Dir under runsc are owned by the host's root (this runsc's gofer has no uid mapping, and
 // refuses a user namespace in the spec), setuid bits included: keep repl storage on a nosuid
 // mount and never run repl files on the host.

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+	"golang.org/x/crypto/ocsp"
 
 	"github.com/switchyard-dev/switchyard/autotls"
 	"github.com/switchyard-dev/switchyard/dnsauth"
@@ -125,7 +126,7 @@ func newEnvWith(t testing.TB, validity, renewCheck time.Duration) *env {
 	}
 	_, port, _ := net.SplitHostPort(e.ln.Addr().String())
 	p, _ := net.LookupPort("tcp", port)
-	e.ca, err = acmeca.Start(acmeca.Config{Resolver: dnsLn.Addr().String(), TLSPort: p, Validity: validity})
+	e.ca, err = acmeca.Start(acmeca.Config{Resolver: dnsLn.Addr().String(), TLSPort: p, Validity: validity, OCSP: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,6 +185,14 @@ func TestHTTPS(t *testing.T) {
 		}
 		if names := resp.TLS.PeerCertificates[0].DNSNames; !slices.Equal(names, []string{"*.replbot.repl.test"}) {
 			t.Fatalf("%s served by a certificate for %q, want the owner's wildcard", host, names)
+		}
+		// The CA names an OCSP responder: the handshake staples its answer.
+		chain := resp.TLS.PeerCertificates
+		if len(resp.TLS.OCSPResponse) == 0 || len(chain) < 2 {
+			t.Fatalf("%s: no OCSP response stapled (chain of %d)", host, len(chain))
+		}
+		if r, err := ocsp.ParseResponseForCert(resp.TLS.OCSPResponse, chain[0], chain[1]); err != nil || r.Status != ocsp.Good {
+			t.Fatalf("%s: stapled OCSP response: %+v %v", host, r, err)
 		}
 	}
 	resp, body, err := e.get(t, "shop.example.test")

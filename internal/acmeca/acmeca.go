@@ -19,6 +19,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -28,8 +29,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/crypto/ocsp"
 
 	"github.com/letsencrypt/pebble/v2/ca"
 	"github.com/letsencrypt/pebble/v2/db"
@@ -54,6 +58,9 @@ type Config struct {
 	HTTPPort int
 	// Validity is the lifetime of issued certificates. Zero: Pebble's default (5 years).
 	Validity time.Duration
+	// OCSP runs an OCSP responder too (answering "good" for every certificate), named in the
+	// certificates it issues, so clients can staple. Pebble then uses RSA keys.
+	OCSP bool
 	// Log receives Pebble's log lines. Nil: discarded.
 	Log io.Writer
 }
@@ -62,6 +69,8 @@ type Config struct {
 type CA struct {
 	srv      *http.Server
 	ln       net.Listener
+	ocsp     *http.Server // nil without Config.OCSP
+	ocspDone chan struct{}
 	apiRoots *x509.CertPool
 	apiPEM   []byte
 	ca       *ca.CAImpl
@@ -104,7 +113,16 @@ func Start(cfg Config) (*CA, error) {
 	logger := log.New(cfg.Log, "pebble ", log.LstdFlags)
 	store := db.NewMemoryStore()
 	profiles := map[string]ca.Profile{"default": {Description: "the default profile", ValidityPeriod: uint64(cfg.Validity / time.Second)}}
-	authority := ca.New(logger, store, "", "ecdsa", 0, 1, profiles)
+	keyAlg, ocspURL := "ecdsa", ""
+	var ocspLn net.Listener
+	if cfg.OCSP {
+		if ocspLn, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("acmeca: %w", err)
+		}
+		keyAlg, ocspURL = "rsa", "http://"+ocspLn.Addr().String()+"/"
+	}
+	authority := ca.New(logger, store, ocspURL, keyAlg, 0, 1, profiles)
 	validator := va.New(logger, cfg.HTTPPort, cfg.TLSPort, false, cfg.Resolver, store)
 	front := wfe.New(logger, store, validator, authority, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
 	pool := x509.NewCertPool()
@@ -122,7 +140,50 @@ func Start(cfg Config) (*CA, error) {
 		defer close(c.done)
 		c.srv.ServeTLS(ln, "", "")
 	}()
+	if ocspLn != nil {
+		c.ocsp = &http.Server{Handler: ocspResponder(authority), ReadHeaderTimeout: 10 * time.Second, ErrorLog: logger}
+		c.ocspDone = make(chan struct{})
+		go func() {
+			defer close(c.ocspDone)
+			c.ocsp.Serve(ocspLn)
+		}()
+	}
 	return c, nil
+}
+
+// ocspResponder answers OCSP requests (RFC 6960, GET or POST) for the CA's intermediate: every
+// certificate is good for an hour.
+func ocspResponder(authority *ca.CAImpl) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var der []byte
+		var err error
+		if r.Method == http.MethodPost {
+			der, err = io.ReadAll(io.LimitReader(r.Body, 10<<10))
+		} else {
+			der, err = base64.StdEncoding.DecodeString(strings.TrimPrefix(r.URL.Path, "/"))
+		}
+		if err != nil {
+			http.Error(w, "bad OCSP request", http.StatusBadRequest)
+			return
+		}
+		req, err := ocsp.ParseRequest(der)
+		if err != nil {
+			http.Error(w, "bad OCSP request", http.StatusBadRequest)
+			return
+		}
+		issuer := authority.GetIntermediateCert(0).Cert
+		now := time.Now()
+		resp, err := ocsp.CreateResponse(issuer, issuer, ocsp.Response{
+			Status: ocsp.Good, SerialNumber: req.SerialNumber,
+			ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(time.Hour),
+		}, authority.GetIntermediateKey(0))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/ocsp-response")
+		w.Write(resp)
+	})
 }
 
 // DirectoryURL is the ACME directory URL, for an ACME client's CA setting.
@@ -153,6 +214,10 @@ func (c *CA) Close() error {
 		defer cancel()
 		err = c.srv.Shutdown(ctx)
 		<-c.done
+		if c.ocsp != nil {
+			err = errors.Join(err, c.ocsp.Shutdown(ctx))
+			<-c.ocspDone
+		}
 	})
 	return err
 }

@@ -82,7 +82,14 @@ func containerEnv(id string, spec *conman.Spec) []string {
 	if spec.Port != 0 {
 		env = append(env, "PORT="+strconv.Itoa(spec.Port))
 	}
-	return append(env, spec.Env...)
+	for _, kv := range spec.Env {
+		if !strings.HasPrefix(kv, "HOST=") {
+			env = append(env, kv)
+		}
+	}
+	// The web app listens on the container's own loopback, where DialContainer reaches it,
+	// whatever address the caller had in mind (as conman/process does).
+	return append(env, "HOST=127.0.0.1")
 }
 
 // mountMap lists the container's bind mounts (target inside, source on the host).

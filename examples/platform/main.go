@@ -112,7 +112,7 @@ func runPlatform(args []string) error {
 	fs.IntVar(&cfg.ControlplanePort, "controlplane-port", 8500, "controlplane port on each cluster's .1 address")
 	fs.IntVar(&cfg.ConmanPort, "conman-port", 8600, "conman port on each VM address")
 	fs.DurationVar(&cfg.EvalGrace, "eval-grace", 30*time.Hour, "how long a draining Eval keeps live sessions")
-	fs.StringVar(&cfg.Runtime, "runtime", RuntimeProcess, `the repls' container runtime: "process" (conman/process, our own sandbox)`)
+	fs.StringVar(&cfg.Runtime, "runtime", RuntimeProcess, `the repls' container runtime: "process" (conman/process, our own sandbox), "runc" or "runsc" (conman/oci, on a busybox image the platform builds)`)
 	fs.BoolVar(&cfg.ACME.Disable, "no-https", false, "serve hosting over HTTP only: no acme-dns API, no ACME CA, no HTTPS listeners")
 	fs.IntVar(&cfg.ACME.HTTPSPort, "https-port", 4443, "hosting HTTPS port on each cluster's .1 address")
 	fs.StringVar(&cfg.ACME.APIAddr, "acme-dns", "127.0.0.1:8403", "acme-dns compatible API address (registration key: $SWITCHYARD_ACMEDNS_KEY, else open within rate limits)")

@@ -36,8 +36,15 @@ const (
 	StoreEtcd   = "etcd"   // etcd: lore, placement, tombstones and VM liveness shared through etcd
 )
 
-// RuntimeProcess is conman/process, the sandbox of our own (nothing to install).
-const RuntimeProcess = "process"
+// The repls' container runtimes (Config.Runtime).
+const (
+	// RuntimeProcess is conman/process, the sandbox of our own (nothing to install).
+	RuntimeProcess = "process"
+	// RuntimeRunc is conman/oci over runc, on a busybox image the platform builds.
+	RuntimeRunc = "runc"
+	// RuntimeRunsc is conman/oci over gVisor's runsc (--platform=ptrace), on the same image.
+	RuntimeRunsc = "runsc"
+)
 
 // Config is the shape of one reference deployment. Every address is a flag of the run command.
 type Config struct {
@@ -152,9 +159,9 @@ func (c *Config) setDefaults() error {
 	switch c.Runtime {
 	case "":
 		c.Runtime = RuntimeProcess
-	case RuntimeProcess:
+	case RuntimeProcess, RuntimeRunc, RuntimeRunsc:
 	default:
-		return fmt.Errorf("runtime %q: want %q", c.Runtime, RuntimeProcess)
+		return fmt.Errorf("runtime %q: want %q, %q or %q", c.Runtime, RuntimeProcess, RuntimeRunc, RuntimeRunsc)
 	}
 	switch c.Isolation {
 	case "", "none":

@@ -25,7 +25,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-dev/switchyard/conman"
-	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
@@ -70,6 +69,7 @@ type componentFlags struct {
 	loreURL      string
 	state        string
 	isolation    string
+	runtime      string
 	endpoints    []string
 	aliveTTL     time.Duration
 	grace        time.Duration
@@ -107,6 +107,7 @@ func runComponent(name string, args []string) error {
 	fs.StringVar(&f.loreURL, "lore", "", "lore's API URL (eval: connect-token keys)")
 	fs.StringVar(&f.state, "state", "", "conman state and repl files directory (conman)")
 	fs.StringVar(&f.isolation, "isolation", "", "conman/process isolation (conman)")
+	fs.StringVar(&f.runtime, "runtime", RuntimeProcess, "the repls' runtime: process, runc or runsc (conman)")
 	fs.DurationVar(&f.aliveTTL, "alive-ttl", 5*time.Second, "the VM's etcd lease TTL (conman)")
 	fs.DurationVar(&f.grace, "grace", 30*time.Second, "how long stopping may take (live sessions drain)")
 	fs.StringVar(&f.https, "https", "", "address to serve HTTPS on too (hosting)")
@@ -361,12 +362,8 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 		}
 		return lease.Close(ctx)
 	})
-	rt, err := process.New(process.Config{
-		StateDir:     filepath.Join(f.state, "conman", f.id),
-		Isolation:    process.Isolation(f.isolation),
-		CgroupParent: cgroupParent(f.state, f.id),
-		Logger:       f.log.With("vm", f.id),
-	})
+	rt, err := newRuntime(f.runtime, f.isolation, filepath.Join(f.state, "conman", f.id), f.state,
+		cgroupParent(f.state, f.id), f.log.With("vm", f.id))
 	if err != nil {
 		return c, err
 	}
@@ -831,7 +828,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 			vmEnv := []string{envConmanCredential + "=" + conman.VMCredential(conmanKey, vmID), envVMCredential + "=" + placement.VMCredential(vmSecret, vmID)}
 			vm, err := start("conman", vmEnv, "-cluster", id, "-id", vmID,
 				"-addr", at(11+v, cfg.ConmanPort), "-controlplane", cpURL, "-state", cfg.StateDir,
-				"-isolation", cfg.Isolation, "-alive-ttl", cfg.AliveTTL.String())
+				"-isolation", cfg.Isolation, "-runtime", cfg.Runtime, "-alive-ttl", cfg.AliveTTL.String())
 			if err != nil {
 				return err
 			}

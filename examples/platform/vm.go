@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/switchyard-dev/switchyard/conman"
-	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/placement"
 )
@@ -27,7 +26,7 @@ type vm struct {
 	id   string
 	addr string // conman base URL
 
-	rt          *process.Runtime
+	rt          conman.Runtime
 	cm          *conman.Server
 	srv         *server
 	lease       *etcd.VMLease      // with the etcd store: the VM's liveness in etcd
@@ -93,12 +92,8 @@ func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
 	if err != nil {
 		return nil, err
 	}
-	v.rt, err = process.New(process.Config{
-		StateDir:     filepath.Join(cfg.StateDir, "conman", v.id),
-		Isolation:    process.Isolation(cfg.Isolation),
-		CgroupParent: cgroupParent(cfg.StateDir, v.id),
-		Logger:       log.With("component", "runtime", "vm", v.id),
-	})
+	v.rt, err = newRuntime(cfg.Runtime, cfg.Isolation, filepath.Join(cfg.StateDir, "conman", v.id), cfg.StateDir,
+		cgroupParent(cfg.StateDir, v.id), log.With("component", "runtime", "vm", v.id))
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"sync"
 	"time"
@@ -18,7 +17,6 @@ import (
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 	"github.com/switchyard-dev/switchyard/sessions"
-	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
 var errNoSuchVM = errors.New("no such active VM")
@@ -170,21 +168,8 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 		return c, err
 	}
 
-	// Hosting, behind the tombstone middleware.
-	c.hostingProxy, err = hosting.New(hosting.Config{
-		Zone:         cfg.Zone,
-		Cluster:      id,
-		Directory:    p.reader,
-		Placer:       c.cpClient,
-		VMCredential: c.conmanCredential,
-		// A request another cluster forwarded (verified hop header) keeps its client address.
-		TrustForwarded: tombstone.Internal,
-		Logger:         c.log.With("component", "hosting"),
-	})
-	if err != nil {
-		return c, err
-	}
-	handler, err := c.startTombstones(ctx)
+	// Hosting, behind the tombstone forwarder.
+	handler, err := c.startHosting(ctx)
 	if err != nil {
 		return c, err
 	}
@@ -236,24 +221,19 @@ func (c *cluster) startEval(ctx context.Context) error {
 	c.gens++
 	gen := c.gens
 	c.mu.Unlock()
-	eval, err := sessions.New(sessions.Config{
-		Cluster:      c.id,
-		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: c.p.LoreURL() + "/v1/keys"}),
-		Placer:       c.cpClient,
-		VMCredential: c.conmanCredential,
-		Directory:    c.p.reader, // a token for a repl that moved away is refused
-		Mode:         sessions.Splice,
-		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (sessions.Config)
-		LoopBudget:   &c.p.loopBudget,
-		Registerer:   c.p.evalRegisterer(c.id, gen),
-		Logger:       c.log.With("component", "eval"),
+	eval, mux, err := newEval(evalConfig{
+		cluster:    c.id,
+		loreURL:    c.p.LoreURL(),
+		placer:     c.cpClient,
+		conmanCred: c.conmanCredential,
+		directory:  c.p.reader,
+		loopBudget: &c.p.loopBudget,
+		registerer: c.p.evalRegisterer(c.id, gen),
+		log:        c.log.With("component", "eval"),
 	})
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/v1/connect", eval)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	warnReusePort(c.log)
 	srv, err := serve(ctx, "eval", c.hostPort(1, cfg.EvalPort), mux, true)
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,8 +28,6 @@ import (
 	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
-	"github.com/switchyard-dev/switchyard/sessions"
-	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
 // The secrets a component process takes from its environment, never from its command line
@@ -422,23 +419,18 @@ func runEval(ctx context.Context, f *componentFlags) (*component, error) {
 	if err != nil {
 		return c, err
 	}
-	eval, err := sessions.New(sessions.Config{
-		Cluster:      f.cluster,
-		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: strings.TrimSuffix(f.loreURL, "/") + "/v1/keys"}),
-		Placer:       placement.NewClient(f.controlplane, cred, nil),
-		VMCredential: conmanCred,
-		Directory:    m,
-		Mode:         sessions.Splice,
-		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (sessions.Config)
-		Logger:       f.log,
+	eval, mux, err := newEval(evalConfig{
+		cluster:    f.cluster,
+		loreURL:    strings.TrimSuffix(f.loreURL, "/"),
+		placer:     placement.NewClient(f.controlplane, cred, nil),
+		conmanCred: conmanCred,
+		directory:  m,
+		log:        f.log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	c.stop.add(eval.Shutdown)
-	mux := http.NewServeMux()
-	mux.Handle("/v1/connect", eval)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	warnReusePort(f.log)
 	srv, err := serve(ctx, "eval", f.addr, mux, true)
 	if err != nil {
@@ -471,53 +463,49 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	placer := placement.NewClient(f.controlplane, cred, nil)
-	h, err := hosting.New(hosting.Config{
-		Zone: f.zone, Cluster: f.cluster, Directory: m, Placer: placer, VMCredential: conmanCred,
-		TrustForwarded: tombstone.Internal, Logger: f.log,
-	})
-	if err != nil {
-		return c, err
-	}
-	c.stop.add(h.Shutdown)
 	tombs, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: f.cli, Prefix: "/switchyard/tombstone/" + f.cluster + "/"})
 	if err != nil {
 		return c, err
 	}
-	// The follower stops a moved repl's container through its VM's conman (another process)
-	// and releases the VM.
-	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
-		Cluster: f.cluster, Store: tombs, Watcher: store, Placement: placer, Logger: f.log,
-		Stop: func(ctx context.Context, a placement.Assignment) error {
+	var h *hosting.Proxy // shut down last, after the forwarder that feeds it
+	c.stop.add(func(ctx context.Context) error {
+		if h == nil {
+			return nil
+		}
+		return h.Shutdown(ctx)
+	})
+	h, handler, err := newHosting(hostingConfig{
+		zone:       f.zone,
+		cluster:    f.cluster,
+		directory:  m,
+		clusters:   m,
+		watcher:    store,
+		placer:     placement.NewClient(f.controlplane, cred, nil),
+		conmanCred: conmanCred,
+		store:      tombs,
+		secret:     secret,
+		// The VM's conman is another process: stop the moved repl through its API.
+		stopRepl: func(ctx context.Context, a placement.Assignment) error {
 			err := conman.NewClient(a.Addr, conmanCred(a.VM), nil).Stop(ctx, a.Repl)
 			if errors.Is(err, conman.ErrNotFound) {
 				return nil // not running there: nothing to stop
 			}
 			return err
 		},
+		onStop: c.stop.add,
+		log:    f.log,
 	})
 	if err != nil {
 		return c, err
 	}
-	if err := follower.Start(); err != nil {
-		return c, err
-	}
-	c.stop.add(func(context.Context) error { return follower.Close() })
-	fwd, err := tombstone.New(tombstone.Config{
-		Cluster: f.cluster, Zone: f.zone, Store: tombs, Clusters: m, Resolver: h, Secret: secret, Logger: f.log,
-	})
-	if err != nil {
-		return c, err
-	}
-	c.stop.add(fwd.Shutdown)
-	srv, err := serve(ctx, "hosting", f.addr, fwd.Wrap(h), false)
+	srv, err := serve(ctx, "hosting", f.addr, handler, false)
 	if err != nil {
 		return c, err
 	}
 	c.stop.add(srv.Shutdown)
 	c.addr = srv.Addr()
 	if f.https != "" {
-		if err := startComponentHTTPS(ctx, f, c, m, fwd.Wrap(h)); err != nil {
+		if err := startComponentHTTPS(ctx, f, c, m, handler); err != nil {
 			return c, err
 		}
 	}

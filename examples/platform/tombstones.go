@@ -10,11 +10,9 @@ import (
 	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
-// startTombstones wires the cluster's side of moves: a tombstone store; a follower that, when
-// lore moves a repl away from this cluster, writes its tombstone, stops its container and
-// releases its VM; and the forwarding middleware in front of the hosting proxy, which sends
-// requests for moved repls to the new cluster's hosting proxy.
-func (c *cluster) startTombstones(ctx context.Context) (http.Handler, error) {
+// startHosting starts the cluster's hosting proxy behind the tombstone forwarder and returns
+// the handler to serve.
+func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 	var store tombstone.Store
 	var err error
 	if c.p.cfg.Store == StoreEtcd {
@@ -25,35 +23,22 @@ func (c *cluster) startTombstones(ctx context.Context) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
-		Cluster:   c.id,
-		Store:     store,
-		Watcher:   c.p.dir,
-		Placement: c.cpClient,
-		Stop:      c.stopRepl,
-		Logger:    c.log.With("component", "tombstone"),
+	h, handler, err := newHosting(hostingConfig{
+		zone:       c.p.cfg.Zone,
+		cluster:    c.id,
+		directory:  c.p.reader,
+		clusters:   c.p.dir,
+		watcher:    c.p.dir,
+		placer:     c.cpClient,
+		conmanCred: c.conmanCredential,
+		store:      store,
+		secret:     c.p.hopSecret,
+		stopRepl:   c.stopRepl,
+		onStop:     c.stops.add,
+		log:        c.log,
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := follower.Start(); err != nil {
-		return nil, err
-	}
-	c.stops.add(func(context.Context) error { return follower.Close() })
-	fwd, err := tombstone.New(tombstone.Config{
-		Cluster:  c.id,
-		Zone:     c.p.cfg.Zone,
-		Store:    store,
-		Clusters: c.p.dir,
-		Resolver: c.hostingProxy,
-		Secret:   c.p.hopSecret,
-		Logger:   c.log.With("component", "tombstone"),
-	})
-	if err != nil {
-		return nil, err
-	}
-	c.stops.add(fwd.Shutdown)
-	return fwd.Wrap(c.hostingProxy), nil
+	c.hostingProxy = h
+	return handler, err
 }
 
 // stopRepl stops a moved repl's container on the VM that runs it.

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard-dev/switchyard/hosting"
+	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/placement"
+	"github.com/switchyard-dev/switchyard/sessions"
+	"github.com/switchyard-dev/switchyard/tombstone"
+)
+
+// The proxies both modes run — in process (cluster.go) and one component per process
+// (processes.go) — are built by one constructor each, so the two modes cannot drift apart.
+// The callers differ only in where the dependencies come from: in process, the platform's own
+// directory and a cluster's controlplane client; per process, an etcd mirror and flags.
+
+// evalConfig is what an Eval (session proxy) needs.
+type evalConfig struct {
+	cluster    string
+	loreURL    string // lore's base URL, for its published keys
+	placer     sessions.Placer
+	conmanCred func(vm string) string
+	// directory tells where a repl lives now: a token for a repl that moved away is refused.
+	directory interface {
+		Repl(ctx context.Context, id string) (lore.Repl, error)
+	}
+	loopBudget *sessions.LoopBudget // shared by the Evals of one process; nil: its own
+	registerer prometheus.Registerer
+	log        *slog.Logger
+}
+
+// newEval returns a session proxy and the handler to serve it with: /v1/connect and /healthz.
+func newEval(cfg evalConfig) (*sessions.Proxy, http.Handler, error) {
+	eval, err := sessions.New(sessions.Config{
+		Cluster:      cfg.cluster,
+		Tokens:       lore.NewRemoteKeySet(lore.RemoteKeySetConfig{URL: cfg.loreURL + "/v1/keys"}),
+		Placer:       cfg.placer,
+		VMCredential: cfg.conmanCred,
+		Directory:    cfg.directory,
+		Mode:         sessions.Splice,
+		EventLoops:   1, // used while GOMAXPROCS leaves a P besides it (sessions.Config)
+		LoopBudget:   cfg.loopBudget,
+		Registerer:   cfg.registerer,
+		Logger:       cfg.log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/connect", eval)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	return eval, mux, nil
+}
+
+// hostingConfig is what a cluster's hosting needs: the hosting proxy, the tombstone forwarder in
+// front of it, and the follower that writes tombstones when repls move away.
+type hostingConfig struct {
+	zone, cluster string
+	directory     hosting.Directory
+	clusters      tombstone.Clusters
+	watcher       tombstone.Watcher
+	placer        *placement.Client
+	conmanCred    func(vm string) string
+	store         tombstone.Store
+	secret        []byte // the hop secret every cluster shares
+	// stopRepl stops a moved repl's container on the VM that runs it.
+	stopRepl func(ctx context.Context, a placement.Assignment) error
+	// onStop registers what the caller's shutdown must stop (the follower, the forwarder).
+	onStop func(func(context.Context) error)
+	log    *slog.Logger
+}
+
+// newHosting returns the hosting proxy (the caller shuts it down) and the handler to serve: the
+// proxy wrapped by the tombstone forwarder. The follower is running when it returns.
+func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, error) {
+	h, err := hosting.New(hosting.Config{
+		Zone:         cfg.zone,
+		Cluster:      cfg.cluster,
+		Directory:    cfg.directory,
+		Placer:       cfg.placer,
+		VMCredential: cfg.conmanCred,
+		// A request another cluster forwarded (verified hop header) keeps its client address.
+		TrustForwarded: tombstone.Internal,
+		Logger:         cfg.log.With("component", "hosting"),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	tlog := cfg.log.With("component", "tombstone")
+	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
+		Cluster:   cfg.cluster,
+		Store:     cfg.store,
+		Watcher:   cfg.watcher,
+		Placement: cfg.placer,
+		Stop:      cfg.stopRepl,
+		Logger:    tlog,
+	})
+	if err != nil {
+		return h, nil, err
+	}
+	if err := follower.Start(); err != nil {
+		return h, nil, err
+	}
+	cfg.onStop(func(context.Context) error { return follower.Close() })
+	fwd, err := tombstone.New(tombstone.Config{
+		Cluster:  cfg.cluster,
+		Zone:     cfg.zone,
+		Store:    cfg.store,
+		Clusters: cfg.clusters,
+		Resolver: h,
+		Secret:   cfg.secret,
+		Logger:   tlog,
+	})
+	if err != nil {
+		return h, nil, err
+	}
+	cfg.onStop(fwd.Shutdown)
+	return h, fwd.Wrap(h), nil
+}

@@ -8,11 +8,11 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-dev/switchyard/autotls"
 	"github.com/switchyard-dev/switchyard/conman"
-	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
@@ -36,9 +36,6 @@ type cluster struct {
 	cp       *placement.Controlplane
 	cpClient *placement.Client
 	cpSrv    *server
-	cpStop   context.CancelFunc
-	cpDone   chan struct{}
-	liveness *etcd.Liveness // with the etcd store
 
 	hostingProxy *hosting.Proxy
 	hosting      *server
@@ -93,50 +90,19 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 
 	// The controlplane, served over HTTP; every other component of the cluster uses its client,
 	// as separate machines would.
-	pcfg := placement.Config{
-		DefaultStrategy:  placement.Spread(),
-		HeartbeatTimeout: 3 * time.Second,
-		Logger:           c.log.With("component", "controlplane"),
-	}
+	var etcdCli *clientv3.Client
 	if cfg.Store == StoreEtcd {
-		pcfg.Store, err = etcd.NewPlacementStore(etcd.PlacementStoreConfig{Client: p.etcdCli, Prefix: "/switchyard/placement/" + id + "/"})
-		if err != nil {
-			return c, err
-		}
-		// Leases decide liveness within AliveTTL; heartbeats only back them up.
-		pcfg.HeartbeatTimeout = 30 * time.Second
+		etcdCli = p.etcdCli
 	}
-	c.cp, err = placement.New(pcfg)
+	cp, cpAPI, err := newControlplane(ctx, controlplaneConfig{
+		etcd: etcdCli, cluster: id, credential: c.credential, vmSecret: c.vmSecret,
+		onStop: c.stops.add, log: c.log.With("component", "controlplane"),
+	})
+	c.cp = cp
 	if err != nil {
 		return c, err
 	}
-	cpCtx, cpStop := context.WithCancel(context.Background())
-	c.cpStop, c.cpDone = cpStop, make(chan struct{})
-	go func() { defer close(c.cpDone); c.cp.Run(cpCtx) }()
-	c.stops.add(func(context.Context) error { c.cpStop(); <-c.cpDone; return nil })
-	if cfg.Store == StoreEtcd {
-		// A VM whose lease ends (its agent stopped or crashed) is marked Dead, which releases its
-		// repls, and removed from placement.
-		c.liveness, err = etcd.WatchLiveness(etcd.LivenessConfig{
-			Client:     p.etcdCli,
-			Prefix:     c.alivePrefix(),
-			Placement:  c.cp,
-			Deregister: true,
-			Logger:     c.log.With("component", "liveness"),
-		})
-		if err != nil {
-			return c, err
-		}
-		c.stops.add(func(context.Context) error { return c.liveness.Close() })
-		select {
-		case <-c.liveness.Ready():
-		case <-ctx.Done():
-			return c, ctx.Err()
-		}
-	}
-	c.cpSrv, err = serve(ctx, "controlplane", c.hostPort(1, cfg.ControlplanePort), placement.NewHandler(placement.HandlerConfig{
-		Controlplane: c.cp, Credential: c.credential, VMSecret: c.vmSecret, Logger: c.log.With("component", "controlplane"),
-	}), false)
+	c.cpSrv, err = serve(ctx, "controlplane", c.hostPort(1, cfg.ControlplanePort), cpAPI, false)
 	if err != nil {
 		return c, err
 	}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
@@ -121,4 +124,67 @@ func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, error) {
 	}
 	cfg.onStop(fwd.Shutdown)
 	return h, fwd.Wrap(h), nil
+}
+
+// controlplaneConfig is what a cluster's controlplane needs.
+type controlplaneConfig struct {
+	// etcd, when set, holds the placement store and the VMs' liveness leases under
+	// /switchyard/placement/<cluster>/ and /switchyard/alive/<cluster>/; nil keeps placement in
+	// memory and liveness to heartbeats.
+	etcd       *clientv3.Client
+	cluster    string
+	credential string // the proxies' and the platform's placement credential
+	vmSecret   string // each VM agent's credential derives from it
+	onStop     func(func(context.Context) error)
+	log        *slog.Logger
+}
+
+// newControlplane starts a controlplane (its expiry loop and, with etcd, the liveness watch,
+// ready when it returns) and returns it with its HTTP API.
+func newControlplane(ctx context.Context, cfg controlplaneConfig) (*placement.Controlplane, http.Handler, error) {
+	pcfg := placement.Config{
+		DefaultStrategy:  placement.Spread(),
+		HeartbeatTimeout: 3 * time.Second,
+		Logger:           cfg.log,
+	}
+	if cfg.etcd != nil {
+		store, err := etcd.NewPlacementStore(etcd.PlacementStoreConfig{Client: cfg.etcd, Prefix: "/switchyard/placement/" + cfg.cluster + "/"})
+		if err != nil {
+			return nil, nil, err
+		}
+		pcfg.Store = store
+		pcfg.HeartbeatTimeout = 30 * time.Second // leases decide liveness within AliveTTL; heartbeats back them up
+	}
+	cp, err := placement.New(pcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	runCtx, stopRun := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); cp.Run(runCtx) }()
+	cfg.onStop(func(context.Context) error { stopRun(); <-done; return nil })
+	if cfg.etcd != nil {
+		// A VM whose lease ends (its agent stopped or crashed) is marked Dead, which releases its
+		// repls, and removed from placement.
+		live, err := etcd.WatchLiveness(etcd.LivenessConfig{
+			Client:     cfg.etcd,
+			Prefix:     "/switchyard/alive/" + cfg.cluster + "/",
+			Placement:  cp,
+			Deregister: true,
+			Logger:     cfg.log.With("component", "liveness"),
+		})
+		if err != nil {
+			return cp, nil, err
+		}
+		cfg.onStop(func(context.Context) error { return live.Close() })
+		select {
+		case <-live.Ready():
+		case <-ctx.Done():
+			return cp, nil, ctx.Err()
+		}
+	}
+	api := placement.NewHandler(placement.HandlerConfig{
+		Controlplane: cp, Credential: cfg.credential, VMSecret: cfg.vmSecret, Logger: cfg.log,
+	})
+	return cp, api, nil
 }

@@ -275,41 +275,18 @@ func runControlplane(ctx context.Context, f *componentFlags) (*component, error)
 	if err != nil {
 		return nil, err
 	}
-	c := &component{}
-	store, err := etcd.NewPlacementStore(etcd.PlacementStoreConfig{Client: f.cli, Prefix: "/switchyard/placement/" + f.cluster + "/"})
-	if err != nil {
-		return nil, err
-	}
-	cp, err := placement.New(placement.Config{
-		Store:            store,
-		DefaultStrategy:  placement.Spread(),
-		HeartbeatTimeout: 30 * time.Second, // leases decide liveness; heartbeats back them up
-		Logger:           f.log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	runCtx, stopRun := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); cp.Run(runCtx) }()
-	c.stop.add(func(context.Context) error { stopRun(); <-done; return nil })
-	live, err := etcd.WatchLiveness(etcd.LivenessConfig{
-		Client: f.cli, Prefix: "/switchyard/alive/" + f.cluster + "/", Placement: cp, Deregister: true, Logger: f.log,
-	})
-	if err != nil {
-		return c, err
-	}
-	c.stop.add(func(context.Context) error { return live.Close() })
-	select {
-	case <-live.Ready():
-	case <-ctx.Done():
-		return c, ctx.Err()
-	}
 	vmSecret, err := secretEnv(envVMSecret, "the secret VM credentials derive from")
 	if err != nil {
+		return nil, err
+	}
+	c := &component{}
+	_, api, err := newControlplane(ctx, controlplaneConfig{
+		etcd: f.cli, cluster: f.cluster, credential: cred, vmSecret: vmSecret, onStop: c.stop.add, log: f.log,
+	})
+	if err != nil {
 		return c, err
 	}
-	srv, err := serve(ctx, "controlplane", f.addr, placement.NewHandler(placement.HandlerConfig{Controlplane: cp, Credential: cred, VMSecret: vmSecret, Logger: f.log}), false)
+	srv, err := serve(ctx, "controlplane", f.addr, api, false)
 	if err != nil {
 		return c, err
 	}

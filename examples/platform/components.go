@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"log/slog"
 	"net/http"
 	"time"
@@ -187,4 +189,32 @@ func newControlplane(ctx context.Context, cfg controlplaneConfig) (*placement.Co
 		Controlplane: cp, Credential: cfg.credential, VMSecret: cfg.vmSecret, Logger: cfg.log,
 	})
 	return cp, api, nil
+}
+
+// loreConfig is what lore needs.
+type loreConfig struct {
+	zone     string
+	store    lore.Store       // nil: lore's own in-memory store
+	resolver lore.TXTResolver // custom-domain verification; nil: the system's
+	adminKey string
+	onStop   func(func(context.Context) error)
+	log      *slog.Logger
+}
+
+// newLore returns the directory, with a fresh token-signing key, and its HTTP API.
+func newLore(cfg loreConfig) (*lore.Directory, http.Handler, error) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	issuer, err := lore.NewIssuer(lore.IssuerConfig{Key: key})
+	if err != nil {
+		return nil, nil, err
+	}
+	dir, err := lore.New(lore.Config{Zone: cfg.zone, Store: cfg.store, Issuer: issuer, Resolver: cfg.resolver, Logger: cfg.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.onStop(func(context.Context) error { return dir.Close() })
+	return dir, lore.NewHandler(lore.HandlerConfig{Directory: dir, AdminKey: cfg.adminKey, Logger: cfg.log}), nil
 }

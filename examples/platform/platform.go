@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -269,30 +268,25 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}()
 
 	// lore: the global directory and the connect-token issuer.
-	_, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	issuer, err := lore.NewIssuer(lore.IssuerConfig{Key: key})
-	if err != nil {
-		return nil, err
-	}
-	var store lore.Store // nil: lore's own memdb store
+	var store lore.Store // nil: lore's own in-memory store
 	if cfg.Store == StoreEtcd {
 		if err := p.startEtcd(); err != nil {
 			return nil, err
 		}
 		store = p.loreStore
 	}
-	loreCfg := lore.Config{Zone: cfg.Zone, Store: store, Issuer: issuer, Logger: p.log.With("component", "lore")}
+	var resolver lore.TXTResolver
 	if r := p.txtResolver(); r != nil {
-		loreCfg.Resolver = r
+		resolver = r
 	}
-	p.dir, err = lore.New(loreCfg)
+	dir, loreAPI, err := newLore(loreConfig{
+		zone: cfg.Zone, store: store, resolver: resolver, adminKey: cfg.AdminKey,
+		onStop: p.stop.add, log: p.log.With("component", "lore"),
+	})
 	if err != nil {
 		return nil, err
 	}
-	p.stop.add(func(context.Context) error { return p.dir.Close() })
+	p.dir = dir
 	p.reader = p.dir
 	if cfg.Store == StoreEtcd {
 		// DNS and hosting read a local mirror, as they would on their own machines.
@@ -303,9 +297,7 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 		p.stop.add(func(context.Context) error { return p.mirror.Close() })
 		p.reader = p.mirror
 	}
-	p.lore, err = serve(ctx, "lore", cfg.LoreAddr, lore.NewHandler(lore.HandlerConfig{
-		Directory: p.dir, AdminKey: cfg.AdminKey, Logger: p.log.With("component", "lore"),
-	}), false)
+	p.lore, err = serve(ctx, "lore", cfg.LoreAddr, loreAPI, false)
 	if err != nil {
 		return nil, err
 	}

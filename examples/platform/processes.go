@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -208,20 +207,11 @@ func runLore(ctx context.Context, f *componentFlags) (*component, error) {
 		return nil, err
 	}
 	c.stop.add(func(context.Context) error { return store.Close() })
-	_, key, err := ed25519.GenerateKey(rand.Reader)
+	_, api, err := newLore(loreConfig{zone: f.zone, store: store, adminKey: adminKey, onStop: c.stop.add, log: f.log})
 	if err != nil {
 		return c, err
 	}
-	issuer, err := lore.NewIssuer(lore.IssuerConfig{Key: key})
-	if err != nil {
-		return c, err
-	}
-	dir, err := lore.New(lore.Config{Zone: f.zone, Store: store, Issuer: issuer, Logger: f.log})
-	if err != nil {
-		return c, err
-	}
-	c.stop.add(func(context.Context) error { return dir.Close() })
-	srv, err := serve(ctx, "lore", f.addr, lore.NewHandler(lore.HandlerConfig{Directory: dir, AdminKey: adminKey, Logger: f.log}), false)
+	srv, err := serve(ctx, "lore", f.addr, api, false)
 	if err != nil {
 		return c, err
 	}

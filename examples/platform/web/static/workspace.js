@@ -5,7 +5,8 @@
 // in Sec-WebSocket-Protocol (browsers cannot set headers). Bytes both ways are binary messages;
 // a resize is the text message {"type":"resize","cols":C,"rows":R} (conman's control message).
 //
-// When the session closes with 1012 (the repl's VM restarts: a rollout) or 1001 (Eval goes
+// When the session closes with 1012 (the repl's VM restarts: a rollout; or conman stopped the
+// repl there because it moved) or 1001 (Eval goes
 // away), the terminal says so and connects again at once, landing on the repl's new VM. A normal
 // close (1000) after the repl moved to another cluster reconnects there; a shell that exited
 // waits for a key; any other loss reconnects with a growing backoff.
@@ -153,8 +154,7 @@
           shellEnded();
           break;
         case 1012:
-          notice("the VM is restarting (1012): reconnecting");
-          retry("VM restarting", 0);
+          vmRestarted();
           break;
         case 1001:
           notice("Eval is going away (1001): reconnecting");
@@ -167,6 +167,21 @@
         }
       }
     };
+  }
+
+  // vmRestarted handles 1012: the repl's VM restarts (a rollout), or conman stopped the repl
+  // there because it moved to another cluster. A move shows as a new Eval URL from lore.
+  async function vmRestarted() {
+    let info = null;
+    try { info = await connectInfo(); } catch (e) { /* reconnect as for a restart */ }
+    if (info && info.url !== lastURL) {
+      notice("the repl moved to another cluster: reconnecting");
+      connect(info);
+      return;
+    }
+    notice("the VM is restarting (1012): reconnecting");
+    if (info) connect(info);
+    else retry("VM restarting", 0);
   }
 
   // shellEnded handles a normal close: the shell exited, or its container stopped because the

@@ -41,7 +41,7 @@ var (
 	ErrClosed = errors.New("hosting: hosting is shutting down")
 )
 
-// Config configures a Proxy. Zone, Directory, Placer and Credential are required.
+// Config configures a Proxy. Zone, Directory, Placer and Credential (or VMCredential) are required.
 type Config struct {
 	// Zone is the platform zone ("repl.test"): hosts <slug>.<owner>.<Zone> and <id>.id.<Zone>
 	// name repls; any other host is looked up as a verified custom domain.

@@ -123,7 +123,7 @@ func childMain() int {
 
 // TestSessionsReusePortTwoProcesses shows a deploy: the old proxy (this process) holds a live
 // session; a new proxy process starts on the same address with SO_REUSEPORT; the old one stops
-// accepting (Handover.Shutdown) and drains. A client connecting in a loop throughout is never
+// accepting (handover.Server.Shutdown) and drains. A client connecting in a loop throughout is never
 // refused or dropped, a connection the old process accepted before the handover but whose
 // request comes after still gets its session from the old process (with http.Server.Shutdown
 // it got EOF), the live session stays byte-exact until it ends, and the old Shutdown returns

@@ -54,7 +54,7 @@
 //
 //   - no HopHeader: an external request; its forwarding headers are not trusted.
 //   - a HopHeader that verifies: an internal hop. Internal(r) reports true for it, so the
-//     hosting proxy keeps the original client address (HostingConfig.TrustForwarded).
+//     hosting proxy keeps the original client address (hosting.Config.TrustForwarded).
 //   - a HopHeader that does not verify (forged, wrong secret, another host or URL, signed more
 //     than MaxHopAge ago), or more than one: refused with 508 Loop Detected. Refusing rather
 //     than stripping keeps a cluster with a misconfigured secret from forwarding in circles.
@@ -73,7 +73,7 @@
 // events and other unknown-length answers are flushed as they arrive. A forward is one attempt
 // at one fixed target, so nothing is ever replayed and no body limit applies here: no request
 // is refused with 413. (hosting.Proxy, which may retry on another VM, buffers only bodies of at
-// most HostingConfig.MaxReplayBody for that purpose and streams larger ones in one attempt.)
+// most hosting.Config.MaxReplayBody for that purpose and streams larger ones in one attempt.)
 //
 // # Failure answers
 //

@@ -92,7 +92,7 @@ func serveTLS(ctx context.Context, name, addr string, h http.Handler, reuse bool
 			MaxHeaderBytes:    64 << 10,
 		},
 	}
-	// Handover, not srv.Serve and srv.Shutdown: http.Server.Shutdown drops, unanswered, a
+	// handover.Server, not srv.Serve and srv.Shutdown: http.Server.Shutdown drops, unanswered, a
 	// request it reads after it began, even on a connection accepted just before (see
 	// handover.Server). That would lose connections in an Eval handover.
 	s.h = handover.New(s.srv, ln)

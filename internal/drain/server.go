@@ -80,12 +80,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
+	// Close idle connections, and tell the ones being handled to close after their answer —
+	// before the listener closes, so that no answer written after it closed keeps its
+	// connection alive.
+	s.srv.SetKeepAlivesEnabled(false)
 	lnErr := s.ln.Listener.Close()
 	if errors.Is(lnErr, net.ErrClosed) {
 		lnErr = nil
 	}
-	// Close idle connections, and tell the ones being handled to close after their answer.
-	s.srv.SetKeepAlivesEnabled(false)
 
 	wait := time.Millisecond
 	timer := time.NewTimer(wait)

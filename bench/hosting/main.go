@@ -15,6 +15,11 @@
 // hosting/direct and forwarded/plain.
 //
 //	go run ./bench/hosting -rounds 5 -duration 3s -conns 16
+//
+// With -external it runs direct, hosting, forwarded and nginx side by side instead, each
+// server in its own process pinned to one core and loaded by wrk on the other (external.go):
+//
+//	go build -o /tmp/bench-hosting ./bench/hosting && /tmp/bench-hosting -external -rounds 5 -duration 3s
 package main
 
 import (
@@ -52,7 +57,27 @@ func main() {
 	size := flag.Int("size", 1024, "page size in bytes")
 	modesFlag := flag.String("modes", "direct,hosting,plain,pooled,forwarded", "modes to run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	external := flag.Bool("external", false, "servers in their own processes pinned to -server-cpu, loaded by wrk on -load-cpu (see external.go)")
+	targets := flag.String("targets", "direct,hosting,forwarded,nginx", "-external: targets to run")
+	serverCPU := flag.String("server-cpu", "0", "-external: the CPU the servers are pinned to")
+	loadCPU := flag.String("load-cpu", "1", "-external: the CPU wrk and the page are pinned to")
+	role := flag.String("role", "", "internal: serve one -external target (page, hosting, forwarded)")
+	page := flag.String("page", "", "internal: the page's URL, for -role hosting and forwarded")
 	flag.Parse()
+	if *role != "" {
+		if err := serveRole(*role, *page, *size); err != nil {
+			fmt.Fprintln(os.Stderr, "hosting:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *external {
+		if err := runExternal(*rounds, *duration, *conns, *size, strings.Split(*targets, ","), *serverCPU, *loadCPU); err != nil {
+			fmt.Fprintln(os.Stderr, "hosting:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -92,30 +117,11 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	defer app.Close()
 	appURL, _ := url.Parse("http://" + app.Addr)
 
-	// Hosting over the real in-process directory and controlplane.
-	dir, err := lore.New(lore.Config{Zone: "repl.test", Logger: quiet})
+	st, err := newStack(ctx, appURL, quiet)
 	if err != nil {
 		return err
 	}
-	if _, err := dir.PutCluster(ctx, lore.Cluster{ID: "a", EvalURL: "ws://127.0.0.1:1/v1/connect", Healthy: true}); err != nil {
-		return err
-	}
-	if _, err := dir.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "alice", Slug: "blog", Cluster: "a"}); err != nil {
-		return err
-	}
-	// Nobody heartbeats the stand-in VM: keep it alive for the whole run.
-	cp, err := placement.New(placement.Config{Logger: quiet, HeartbeatTimeout: 24 * time.Hour})
-	if err != nil {
-		return err
-	}
-	if _, err := cp.Register(ctx, placement.VM{ID: "vm1", Addr: appURL.String(), Capacity: placement.Resources{Containers: 100}}); err != nil {
-		return err
-	}
-	hp, err := hosting.New(hosting.Config{Zone: "repl.test", Cluster: "a", Directory: dir, Placer: cp,
-		Credential: "c", Logger: quiet})
-	if err != nil {
-		return err
-	}
+	hp, fwd := st.hosting, st.fwd
 	hostingSrv, err := serve("127.0.0.1:0", hp)
 	if err != nil {
 		return err
@@ -142,23 +148,6 @@ func run(rounds int, duration time.Duration, conns, size int, modes []string) er
 	}
 	defer pooledSrv.Close()
 
-	// The tombstone forwarder: r1 moved to cluster b, whose hosting proxy is the page.
-	store, err := tombstone.NewMemStore(tombstone.MemStoreConfig{})
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	if err := store.Put(ctx, tombstone.Tombstone{Repl: "r1", Owner: "alice", Slug: "blog", Cluster: "b", Created: now, Expires: now.Add(time.Hour)}); err != nil {
-		return err
-	}
-	if _, err := dir.PutCluster(ctx, lore.Cluster{ID: "b", EvalURL: "ws://127.0.0.1:1/v1/connect", HostingURL: appURL.String(), Healthy: true}); err != nil {
-		return err
-	}
-	fwd, err := tombstone.New(tombstone.Config{Cluster: "a", Zone: "repl.test", Store: store, Clusters: dir,
-		Secret: []byte(strings.Repeat("k", 32)), Logger: quiet})
-	if err != nil {
-		return err
-	}
 	fwdSrv, err := serve("127.0.0.1:0", fwd.Wrap(hp))
 	if err != nil {
 		return err
@@ -318,4 +307,57 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// stack is what the hosting and forwarded modes serve: Hosting over a real in-process lore
+// directory and placement controlplane, whose only VM is the page (standing in for its conman),
+// and a tombstone forwarder for which r1 moved to cluster b, whose hosting proxy is the page.
+type stack struct {
+	hosting *hosting.Proxy
+	fwd     *tombstone.Forwarder
+}
+
+func newStack(ctx context.Context, appURL *url.URL, quiet *slog.Logger) (*stack, error) {
+	// Hosting over the real in-process directory and controlplane.
+	dir, err := lore.New(lore.Config{Zone: "repl.test", Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dir.PutCluster(ctx, lore.Cluster{ID: "a", EvalURL: "ws://127.0.0.1:1/v1/connect", Healthy: true}); err != nil {
+		return nil, err
+	}
+	if _, err := dir.CreateRepl(ctx, lore.Repl{ID: "r1", Owner: "alice", Slug: "blog", Cluster: "a"}); err != nil {
+		return nil, err
+	}
+	// Nobody heartbeats the stand-in VM: keep it alive for the whole run.
+	cp, err := placement.New(placement.Config{Logger: quiet, HeartbeatTimeout: 24 * time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := cp.Register(ctx, placement.VM{ID: "vm1", Addr: appURL.String(), Capacity: placement.Resources{Containers: 100}}); err != nil {
+		return nil, err
+	}
+	hp, err := hosting.New(hosting.Config{Zone: "repl.test", Cluster: "a", Directory: dir, Placer: cp,
+		Credential: "c", Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	// The tombstone forwarder: r1 moved to cluster b, whose hosting proxy is the page.
+	store, err := tombstone.NewMemStore(tombstone.MemStoreConfig{})
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	if err := store.Put(ctx, tombstone.Tombstone{Repl: "r1", Owner: "alice", Slug: "blog", Cluster: "b", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		return nil, err
+	}
+	if _, err := dir.PutCluster(ctx, lore.Cluster{ID: "b", EvalURL: "ws://127.0.0.1:1/v1/connect", HostingURL: appURL.String(), Healthy: true}); err != nil {
+		return nil, err
+	}
+	fwd, err := tombstone.New(tombstone.Config{Cluster: "a", Zone: "repl.test", Store: store, Clusters: dir,
+		Secret: []byte(strings.Repeat("k", 32)), Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	return &stack{hosting: hp, fwd: fwd}, nil
 }

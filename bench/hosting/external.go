@@ -1,0 +1,340 @@
+package main
+
+// The -external run: every server in its own process pinned to one core (GOMAXPROCS=1, one
+// nginx worker), loaded by wrk pinned to the other core, side by side in one run:
+//
+//	direct     wrk → the page
+//	hosting    wrk → hosting.Proxy (real lore directory and placement) → the page
+//	forwarded  wrk → tombstone.Forwarder → the page (standing in for the new cluster)
+//	nginx      wrk → nginx proxy_pass with upstream keep-alive → the page
+//
+// The page (a Go server answering -size bytes) runs on the load core, for every target alike.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// serveRole is a child process of the -external run: it serves one target and prints its
+// address, then serves until its stdin closes.
+func serveRole(role, page string, size int) error {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var h http.Handler
+	switch role {
+	case "page":
+		body := []byte(strings.Repeat("x", size))
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = w.Write(body)
+		})
+	case "hosting", "forwarded":
+		u, err := url.Parse(page)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("-page %q: want the page's URL", page)
+		}
+		st, err := newStack(context.Background(), u, quiet)
+		if err != nil {
+			return err
+		}
+		h = st.hosting
+		if role == "forwarded" {
+			h = st.fwd.Wrap(st.hosting)
+		}
+	default:
+		return fmt.Errorf("unknown -role %q", role)
+	}
+	srv, err := serve("127.0.0.1:0", h)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("addr %s\n", srv.Addr)
+	_, _ = io.Copy(io.Discard, os.Stdin) // the driver closes it to stop us
+	srv.Close()
+	return nil
+}
+
+// proc is a server process of the run.
+type proc struct {
+	name  string
+	addr  string
+	cmd   *exec.Cmd
+	stdin io.Closer
+}
+
+func (p *proc) stop() {
+	if p.stdin != nil {
+		_ = p.stdin.Close()
+	}
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// startChild starts this program with args on cpu and reads the address it prints.
+func startChild(name, cpu string, args ...string) (*proc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("taskset", append([]string{"-c", cpu, exe}, args...)...)
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, stdin: in}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "addr ")
+	if err != nil || !ok {
+		p.stop()
+		return nil, fmt.Errorf("%s did not start: %q, %v", name, line, err)
+	}
+	p.addr = addr
+	return p, nil
+}
+
+// startNginx runs one nginx worker on cpu in front of page.
+func startNginx(tmp, cpu, page string, conns int) (*proc, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := filepath.Join(tmp, "nginx")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid %[1]s/nginx.pid;
+error_log stderr warn;
+events { worker_connections 16000; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  upstream page { server %[2]s; keepalive %[4]d; }
+  server {
+    listen %[3]s;
+    location / {
+      proxy_pass http://page;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+    }
+  }
+}
+`, dir, page, addr, 2*conns)
+	cfg := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("taskset", "-c", cpu, "nginx", "-e", "stderr", "-p", dir, "-c", cfg)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("nginx (apt-get install nginx-light): %w", err)
+	}
+	p := &proc{name: "nginx", addr: addr, cmd: cmd}
+	// master_process off: the one process is the worker. Ready when it accepts.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			p.stop()
+			return nil, fmt.Errorf("nginx is not listening on %s: %w", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// procCPU returns the user+system CPU time pid has used.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which ends with the last ')'.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
+}
+
+// pidOf returns the server's process: taskset execs the program, so it is the command's own.
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+var (
+	wrkRPS     = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkPct     = regexp.MustCompile(`(?m)^\s+(50|90|99)(?:\.000)?%\s+([0-9.]+)(us|ms|s)\b`)
+	wrkNon2xx  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+	wrkSockErr = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	wrkTotal   = regexp.MustCompile(`(\d+) requests in`)
+)
+
+// wrk loads addr from cpu and returns what it measured; cpu is the server's CPU time meanwhile.
+func wrk(cpu, addr string, conns int, d time.Duration, server *proc) (result, error) {
+	before, err := procCPU(server.pid())
+	if err != nil {
+		return result{}, err
+	}
+	out, err := exec.Command("taskset", "-c", cpu, "wrk", "-t1", "-c"+strconv.Itoa(conns),
+		"-d"+strconv.Itoa(int(d/time.Second))+"s", "--latency", "-H", "Host: blog.alice.repl.test",
+		"http://"+addr+"/").CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("wrk (apt-get install wrk): %v\n%s", err, out)
+	}
+	after, err := procCPU(server.pid())
+	if err != nil {
+		return result{}, err
+	}
+	s := string(out)
+	var r result
+	if m := wrkRPS.FindStringSubmatch(s); m != nil {
+		r.rps, _ = strconv.ParseFloat(m[1], 64)
+	}
+	for _, m := range wrkPct.FindAllStringSubmatch(s, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[m[3]]
+		dur := time.Duration(v * float64(unit))
+		switch m[1] {
+		case "50":
+			r.p50 = dur
+		case "90":
+			r.p90 = dur
+		case "99":
+			r.p99 = dur
+		}
+	}
+	if m := wrkNon2xx.FindStringSubmatch(s); m != nil {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		r.errors += n
+	}
+	if m := wrkSockErr.FindStringSubmatch(s); m != nil {
+		for _, x := range m[1:] {
+			n, _ := strconv.ParseInt(x, 10, 64)
+			r.errors += n
+		}
+	}
+	if m := wrkTotal.FindStringSubmatch(s); m != nil {
+		if n, _ := strconv.ParseInt(m[1], 10, 64); n > 0 {
+			r.cpu = (after - before) / time.Duration(n)
+		}
+	}
+	if r.rps == 0 || r.p99 == 0 {
+		return r, fmt.Errorf("could not read wrk's output:\n%s", s)
+	}
+	return r, nil
+}
+
+func runExternal(rounds int, duration time.Duration, conns, size int, targets []string, serverCPU, loadCPU string) error {
+	if duration < time.Second {
+		return errors.New("-duration: wrk needs at least 1s")
+	}
+	tmp, err := os.MkdirTemp("", "bench-hosting-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	page, err := startChild("page", loadCPU, "-role", "page", "-size", strconv.Itoa(size))
+	if err != nil {
+		return err
+	}
+	defer page.stop()
+	pageURL := "http://" + page.addr
+	servers := map[string]*proc{"direct": page}
+	for _, t := range targets {
+		var p *proc
+		switch t {
+		case "direct":
+			continue
+		case "hosting", "forwarded":
+			p, err = startChild(t, serverCPU, "-role", t, "-page", pageURL)
+		case "nginx":
+			p, err = startNginx(tmp, serverCPU, page.addr, conns)
+		default:
+			err = fmt.Errorf("unknown target %q", t)
+		}
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		servers[t] = p
+	}
+	fmt.Printf("# -external: %d rounds × %s per target, wrk -t1 -c%d on CPU %s, servers on CPU %s (GOMAXPROCS=1, one nginx worker), %d-byte page\n",
+		rounds, duration, conns, loadCPU, serverCPU, size)
+	results := map[string][]result{}
+	for r := 1; r <= rounds; r++ {
+		for _, t := range targets {
+			res, err := wrk(loadCPU, servers[t].addr, conns, duration, servers[t])
+			if err != nil {
+				return fmt.Errorf("%s: %w", t, err)
+			}
+			results[t] = append(results[t], res)
+			fmt.Printf("round %d %-10s cpu/req %6s %8.0f req/s  p50 %7s  p90 %7s  p99 %7s  errors %d\n",
+				r, t, us(res.cpu), res.rps, us(res.p50), us(res.p90), us(res.p99), res.errors)
+		}
+	}
+	fmt.Println()
+	fmt.Println("| target | req/s (median) | p50 | p99 (median) | server CPU µs/request |")
+	fmt.Println("|---|---|---|---|---|")
+	med := map[string]result{}
+	for _, t := range targets {
+		med[t] = median(results[t])
+		fmt.Printf("| %s | %.0f | %s | %s | %s |\n", t, med[t].rps, us(med[t].p50), us(med[t].p99), us(med[t].cpu))
+	}
+	names := append([]string(nil), targets...)
+	sort.Strings(names)
+	if n, ok := med["nginx"]; ok && n.rps > 0 {
+		for _, t := range names {
+			if t == "nginx" || t == "direct" || med[t].rps == 0 {
+				continue
+			}
+			fmt.Printf("\n%s/nginx: throughput %.2f×, p99 %.2f×, CPU per request %.2f×", t, med[t].rps/n.rps,
+				float64(med[t].p99)/float64(n.p99), float64(med[t].cpu)/float64(n.cpu))
+		}
+		fmt.Println()
+	}
+	return nil
+}

@@ -47,9 +47,8 @@
 // blocks of slots; none of it holds pointers, so a directory of 1,000,000 repls (about 150 MiB)
 // adds a few milliseconds to a full GC instead of seconds, and a process that embeds it (a DNS
 // server allocating per query) does not pay for marking it on every cycle. A hostname lookup
-// among 1,000,000 repls costs about 0.9 µs of CPU on the project's shared 2-core machine (the
-// budget is 2 µs) and allocates nothing; the Repl it returns shares the store's memory, which
-// is never rewritten (see docs/benchmarks/lore.md). Every Store passes the conformance suite
+// allocates nothing (docs/benchmarks/lore.md has its cost); the Repl it returns shares the
+// store's memory, which is never rewritten. Every Store passes the conformance suite
 // in lore/loretest; the etcd backend (package etcd) does too.
 //
 // *Client (NewClient) speaks the HTTP API and has the same lookup and mutation methods as

@@ -94,18 +94,11 @@
 // # Stores
 //
 // Store is the persistence interface; package placementtest is its conformance suite, which
-// every backend must pass (an etcd backend, in a nested module, would implement Assign as a
-// transaction comparing the VM key's revision). Two in-process stores ship:
-//
-//   - MapStore (the default): sharded maps and one lock per VM; a few hundred bytes per
-//     placement. At 10,000 VMs and 1,000,000 repls it places about 90,000 repls a second on one
-//     core with a p99 under 50 µs (docs/benchmarks/placement.md).
-//   - MemStore: hashicorp/go-memdb. Atomic multi-table transactions, snapshot reads. Each
-//     commit copies radix-tree paths: about 20 KB allocated per placement at a million
-//     assignments, which the garbage collector pays for (about 12,000 placements a second at
-//     that size); fine up to ~100,000 assignments per control plane. A placement commit is a
-//     check-and-set on one VM, which per-VM locks serve better than a general transaction, so
-//     MapStore is the default even though the rest of switchyard keeps its state in memdb.
+// every backend must pass. MapStore, the in-process store and the default, keeps sharded maps
+// and one lock per VM: a placement commit is a check-and-set on one VM, which per-VM locks serve
+// better than a general transaction (docs/benchmarks/placement.md has its numbers). The etcd
+// backend (etcd.PlacementStore, in the nested etcd module) implements Assign as a transaction
+// comparing the VM key's revision, and batches concurrent commits (BatchAssigner).
 //
 // # Configuration
 //

@@ -15,8 +15,8 @@
 //   - Forwarder (New, then Wrap): HTTP middleware in front of hosting.Proxy. A request whose
 //     Host names a repl with a live tombstone here is reverse-proxied to the new cluster's
 //     hosting proxy, bodies streamed both ways, WebSocket upgrades included; every other request
-//     goes to the wrapped handler. The lookup on that no-tombstone path costs about 1 µs with no
-//     allocations (BenchmarkNoTombstone).
+//     goes to the wrapped handler. The no-tombstone path allocates nothing
+//     (docs/benchmarks/hosting.md).
 //   - Follower (NewFollower, Start, Close): gives lore's moves their effect on the cluster. It
 //     watches lore; when a repl leaves this cluster it writes the tombstone, stops the repl's
 //     container (FollowerConfig.Stop) and releases its VM in placement. The new cluster does

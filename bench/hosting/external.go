@@ -7,6 +7,7 @@ package main
 //	hosting    wrk → hosting.Proxy (real lore directory and placement) → the page
 //	forwarded  wrk → tombstone.Forwarder → the page (standing in for the new cluster)
 //	nginx      wrk → nginx proxy_pass with upstream keep-alive → the page
+//	haproxy    wrk → HAProxy (one thread, http-reuse always) → the page
 //
 // The page (a Go server answering -size bytes) runs on the load core, for every target alike.
 
@@ -123,12 +124,10 @@ func startChild(name, cpu string, args ...string) (*proc, error) {
 
 // startNginx runs one nginx worker on cpu in front of page.
 func startNginx(tmp, cpu, page string, conns int) (*proc, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	dir := filepath.Join(tmp, "nginx")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -163,13 +162,59 @@ http {
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("taskset", "-c", cpu, "nginx", "-e", "stderr", "-p", dir, "-c", cfg)
+	return startPinned("nginx (apt-get install nginx-light)", cpu, addr, "nginx", "-e", "stderr", "-p", dir, "-c", cfg)
+}
+
+// startHAProxy runs HAProxy with one thread on cpu in front of page, reusing server connections.
+func startHAProxy(tmp, cpu, page string) (*proc, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(tmp, "haproxy")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`global
+  maxconn 9000
+  nbthread 1
+defaults
+  mode http
+  http-reuse always
+  timeout connect 5s
+  timeout client 1m
+  timeout server 1m
+frontend fe
+  bind %s
+  default_backend be
+backend be
+  server s1 %s
+`, addr, page)
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return startPinned("haproxy (apt-get install haproxy)", cpu, addr, "haproxy", "-db", "-f", cfg)
+}
+
+// freeAddr returns a loopback address nothing listens on at the moment.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// startPinned runs argv on cpu (one process: the server itself) and waits until addr accepts.
+func startPinned(name, cpu, addr string, argv ...string) (*proc, error) {
+	cmd := exec.Command("taskset", append([]string{"-c", cpu}, argv...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("nginx (apt-get install nginx-light): %w", err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	p := &proc{name: "nginx", addr: addr, cmd: cmd}
-	// master_process off: the one process is the worker. Ready when it accepts.
+	p := &proc{name: name, addr: addr, cmd: cmd}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		c, err := net.Dial("tcp", addr)
@@ -180,7 +225,7 @@ http {
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
 			p.stop()
-			return nil, fmt.Errorf("nginx is not listening on %s: %w", addr, err)
+			return nil, fmt.Errorf("%s is not listening on %s: %w", name, addr, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -293,6 +338,8 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 			p, err = startChild(t, serverCPU, "-role", t, "-page", pageURL)
 		case "nginx":
 			p, err = startNginx(tmp, serverCPU, page.addr, conns)
+		case "haproxy":
+			p, err = startHAProxy(tmp, serverCPU, page.addr)
 		default:
 			err = fmt.Errorf("unknown target %q", t)
 		}
@@ -302,7 +349,7 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		defer p.stop()
 		servers[t] = p
 	}
-	fmt.Printf("# -external: %d rounds × %s per target, wrk -t1 -c%d on CPU %s, servers on CPU %s (GOMAXPROCS=1, one nginx worker), %d-byte page\n",
+	fmt.Printf("# -external: %d rounds × %s per target, wrk -t1 -c%d on CPU %s, servers on CPU %s (GOMAXPROCS=1, one nginx worker, one HAProxy thread), %d-byte page\n",
 		rounds, duration, conns, loadCPU, serverCPU, size)
 	results := map[string][]result{}
 	for r := 1; r <= rounds; r++ {
@@ -328,7 +375,7 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 	sort.Strings(names)
 	if n, ok := med["nginx"]; ok && n.rps > 0 {
 		for _, t := range names {
-			if t == "nginx" || t == "direct" || med[t].rps == 0 {
+			if t == "nginx" || t == "direct" || t == "haproxy" || med[t].rps == 0 {
 				continue
 			}
 			fmt.Printf("\n%s/nginx: throughput %.2f×, p99 %.2f×, CPU per request %.2f×", t, med[t].rps/n.rps,

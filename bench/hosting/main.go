@@ -16,7 +16,7 @@
 //
 //	go run ./bench/hosting -rounds 5 -duration 3s -conns 16
 //
-// With -external it runs direct, hosting, forwarded and nginx side by side instead, each
+// With -external it runs direct, hosting, forwarded, nginx and HAProxy side by side instead, each
 // server in its own process pinned to one core and loaded by wrk on the other (external.go):
 //
 //	go build -o /tmp/bench-hosting ./bench/hosting && /tmp/bench-hosting -external -rounds 5 -duration 3s
@@ -58,7 +58,7 @@ func main() {
 	modesFlag := flag.String("modes", "direct,hosting,plain,pooled,forwarded", "modes to run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	external := flag.Bool("external", false, "servers in their own processes pinned to -server-cpu, loaded by wrk on -load-cpu (see external.go)")
-	targets := flag.String("targets", "direct,hosting,forwarded,nginx", "-external: targets to run")
+	targets := flag.String("targets", "direct,hosting,forwarded,nginx,haproxy", "-external: targets to run")
 	serverCPU := flag.String("server-cpu", "0", "-external: the CPU the servers are pinned to")
 	loadCPU := flag.String("load-cpu", "1", "-external: the CPU wrk and the page are pinned to")
 	role := flag.String("role", "", "internal: serve one -external target (page, hosting, forwarded)")

@@ -28,7 +28,7 @@ import (
 
 // VMCredential is the credential of the conman on VM vm, derived from a cluster secret
 // (HMAC-SHA256): give each VM's Server its own (Config.Credential) and the proxies the
-// derivation (proxy.SessionsConfig.VMCredential), so a VM knows only its own credential and
+// derivation (sessions.Config.VMCredential, hosting.Config.VMCredential), so a VM knows only its own credential and
 // cannot reach another VM's conman with it.
 func VMCredential(secret, vm string) string {
 	m := hmac.New(sha256.New, []byte(secret))

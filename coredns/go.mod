@@ -6,7 +6,7 @@ require (
 	github.com/coredns/caddy v1.1.4
 	github.com/coredns/coredns v1.15.0
 	github.com/miekg/dns v1.1.73
-	github.com/switchyard-dev/switchyard v0.0.0
+	github.com/switchyard-dev/switchyard v0.1.0
 )
 
 require (

@@ -40,7 +40,8 @@ type PacketServer struct {
 	Version func() uint64
 	// Batch is how many packets one system call reads or writes. Zero means 64.
 	Batch int
-	// CacheEntries bounds each socket's cache. Zero means 65,536.
+	// CacheEntries bounds each socket's cache; when it is full, a new answer replaces a random
+	// one. Zero means 65,536.
 	CacheEntries int
 
 	mu     sync.Mutex
@@ -190,7 +191,12 @@ func (c *answerCache) get(key []byte, now time.Time) *cachedAnswer {
 
 func (c *answerCache) put(key string, e *cachedAnswer) {
 	if len(c.entries) >= c.max {
-		clear(c.entries) // a full cache starts over: simple, and bounded
+		// Full: forget one answer, whichever a map iteration yields first (its start is random).
+		// Clearing the whole cache instead made a working set just above max miss every time.
+		for k := range c.entries {
+			delete(c.entries, k)
+			break
+		}
 	}
 	c.entries[key] = e
 }

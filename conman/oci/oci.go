@@ -25,6 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-dev/switchyard/conman"
+
+	"github.com/switchyard-dev/switchyard/internal/idslots"
 )
 
 // Config configures a Runtime.
@@ -92,7 +94,7 @@ type Runtime struct {
 	log     *slog.Logger
 	cg      *cgroups
 	runDir  string
-	slots   *slots
+	slots   *idslots.Allocator
 
 	imageMu sync.Mutex
 
@@ -226,14 +228,14 @@ func New(cfg Config) (*Runtime, error) {
 		}
 	}
 	r.runDir = cfg.RunDir
-	r.slots = &slots{dir: cfg.SlotDir, owner: cfg.StateDir, base: cfg.UIDBase, n: cfg.UIDSlots}
+	r.slots = &idslots.Allocator{Dir: cfg.SlotDir, Owner: cfg.StateDir, Base: cfg.UIDBase, Slots: cfg.UIDSlots}
 	if err := mkdirTraversable(r.runDir); err != nil {
 		return nil, fmt.Errorf("oci: run directory: %w", err)
 	}
 	if err := r.recover(); err != nil {
 		return nil, err
 	}
-	r.slots.reclaim(func(id string) bool { _, ok := r.containers[id]; return ok })
+	r.slots.Reclaim(func(id string) bool { _, ok := r.containers[id]; return ok })
 	if cfg.MaxOutputBytes > 0 {
 		r.wg.Add(1)
 		go r.capOutputs()
@@ -301,7 +303,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error
 	r.mu.Unlock()
 
 	if !r.gvisor {
-		if c.p.Slot, err = r.slots.acquire(id, -1); err != nil {
+		if c.p.Slot, err = r.slots.Acquire(id, -1); err != nil {
 			r.mu.Lock()
 			delete(r.containers, id)
 			r.mu.Unlock()
@@ -310,7 +312,7 @@ func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error
 	}
 	c.p.Status.Isolation = r.isolation(c.p.Slot)
 	if err := c.create(); err != nil {
-		r.slots.release(c.p.Slot, id)
+		r.slots.Release(c.p.Slot, id)
 		r.mu.Lock()
 		delete(r.containers, id)
 		r.mu.Unlock()
@@ -344,6 +346,9 @@ func (c *container) save() error {
 	}
 	return nil
 }
+
+// idRange is the number of uids (and gids) of each container's user namespace.
+const idRange = idslots.Range
 
 func (r *Runtime) uidBase(slot int) uint32 { return r.cfg.UIDBase + uint32(slot)*idRange }
 
@@ -707,7 +712,7 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	if err := os.RemoveAll(c.dir); err != nil {
 		return fmt.Errorf("oci: remove %s: %w", id, err)
 	}
-	r.slots.release(c.p.Slot, id)
+	r.slots.Release(c.p.Slot, id)
 	r.mu.Lock()
 	delete(r.containers, id)
 	r.mu.Unlock()
@@ -865,9 +870,9 @@ func (r *Runtime) recover() error {
 		if c.p.Slot >= 0 {
 			// Ours already, normally (the reservation outlives us); taken meanwhile only if
 			// the host's reservations were lost, then a stopped container takes another.
-			slot, err := r.slots.acquire(c.id, c.p.Slot)
+			slot, err := r.slots.Acquire(c.id, c.p.Slot)
 			if err == nil && slot != c.p.Slot && c.p.Status.State == conman.Running {
-				r.slots.release(slot, c.id)
+				r.slots.Release(slot, c.id)
 				err = fmt.Errorf("its uid range (slot %d) is reserved by another container", c.p.Slot)
 			}
 			if err != nil {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/internal/idslots"
 )
 
 // Isolation selects how containers are isolated.
@@ -82,7 +83,7 @@ type Runtime struct {
 	cgEr error
 
 	root  bool           // euid 0: per-container id ranges, setns dials
-	slots *slotAllocator // nil unless root and sandboxed
+	slots *idslots.Allocator // nil unless root and sandboxed
 
 	// startProcess is os.StartProcess; tests swap it to see what the kernel refusing does.
 	startProcess func(name string, argv []string, attr *os.ProcAttr) (*os.Process, error)
@@ -181,7 +182,7 @@ func New(cfg Config) (*Runtime, error) {
 			r.cgEr = errors.New("not root")
 		} else {
 			r.cg, r.cgEr = detectCgroups(cfg.CgroupRoot, cfg.CgroupParent)
-			r.slots = &slotAllocator{dir: cfg.SlotDir, owner: cfg.StateDir, base: cfg.UIDBase, slots: cfg.UIDSlots}
+			r.slots = &idslots.Allocator{Dir: cfg.SlotDir, Owner: cfg.StateDir, Base: cfg.UIDBase, Slots: cfg.UIDSlots}
 		}
 		if r.cgEr != nil {
 			r.log.Warn("conman/process: no cgroups, containers run without resource limits", "err", r.cgEr)
@@ -193,7 +194,7 @@ func New(cfg Config) (*Runtime, error) {
 		return nil, err
 	}
 	if r.slots != nil {
-		r.slots.reclaim(func(id string) bool {
+		r.slots.Reclaim(func(id string) bool {
 			c, ok := r.containers[id]
 			return ok && c.slot >= 0
 		})
@@ -425,7 +426,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	var ids idMapping
 	switch {
 	case sandbox && r.slots != nil:
-		slot, err := r.slots.acquire(id, c.slot)
+		slot, err := r.slots.Acquire(id, c.slot)
 		if err != nil {
 			return fail(err)
 		}
@@ -435,7 +436,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 				return fail(err)
 			}
 		}
-		base := r.slots.base + uint32(slot)*idRange
+		base := r.slots.Base + uint32(slot)*idRange
 		ids = idMapping{uid: base, gid: base, size: idRange}
 		if fi, err := os.Stat(spec.Dir); err == nil {
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok && (st.Uid != base || st.Gid != base) {
@@ -832,7 +833,7 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	delete(r.containers, id)
 	r.mu.Unlock()
 	if r.slots != nil && c.slot >= 0 {
-		r.slots.release(c.slot, id)
+		r.slots.Release(c.slot, id)
 	}
 	if r.cg != nil {
 		g := r.cg.open(id)

@@ -144,21 +144,21 @@ type cachedAnswer struct {
 	rcode   int
 }
 
-// queryKey returns the part of a query that determines its answer, or false when the query
-// must go to the Handler: exactly one question, no answers or authority, at most one
+// cacheable reports whether a query's answer may be reused for the same bytes after its ID
+// (q[2:], the cache key), or must go to the Handler: exactly one question, no answers or authority, at most one
 // additional record and that an OPT without options, opcode QUERY, not a response.
-func queryKey(q []byte) (string, bool) {
+func cacheable(q []byte) bool {
 	if len(q) < 17 || q[2]&0x80 != 0 || q[2]&0x78 != 0 { // QR or an opcode other than QUERY
-		return "", false
+		return false
 	}
 	if binary.BigEndian.Uint16(q[4:]) != 1 || binary.BigEndian.Uint16(q[6:]) != 0 || binary.BigEndian.Uint16(q[8:]) != 0 {
-		return "", false
+		return false
 	}
 	ar := binary.BigEndian.Uint16(q[10:])
 	i := 12
 	for { // the question's name: labels only, no compression
 		if i >= len(q) {
-			return "", false
+			return false
 		}
 		l := int(q[i])
 		if l == 0 {
@@ -166,7 +166,7 @@ func queryKey(q []byte) (string, bool) {
 			break
 		}
 		if l > 63 {
-			return "", false
+			return false
 		}
 		i += 1 + l
 	}
@@ -176,9 +176,9 @@ func queryKey(q []byte) (string, bool) {
 	case ar == 1 && len(q) == i+11 && q[i] == 0 && q[i+1] == 0 && q[i+2] == byte(dns.TypeOPT) &&
 		q[i+9] == 0 && q[i+10] == 0: // root name, OPT, RDLEN 0
 	default:
-		return "", false
+		return false
 	}
-	return string(q[2:]), true // the map lookup with string(bytes) does not allocate; an insert does
+	return true
 }
 
 func (c *answerCache) get(key []byte, now time.Time) *cachedAnswer {
@@ -237,8 +237,8 @@ func (w *packetWriter) Hijack()             {}
 // the cache or the Handler.
 func (s *PacketServer) answer(c *answerCache, w *packetWriter, q []byte, ip netip.AddrPort, now time.Time) int {
 	h := s.Handler
-	key, cacheable := queryKey(q)
-	if cacheable && c != nil {
+	reuse := cacheable(q) // the key is q[2:]: looked up without a copy, copied only to insert
+	if reuse && c != nil {
 		if e := c.get(q[2:], now); e != nil {
 			if h.rrl != nil {
 				switch h.rrl.decide(ip.Addr(), e.class) {
@@ -256,14 +256,12 @@ func (s *PacketServer) answer(c *answerCache, w *packetWriter, q []byte, ip neti
 					return slipped(w.out, q, e.resp)
 				}
 			}
-			{
-				n := copy(w.out, e.resp)
-				w.out[0], w.out[1] = q[0], q[1]
-				if h.m != nil {
-					h.m.observe(e.qtype, e.rcode, true, false, time.Since(now))
-				}
-				return n
+			n := copy(w.out, e.resp)
+			w.out[0], w.out[1] = q[0], q[1]
+			if h.m != nil {
+				h.m.observe(e.qtype, e.rcode, true, false, time.Since(now))
 			}
+			return n
 		}
 	}
 	req := new(dns.Msg)
@@ -273,12 +271,12 @@ func (s *PacketServer) answer(c *answerCache, w *packetWriter, q []byte, ip neti
 	w.n = 0
 	w.remote.IP, w.remote.Port = ip.Addr().AsSlice(), int(ip.Port())
 	h.ServeDNS(w, req)
-	if w.n > 0 && cacheable && c != nil && !w.nocache && w.n >= 12 && w.out[2]&0x02 == 0 { // not truncated
+	if w.n > 0 && reuse && c != nil && !w.nocache && w.n >= 12 && w.out[2]&0x02 == 0 { // not truncated
 		rcode := int(w.out[3] & 0x0f)
 		if rcode == dns.RcodeSuccess || rcode == dns.RcodeNameError {
 			resp := make([]byte, w.n)
 			copy(resp, w.out[:w.n])
-			c.put(key, &cachedAnswer{resp: resp, expires: now.Add(s.ttl()), class: answerClass(req, rcode, h), qtype: req.Question[0].Qtype, rcode: rcode})
+			c.put(string(q[2:]), &cachedAnswer{resp: resp, expires: now.Add(s.ttl()), class: answerClass(req, rcode, h), qtype: req.Question[0].Qtype, rcode: rcode})
 		}
 	}
 	return w.n

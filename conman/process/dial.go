@@ -61,19 +61,10 @@ func (r *Runtime) DialContainer(ctx context.Context, id string, port int) (net.C
 
 // dialViaInit asks the container's init, over its control socket, for a connection it made.
 func (r *Runtime) dialViaInit(ctx context.Context, dir string, port int) (net.Conn, error) {
-	path, pin, err := socketPath(dir)
+	uc, err := dialInit(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unixpacket", path)
-	if pin != nil {
-		pin.Close()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: dial init: %v", conman.ErrNotRunning, err)
-	}
-	uc := conn.(*net.UnixConn)
 	defer uc.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = uc.SetDeadline(dl)
@@ -92,14 +83,7 @@ func (r *Runtime) dialViaInit(ctx context.Context, dir string, port int) (net.Co
 	if err != nil {
 		return nil, fmt.Errorf("dial through init: %w", err)
 	}
-	var fds []int
-	if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
-		for _, m := range msgs {
-			if got, err := syscall.ParseUnixRights(&m); err == nil {
-				fds = append(fds, got...)
-			}
-		}
-	}
+	fds := unixRights(oob[:oobn])
 	var resp execResponse
 	if err := json.Unmarshal(buf[:n], &resp); err != nil || resp.Error != "" || len(fds) != 1 {
 		for _, fd := range fds {

@@ -34,19 +34,10 @@ func (r *Runtime) Exec(ctx context.Context, id string, opts conman.ExecOptions) 
 	if !running {
 		return nil, fmt.Errorf("%w: %q", conman.ErrNotRunning, id)
 	}
-	path, pin, err := socketPath(dir)
+	uc, err := dialInit(ctx, dir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%q: %w", id, err)
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unixpacket", path)
-	if pin != nil {
-		pin.Close()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: %q: dial init: %v", conman.ErrNotRunning, id, err)
-	}
-	uc := conn.(*net.UnixConn)
 	stop := context.AfterFunc(ctx, func() { _ = uc.SetDeadline(time.Now()) })
 	p, err := r.exec(uc, opts)
 	if !stop() {
@@ -81,19 +72,7 @@ func (r *Runtime) exec(uc *net.UnixConn, opts conman.ExecOptions) (*proc, error)
 	if err != nil {
 		return nil, err
 	}
-	var fds []int
-	if oobn > 0 {
-		msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range msgs {
-			got, err := syscall.ParseUnixRights(&m)
-			if err == nil {
-				fds = append(fds, got...)
-			}
-		}
-	}
+	fds := unixRights(oob[:oobn])
 	files := make([]*os.File, len(fds))
 	for i, fd := range fds {
 		syscall.CloseOnExec(fd)
@@ -286,4 +265,36 @@ func (fl *follower) Read(b []byte) (int, error) {
 func (fl *follower) Close() error {
 	fl.cancel()
 	return fl.f.Close()
+}
+
+// dialInit connects to a container's init through its control socket.
+func dialInit(ctx context.Context, dir string) (*net.UnixConn, error) {
+	path, pin, err := socketPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unixpacket", path)
+	if pin != nil {
+		pin.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial init: %v", conman.ErrNotRunning, err)
+	}
+	return conn.(*net.UnixConn), nil
+}
+
+// unixRights returns the descriptors an SCM_RIGHTS control message carried.
+func unixRights(oob []byte) []int {
+	msgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, m := range msgs {
+		if got, err := syscall.ParseUnixRights(&m); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	return fds
 }

@@ -82,7 +82,7 @@ type Runtime struct {
 	cg   *cgroups // nil: no cgroups
 	cgEr error
 
-	root  bool           // euid 0: per-container id ranges, setns dials
+	root  bool               // euid 0: per-container id ranges, setns dials
 	slots *idslots.Allocator // nil unless root and sandboxed
 
 	// startProcess is os.StartProcess; tests swap it to see what the kernel refusing does.
@@ -449,7 +449,6 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 		ids = idMapping{uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), size: 1}
 	}
 
-	_ = os.Remove(filepath.Join(c.dir, exitName))
 	logf, err := os.OpenFile(filepath.Join(c.dir, outputName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fail(err)
@@ -547,12 +546,11 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 			return fail(err)
 		}
 	}
-	tmp := spec.Limits.MemoryBytes
 	icfg := initConfig{
 		ID: id, Hostname: spec.Hostname, Command: spec.Command, Env: r.env(spec), Dir: spec.Dir,
 		Sandbox: sandbox, SingleID: ids.size == 1, DirFD: icfgFDs.DirFD, Rootfs: spec.Rootfs,
 		RootfsFD: icfgFDs.RootfsFD, Mounts: spec.Mounts, MountFDs: icfgFDs.MountFDs,
-		TmpBytes: tmp, MaxOutput: max(r.cfg.MaxOutputBytes, 0),
+		TmpBytes: spec.Limits.MemoryBytes, MaxOutput: max(r.cfg.MaxOutputBytes, 0),
 	}
 	werr := json.NewEncoder(cfgW).Encode(icfg)
 	cfgW.Close()

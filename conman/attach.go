@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -51,19 +50,25 @@ func parseSize(q string, def uint16) (uint16, error) {
 	return uint16(n), nil
 }
 
-// serveAttach upgrades to a WebSocket streaming the repl's shell on a pty.
+// serveAttach upgrades to a WebSocket streaming the repl's shell on a pty: a new shell, or with
+// ?resume=<session>&offset=<n> one that exists (see resume).
 func (s *Server) serveAttach(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !ValidID(id) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid repl id %q", id), ErrorInvalid)
 		return
 	}
-	cols, err := parseSize(r.URL.Query().Get("cols"), 80)
+	q := r.URL.Query()
+	if q.Has("resume") {
+		s.serveResume(w, r, id)
+		return
+	}
+	cols, err := parseSize(q.Get("cols"), 80)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
 		return
 	}
-	rows, err := parseSize(r.URL.Query().Get("rows"), 24)
+	rows, err := parseSize(q.Get("rows"), 24)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error(), "")
 		return
@@ -95,149 +100,98 @@ func (s *Server) serveAttach(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadGateway, "cannot start the repl's shell: "+err.Error(), ErrorRepl)
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		CompressionMode: websocket.CompressionDisabled, // the session proxy may splice raw frames
-		// The caller is authenticated by the credential; a browser's Origin relayed by a proxy
-		// says nothing about it.
-		InsecureSkipVerify: true,
-	})
-	if err != nil {
+	if !s.enter() {
 		proc.Close()
-		return // Accept answered the client
-	}
-	sess := &session{conn: conn, proc: proc, repl: rp, closing: make(chan struct{})}
-	s.mu.Lock()
-	if s.draining || s.closed {
-		s.mu.Unlock()
-		proc.Close()
-		conn.Close(CloseDraining, "conman is draining")
+		writeError(w, http.StatusServiceUnavailable, "conman is draining", ErrorDraining)
 		return
 	}
-	s.sessions[sess] = struct{}{}
+	defer s.wg.Done()
+	att := newAttachment()
+	sh := s.newShell(rp, proc, att)
+	w.Header().Set(HeaderSession, sh.id)
+	conn, err := websocket.Accept(w, r, acceptOptions)
+	if err != nil {
+		sh.stop(CloseInternalError, "")
+		return // Accept answered the client
+	}
+	att.conn = conn
+	s.attach(sh, att)
+}
+
+var acceptOptions = &websocket.AcceptOptions{
+	CompressionMode: websocket.CompressionDisabled, // the session proxy may splice raw frames
+	// The caller is authenticated by the credential; a browser's Origin relayed by a proxy
+	// says nothing about it.
+	InsecureSkipVerify: true,
+}
+
+// enter counts an attach handler in s.wg unless the server drains; the caller calls s.wg.Done.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining || s.closed {
+		return false
+	}
 	s.wg.Add(1)
-	s.mu.Unlock()
-	s.m.sessions.Inc()
-	defer func() {
-		s.mu.Lock()
-		delete(s.sessions, sess)
-		s.mu.Unlock()
-		s.m.sessions.Dec()
-		s.wg.Done()
-	}()
-	sess.run(s)
+	return true
 }
 
-// session is one attach: a WebSocket spliced to a shell on a pty.
-type session struct {
-	conn *websocket.Conn
-	proc Process
-	repl *repl
-
-	once    sync.Once
-	code    websocket.StatusCode
-	reason  string
-	closing chan struct{}
-}
-
-// end records why the session ends (the first reason wins) and wakes its loops.
-func (ss *session) end(code websocket.StatusCode, reason string) {
-	ss.once.Do(func() {
-		ss.code, ss.reason = code, reason
-		close(ss.closing)
-	})
-}
-
-func (ss *session) run(s *Server) {
-	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
-	ss.conn.SetReadLimit(1 << 20)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	// pty → client
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 32<<10)
-		out := ss.proc.Stdout()
-		for {
-			n, err := out.Read(buf)
-			if n > 0 {
-				if werr := ss.conn.Write(ctx, websocket.MessageBinary, buf[:n]); werr != nil {
-					ss.end(CloseInternalError, "write to client failed")
-					return
-				}
-			}
-			if err != nil {
-				wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
-				code, werr := ss.proc.Wait(wctx)
-				wcancel()
-				s.mu.Lock()
-				stopped := ss.repl.stopping
-				s.mu.Unlock()
-				switch {
-				case stopped:
-					// conman stopped the repl here (it moved, or a proxy fenced it): not the
-					// shell's own end. 1012 tells the client to reconnect.
-					ss.end(CloseDraining, "the repl was stopped on this VM: reconnect")
-				case werr != nil:
-					ss.end(CloseShellExited, "shell ended (container exited)")
-				default:
-					ss.end(CloseShellExited, fmt.Sprintf("shell exited with code %d", code))
-				}
-				return
-			}
-		}
-	}()
-	// client → pty
-	go func() {
-		defer wg.Done()
-		in := ss.proc.Stdin()
-		for {
-			typ, data, err := ss.conn.Read(ctx)
-			if err != nil {
-				ss.end(-1, "") // the client closed or went away
-				return
-			}
-			if typ == websocket.MessageBinary {
-				if _, err := in.Write(data); err != nil {
-					ss.end(CloseShellExited, "shell input closed")
-					return
-				}
-				continue
-			}
-			size, ok, err := ParseControl(data)
-			if err != nil {
-				ss.end(websocket.StatusInvalidFramePayloadData, err.Error())
-				return
-			}
-			if ok {
-				_ = ss.proc.Resize(size)
-			}
-		}
-	}()
-	select {
-	case <-ss.closing:
-	case <-ss.repl.exited:
-		ss.end(CloseShellExited, "repl container exited")
+// serveResume re-attaches an existing shell session to a new WebSocket (see the package
+// documentation: resume).
+func (s *Server) serveResume(w http.ResponseWriter, r *http.Request, repl string) {
+	q := r.URL.Query()
+	off, err := strconv.ParseInt(q.Get("offset"), 10, 64)
+	if err != nil || off < 0 {
+		writeError(w, http.StatusBadRequest, "resume needs offset=<bytes received>, a non-negative integer", ErrorInvalid)
+		return
 	}
-	if ss.code >= 0 {
-		_ = ss.conn.Close(ss.code, ss.reason)
+	sid := q.Get("resume")
+	if !validSessionID(sid) {
+		s.m.resumeRefused.WithLabelValues(ErrorSessionGone).Inc()
+		writeError(w, http.StatusNotFound, errSessionGone.Error(), ErrorSessionGone)
+		return
 	}
-	cancel()
-	ss.proc.Close()
-	_ = ss.conn.CloseNow()
-	wg.Wait()
+	if !s.enter() {
+		writeError(w, http.StatusServiceUnavailable, "conman is draining", ErrorDraining)
+		return
+	}
+	defer s.wg.Done()
+	att := newAttachment()
+	sh, gap, err := s.resume(repl, sid, off, att)
+	switch {
+	case errors.Is(err, errOffset):
+		s.m.resumeRefused.WithLabelValues("offset").Inc()
+		writeError(w, http.StatusBadRequest, err.Error(), ErrorInvalid)
+		return
+	case err != nil:
+		s.m.resumeRefused.WithLabelValues(ErrorSessionGone).Inc()
+		writeError(w, http.StatusNotFound, err.Error(), ErrorSessionGone)
+		return
+	}
+	w.Header().Set(HeaderSession, sh.id)
+	if gap > 0 {
+		w.Header().Set(HeaderResumeGap, strconv.FormatInt(gap, 10))
+	}
+	conn, err := websocket.Accept(w, r, acceptOptions)
+	if err != nil {
+		// The shell stays as it was before: detached, for the rest of a resume window.
+		s.detach(sh, att)
+		return
+	}
+	att.conn = conn
+	s.attach(sh, att)
 }
 
-// closeSessions ends every attach session with code.
+// closeSessions ends every shell session with code.
 func (s *Server) closeSessions(code websocket.StatusCode, reason string) {
 	s.mu.Lock()
-	ss := make([]*session, 0, len(s.sessions))
-	for x := range s.sessions {
+	ss := make([]*shell, 0, len(s.shells))
+	for _, x := range s.shells {
 		ss = append(ss, x)
 	}
 	s.mu.Unlock()
 	for _, x := range ss {
-		x.end(code, reason)
+		x.stop(code, reason)
 	}
 }
 

@@ -30,8 +30,25 @@
 //     a JSON error when the VM drains or the repl cannot start here (the session proxy retries on
 //     another VM). After it: binary messages carry pty bytes both ways; a text message
 //     {"type":"resize","cols":N,"rows":M} resizes the pty (other types are ignored, malformed
-//     JSON closes with 1007). conman closes with 1000 when the shell or its container exits on its own, 1012 when conman stopped the repl (it moved, or a proxy fenced it),
-//     1012 when the VM drains or conman restarts, 1011 on an internal error.
+//     JSON closes with 1007). conman closes with 1000 when the shell or its container exits on
+//     its own, 1012 when conman stopped the repl (it moved, or a proxy fenced it), when the VM
+//     drains or conman restarts, 1011 on an internal error, 4000 (CloseTakenOver) when a resume
+//     took the shell to another connection, 4001 (CloseResumeHere) when conman is upgraded in
+//     place: resume on the same VM.
+//   - Resumable sessions: the 101 carries HeaderSession (Switchyard-Session), the shell's session
+//     id (128 random bits, URL-safe). Each shell counts its output offset: the bytes of pty
+//     output sent as binary-message payload since the shell started, across resumes. A
+//     connection that breaks without a close frame (TCP ended or reset) detaches the shell and
+//     keeps it Config.ResumeWindow (60 s); a close frame from the client, any code, kills it.
+//     GET /v1/repls/{id}/attach?resume=<session>&offset=<n> re-attaches the shell: conman sends
+//     the output from offset n that it still holds (the last Config.OutputBuffer bytes, 64 KiB),
+//     then live output. If n is older than that, the replay starts at the oldest byte held and
+//     HeaderResumeGap (Switchyard-Resume-Gap) says how many bytes were lost. n past the output
+//     produced or a missing offset: 400 (ErrorInvalid). An unknown, ended or expired session,
+//     or another repl's: 404 with HeaderError "session-gone". A resume of a session still
+//     attached closes the other connection with 4000. At most Config.MaxDetachedPerRepl (16)
+//     shells of a repl stay detached; past it the oldest is killed. A drain or a stop kills
+//     detached shells too: nothing resumes across a container stop.
 //   - Hosting: any request with HeaderRepl (Switchyard-Repl: <id>) is forwarded to that repl's
 //     web port, method, path, query, body, Host and X-Forwarded-* unchanged, WebSocket upgrades
 //     included, every Switchyard-* header stripped. The repl is started if needed and the
@@ -74,7 +91,10 @@
 // With Config.Registerer: switchyard_conman_containers (gauge), switchyard_conman_container_starts_total{result},
 // switchyard_conman_container_start_seconds (histogram), switchyard_conman_container_exits_total{reason="stopped"|
 // "unexpected"}, switchyard_conman_attach_sessions (gauge), switchyard_conman_forward_errors_total{reason} (the
-// HeaderError values) and switchyard_conman_heartbeats_total{result}.
+// HeaderError values), switchyard_conman_heartbeats_total{result}, and for resumable shells
+// switchyard_conman_shells_detached (gauge), switchyard_conman_shells_detached_total,
+// switchyard_conman_shells_resumed_total, switchyard_conman_shell_resumes_refused_total{reason}
+// and switchyard_conman_shells_expired_total.
 //
 // # A VM in a few lines
 //

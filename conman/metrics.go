@@ -14,6 +14,11 @@ type metrics struct {
 	sessions      prometheus.Gauge
 	forwardErrors *prometheus.CounterVec
 	heartbeats    *prometheus.CounterVec
+	detached      prometheus.Counter
+	detachedNow   prometheus.Gauge
+	resumed       prometheus.Counter
+	resumeRefused *prometheus.CounterVec
+	expired       prometheus.Counter
 }
 
 // newMetrics creates the server's metrics and registers them with reg (nil: not registered).
@@ -41,11 +46,27 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_conman_heartbeats_total", Help: "Heartbeats sent to placement by result (ok, error).",
 		}, []string{"result"}),
+		detached: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_conman_shells_detached_total", Help: "Shells whose attach connection broke, kept for a resume.",
+		}),
+		detachedNow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchyard_conman_shells_detached", Help: "Shells detached now, waiting for a resume.",
+		}),
+		resumed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_conman_shells_resumed_total", Help: "Resumes that re-attached a shell.",
+		}),
+		resumeRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_conman_shell_resumes_refused_total", Help: "Resumes refused, by reason (session-gone, offset).",
+		}, []string{"reason"}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_conman_shells_expired_total", Help: "Detached shells killed: resume window over, or past the per-repl cap.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.containers, m.starts, m.startSeconds, m.exits, m.sessions, m.forwardErrors, m.heartbeats} {
+	for _, c := range []prometheus.Collector{m.containers, m.starts, m.startSeconds, m.exits, m.sessions, m.forwardErrors, m.heartbeats,
+		m.detached, m.detachedNow, m.resumed, m.resumeRefused, m.expired} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("conman: register metrics: %w", err)
 		}

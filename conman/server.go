@@ -57,6 +57,19 @@ const (
 	ErrorRepl = "repl-failed"
 	// ErrorUnauthorized marks conman's own 401, so a proxy can tell it from the app's.
 	ErrorUnauthorized = "unauthorized"
+	// ErrorSessionGone: a resume named a session that ended, expired, never existed or is
+	// another repl's (404).
+	ErrorSessionGone = "session-gone"
+)
+
+// Headers of an attach's 101 response.
+const (
+	// HeaderSession carries the attach's session id (128 random bits, URL-safe base64): resume
+	// it with ?resume=<id>&offset=<n>.
+	HeaderSession = "Switchyard-Session"
+	// HeaderResumeGap, on a resume's 101, is how many bytes of output before the requested
+	// offset the session no longer held (the replay starts after them).
+	HeaderResumeGap = "Switchyard-Resume-Gap"
 )
 
 // WebSocket close codes conman uses on attach sessions.
@@ -64,6 +77,11 @@ const (
 	CloseShellExited   = 1000 // the shell (or its container) exited
 	CloseInternalError = 1011
 	CloseDraining      = 1012 // service restart: the VM drains; reconnect elsewhere
+	// CloseTakenOver: a resume of this session on another connection took the shell.
+	CloseTakenOver = 4000
+	// CloseResumeHere: conman is being upgraded in place and handed the shell to its successor:
+	// resume the session (same id, offset) on the same VM.
+	CloseResumeHere = 4001
 )
 
 // PortRange is an inclusive range of TCP ports.
@@ -95,6 +113,18 @@ type Config struct {
 	PortWait time.Duration
 	// StopGrace is how long a stopping container gets between SIGTERM and SIGKILL. Zero means 10s.
 	StopGrace time.Duration
+
+	// ResumeWindow is how long a shell whose attach connection broke (no close frame: the
+	// TCP connection ended or reset) is kept for a resume; then it is killed. A close frame
+	// from the client, any code, kills the shell at once. Zero means 60s; negative disables
+	// (a broken connection kills the shell).
+	ResumeWindow time.Duration
+	// OutputBuffer is how many bytes of a shell's most recent output a resume can replay.
+	// Zero means 64 KiB; at least 1 KiB.
+	OutputBuffer int
+	// MaxDetachedPerRepl caps the detached shells of one repl; past it the one detached longest
+	// is killed. Zero means 16.
+	MaxDetachedPerRepl int
 
 	// Placement, when set, runs the agent: it registers VM, heartbeats every HeartbeatInterval,
 	// releases repls whose containers exit, and marks the VM draining on Shutdown.
@@ -148,13 +178,14 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	repls    map[string]*repl
-	ports    map[int]string
-	nextPort int
-	sessions map[*session]struct{}
-	draining bool
-	closed   bool
+	mu        sync.Mutex
+	repls     map[string]*repl
+	ports     map[int]string
+	nextPort  int
+	shells    map[string]*shell // by session id
+	detachSeq uint64
+	draining  bool
+	closed    bool
 
 	agentDone chan struct{}
 	// registered is closed once the agent first registers the VM (at once without Placement).
@@ -211,6 +242,21 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.OrphanGrace == 0 {
 		cfg.OrphanGrace = time.Minute
 	}
+	if cfg.ResumeWindow == 0 {
+		cfg.ResumeWindow = time.Minute
+	}
+	if cfg.OutputBuffer == 0 {
+		cfg.OutputBuffer = 64 << 10
+	}
+	if cfg.OutputBuffer < 1<<10 {
+		return nil, fmt.Errorf("%w: conman: Config.OutputBuffer %d is below 1 KiB", ErrInvalid, cfg.OutputBuffer)
+	}
+	if cfg.MaxDetachedPerRepl == 0 {
+		cfg.MaxDetachedPerRepl = 16
+	}
+	if cfg.MaxDetachedPerRepl < 0 {
+		return nil, fmt.Errorf("%w: conman: Config.MaxDetachedPerRepl %d", ErrInvalid, cfg.MaxDetachedPerRepl)
+	}
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -219,7 +265,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		repls:    make(map[string]*repl),
 		ports:    make(map[int]string),
 		nextPort: cfg.Ports.Min,
-		sessions: make(map[*session]struct{}),
+		shells:   make(map[string]*shell),
 	}
 	if s.log == nil {
 		s.log = slog.Default()

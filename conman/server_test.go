@@ -135,6 +135,7 @@ type env struct {
 	srv *conman.Server
 	ts  *httptest.Server
 	pl  *recordingPlacement
+	reg *prometheus.Registry
 }
 
 type envOpts struct {
@@ -144,6 +145,7 @@ type envOpts struct {
 	placement bool
 	ports     conman.PortRange
 	orphan    time.Duration
+	tune      func(*conman.Config) // adjusts the config last
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -168,6 +170,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 		cfg.Placement = e.pl
 		cfg.HeartbeatInterval = 50 * time.Millisecond
 		cfg.OrphanGrace = o.orphan
+	}
+	e.reg = prometheus.NewPedanticRegistry()
+	cfg.Registerer = e.reg
+	if o.tune != nil {
+		o.tune(&cfg)
 	}
 	e.ts = httptest.NewUnstartedServer(nil)
 	cfg.VM = placement.VM{ID: "vm1", Addr: "http://" + e.ts.Listener.Addr().String(),

@@ -42,6 +42,10 @@ type frameBackend struct {
 	c    *websocket.Conn
 	raw  net.Conn      // under c, to cut a close handshake short
 	body *upgradedBody // c's connection as it writes to it
+
+	vm, addr string // where it is attached
+	session  string // conman's shell session (headerSession), to resume it; may be empty
+	lost     int64  // on a resume: bytes of output conman could no longer replay
 }
 
 func (b *frameBackend) closeNow() { _ = b.c.CloseNow() }
@@ -115,15 +119,35 @@ func attachURL(addr, repl string, q url.Values) (*url.URL, error) {
 	return u, nil
 }
 
+// conman's attach contract for resumable shells (package conman documents it): the 101 names
+// the shell session, and a resume that could not replay everything says how much was lost.
+const (
+	headerSession   = "Switchyard-Session"
+	headerResumeGap = "Switchyard-Resume-Gap"
+)
+
+// attachOpts shape one attach attempt.
+type attachOpts struct {
+	frame  bool   // terminate WebSocket on conman's leg (Frame mode, SubprotocolV2)
+	resume string // resume this conman shell session instead of starting a shell
+	offset int64  // with resume: the bytes of output the client already has
+}
+
 // attach dials conman for one attempt, bounded by AttachTimeout.
-func (s *Proxy) attach(ctx context.Context, r *http.Request, asg placement.Assignment) (backendLeg, error) {
-	u, err := attachURL(asg.Addr, asg.Repl, r.URL.Query())
+func (s *Proxy) attach(ctx context.Context, q url.Values, asg placement.Assignment, ao attachOpts) (backendLeg, error) {
+	u, err := attachURL(asg.Addr, asg.Repl, q)
 	if err != nil {
 		return nil, err
 	}
+	if ao.resume != "" {
+		v := u.Query()
+		v.Set("resume", ao.resume)
+		v.Set("offset", strconv.FormatInt(ao.offset, 10))
+		u.RawQuery = v.Encode()
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AttachTimeout)
 	defer cancel()
-	if s.cfg.Mode == Frame {
+	if ao.frame {
 		h := http.Header{}
 		if cred := s.credential(asg.VM); cred != "" {
 			h.Set(conman.HeaderCredential, cred)
@@ -140,9 +164,33 @@ func (s *Proxy) attach(ctx context.Context, r *http.Request, asg placement.Assig
 			return nil, fmt.Errorf("attach to VM %s: %w", asg.VM, err)
 		}
 		c.SetReadLimit(s.cfg.MaxMessageBytes)
-		return &frameBackend{c: c, raw: slot.conn, body: slot.body}, nil
+		fb := &frameBackend{c: c, raw: slot.conn, body: slot.body, vm: asg.VM, addr: asg.Addr}
+		if resp != nil {
+			if id := resp.Header.Get(headerSession); validSessionID(id) {
+				fb.session = id
+			}
+			if n, err := strconv.ParseInt(resp.Header.Get(headerResumeGap), 10, 64); err == nil && n > 0 {
+				fb.lost = n
+			}
+		}
+		return fb, nil
 	}
 	return s.attachRaw(ctx, u, asg.VM)
+}
+
+// validSessionID accepts what conman may name a session: 16 to 128 URL-safe characters. Anything
+// else is not kept, so it never reaches a query string.
+func validSessionID(id string) bool {
+	if len(id) < 16 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func errorBody(resp *http.Response) string {

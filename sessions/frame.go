@@ -36,7 +36,26 @@ var (
 // It reports whether the session was established (and its relay started).
 func (s *Proxy) serveFrame(ctx context.Context, w http.ResponseWriter, r *http.Request, a *setupAttempt, leg backendLeg) bool {
 	fb := leg.(*frameBackend)
-	back := fb.c
+	client, rawClient, established, ok := s.acceptClient(w, r, a, fb)
+	if !ok {
+		return false
+	}
+	fr := &frameRelay{client: client, back: fb.c, rawClient: rawClient, rawBack: fb.raw, backBody: fb.body, cfg: &s.cfg}
+	fr.ctx, fr.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.log.Debug("session established", a.attrs(StageOK)...)
+	s.relay(a, fr.goAway, func() {
+		defer fr.cancel()
+		fr.run()
+		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(fr.c2b.Load()))
+		s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(fr.b2c.Load()))
+		s.end(a, fr.stage, established, fr.reason, fr.c2b.Load(), fr.b2c.Load())
+	})
+	return true
+}
+
+// acceptClient upgrades the client with coder/websocket, selecting the subprotocol it offered,
+// once conman's leg fb is attached. On failure it closes fb, counts the attempt and returns false.
+func (s *Proxy) acceptClient(w http.ResponseWriter, r *http.Request, a *setupAttempt, fb *frameBackend) (*websocket.Conn, net.Conn, time.Time, bool) {
 	opts := &websocket.AcceptOptions{
 		// The connect token, not the Origin, authenticates a session: a token is never ambient
 		// (cookies are not used), so a cross-origin page cannot ride on a user's credentials.
@@ -48,33 +67,22 @@ func (s *Proxy) serveFrame(ctx context.Context, w http.ResponseWriter, r *http.R
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
-		_ = back.CloseNow()
+		_ = fb.c.CloseNow()
 		s.fail(w, a, StageClient, http.StatusHTTPVersionNotSupported, "connection cannot be upgraded",
 			errors.New("ResponseWriter is not an http.Hijacker (HTTP/2?)"))
-		return false
+		return nil, nil, time.Time{}, false
 	}
 	sh := &smallHijack{ResponseWriter: w, hj: hj}
 	client, err := websocket.Accept(sh, r, opts)
 	if err != nil {
-		_ = back.CloseNow()
+		_ = fb.c.CloseNow()
 		s.fail(nil, a, StageClient, 0, "", fmt.Errorf("accept: %w", err))
-		return false
+		return nil, nil, time.Time{}, false
 	}
 	client.SetReadLimit(s.cfg.MaxMessageBytes)
 	established := time.Now()
 	s.metrics.setup.Observe(established.Sub(a.start).Seconds())
-
-	fr := &frameRelay{client: client, back: back, rawClient: sh.conn, rawBack: fb.raw, backBody: fb.body, cfg: &s.cfg}
-	fr.ctx, fr.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	s.log.Debug("session established", a.attrs(StageOK)...)
-	s.relay(a, fr.goAway, func() {
-		defer fr.cancel()
-		fr.run()
-		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(fr.c2b.Load()))
-		s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(fr.b2c.Load()))
-		s.end(a, fr.stage, established, fr.reason, fr.c2b.Load(), fr.b2c.Load())
-	})
-	return true
+	return client, sh.conn, established, true
 }
 
 // smallHijack hands coder/websocket 512-byte buffers instead of the HTTP server's 4 KiB
@@ -120,13 +128,30 @@ type frameRelay struct {
 	c2b, b2c atomic.Int64
 	activity atomic.Int64 // unix nanoseconds of the last message either way
 
+	timerGroup
+
+	once          sync.Once
+	stage, reason string
+}
+
+// timerGroup runs a relay's helper goroutines and timer callbacks, so that the relay can stop
+// them all and wait for them: after stop, none starts.
+type timerGroup struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	stopped bool // no more timer callbacks may start
 	timers  []*time.Timer
+}
 
-	once          sync.Once
-	stage, reason string
+// stop keeps new callbacks from starting and stops the timers; wg.Wait then waits for the rest.
+func (g *timerGroup) stop() {
+	g.mu.Lock()
+	g.stopped = true
+	for _, t := range g.timers {
+		t.Stop()
+	}
+	g.timers = nil
+	g.mu.Unlock()
 }
 
 func (fr *frameRelay) run() {
@@ -145,12 +170,7 @@ func (fr *frameRelay) run() {
 	}()
 	fr.pump(fr.back, fr.client, false)
 
-	fr.mu.Lock()
-	fr.stopped = true
-	for _, t := range fr.timers {
-		t.Stop()
-	}
-	fr.mu.Unlock()
+	fr.stop()
 	fr.wg.Wait()
 	_ = fr.client.CloseNow()
 	_ = fr.back.CloseNow()
@@ -165,33 +185,42 @@ func (fr *frameRelay) goAway() {
 }
 
 // spawn runs f in a goroutine run waits for, unless the relay already stopped.
-func (fr *frameRelay) spawn(f func()) {
-	fr.mu.Lock()
-	defer fr.mu.Unlock()
-	if fr.stopped {
+func (g *timerGroup) spawn(f func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
 		return
 	}
-	fr.wg.Go(f)
+	g.wg.Go(f)
 }
 
-func (fr *frameRelay) afterFunc(d time.Duration, f func()) {
-	fr.mu.Lock()
-	defer fr.mu.Unlock()
-	if fr.stopped {
+// afterFunc runs f after d in a goroutine run waits for, unless the relay stopped by then.
+func (g *timerGroup) afterFunc(d time.Duration, f func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
 		return
 	}
-	t := time.AfterFunc(d, func() {
-		fr.mu.Lock()
-		if fr.stopped {
-			fr.mu.Unlock()
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		g.mu.Lock()
+		if g.stopped {
+			g.mu.Unlock()
 			return
 		}
-		fr.wg.Add(1)
-		fr.mu.Unlock()
-		defer fr.wg.Done()
+		g.wg.Add(1)
+		// A fired timer is not kept: a relay that pings for days must not collect them.
+		for i, x := range g.timers {
+			if x == t {
+				g.timers = append(g.timers[:i], g.timers[i+1:]...)
+				break
+			}
+		}
+		g.mu.Unlock()
+		defer g.wg.Done()
 		f()
 	})
-	fr.timers = append(fr.timers, t)
+	g.timers = append(g.timers, t)
 }
 
 func (fr *frameRelay) startPinger(c *websocket.Conn, isClient bool) {

@@ -26,6 +26,13 @@ import (
 //	                                                   goroutines: bulk, frame, eof, error,
 //	                                                   blocked, drain, refused, gomaxprocs
 //	                                                   (see EventLoops)
+//	switchyard_proxy_session_reattaches_total{result}  counter: SubprotocolV2 sessions whose conman
+//	                                                   leg was lost, by result: resumed (same shell),
+//	                                                   restarted (a new shell, maybe on another VM),
+//	                                                   moved (the repl left the cluster: 4421),
+//	                                                   failed (no VM within ReattachTimeout: 1013)
+//	switchyard_proxy_session_reattach_seconds          histogram: the pause a client saw, from
+//	                                                   losing conman to the session running again
 type proxyMetrics struct {
 	outcomes  *prometheus.CounterVec
 	setup     prometheus.Histogram
@@ -36,7 +43,17 @@ type proxyMetrics struct {
 	bytes     *prometheus.CounterVec
 	inLoop    prometheus.Gauge
 	handbacks *prometheus.CounterVec
+	reattach  *prometheus.CounterVec
+	pause     prometheus.Histogram
 }
+
+// Re-attach results, the values of switchyard_proxy_session_reattaches_total's label.
+const (
+	reattachResumed   = "resumed"
+	reattachRestarted = "restarted"
+	reattachMoved     = "moved"
+	reattachFailed    = "failed"
+)
 
 // loopReasons are the reasons an event loop gives a session back to its goroutines.
 var loopReasons = eventloop.Reasons
@@ -84,6 +101,18 @@ func newSessionsMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 			Name: "switchyard_proxy_session_loop_handbacks_total",
 			Help: "Proxy an event loop gave back to goroutine relaying, by reason (bulk data, a close or big frame, EOF, a read error, a write that would block, drain, refused at entry, or GOMAXPROCS lowered to the loops' number).",
 		}, []string{"reason"}),
+		reattach: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_proxy_session_reattaches_total",
+			Help: "switchyard.v2 sessions whose conman leg was lost, by result (resumed: the same shell; restarted: a new shell; moved: the repl left the cluster; failed: no VM in time).",
+		}, []string{"result"}),
+		pause: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "switchyard_proxy_session_reattach_seconds",
+			Help:    "The pause a switchyard.v2 client saw: from losing conman's leg to the session running again (resumed or restarted).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+	}
+	for _, r := range []string{reattachResumed, reattachRestarted, reattachMoved, reattachFailed} {
+		m.reattach.WithLabelValues(r)
 	}
 	for _, r := range loopReasons {
 		m.handbacks.WithLabelValues(r)
@@ -96,7 +125,7 @@ func newSessionsMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.outcomes, m.setup, m.duration, m.active, m.inflightG, m.retries, m.bytes, m.inLoop, m.handbacks} {
+	for _, c := range []prometheus.Collector{m.outcomes, m.setup, m.duration, m.active, m.inflightG, m.retries, m.bytes, m.inLoop, m.handbacks, m.reattach, m.pause} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

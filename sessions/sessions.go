@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
@@ -82,6 +83,33 @@ const TokenSubprotocolPrefix = "switchyard.token."
 // connection whose server selects nothing while the client offered protocols, so a browser that
 // passes its token in Sec-WebSocket-Protocol must offer this one too.
 const Subprotocol = "switchyard.v1"
+
+// SubprotocolV2 is the resilient session protocol. A client that offers it (before or beside
+// Subprotocol; the proxy selects v2 when both are offered) keeps its WebSocket when conman's
+// side ends under it: at a VM roll (1012), when conman dies or restarts, or when the connection
+// to it breaks. The proxy then re-attaches — first resuming the same shell where conman still
+// holds it (output the client missed is replayed), else placing the repl again, on another VM if
+// need be, and attaching a new shell — within Config.ReattachTimeout, and tells the client in
+// band with a Notice (a text message). Everything else is as in v1: binary messages are the
+// terminal's bytes, text messages from the client are conman's control messages (resize).
+//
+// The proxy ends a v2 session itself only when the shell exited (1000, from conman), the client
+// closed, the proxy drains (1001), the repl moved to another cluster (CloseReplMoved), or no VM
+// could take the repl in time (CloseTryAgainLater). v2 sessions are relayed frame by frame on
+// both legs whatever Config.Mode says: the proxy must own the client's WebSocket to hold it.
+const SubprotocolV2 = "switchyard.v2"
+
+// Close codes the proxy sends on SubprotocolV2 sessions.
+const (
+	// CloseReplMoved: the repl moved to another cluster while the session was re-attaching;
+	// connect again through lore (which names the new cluster's Eval).
+	CloseReplMoved = 4421
+	// CloseReplNotFound: the repl was deleted while the session was re-attaching.
+	CloseReplNotFound = 4404
+	// CloseTryAgainLater (RFC 6455's registry: 1013): no VM could take the repl within
+	// Config.ReattachTimeout.
+	CloseTryAgainLater = 1013
+)
 
 // ErrClosed is returned by Shutdown when it is called a second time after it finished.
 var ErrClosed = errors.New("sessions: sessions proxy closed")
@@ -167,6 +195,11 @@ type Config struct {
 	// EventLoops the same one, so that their loops together leave a P to the rest of the
 	// program. Nil means a budget of this Proxy's own.
 	LoopBudget *LoopBudget
+	// ReattachTimeout bounds how long a SubprotocolV2 session waits for its repl after conman's
+	// leg ended abnormally: resuming its shell, placing the repl again and attaching, all
+	// together. Past it the client is closed with CloseTryAgainLater. Zero means 60 s; negative
+	// turns re-attaching off (conman's close reaches the client as in v1).
+	ReattachTimeout time.Duration
 	// LingerTimeout bounds how long a session stays half-closed after one side finished (sent
 	// its FIN, or its close frame in Frame mode) before the other side is cut. Zero means 10 s.
 	LingerTimeout time.Duration
@@ -337,6 +370,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.LingerTimeout <= 0 {
 		cfg.LingerTimeout = 10 * time.Second
+	}
+	if cfg.ReattachTimeout == 0 {
+		cfg.ReattachTimeout = time.Minute
 	}
 	s := &Proxy{
 		cfg:    cfg,
@@ -647,7 +683,10 @@ func (s *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	leg, stage, status, msg, err := s.connectBackend(ctx, r, a)
+	v2 := selectSubprotocol(r) == SubprotocolV2
+	leg, stage, status, msg, err := s.connectBackend(ctx, r.URL.Query(), a, connectOpts{
+		frame: v2 || s.cfg.Mode == Frame, budget: s.cfg.RetryBudget,
+	})
 	if err != nil {
 		if s.clientGone(r) {
 			stage, status = StageClient, 0
@@ -657,7 +696,9 @@ func (s *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, a, stage, status, msg, err)
 		return
 	}
-	if s.cfg.Mode == Frame {
+	if v2 {
+		started = s.serveResilient(ctx, w, r, a, leg.(*frameBackend))
+	} else if s.cfg.Mode == Frame {
 		started = s.serveFrame(ctx, w, r, a, leg)
 	} else {
 		started = s.serveSplice(ctx, w, r, a, leg)
@@ -797,14 +838,19 @@ func subprotocols(r *http.Request) []string {
 	return out
 }
 
-// selectSubprotocol returns Subprotocol when the client offered it.
+// selectSubprotocol returns the newest session subprotocol the client offered: SubprotocolV2,
+// Subprotocol, or "" for none.
 func selectSubprotocol(r *http.Request) string {
+	sel := ""
 	for _, p := range subprotocols(r) {
-		if p == Subprotocol {
+		switch p {
+		case SubprotocolV2:
 			return p
+		case Subprotocol:
+			sel = p
 		}
 	}
-	return ""
+	return sel
 }
 
 func headerSize(r *http.Request) int {
@@ -831,10 +877,16 @@ func withJitter(d time.Duration) time.Duration {
 	return d*3/4 + time.Duration(mrand.Int64N(int64(d)/2+1))
 }
 
+// connectOpts shape a place-and-attach with retries.
+type connectOpts struct {
+	frame  bool          // terminate WebSocket on conman's leg
+	budget time.Duration // retry budget (negative: one attempt)
+}
+
 // connectBackend places the repl and attaches to conman, retrying on another VM within the
 // retry budget. On failure it returns the stage, the HTTP status and message for the client.
-func (s *Proxy) connectBackend(ctx context.Context, r *http.Request, a *setupAttempt) (backendLeg, string, int, string, error) {
-	budget := s.cfg.RetryBudget
+func (s *Proxy) connectBackend(ctx context.Context, q url.Values, a *setupAttempt, co connectOpts) (backendLeg, string, int, string, error) {
+	budget := co.budget
 	deadline := time.Now().Add(budget)
 	backoff := s.cfg.RetryBackoff
 	var avoid []string
@@ -865,7 +917,7 @@ func (s *Proxy) connectBackend(ctx context.Context, r *http.Request, a *setupAtt
 			}
 		} else {
 			a.vm = asg.VM
-			leg, err := s.attach(ctx, r, asg)
+			leg, err := s.attach(ctx, q, asg, attachOpts{frame: co.frame})
 			if err == nil {
 				return leg, "", 0, "", nil
 			}

@@ -44,7 +44,7 @@ type frameBackend struct {
 	body *upgradedBody // c's connection as it writes to it
 
 	vm, addr string // where it is attached
-	session  string // conman's shell session (headerSession), to resume it; may be empty
+	session  string // conman's shell session (conman.HeaderSession), to resume it; may be empty
 	lost     int64  // on a resume: bytes of output conman could no longer replay
 }
 
@@ -119,13 +119,6 @@ func attachURL(addr, repl string, q url.Values) (*url.URL, error) {
 	return u, nil
 }
 
-// conman's attach contract for resumable shells (package conman documents it): the 101 names
-// the shell session, and a resume that could not replay everything says how much was lost.
-const (
-	headerSession   = "Switchyard-Session"
-	headerResumeGap = "Switchyard-Resume-Gap"
-)
-
 // attachOpts shape one attach attempt.
 type attachOpts struct {
 	frame  bool   // terminate WebSocket on conman's leg (Frame mode, SubprotocolV2)
@@ -166,10 +159,10 @@ func (s *Proxy) attach(ctx context.Context, q url.Values, asg placement.Assignme
 		c.SetReadLimit(s.cfg.MaxMessageBytes)
 		fb := &frameBackend{c: c, raw: slot.conn, body: slot.body, vm: asg.VM, addr: asg.Addr}
 		if resp != nil {
-			if id := resp.Header.Get(headerSession); validSessionID(id) {
+			if id := resp.Header.Get(conman.HeaderSession); validSessionID(id) {
 				fb.session = id
 			}
-			if n, err := strconv.ParseInt(resp.Header.Get(headerResumeGap), 10, 64); err == nil && n > 0 {
+			if n, err := strconv.ParseInt(resp.Header.Get(conman.HeaderResumeGap), 10, 64); err == nil && n > 0 {
 				fb.lost = n
 			}
 		}

@@ -315,11 +315,12 @@ func (rr *resilientRelay) backLost(b *frameBackend, err error) *frameBackend {
 }
 
 // reattachCode reports whether a close code from conman leaves the session to re-attach: the
-// service is restarting or going away, or failed on its side.
+// service is restarting, upgrading in place or going away, or failed on its side.
 func reattachCode(c websocket.StatusCode) bool {
 	switch c {
 	case websocket.StatusGoingAway, websocket.StatusAbnormalClosure, websocket.StatusInternalError,
-		websocket.StatusServiceRestart, websocket.StatusTryAgainLater, websocket.StatusBadGateway:
+		websocket.StatusServiceRestart, websocket.StatusTryAgainLater, websocket.StatusBadGateway,
+		conman.CloseResumeHere:
 		return true
 	}
 	return false

@@ -16,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/internal/httpjson"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
@@ -123,7 +124,7 @@ func (c *resumeConman) attach(w http.ResponseWriter, r *http.Request) {
 		c.sessions[sid] = sh
 	}
 	c.mu.Unlock()
-	w.Header().Set(headerSession, sid)
+	w.Header().Set(conman.HeaderSession, sid)
 	ws, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return
@@ -163,6 +164,9 @@ func (c *resumeConman) attach(w http.ResponseWriter, r *http.Request) {
 		s := string(b)
 		switch {
 		case s == "drop":
+			return
+		case s == "handoff": // an in-place upgrade handed the shell on: resume it here
+			ws.Close(conman.CloseResumeHere, "conman upgrading in place")
 			return
 		case strings.HasPrefix(s, "lose:"):
 			c.mu.Lock()
@@ -380,6 +384,27 @@ func TestReattachResumesTheSameShell(t *testing.T) {
 	}
 }
 
+// conman's "resume here" (4001, an in-place upgrade that could not hand the connection on) is
+// a resume on the same VM, invisible to the client.
+func TestReattachResumeHere(t *testing.T) {
+	e := newV2Env(t, 2, nil)
+	c := e.open(t, SubprotocolV2)
+	send(t, c, websocket.MessageBinary, "12345")
+	expectOutput(t, c, "12345")
+	send(t, c, websocket.MessageText, "handoff")
+	for deadline := time.Now().Add(5 * time.Second); len(e.vms[0].resumeLog()) < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("no resume")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	send(t, c, websocket.MessageText, "whoami")
+	expectOutput(t, c, "vm-1")
+	if log := e.vms[0].resumeLog(); !strings.HasSuffix(log[0], "@5") {
+		t.Fatalf("resume %v, want offset 5", log)
+	}
+}
+
 // A VM roll (conman closes with 1012 and refuses the repl from then on) moves the session to
 // another VM: the client keeps its WebSocket and is told, in band, that its shell is new.
 func TestReattachRestartsOnAnotherVM(t *testing.T) {
@@ -505,8 +530,8 @@ func TestReattachPassesShellExit(t *testing.T) {
 	send(t, c, websocket.MessageText, "close:1000")
 	expectClose(t, c, websocket.StatusNormalClosure)
 	c2 := e.open(t, SubprotocolV2)
-	send(t, c2, websocket.MessageText, "close:4001")
-	expectClose(t, c2, 4001)
+	send(t, c2, websocket.MessageText, "close:4000") // conman.CloseTakenOver
+	expectClose(t, c2, conman.CloseTakenOver)
 	if got := e.reattaches(reattachRestarted) + e.reattaches(reattachResumed); got != 0 {
 		t.Fatalf("re-attached %d times", got)
 	}

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-dev/switchyard/conman"
 )
@@ -168,7 +168,19 @@ func (p *proc) Resize(size conman.WindowSize) error {
 	if size.Cols == 0 || size.Rows == 0 {
 		return fmt.Errorf("%w: window size %dx%d", conman.ErrInvalid, size.Cols, size.Rows)
 	}
-	return pty.Setsize(p.files[0], &pty.Winsize{Cols: size.Cols, Rows: size.Rows})
+	// Through SyscallConn, which holds the descriptor against a concurrent Close (File.Fd
+	// does not: a resize racing the shell's end would use a closed or reused descriptor).
+	rc, err := p.files[0].SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: size.Rows, Col: size.Cols})
+	}); err != nil {
+		return err
+	}
+	return ierr
 }
 
 func (p *proc) Signal(sig syscall.Signal) error {

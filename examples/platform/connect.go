@@ -25,6 +25,10 @@ import (
 // through the repl's cluster Eval, and wires the terminal to the repl's shell. With a terminal
 // on stdin it switches it to raw mode and forwards window size changes; otherwise it copies
 // stdin (e.g. a script) and ends when the shell does.
+//
+// It speaks sessions.SubprotocolV2: when the repl's VM rolls or its conman restarts, the
+// session stays open and Eval's notices ("the repl restarted on VM …: this is a new shell")
+// are printed on standard error.
 func runConnect(args []string) error {
 	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
 	loreURL := fs.String("lore", "http://127.0.0.1:8400", "lore API base URL")
@@ -48,7 +52,7 @@ func runConnect(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 
-	conn, err := dialRepl(ctx, lore.NewClient(*loreURL, *key, nil), fs.Arg(0))
+	conn, err := dialRepl(ctx, lore.NewClient(*loreURL, *key, nil), fs.Arg(0), sessions.SubprotocolV2, sessions.Subprotocol)
 	if err != nil {
 		return err
 	}
@@ -59,12 +63,14 @@ func runConnect(args []string) error {
 		defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
 		go forwardWindowSize(ctx, conn, fd)
 	}
-	return relayTerminal(ctx, conn, os.Stdin, os.Stdout)
+	return relayTerminal(ctx, conn, os.Stdin, os.Stdout, func(text string) {
+		fmt.Fprintf(os.Stderr, "\r\n[switchyard] %s\r\n", text)
+	})
 }
 
 // dialRepl resolves target (owner/slug or a repl id) with lore, asks it to connect, and opens the
-// session through Eval.
-func dialRepl(ctx context.Context, lc *lore.Client, target string) (*websocket.Conn, error) {
+// session through Eval, offering the session subprotocols protos.
+func dialRepl(ctx context.Context, lc *lore.Client, target string, protos ...string) (*websocket.Conn, error) {
 	id := target
 	if owner, slug, ok := strings.Cut(target, "/"); ok {
 		r, err := lc.ReplByName(ctx, owner, slug)
@@ -81,7 +87,7 @@ func dialRepl(ctx context.Context, lc *lore.Client, target string) (*websocket.C
 	defer cancel()
 	conn, resp, err := websocket.Dial(dctx, info.URL, &websocket.DialOptions{
 		HTTPHeader:   http.Header{"Authorization": {"Bearer " + info.Token}},
-		Subprotocols: []string{sessions.Subprotocol},
+		Subprotocols: protos,
 	})
 	if err != nil {
 		if resp != nil {
@@ -93,9 +99,10 @@ func dialRepl(ctx context.Context, lc *lore.Client, target string) (*websocket.C
 	return conn, nil
 }
 
-// relayTerminal copies in → the shell and the shell → out until the session ends. A normal close
-// (the shell exited) is not an error; 1012 (the VM restarts) and 1001 (Eval drains) say so.
-func relayTerminal(ctx context.Context, conn *websocket.Conn, in io.Reader, out io.Writer) error {
+// relayTerminal copies in → the shell and the shell → out until the session ends, and hands
+// Eval's notices (sessions.Notice, on a switchyard.v2 session) to notify. A normal close (the
+// shell exited) is not an error; the other closes say what happened.
+func relayTerminal(ctx context.Context, conn *websocket.Conn, in io.Reader, out io.Writer, notify func(string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -115,6 +122,8 @@ func relayTerminal(ctx context.Context, conn *websocket.Conn, in io.Reader, out 
 	for {
 		typ, data, err := conn.Read(ctx)
 		if err != nil {
+			var ce websocket.CloseError
+			errors.As(err, &ce)
 			switch websocket.CloseStatus(err) {
 			case websocket.StatusNormalClosure:
 				return nil
@@ -122,12 +131,22 @@ func relayTerminal(ctx context.Context, conn *websocket.Conn, in io.Reader, out 
 				return errors.New("session closed: the VM is restarting (1012); connect again")
 			case websocket.StatusGoingAway:
 				return errors.New("session closed: the proxy is going away (1001); connect again")
+			case sessions.CloseReplMoved:
+				return errors.New("session closed: the repl moved to another cluster; connect again")
+			case sessions.CloseTryAgainLater:
+				return fmt.Errorf("session closed (1013): %s", ce.Reason)
 			}
 			return err
 		}
-		if typ == websocket.MessageBinary {
+		switch typ {
+		case websocket.MessageBinary:
 			if _, err := out.Write(data); err != nil {
 				return err
+			}
+		case websocket.MessageText:
+			var n sessions.Notice
+			if json.Unmarshal(data, &n) == nil && n.Type == "notice" && n.Text != "" && notify != nil {
+				notify(n.Text)
 			}
 		}
 	}

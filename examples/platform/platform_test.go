@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/switchyard-dev/switchyard/conman/process"
 	"github.com/switchyard-dev/switchyard/lore"
+	"github.com/switchyard-dev/switchyard/sessions"
 )
 
 func TestMain(m *testing.M) {
@@ -128,12 +130,21 @@ func TestPlatformEndToEnd(t *testing.T) {
 	// A token for cluster a is refused by cluster b's Eval.
 	require.Equal(t, http.StatusUnauthorized, dialStatus(ctx, t, p.Cluster("b").evalURL(), info.Token))
 
-	// Roll the VM the session is on: the session closes with 1012 and the reconnect lands on
-	// another VM.
+	// A switchyard.v2 session on the same VM, with some shell state.
+	sv2 := openSessionV2(ctx, t, lc, "replbot/blog")
+	require.Equal(t, vm1, sv2.run(ctx, t, "X=kept; cd /tmp; echo MARK-$SWITCHYARD_VM"))
+
+	// Roll the VM the sessions are on: the v1 session closes with 1012 and the reconnect lands
+	// on another VM. The v2 session stays open: Eval re-attaches it on another VM and says so.
 	old, replacement, err := p.Cluster("a").rollVM(ctx, vm1)
 	require.NoError(t, err)
 	require.Equal(t, vm1, old)
 	require.Equal(t, websocket.StatusServiceRestart, s.waitClose(ctx, t))
+	n := sv2.waitNotice(ctx, t, sessions.NoticeRestarted)
+	require.NotEqual(t, vm1, n.VM)
+	require.Equal(t, n.VM, sv2.run(ctx, t, "echo MARK-$SWITCHYARD_VM"))
+	require.Equal(t, "unset", sv2.run(ctx, t, "echo MARK-${X:-unset}"), "a restarted shell is a new one")
+	sv2.close()
 	s = openSession(ctx, t, lc, "replbot/blog")
 	vm2 := s.run(ctx, t, "echo MARK-$SWITCHYARD_VM")
 	require.NotEqual(t, vm1, vm2)
@@ -363,27 +374,50 @@ func dialStatus(ctx context.Context, t *testing.T, url, token string) int {
 	return resp.StatusCode
 }
 
-// session is a shell session through Eval, read by one goroutine into a channel.
+// session is a shell session through Eval, read by one goroutine into channels: the terminal's
+// output, and Eval's notices (switchyard.v2).
 type session struct {
-	conn   *websocket.Conn
-	out    chan string
-	closed chan websocket.StatusCode
+	conn    *websocket.Conn
+	out     chan string
+	notices chan sessions.Notice
+	closed  chan websocket.StatusCode
 }
 
 var markRE = regexp.MustCompile(`MARK-([a-z0-9-]+)\r?\n`)
 
+// openSession opens a switchyard.v1 session: conman's closes reach it.
 func openSession(ctx context.Context, t *testing.T, lc *lore.Client, target string) *session {
 	t.Helper()
-	conn, err := dialRepl(ctx, lc, target)
+	return openSessionWith(ctx, t, lc, target, sessions.Subprotocol)
+}
+
+// openSessionV2 opens a switchyard.v2 session: it survives VM rolls, told by notices.
+func openSessionV2(ctx context.Context, t *testing.T, lc *lore.Client, target string) *session {
+	t.Helper()
+	return openSessionWith(ctx, t, lc, target, sessions.SubprotocolV2, sessions.Subprotocol)
+}
+
+func openSessionWith(ctx context.Context, t *testing.T, lc *lore.Client, target string, protos ...string) *session {
+	t.Helper()
+	conn, err := dialRepl(ctx, lc, target, protos...)
 	require.NoError(t, err)
-	s := &session{conn: conn, out: make(chan string, 64), closed: make(chan websocket.StatusCode, 1)}
+	s := &session{conn: conn, out: make(chan string, 64), notices: make(chan sessions.Notice, 16),
+		closed: make(chan websocket.StatusCode, 1)}
 	go func() {
 		for {
-			_, data, err := conn.Read(context.Background())
+			typ, data, err := conn.Read(context.Background())
 			if err != nil {
 				s.closed <- websocket.CloseStatus(err)
 				close(s.out)
 				return
+			}
+			var n sessions.Notice
+			if typ == websocket.MessageText && json.Unmarshal(data, &n) == nil && n.Type == "notice" {
+				select {
+				case s.notices <- n:
+				default: // nobody is watching: tests that care read them
+				}
+				continue
 			}
 			s.out <- string(data)
 		}
@@ -407,6 +441,23 @@ func (s *session) run(ctx context.Context, t *testing.T, cmd string) string {
 			}
 		case <-ctx.Done():
 			t.Fatalf("no answer to %q; got %q", cmd, buf.String())
+		}
+	}
+}
+
+// waitNotice returns the next notice of event (others are skipped).
+func (s *session) waitNotice(ctx context.Context, t *testing.T, event string) sessions.Notice {
+	t.Helper()
+	for {
+		select {
+		case n := <-s.notices:
+			if n.Event == event {
+				return n
+			}
+		case code := <-s.closed:
+			t.Fatalf("the session closed with %d while waiting for a %q notice", code, event)
+		case <-ctx.Done():
+			t.Fatalf("no %q notice", event)
 		}
 	}
 }

@@ -76,15 +76,27 @@
   });
   term.onResize(sendResize);
 
-  // handleControl receives the server's text (control) messages. Eval and conman send none
-  // today. This is the hook for the in-band restart notice (issue #18): when a VM roll moves
-  // the session without closing it, the proxy will send a control message here, e.g.
-  // {"type":"notice","text":"moved to a new VM"}: show it and keep the socket open. Unknown
-  // types are ignored, as conman ignores them.
+  // handleControl receives Eval's in-band notices (switchyard.v2): when the repl's VM rolls or
+  // its conman restarts, the session stays open and Eval says what happened, e.g.
+  // {"type":"notice","event":"restarted","vm":"a-vm3","text":"the repl restarted on VM a-vm3:
+  // this is a new shell"}. Events: reconnecting, resumed, restarted. Unknown types and events
+  // are ignored, as conman ignores unknown control messages.
   function handleControl(text) {
     let msg;
     try { msg = JSON.parse(text); } catch (e) { return; }
-    if (msg && msg.type === "notice" && typeof msg.text === "string") notice(msg.text);
+    if (!msg || msg.type !== "notice" || typeof msg.text !== "string") return;
+    notice(msg.text);
+    switch (msg.event) {
+      case "reconnecting":
+        setStatus("reconnecting", "reconnecting to the repl");
+        break;
+      case "restarted":
+        view.src = view.src; // the page now comes from the repl's new VM
+        // fall through
+      case "resumed":
+        setStatus("connected", "connected");
+        break;
+    }
   }
 
   function retry(reason, delay) {
@@ -131,7 +143,9 @@
     const url = new URL(info.url);
     url.searchParams.set("cols", term.cols);
     url.searchParams.set("rows", term.rows);
-    const ws = new WebSocket(url, ["switchyard.v1", "switchyard.token." + info.token]);
+    // switchyard.v2 keeps the session open through VM rolls (Eval re-attaches it and sends a
+    // notice); v1 is offered too for an older Eval.
+    const ws = new WebSocket(url, ["switchyard.v2", "switchyard.v1", "switchyard.token." + info.token]);
     ws.binaryType = "arraybuffer";
     sock = ws;
     ws.onopen = () => {
@@ -160,6 +174,15 @@
           notice("Eval is going away (1001): reconnecting");
           retry("Eval restarting", 0);
           break;
+        case 4421: // the repl moved to another cluster while Eval re-attached it
+          vmRestarted();
+          break;
+        case 1013: { // no VM could take the repl in time
+          const delay = backoff();
+          notice((ev.reason || "no VM could take the repl") + ": retrying in " + (delay / 1000) + " s");
+          retry("no VM", delay);
+          break;
+        }
         default: {
           const delay = backoff();
           notice("connection lost (" + ev.code + (ev.reason ? " " + ev.reason : "") + "): reconnecting in " + (delay / 1000) + " s");

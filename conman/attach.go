@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/coder/websocket"
+	"github.com/switchyard-dev/switchyard/internal/wsconn"
 
 	"github.com/switchyard-dev/switchyard/placement"
 )
@@ -108,8 +108,7 @@ func (s *Server) serveAttach(w http.ResponseWriter, r *http.Request) {
 	defer s.wg.Done()
 	att := newAttachment()
 	sh := s.newShell(rp, proc, att)
-	w.Header().Set(HeaderSession, sh.id)
-	conn, err := websocket.Accept(w, r, acceptOptions)
+	conn, err := wsconn.Upgrade(w, r, http.Header{HeaderSession: {sh.id}}, maxMessage)
 	if err != nil {
 		sh.stop(CloseInternalError, "")
 		return // Accept answered the client
@@ -118,12 +117,12 @@ func (s *Server) serveAttach(w http.ResponseWriter, r *http.Request) {
 	s.attach(sh, att)
 }
 
-var acceptOptions = &websocket.AcceptOptions{
-	CompressionMode: websocket.CompressionDisabled, // the session proxy may splice raw frames
-	// The caller is authenticated by the credential; a browser's Origin relayed by a proxy
-	// says nothing about it.
-	InsecureSkipVerify: true,
-}
+// maxMessage caps a message from the client of an attach (keystrokes, pastes, resizes).
+// Attaches use our own WebSocket codec (internal/wsconn), not coder/websocket: it can hand a
+// live connection to a successor between two frames (Handoff). It never compresses, so the
+// session proxy may splice raw frames; the Origin is not checked: the credential authenticates
+// the caller, and a browser's Origin relayed by a proxy says nothing about it.
+const maxMessage = 1 << 20
 
 // enter counts an attach handler in s.wg unless the server drains; the caller calls s.wg.Done.
 func (s *Server) enter() bool {
@@ -168,11 +167,11 @@ func (s *Server) serveResume(w http.ResponseWriter, r *http.Request, repl string
 		writeError(w, http.StatusNotFound, err.Error(), ErrorSessionGone)
 		return
 	}
-	w.Header().Set(HeaderSession, sh.id)
+	hdr := http.Header{HeaderSession: {sh.id}}
 	if gap > 0 {
-		w.Header().Set(HeaderResumeGap, strconv.FormatInt(gap, 10))
+		hdr.Set(HeaderResumeGap, strconv.FormatInt(gap, 10))
 	}
-	conn, err := websocket.Accept(w, r, acceptOptions)
+	conn, err := wsconn.Upgrade(w, r, hdr, maxMessage)
 	if err != nil {
 		// The shell stays as it was before: detached, for the rest of a resume window.
 		s.detach(sh, att)
@@ -183,7 +182,7 @@ func (s *Server) serveResume(w http.ResponseWriter, r *http.Request, repl string
 }
 
 // closeSessions ends every shell session with code.
-func (s *Server) closeSessions(code websocket.StatusCode, reason string) {
+func (s *Server) closeSessions(code int, reason string) {
 	s.mu.Lock()
 	ss := make([]*shell, 0, len(s.shells))
 	for _, x := range s.shells {

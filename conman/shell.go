@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/switchyard-dev/switchyard/internal/wsconn"
 )
 
 // outputChunk is the most a shell reads from its pty, or sends in one message, at once.
@@ -38,13 +38,13 @@ type shell struct {
 	seq      uint64      // detach order among the server's shells (the cap kills the lowest)
 	timer    *time.Timer // expiry while detached
 	ended    bool        // the shell is gone; code and reason say why
-	code     websocket.StatusCode
+	code     int
 	reason   string
 	handoff  bool // handed over to another conman: the pump stops without ending the shell
 
 	killOnce   sync.Once
 	kill       chan struct{}
-	killCode   websocket.StatusCode
+	killCode   int
 	killReason string
 	done       chan struct{} // closed when run returns
 }
@@ -98,7 +98,7 @@ func (sh *shell) broadcast() {
 
 // stop kills the shell; code and reason are what its attach connection is closed with (the first
 // caller wins).
-func (sh *shell) stop(code websocket.StatusCode, reason string) {
+func (sh *shell) stop(code int, reason string) {
 	sh.killOnce.Do(func() {
 		sh.killCode, sh.killReason = code, reason
 		close(sh.kill)
@@ -116,7 +116,7 @@ func (sh *shell) killed() bool {
 }
 
 type pumpResult struct {
-	code    websocket.StatusCode
+	code    int
 	reason  string
 	handoff bool // the pump stopped for a handoff: the shell lives on elsewhere
 }
@@ -240,23 +240,26 @@ const (
 	endBroken                   // the connection broke without a close frame: the shell detaches
 	endTakenOver                // a resume took the shell to another connection
 	endProtocol                 // the peer broke the protocol: close with code, kill the shell
+	endHandoff                  // handed to another conman: let go of it without a word
 )
 
 // attachment is one attach connection showing a shell.
 type attachment struct {
-	conn *websocket.Conn
-	pos  int64 // output offset of the next byte to send (sh.mu)
+	conn   *wsconn.Conn
+	pos    int64 // output offset of the next byte to send (sh.mu)
+	frozen bool  // a handoff stops its loops where they are (sh.mu)
+	loops  sync.WaitGroup
 
 	once   sync.Once
 	kind   endKind
-	code   websocket.StatusCode
+	code   int
 	reason string
 	done   chan struct{}
 }
 
 func newAttachment() *attachment { return &attachment{done: make(chan struct{})} }
 
-func (a *attachment) end(kind endKind, code websocket.StatusCode, reason string) {
+func (a *attachment) end(kind endKind, code int, reason string) {
 	a.once.Do(func() {
 		a.kind, a.code, a.reason = kind, code, reason
 		close(a.done)
@@ -280,54 +283,30 @@ func (s *Server) attach(sh *shell, att *attachment) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	conn := att.conn
-	conn.SetReadLimit(1 << 20)
-	var wg sync.WaitGroup
-	wg.Add(2)
+	att.loops.Add(2)
 	go func() { // ring → client
-		defer wg.Done()
+		defer att.loops.Done()
 		sh.send(ctx, att)
 	}()
 	go func() { // client → pty
-		defer wg.Done()
-		in := sh.proc.Stdin()
-		for {
-			typ, data, err := conn.Read(ctx)
-			switch {
-			case err == nil:
-			case websocket.CloseStatus(err) != -1:
-				att.end(endClean, -1, "")
-				return
-			case brokenConn(err) && ctx.Err() == nil:
-				att.end(endBroken, -1, "")
-				return
-			default:
-				att.end(endProtocol, CloseInternalError, "read failed")
-				return
-			}
-			if typ == websocket.MessageBinary {
-				if _, err := in.Write(data); err != nil {
-					att.end(endShell, CloseShellExited, "shell input closed")
-					return
-				}
-				continue
-			}
-			size, ok, err := ParseControl(data)
-			if err != nil {
-				att.end(endProtocol, websocket.StatusInvalidFramePayloadData, err.Error())
-				return
-			}
-			if ok {
-				_ = sh.proc.Resize(size)
-			}
-		}
+		defer att.loops.Done()
+		sh.receive(att)
 	}()
 	<-att.done
+	if att.kind == endHandoff {
+		att.loops.Wait()
+		_ = conn.CloseNow() // our copy: the successor holds the connection
+		return
+	}
 	if att.code >= 0 {
+		// The reader sees the peer's answer, or times out in two seconds.
 		_ = conn.Close(att.code, att.reason)
+	} else {
+		_ = conn.CloseNow()
 	}
 	cancel()
+	att.loops.Wait()
 	_ = conn.CloseNow()
-	wg.Wait()
 	switch att.kind {
 	case endBroken:
 		s.detach(sh, att)
@@ -336,13 +315,57 @@ func (s *Server) attach(sh *shell, att *attachment) {
 	}
 }
 
+// receive copies the client's messages to the pty (binary) or applies them (text: control).
+func (sh *shell) receive(att *attachment) {
+	in := sh.proc.Stdin()
+	for {
+		typ, data, err := att.conn.Read()
+		if err != nil {
+			var ce *wsconn.CloseError
+			var pe *wsconn.ProtocolError
+			sh.mu.Lock()
+			frozen := att.frozen
+			sh.mu.Unlock()
+			switch {
+			case frozen && errors.Is(err, os.ErrDeadlineExceeded):
+				// A handoff stopped us between two frames.
+			case errors.As(err, &ce):
+				att.end(endClean, -1, "")
+			case errors.As(err, &pe):
+				att.end(endProtocol, -1, "") // the codec closed with pe.Code
+			case brokenConn(err):
+				att.end(endBroken, -1, "")
+			default:
+				att.end(endProtocol, -1, "")
+			}
+			return
+		}
+		if typ == wsconn.Binary {
+			if _, err := in.Write(data); err != nil {
+				att.end(endShell, CloseShellExited, "shell input closed")
+				return
+			}
+			continue
+		}
+		size, ok, err := ParseControl(data)
+		if err != nil {
+			att.end(endProtocol, wsconn.CloseInvalidPayload, err.Error())
+			return
+		}
+		if ok {
+			_ = sh.proc.Resize(size)
+		}
+	}
+}
+
 // send writes the shell's output from att.pos to the connection until the shell ends (then
-// it closes with the shell's code) or another connection takes the shell.
+// it closes with the shell's code), another connection takes the shell, or a handoff freezes
+// the attachment.
 func (sh *shell) send(ctx context.Context, att *attachment) {
 	buf := make([]byte, sh.chunk)
 	for {
 		sh.mu.Lock()
-		for sh.att == att && att.pos >= sh.out.produced && !sh.ended {
+		for sh.att == att && !att.frozen && att.pos >= sh.out.produced && !sh.ended {
 			ch := sh.changed
 			sh.mu.Unlock()
 			select {
@@ -352,7 +375,7 @@ func (sh *shell) send(ctx context.Context, att *attachment) {
 			}
 			sh.mu.Lock()
 		}
-		if sh.att != att {
+		if sh.att != att || att.frozen {
 			sh.mu.Unlock()
 			return
 		}
@@ -360,7 +383,7 @@ func (sh *shell) send(ctx context.Context, att *attachment) {
 			att.pos = max(att.pos, sh.out.oldest()) // kept by the pump's backpressure; defensive
 			n := sh.out.read(att.pos, buf)
 			sh.mu.Unlock()
-			if err := att.conn.Write(ctx, websocket.MessageBinary, buf[:n]); err != nil {
+			if err := att.conn.Write(ctx, wsconn.Binary, buf[:n]); err != nil {
 				if ctx.Err() == nil {
 					att.end(endBroken, -1, "")
 				}

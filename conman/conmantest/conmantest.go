@@ -43,6 +43,12 @@ type Options struct {
 	// Spec, if set, adapts every spec the isolation suite creates (a runtime that needs an
 	// image sets Rootfs or Image here). Nil uses the specs as they are.
 	Spec func(conman.Spec) conman.Spec
+	// HostUIDs, if set, returns the host uids (real, effective, saved and file-system) of
+	// every host process that acts for container id. The isolation suite then judges
+	// root-on-host on the host, by these: a runtime whose kernel is a user-space one (gVisor's
+	// sentry) shows the container a root user namespace of its own, an identity uid_map that
+	// says nothing of the host.
+	HostUIDs func(r conman.Runtime, id string) ([]int, error)
 }
 
 // Run runs the conformance suite.

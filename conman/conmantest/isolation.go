@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -193,6 +194,9 @@ func RunIsolation(t *testing.T, o Options) {
 			continue
 		}
 		seen[res.Attack] = true
+		if res.Attack == "root-on-host" && o.HostUIDs != nil {
+			res.Blocked, res.Detail = rootOnHost(o, r, "attacker", res.Detail)
+		}
 		switch {
 		case res.Attack == "done":
 		case res.Blocked:
@@ -227,6 +231,24 @@ func RunIsolation(t *testing.T, o Options) {
 	if b, _ := os.ReadFile(filepath.Join(neighbourDir, "secret.txt")); string(b) != neighbourSecret {
 		t.Errorf("the neighbour's file changed")
 	}
+}
+
+// rootOnHost judges root-on-host by the host uids of the processes acting for the container
+// (Options.HostUIDs): blocked when there are some and none is 0.
+func rootOnHost(o Options, r conman.Runtime, id, inside string) (bool, string) {
+	uids, err := o.HostUIDs(r, id)
+	if err != nil {
+		return false, "host uids: " + err.Error()
+	}
+	if len(uids) == 0 {
+		return false, "no host process found for the container"
+	}
+	for _, u := range uids {
+		if u == 0 {
+			return false, fmt.Sprintf("a host process of the container runs as root (uids %v)", uids)
+		}
+	}
+	return true, fmt.Sprintf("host uids %v (inside: %s)", uids, inside)
 }
 
 // Reverse reverses s: the hostile program takes its marker reversed, so its own argv does not

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -49,10 +48,7 @@ func benchTargets() []benchTarget {
 		ts = append(ts, benchTarget{
 			name: rt.name,
 			new: func(b *testing.B) conman.Runtime {
-				if _, err := exec.LookPath(rt.name); err != nil {
-					b.Skipf("%s not installed", rt.name)
-				}
-				r, err := oci.New(oci.Config{Binary: rt.name, Args: rt.args, StateDir: b.TempDir(), Image: base(b), CgroupParent: "switchyard-bench-oci/" + rt.name})
+				r, err := oci.New(oci.Config{Binary: binaryOf(b, rt.name), Args: rt.args, StateDir: b.TempDir(), Image: base(b), CgroupParent: "switchyard-bench-oci/" + rt.name})
 				if err != nil {
 					b.Fatal(err)
 				}

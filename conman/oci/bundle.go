@@ -155,8 +155,13 @@ func (r *Runtime) prepareFS(c *container) error {
 	}
 	// The init runs an execute-only copy of the image's /bin/sh: exec of a file the process may
 	// not read makes it non-dumpable, so the repl (same uid) cannot ptrace it or follow its
-	// /proc entries.
-	if err := installInit(c.p.Rootfs, root); err != nil {
+	// /proc entries. gVisor's sentry loads the program itself, through its gofer, which runs
+	// as the container's root: there the copy belongs to the container's root.
+	owner := -1
+	if r.gvisor {
+		owner = int(r.uidBase(c.p.Slot))
+	}
+	if err := installInit(c.p.Rootfs, root, owner); err != nil {
 		return err
 	}
 	for _, f := range []string{"/etc/hosts", "/etc/hostname"} {
@@ -182,10 +187,8 @@ func (r *Runtime) prepareFS(c *container) error {
 	if err := os.MkdirAll(home, 0o755); err != nil {
 		return fmt.Errorf("oci: working directory: %w", err)
 	}
-	if !r.gvisor {
-		if err := chownTree(home, int(r.uidBase(c.p.Slot)), idRange); err != nil {
-			return fmt.Errorf("oci: working directory: %w", err)
-		}
+	if err := chownTree(home, int(r.uidBase(c.p.Slot)), idRange); err != nil {
+		return fmt.Errorf("oci: working directory: %w", err)
 	}
 	return nil
 }
@@ -194,8 +197,8 @@ func (r *Runtime) prepareFS(c *container) error {
 const initPath = "/.switchyard/sh"
 
 // installInit copies the image's /bin/sh to initPath below root, mode 0111 and owned by the
-// host's root (no one in the container may read it).
-func installInit(image, root string) error {
+// host's root (no one in the container may read it), or by host uid and gid owner if not -1.
+func installInit(image, root string, owner int) error {
 	fi, host, ok := resolveIn(image, nil, "/bin/sh")
 	if !ok || !fi.Mode().IsRegular() {
 		return fmt.Errorf("%w: the image has no /bin/sh (the container's init)", conman.ErrInvalid)
@@ -225,6 +228,12 @@ func installInit(image, root string) error {
 	if err := f.Chmod(0o111); err != nil {
 		f.Close()
 		return err
+	}
+	if owner >= 0 {
+		if err := f.Chown(owner, owner); err != nil {
+			f.Close()
+			return fmt.Errorf("oci: init: %w", err)
+		}
 	}
 	return f.Close()
 }
@@ -357,20 +366,25 @@ func (r *Runtime) writeBundle(c *container, dir string) error {
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: path.Clean(m.Target), Type: "bind", Source: m.Source, Options: opts})
 	}
 	if r.gvisor {
+		s.Linux.Seccomp = gvisorSeccomp()
 		// runsc joins our cgroup (it removes only cgroups it made), so an OOM kill of the
 		// sandbox is counted where we still read it after the exit.
 		s.Linux.CgroupsPath = "/" + r.cg.parent + "/" + c.id
-		// gVisor's sandbox runs in a user namespace of its own as an unprivileged user; the
-		// network namespace is ours (see newNetns), used through --network=host.
-		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: filepath.Join(r.runDir, c.id, "netns")})
+		// The network namespace is ours (see newNetns), used through --network=host. With
+		// --network=host runsc starts the sandbox (the sentry) and the gofer in the spec's user
+		// namespace, or as the host's root if it names none: the container's range, as with
+		// runc, so the sentry is an unprivileged host user and the gofer writes the repl's
+		// files as it.
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: filepath.Join(r.runDir, c.id, "netns")},
+			specs.LinuxNamespace{Type: specs.UserNamespace})
 	} else {
-		base := r.uidBase(c.p.Slot)
 		s.Linux.Namespaces = append(s.Linux.Namespaces,
 			specs.LinuxNamespace{Type: specs.NetworkNamespace}, specs.LinuxNamespace{Type: specs.UserNamespace},
 			specs.LinuxNamespace{Type: specs.CgroupNamespace})
-		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: idRange}}
-		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: idRange}}
 	}
+	base := r.uidBase(c.p.Slot)
+	s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: idRange}}
+	s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: idRange}}
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err

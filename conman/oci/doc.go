@@ -2,7 +2,7 @@
 // runc, crun, or gVisor's runsc — from bundles it writes, for platforms that run repls on the
 // runtimes they already trust.
 //
-//	rt, err := oci.New(oci.Config{Binary: "runsc", Args: []string{"--platform=ptrace"},
+//	rt, err := oci.New(oci.Config{Binary: "runsc", Args: []string{"--platform=systrap"},
 //		StateDir: "/var/lib/conman-oci", Image: "/var/lib/images/base@latest"})
 //
 // # A container
@@ -14,12 +14,12 @@
 //     are Spec.Dir, bound read-write at the same path (without Dir, a directory of the
 //     container's state at /home/repl), /tmp is a tmpfs of Config.TmpBytes, Spec.Mounts are
 //     bound nosuid,nodev;
-//   - with runc: a user namespace with 65536 uids and gids of its own (UIDBase + slot*65536),
-//     root inside and nobody on the host; slots are reserved host-wide in SlotDir, in the same
-//     format as conman/process, so the two never hand out one range twice. Spec.Dir is given to
-//     that range (entries owned outside it are moved into it, keeping their offset). With runsc
-//     the gVisor sandbox is the user boundary: it already runs in a user namespace of its own as
-//     an unprivileged host user;
+//   - a user namespace with 65536 uids and gids of its own (UIDBase + slot*65536), root inside
+//     and nobody on the host; slots are reserved host-wide in SlotDir, in the same format as
+//     conman/process, so the two never hand out one range twice. Spec.Dir is given to that
+//     range (entries owned outside it are moved into it, keeping their offset). With runsc the
+//     sentry and its gofer run in that user namespace: the sandbox is an unprivileged host user
+//     and the repl's files belong to its range;
 //   - new pid, mount, uts, ipc, network (loopback only) and, with runc, cgroup namespaces;
 //   - Docker's defaults, tightened: its capabilities less NET_RAW and MKNOD, its seccomp profile
 //     less ptrace (DefaultSeccomp), masked and read-only /proc paths, no_new_privs, a read-only
@@ -68,18 +68,17 @@
 //
 // # gVisor
 //
-// runsc needs a platform this host supports: --platform=ptrace here (Debian's runsc has no
-// systrap; KVM needs /dev/kvm). The Runtime adds --oci-seccomp, but runsc 20221219 applies the
-// profile to the container's init and its children only, not to `runsc exec`'d processes (a
-// repl's shell; fixed in gVisor by google/gvisor#12692, 2026-03): those reach the sentry's own
-// user namespaces and fake kernel log. gVisor's
-// root may also mknod in its own tmpfs and read the init's /proc entries, and the sandbox shows
-// an identity uid_map. All of it stays inside the sentry, which runs as an unprivileged user in
-// a user namespace of its own on the host: that is gVisor's boundary. The package's tests run
-// conmantest's hostile program under runsc and allow exactly these five findings. Files a repl writes to
-// Spec.Dir under runsc are owned by the host's root (this runsc's gofer has no uid mapping, and
-// refuses a user namespace in the spec), setuid bits included: keep repl storage on a nosuid
-// mount and never run repl files on the host.
+// runsc needs a platform this host supports: systrap, its default, or ptrace (KVM needs
+// /dev/kvm), and a gVisor from 2026 or later: earlier ones apply the OCI seccomp profile to the
+// container's init and its children only, not to `runsc exec`'d processes (google/gvisor#12692),
+// and refuse a user namespace in the spec. Debian 12's runsc (20221219) is such a one; the
+// package's tests run a build of gVisor's Go branch (see .ci/run). The Runtime adds
+// --oci-seccomp. gVisor's seccomp returns EPERM for every errno rule, so clone3 is traced
+// instead (ENOSYS with no tracer) and C libraries fall back to clone. gVisor does not make a
+// process non-dumpable when it execs a file it may not read, so the repl's processes lack
+// CAP_AUDIT_WRITE (unused: gVisor has no audit), which keeps them from the /proc entries of the
+// init and of the main command, which hold it. Inside the sandbox uid_map is an identity map of
+// the sentry's own root user namespace; on the host the sentry runs as the container's range.
 //
 // # Images
 //

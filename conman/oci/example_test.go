@@ -24,7 +24,7 @@ func Example() {
 	}
 	rt, err := oci.New(oci.Config{
 		Binary:   "runsc",
-		Args:     []string{"--platform=ptrace"},
+		Args:     []string{"--platform=systrap"},
 		StateDir: state,
 		Image:    layout + "@base",
 	})

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -133,6 +134,19 @@ type persisted struct {
 	Killed    bool          `json:"killed,omitempty"`
 }
 
+// minGVisor is the oldest gVisor the Runtime drives (google/gvisor#12692: the OCI seccomp
+// profile also covers exec'd processes).
+const minGVisor = "20260301"
+
+// gvisorDate returns the date (YYYYMMDD) in a runsc --version line ("runsc version
+// release-20260901.0", "runsc version 0.0~20221219.0"), or "" if it names none.
+func gvisorDate(version string) string {
+	if m := regexp.MustCompile(`(?:^|[^0-9])(20[0-9]{6})(?:[^0-9]|$)`).FindStringSubmatch(version); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
 // New returns a Runtime over cfg.Binary and recovers the containers recorded in cfg.StateDir:
 // those whose shim still runs are watched again, the others are marked exited.
 func New(cfg Config) (*Runtime, error) {
@@ -212,6 +226,9 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	if r.log == nil {
 		r.log = slog.Default()
+	}
+	if d := gvisorDate(version); r.gvisor && d != "" && d < minGVisor {
+		return nil, fmt.Errorf("%w: oci: %s is a gVisor from %s: it does not apply the seccomp profile to exec'd processes nor take a user namespace; use one from %s on", conman.ErrInvalid, bin, d, minGVisor)
 	}
 	if r.gvisor && !slices.ContainsFunc(cfg.Args, func(a string) bool { return strings.HasPrefix(strings.TrimLeft(a, "-"), "network") }) {
 		r.cfg.Args = append(slices.Clip(cfg.Args), "--network=host")
@@ -302,13 +319,11 @@ func (r *Runtime) Create(ctx context.Context, id string, spec conman.Spec) error
 	r.containers[id] = c // reserves the id
 	r.mu.Unlock()
 
-	if !r.gvisor {
-		if c.p.Slot, err = r.slots.Acquire(id, -1); err != nil {
-			r.mu.Lock()
-			delete(r.containers, id)
-			r.mu.Unlock()
-			return err
-		}
+	if c.p.Slot, err = r.slots.Acquire(id, -1); err != nil {
+		r.mu.Lock()
+		delete(r.containers, id)
+		r.mu.Unlock()
+		return err
 	}
 	c.p.Status.Isolation = r.isolation(c.p.Slot)
 	if err := c.create(); err != nil {
@@ -354,7 +369,7 @@ func (r *Runtime) uidBase(slot int) uint32 { return r.cfg.UIDBase + uint32(slot)
 
 func (r *Runtime) isolation(slot int) string {
 	if r.gvisor {
-		return fmt.Sprintf("%s (%s): gVisor sandbox; namespaces pid,mnt,uts,ipc,net; caps and seccomp docker-default; cgroup %s", r.version, strings.Join(r.cfg.Args, " "), r.cg.version())
+		return fmt.Sprintf("%s (%s): gVisor sandbox in user namespace %d+%d; namespaces pid,mnt,uts,ipc,net; caps and seccomp docker-default; cgroup %s", r.version, strings.Join(r.cfg.Args, " "), r.uidBase(slot), idRange, r.cg.version())
 	}
 	return fmt.Sprintf("%s: user namespace %d+%d; namespaces pid,mnt,uts,ipc,net,cgroup; caps and seccomp docker-default; no_new_privs; read-only root; cgroup %s", r.version, r.uidBase(slot), idRange, r.cg.version())
 }
@@ -829,6 +844,13 @@ func (r *Runtime) Close() error {
 	}
 	r.wg.Wait()
 	os.Remove(r.runDir) // when no container runs
+	if r.gvisor {
+		// runsc pins an empty network namespace for its gofers at <root>/null-netns (a bind
+		// mount), which would keep StateDir from being removed. Running gofers hold their own
+		// reference; runsc pins a new one when it next needs it.
+		for unix.Unmount(filepath.Join(r.cfg.StateDir, "runtime", "null-netns"), unix.MNT_DETACH) == nil {
+		}
+	}
 	return nil
 }
 

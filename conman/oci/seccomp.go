@@ -4,6 +4,7 @@ package oci
 
 import (
 	"runtime"
+	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -103,6 +104,21 @@ func DefaultSeccomp() *specs.LinuxSeccomp {
 		},
 		specs.LinuxSyscall{Names: []string{"clone3"}, Action: specs.ActErrno, ErrnoRet: &enosys},
 	)
+	return s
+}
+
+// gvisorSeccomp is DefaultSeccomp for gVisor's --oci-seccomp, which returns EPERM for every
+// SCMP_ACT_ERRNO rule whatever its errno: there clone3 is SCMP_ACT_TRACE instead, which fails
+// with ENOSYS when no tracer is attached (as on Linux), and none can be (ptrace is not
+// allowed). C libraries fall back to clone only on ENOSYS: with EPERM, glibc's
+// pthread_create fails, and so does every threaded program.
+func gvisorSeccomp() *specs.LinuxSeccomp {
+	s := DefaultSeccomp()
+	for i, sc := range s.Syscalls {
+		if slices.Equal(sc.Names, []string{"clone3"}) {
+			s.Syscalls[i] = specs.LinuxSyscall{Names: sc.Names, Action: specs.ActTrace}
+		}
+	}
 	return s
 }
 

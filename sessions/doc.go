@@ -10,6 +10,11 @@
 // and keepalives. Every attempt ends in exactly one outcome stage (StageOK, StageToken, …), the
 // basis of a session-success SLO.
 //
+// A client that speaks SubprotocolV2 keeps its session when conman's side ends under it (a VM
+// roll, conman dying, restarting or upgrading in place): the proxy resumes the same shell where
+// conman still holds it, or places the repl again and attaches a new shell, within
+// Config.ReattachTimeout, and tells the client in band with a Notice.
+//
 // A Proxy never binds a port. Serve it with an http.Server — behind a handover.Server for
 // deploys without a lost connection — and drain it with Proxy.Shutdown after the server's own
 // shutdown: the standard library does not track hijacked connections, and a session may run

@@ -255,6 +255,8 @@ type LoopBudget struct {
 // (close 1009), pings each leg to find dead peers, supports an idle timeout, and sends clean
 // close codes of its own. Both relay close codes unchanged and never send 1005, 1006 or 1015;
 // when conman's connection breaks without a close frame the client gets 1014 (bad gateway).
+// Sessions that speak SubprotocolV2 are relayed as in Frame mode whatever Mode says, since the
+// proxy must own the client's WebSocket to keep it while conman's leg is replaced.
 //
 // # Drain
 //

@@ -739,11 +739,15 @@ func TestPlatformProcesses(t *testing.T) {
 	}
 
 	// A conman VM process dies (kill -9): it is started again, on its address, and adopts the
-	// container it left; nothing else stops, and the repl keeps serving from one container.
+	// container it left; nothing else stops, and the repl keeps serving from one container. A
+	// switchyard.v2 session on that VM stays open: Eval re-attaches it (the shell died with
+	// conman, so it is a new one) and says so.
+	sv2 := openSessionV2(ctx, t, lc, "replbot/blog")
+	vmName := sv2.run(ctx, t, "echo MARK-$SWITCHYARD_VM")
 	vmPid := pidRE.FindStringSubmatch(strings.Join(slices.DeleteFunc(slices.Clone(pp.banner), func(l string) bool {
-		return !strings.Contains(l, "vm a-vm1 ")
+		return !strings.Contains(l, "vm "+vmName+" ")
 	}), "\n"))
-	require.Len(t, vmPid, 2, "a-vm1's pid in the banner")
+	require.Len(t, vmPid, 2, "%s's pid in the banner", vmName)
 	pid, err := strconv.Atoi(vmPid[1])
 	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
@@ -754,8 +758,21 @@ func TestPlatformProcesses(t *testing.T) {
 			t.Fatalf("the killed conman was not restarted: %s", stderr.String())
 		}
 	}
+	n := sv2.waitNotice(ctx, t, sessions.NoticeRestarted)
+	require.Equal(t, n.VM, sv2.run(ctx, t, "echo MARK-$SWITCHYARD_VM"))
+	t.Logf("the v2 session on %s restarted on %s after its conman was killed", vmName, n.VM)
+	sv2.close()
 	require.Contains(t, getPage(t, "127.80.1.1:8080", host), "cluster <b>a</b>")
-	require.Len(t, demoApps(t), 1, "the restarted conman adopted the container")
+	// The restarted conman adopted the container it left. If Eval moved the session to the
+	// other VM meanwhile, the repl runs there now, and the adopted one is an orphan its conman
+	// stops (conman.Config.OrphanGrace, 5 s here): one container remains either way.
+	for len(demoApps(t)) != 1 {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("the repl runs twice (demo apps %v): %s", demoApps(t), stderr.String())
+		}
+	}
 	for p := range pids {
 		if p != vmPid[1] {
 			_, err := os.Stat("/proc/" + p)

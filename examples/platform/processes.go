@@ -342,7 +342,10 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 		Placement:         placement.NewVMClient(f.controlplane, f.id, vmCred, nil),
 		VM:                placement.VM{ID: f.id, Cluster: f.cluster, Addr: "http://" + addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
 		HeartbeatInterval: time.Second,
-		Logger:            f.log.With("vm", f.id),
+		// A repl Eval moved away while this conman was down (it re-attached a session elsewhere)
+		// keeps running here once the restarted conman adopts it: stop it soon.
+		OrphanGrace: 5 * time.Second,
+		Logger:      f.log.With("vm", f.id),
 	})
 	if err != nil {
 		return c, err

@@ -108,8 +108,11 @@ func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
 		Placement:         placement.NewVMClient(c.controlplaneURL(), v.id, placement.VMCredential(c.vmSecret, v.id), nil),
 		VM:                placement.VM{ID: v.id, Cluster: c.id, Addr: v.addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
 		HeartbeatInterval: time.Second,
-		Registerer:        c.p.vmRegisterer(c.id, v.id),
-		Logger:            log.With("component", "conman"),
+		// A repl Eval moved away while this conman was down (it re-attached a session elsewhere)
+		// keeps running here once the restarted conman adopts it: stop it soon.
+		OrphanGrace: 5 * time.Second,
+		Registerer:  c.p.vmRegisterer(c.id, v.id),
+		Logger:      log.With("component", "conman"),
 	})
 	if err != nil {
 		v.rt.Close()

@@ -86,6 +86,25 @@
 // gets SIGTERM and Config.StopGrace before SIGKILL, and the repls are released. Close instead
 // leaves the containers running for the next conman process to adopt (an in-place upgrade).
 //
+// # Upgrade in place
+//
+// A new conman binary takes over from the running one on the same VM without a client seeing
+// a close. The new process connects to a root-only unix socket the old one listens on (in the
+// VM's state directory); the old one stops serving requests (duplicating its listener first),
+// then Server.Handoff sends, with SCM_RIGHTS: every shell's process (for conman/process: the
+// connection to the container's init, which kills the shell when it hangs up, and the pty
+// master), its output ring and offset, every live attach connection stopped between two
+// WebSocket frames with the bytes read but not consumed, and the listener. The new process
+// calls ReceiveHandoff, creates its Runtime over the same state, and New with Config.Inherit:
+// it adopts the containers, the shells and the connections and serves the listener; the old
+// process exits. A shell keeps its cwd, its jobs and its recent output; its peer (Eval, then the
+// client) sees a pause. Runtimes whose processes are not Handoffers (conman/oci) lose their
+// shells: conman kills them and closes their attaches with 1012, as a restart does. A
+// connection caught in a write that does not finish within two seconds is cut instead, and its
+// peer resumes the session by id. Hosting requests in flight on the old process are answered
+// before it hands over (bounded by the caller's context); forwarded app WebSockets are not
+// handed over.
+//
 // # Metrics
 //
 // With Config.Registerer: switchyard_conman_containers (gauge), switchyard_conman_container_starts_total{result},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"time"
 )
@@ -181,6 +182,35 @@ type Dialer interface {
 	// DialContainer connects to TCP port on the container's loopback. ErrNotRunning if the
 	// container does not run.
 	DialContainer(ctx context.Context, id string, port int) (net.Conn, error)
+}
+
+// ProcessHandoff is a process on its way from one conman process to its successor on the same
+// VM (an upgrade in place): the descriptors that keep it alive and whatever else the runtime
+// needs, opaque to conman. conman sends both over a unix socket (SCM_RIGHTS).
+type ProcessHandoff struct {
+	Files []*os.File
+	State []byte
+}
+
+// Handoffer is implemented by Processes that can be handed to another conman process without
+// the process noticing (a shell keeps its pty, its jobs and its cwd). conman hands over TTY
+// processes only. Runtimes whose processes do not implement it lose them in an upgrade in
+// place: conman kills them and closes their attach connections with 1012, as a restart does.
+type Handoffer interface {
+	// Handoff stops the Process's own goroutines and makes a pending or later Read of Stdout
+	// fail with os.ErrDeadlineExceeded, without losing a byte (what was not read stays in the
+	// pty), and returns duplicates of its descriptors. The caller passes them on and closes
+	// them; it then closes the Process, which releases this copy without killing the process.
+	// An error (the process exited meanwhile) leaves the Process as it was.
+	Handoff() (ProcessHandoff, error)
+}
+
+// Adopter is implemented by runtimes that can take over a process handed off by the same
+// runtime in another conman process (Handoffer). Adopt validates everything it is given (the
+// descriptors must be what the state says, for a container that runs here) and takes
+// ownership of h.Files, closing them on error too.
+type Adopter interface {
+	AdoptProcess(ctx context.Context, id string, h ProcessHandoff) (Process, error)
 }
 
 // WindowSize is a terminal size in character cells.

@@ -126,6 +126,11 @@ type Config struct {
 	// is killed. Zero means 16.
 	MaxDetachedPerRepl int
 
+	// Inherit, from ReceiveHandoff, makes this Server the successor of another conman process
+	// on the VM (an upgrade in place): New adopts its shells and live attach connections. Nil
+	// means none.
+	Inherit *Inheritance
+
 	// Placement, when set, runs the agent: it registers VM, heartbeats every HeartbeatInterval,
 	// releases repls whose containers exit, and marks the VM draining on Shutdown.
 	// *placement.Controlplane and *placement.Client satisfy it.
@@ -301,6 +306,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.adopt(ctx); err != nil {
 		s.cancel()
 		return nil, err
+	}
+	if cfg.Inherit != nil {
+		s.inherit(ctx, cfg.Inherit)
 	}
 	s.registered = make(chan struct{})
 	if cfg.Placement == nil {

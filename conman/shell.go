@@ -37,6 +37,7 @@ type shell struct {
 	gen      int         // detach generation: a stale expiry timer does nothing
 	seq      uint64      // detach order among the server's shells (the cap kills the lowest)
 	timer    *time.Timer // expiry while detached
+	deadline time.Time   // when a detached shell expires
 	ended    bool        // the shell is gone; code and reason say why
 	code     int
 	reason   string
@@ -180,7 +181,7 @@ func (sh *shell) pump(s *Server) pumpResult {
 	out := sh.proc.Stdout()
 	for {
 		sh.mu.Lock()
-		for sh.att != nil && sh.out.produced-sh.att.pos > sh.keep {
+		for sh.att != nil && sh.out.produced-sh.att.pos > sh.keep && !sh.handoff {
 			ch := sh.changed
 			sh.mu.Unlock()
 			select {
@@ -190,7 +191,11 @@ func (sh *shell) pump(s *Server) pumpResult {
 			}
 			sh.mu.Lock()
 		}
+		handoff := sh.handoff
 		sh.mu.Unlock()
+		if handoff {
+			return pumpResult{handoff: true}
+		}
 		n, err := out.Read(buf)
 		if n > 0 {
 			sh.mu.Lock()
@@ -202,7 +207,7 @@ func (sh *shell) pump(s *Server) pumpResult {
 			continue
 		}
 		sh.mu.Lock()
-		handoff := sh.handoff
+		handoff = sh.handoff
 		sh.mu.Unlock()
 		if handoff && errors.Is(err, os.ErrDeadlineExceeded) {
 			return pumpResult{handoff: true}
@@ -418,6 +423,7 @@ func (s *Server) detach(sh *shell, att *attachment) {
 	sh.detached = true
 	sh.gen++
 	gen := sh.gen
+	sh.deadline = time.Now().Add(s.cfg.ResumeWindow)
 	sh.timer = time.AfterFunc(s.cfg.ResumeWindow, func() { s.expire(sh, gen) })
 	sh.broadcast()
 	sh.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -117,6 +118,7 @@ type proc struct {
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+	handoff   atomic.Bool // Handoff stopped readExit
 }
 
 func (p *proc) readExit() {
@@ -124,6 +126,10 @@ func (p *proc) readExit() {
 	defer close(p.done)
 	b := make([]byte, 512)
 	n, err := p.conn.Read(b)
+	if err != nil && p.handoff.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+		p.err = errHandedOff
+		return
+	}
 	if err != nil {
 		p.err = fmt.Errorf("process: lost the container's init: %w", err)
 		return

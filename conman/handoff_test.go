@@ -1,0 +1,193 @@
+package conman_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/conman/process"
+)
+
+// generation is one conman "process" of an upgrade chain: a runtime, a Server and its HTTP
+// server, over a shared state directory and listening socket.
+type generation struct {
+	rt  *process.Runtime
+	srv *conman.Server
+	hs  *http.Server
+	ln  net.Listener
+	err chan error
+}
+
+func startGeneration(t *testing.T, stateDir string, ln net.Listener, in *conman.Inheritance) *generation {
+	t.Helper()
+	rt, err := process.New(process.Config{StateDir: stateDir, CgroupParent: "switchyard-test-conman"})
+	require.NoError(t, err)
+	srv, err := conman.New(context.Background(), conman.Config{Runtime: rt, Credential: testCredential, Inherit: in, StopGrace: time.Second})
+	require.NoError(t, err)
+	g := &generation{rt: rt, srv: srv, hs: &http.Server{Handler: srv}, ln: ln, err: make(chan error, 1)}
+	go func() { g.err <- g.hs.Serve(ln) }()
+	return g
+}
+
+// socketPair returns the two ends of a unix stream socket pair.
+func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	conn := func(fd int) *net.UnixConn {
+		f := os.NewFile(uintptr(fd), "pair")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		require.NoError(t, err)
+		return c.(*net.UnixConn)
+	}
+	return conn(fds[0]), conn(fds[1])
+}
+
+// upgrade hands g over to a new generation, as a new conman binary would take over.
+func (g *generation) upgrade(t *testing.T, stateDir string) *generation {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	lnFile, err := g.ln.(*net.TCPListener).File()
+	require.NoError(t, err)
+	defer lnFile.Close()
+	// Stop serving requests (hijacked attach connections are not the http.Server's).
+	require.NoError(t, g.hs.Shutdown(ctx))
+	require.ErrorIs(t, <-g.err, http.ErrServerClosed)
+	a, b := socketPair(t)
+	defer a.Close()
+	defer b.Close()
+	handed := make(chan error, 1)
+	go func() { handed <- g.srv.Handoff(ctx, a, lnFile) }()
+	in, err := conman.ReceiveHandoff(ctx, b)
+	require.NoError(t, err)
+	require.NoError(t, <-handed)
+	require.NoError(t, g.rt.Close())
+	require.Len(t, in.Files, 1)
+	ln, err := net.FileListener(in.Files[0])
+	require.NoError(t, err)
+	in.Files[0].Close()
+	return startGeneration(t, stateDir, ln, in)
+}
+
+func (g *generation) stop(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, g.srv.Shutdown(ctx))
+	require.NoError(t, g.hs.Shutdown(ctx))
+	sts, _ := g.rt.List(ctx)
+	for _, st := range sts {
+		_ = g.rt.Stop(ctx, st.ID, 0)
+		_ = g.rt.Remove(ctx, st.ID)
+	}
+	require.NoError(t, g.rt.Close())
+}
+
+func TestHandoffKeepsLiveConnectionsAndShells(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	stateDir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	g := startGeneration(t, stateDir, ln, nil)
+	base := "ws://" + ln.Addr().String()
+	dial := func(query string) (*websocket.Conn, *http.Response, *term) {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		c, resp, err := websocket.Dial(ctx, base+"/v1/repls/up1/attach"+query, &websocket.DialOptions{
+			HTTPHeader: http.Header{conman.HeaderCredential: {testCredential}},
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { c.CloseNow() })
+		return c, resp, readTerm(c)
+	}
+	live, _, tm := dial("")
+	send(t, live, "cd /tmp; X=42; sleep 1000 & echo STARTED-$X\n")
+	tm.waitFor(t, "STARTED-42\r\n")
+
+	// A second shell whose connection broke: it is handed over detached and resumes later.
+	wctx, wcancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer wcancel()
+	var raw net.Conn
+	detached, resp, err := websocket.Dial(wctx, base+"/v1/repls/up1/attach", &websocket.DialOptions{
+		HTTPHeader: http.Header{conman.HeaderCredential: {testCredential}},
+		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, n, a string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, n, a)
+			raw = c
+			return c, err
+		}}},
+	})
+	require.NoError(t, err)
+	dsid := resp.Header.Get(conman.HeaderSession)
+	dtm := readTerm(detached)
+	send(t, detached, "Y=7; echo SECOND-$Y\n")
+	dtm.waitFor(t, "SECOND-7\r\n")
+	require.NoError(t, raw.Close())
+	<-dtm.closed
+	got := dtm.String()
+
+	for i := range 2 {
+		g = g.upgrade(t, stateDir)
+		send(t, live, "echo $X; pwd; jobs\n")
+		tm.waitFor(t, "42\r\n/tmp\r\n")
+		tm.waitFor(t, "sleep 1000")
+		select {
+		case <-tm.closed:
+			t.Fatalf("upgrade %d closed the live connection: %v", i, tm.err)
+		default:
+		}
+	}
+	// The detached shell resumes at the second successor, with its variable.
+	c, resp, rtm := dial("?resume=" + dsid + "&offset=" + strconv.Itoa(len(got)))
+	require.Equal(t, dsid, resp.Header.Get(conman.HeaderSession))
+	send(t, c, "echo AGAIN-$Y\n")
+	rtm.waitFor(t, "AGAIN-7\r\n")
+
+	// A clean close still ends the shell; the successor drains as any conman.
+	require.NoError(t, live.Close(websocket.StatusNormalClosure, ""))
+	g.stop(t)
+	require.Equal(t, websocket.StatusServiceRestart, rtm.closeStatus(t))
+}
+
+func TestReceiveHandoffRefusesGarbage(t *testing.T) {
+	tests := []struct {
+		name  string
+		bytes string
+	}{
+		{"not a record", "hello world, this is not a header"},
+		{"record too large", "\xff\xff\xff\xff\x00"},
+		{"header claims descriptors", "\x00\x00\x00\x02\x03{}"},
+		{"wrong first record", "\x00\x00\x00\x0f\x00{\"kind\":\"end\"}"},
+		{"wrong version", "\x00\x00\x00\x1c\x00{\"kind\":\"hello\",\"version\":9}"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := socketPair(t)
+			defer a.Close()
+			defer b.Close()
+			_, err := a.Write([]byte(tt.bytes))
+			require.NoError(t, err)
+			a.CloseWrite()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err = conman.ReceiveHandoff(ctx, b)
+			require.Error(t, err)
+			require.False(t, errors.Is(err, context.DeadlineExceeded), "refused at once, not timed out: %v", err)
+		})
+	}
+}
+

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,8 +31,10 @@ type PacketServer struct {
 	Handler *Handler
 	// Conns are the sockets to serve (see ListenUDP). Required.
 	Conns []*net.UDPConn
-	// AnswerTTL is how long an answer is reused: a directory change (a move) reaches clients
-	// at most this late, on top of the DNS TTL. Zero means 2 s; negative disables the cache.
+	// AnswerTTL is how long an answer is reused: without Version, a directory change (a move)
+	// reaches clients at most this late, on top of the DNS TTL. Zero means 2 s without Version
+	// and 1 minute with it (Version then drops changed answers at once; the TTL only bounds
+	// what a Version that misses a change could cost). Negative disables the cache.
 	AnswerTTL time.Duration
 	// Version, if set, is read once per batch of packets: when its value changes, every
 	// reused answer is dropped, so a directory change shows in the next answer. Give it the
@@ -41,12 +44,20 @@ type PacketServer struct {
 	// Batch is how many packets one system call reads or writes. Zero means 64.
 	Batch int
 	// CacheEntries bounds each socket's cache; when it is full, a new answer replaces a random
-	// one. Zero means 65,536.
+	// one. Zero means 131,072 (about 25 MB per socket when full).
 	CacheEntries int
+	// Blocking (Linux) reads each socket with a blocking recvmmsg on an OS thread of the loop's
+	// own (runtime.LockOSThread; the thread ends with the loop) instead of waiting in Go's
+	// netpoller: no epoll and no goroutine park between batches. The sockets are switched to
+	// blocking mode with a 250 ms receive timeout, so closing one directly still ends its loop
+	// within that time; Shutdown wakes the loops at once. Elsewhere it has no effect.
+	Blocking bool
 
-	mu     sync.Mutex
-	wg     sync.WaitGroup
-	closed bool
+	mu      sync.Mutex
+	wg      sync.WaitGroup
+	closed  bool
+	closing atomic.Bool // read by the loops: a read of nothing means stop
+	tids    chan int    // tests: the loops' thread IDs when Blocking
 }
 
 // ListenUDP opens n UDP sockets on addr with SO_REUSEPORT, for a PacketServer (one per core).
@@ -104,7 +115,9 @@ func (s *PacketServer) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	s.closing.Store(true)
 	for _, c := range s.Conns {
+		wake(c) // a loop blocked in a read returns from it
 		c.Close()
 	}
 	done := make(chan struct{})
@@ -121,7 +134,7 @@ func (s *PacketServer) Shutdown(ctx context.Context) error {
 type answerCache struct {
 	ttl     time.Duration
 	max     int
-	entries map[string]*cachedAnswer
+	entries map[string]cachedAnswer
 	version uint64
 }
 
@@ -181,15 +194,15 @@ func cacheable(q []byte) bool {
 	return true
 }
 
-func (c *answerCache) get(key []byte, now time.Time) *cachedAnswer {
-	e := c.entries[string(key)]
-	if e == nil || now.After(e.expires) {
-		return nil
+func (c *answerCache) get(key []byte, now time.Time) (cachedAnswer, bool) {
+	e, ok := c.entries[string(key)]
+	if !ok || now.After(e.expires) {
+		return cachedAnswer{}, false
 	}
-	return e
+	return e, true
 }
 
-func (c *answerCache) put(key string, e *cachedAnswer) {
+func (c *answerCache) put(key string, e cachedAnswer) {
 	if len(c.entries) >= c.max {
 		// Full: forget one answer, whichever a map iteration yields first (its start is random).
 		// Clearing the whole cache instead made a working set just above max miss every time.
@@ -239,7 +252,7 @@ func (s *PacketServer) answer(c *answerCache, w *packetWriter, q []byte, ip neti
 	h := s.Handler
 	reuse := cacheable(q) // the key is q[2:]: looked up without a copy, copied only to insert
 	if reuse && c != nil {
-		if e := c.get(q[2:], now); e != nil {
+		if e, ok := c.get(q[2:], now); ok {
 			if h.rrl != nil {
 				switch h.rrl.decide(ip.Addr(), e.class) {
 				case rrlDrop:
@@ -276,7 +289,7 @@ func (s *PacketServer) answer(c *answerCache, w *packetWriter, q []byte, ip neti
 		if rcode == dns.RcodeSuccess || rcode == dns.RcodeNameError {
 			resp := make([]byte, w.n)
 			copy(resp, w.out[:w.n])
-			c.put(string(q[2:]), &cachedAnswer{resp: resp, expires: now.Add(s.ttl()), class: answerClass(req, rcode, h), qtype: req.Question[0].Qtype, rcode: rcode})
+			c.put(string(q[2:]), cachedAnswer{resp: resp, expires: now.Add(s.ttl()), class: answerClass(req, rcode, h), qtype: req.Question[0].Qtype, rcode: rcode})
 		}
 	}
 	return w.n
@@ -351,6 +364,9 @@ func formErr(out, q []byte) int {
 
 func (s *PacketServer) ttl() time.Duration {
 	if s.AnswerTTL == 0 {
+		if s.Version != nil {
+			return time.Minute
+		}
 		return 2 * time.Second
 	}
 	return s.AnswerTTL
@@ -362,7 +378,7 @@ func (s *PacketServer) newCache() *answerCache {
 	}
 	max := s.CacheEntries
 	if max <= 0 {
-		max = 1 << 16
+		max = 1 << 17
 	}
-	return &answerCache{ttl: s.ttl(), max: max, entries: make(map[string]*cachedAnswer)}
+	return &answerCache{ttl: s.ttl(), max: max, entries: make(map[string]cachedAnswer)}
 }

@@ -9,6 +9,8 @@ import (
 
 func setReusePort(uintptr) error { return nil }
 
+func wake(*net.UDPConn) {}
+
 // serve is the portable loop: one packet at a time.
 func (s *PacketServer) serve(conn *net.UDPConn) {
 	cache := s.newCache()

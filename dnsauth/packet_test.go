@@ -2,6 +2,7 @@ package dnsauth_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -16,12 +17,17 @@ import (
 
 // servePackets runs a PacketServer with n SO_REUSEPORT sockets until the test ends.
 func servePackets(t *testing.T, h *dnsauth.Handler, n int, ttl time.Duration) string {
+	return servePacketsWith(t, h, n, ttl, false)
+}
+
+// servePacketsWith is servePackets, with PacketServer.Blocking as given.
+func servePacketsWith(t *testing.T, h *dnsauth.Handler, n int, ttl time.Duration, blocking bool) string {
 	t.Helper()
 	conns, err := dnsauth.ListenUDP(context.Background(), "127.0.0.1:0", n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := &dnsauth.PacketServer{Handler: h, Conns: conns, AnswerTTL: ttl}
+	ps := &dnsauth.PacketServer{Handler: h, Conns: conns, AnswerTTL: ttl, Blocking: blocking}
 	done := make(chan error, 1)
 	go func() { done <- ps.Serve() }()
 	t.Cleanup(func() {
@@ -39,8 +45,14 @@ func servePackets(t *testing.T, h *dnsauth.Handler, n int, ttl time.Duration) st
 // from the Handler then from its cache, the answer miekg/dns's server gives with the same
 // Handler, ID and question case included.
 func TestPacketServerAnswersAsTheHandler(t *testing.T) {
+	for _, blocking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("blocking=%v", blocking), func(t *testing.T) { testAnswersAsTheHandler(t, blocking) })
+	}
+}
+
+func testAnswersAsTheHandler(t *testing.T, blocking bool) {
 	h := newHandler(t, dnsauth.Config{Zones: testZones(), Directory: fixture()})
-	fast := servePackets(t, h, 2, time.Minute)
+	fast := servePacketsWith(t, h, 2, time.Minute, blocking)
 	ref := serve(t, h)
 	withEDNS := func(m *dns.Msg) *dns.Msg { m.SetEdns0(1232, true); return m }
 	withCookie := func(m *dns.Msg) *dns.Msg {
@@ -127,10 +139,16 @@ func TestPacketServerVersion(t *testing.T) {
 // TestPacketServerLimits: RRL applies to answers from the cache too; garbage gets FORMERR or
 // nothing, never a crash.
 func TestPacketServerLimits(t *testing.T) {
+	for _, blocking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("blocking=%v", blocking), func(t *testing.T) { testLimits(t, blocking) })
+	}
+}
+
+func testLimits(t *testing.T, blocking bool) {
 	reg := prometheus.NewPedanticRegistry()
 	h := newHandler(t, dnsauth.Config{Zones: testZones(), Directory: fixture(), Registerer: reg,
 		RRL: &dnsauth.RRL{ResponsesPerSecond: 20, Slip: 2}})
-	fast := servePackets(t, h, 1, time.Minute)
+	fast := servePacketsWith(t, h, 1, time.Minute, blocking)
 	to, _ := net.ResolveUDPAddr("udp", fast)
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP("127.0.0.1")})
 	if err != nil {

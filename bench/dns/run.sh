@@ -9,6 +9,8 @@
 #   dnsauth  dnsauth over an in-process lore Directory of REPLS repls (bench/dns/server -mode dnsauth)
 #   packet   the same dnsauth Handler on dnsauth.PacketServer for UDP (batched recvmmsg/sendmmsg,
 #            answers reused for 2 s; TCP as dnsauth)     (bench/dns/server -mode dnsauth -packet)
+#   blocking the same with PacketServer.Blocking: a blocking recvmmsg on a locked OS thread
+#            instead of Go's netpoller                (... -packet -blocking)
 #   nsd      NSD with a zone file of the same shape (REPLS names with A and AAAA)
 # Query mix (QUERIES lines, repeated for DURATION s): 80% A and 10% AAAA of random repl names,
 # 10% A of names that do not exist (NXDOMAIN). Over UDP and TCP; ROUNDS rounds, servers
@@ -31,7 +33,9 @@ PORT_BARE=${PORT_BARE:-5390}
 PORT_DNSAUTH=${PORT_DNSAUTH:-5391}
 PORT_NSD=${PORT_NSD:-5392}
 PORT_PACKET=${PORT_PACKET:-5393}
+PORT_BLOCKING=${PORT_BLOCKING:-5394}
 MODES=${MODES:-udp tcp}
+SERVERS=${SERVERS:-bare dnsauth packet blocking nsd} # which of them to measure (all are started)
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
@@ -116,15 +120,18 @@ taskset -c "$SERVER_CPU" nsd -d -c "$work/nsd.conf" > "$work/nsd.out" 2>&1 &
 pids+=($!)
 GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode dnsauth -packet -repls "$REPLS" -addr "127.0.0.1:$PORT_PACKET" > "$work/packet.log" 2>&1 &
 pids+=($!)
-wait_ready "$PORT_BARE"; wait_ready "$PORT_DNSAUTH"; wait_ready "$PORT_NSD"; wait_ready "$PORT_PACKET"
+GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$work/server" -mode dnsauth -packet -blocking -repls "$REPLS" -addr "127.0.0.1:$PORT_BLOCKING" > "$work/blocking.log" 2>&1 &
+pids+=($!)
+wait_ready "$PORT_BARE"; wait_ready "$PORT_DNSAUTH"; wait_ready "$PORT_NSD"; wait_ready "$PORT_PACKET"; wait_ready "$PORT_BLOCKING"
 
 # Check the answers before measuring them: same rcodes from dnsauth and NSD.
 for q in "s12345.o1234.$ZONE A" "s12345.o1234.$ZONE AAAA" "nx1.o0.$ZONE A"; do
   a=$(dig +norec -p "$PORT_DNSAUTH" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
   n=$(dig +norec -p "$PORT_NSD" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
   k=$(dig +norec -p "$PORT_PACKET" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
-  echo "   $q: dnsauth $a, packet $k, nsd $n"
-  [ "$a" = "$n" ] && [ "$k" = "$n" ] || { echo "run.sh: dnsauth and NSD disagree on $q" >&2; exit 1; }
+  b=$(dig +norec -p "$PORT_BLOCKING" @127.0.0.1 $q | grep -o 'status: [A-Z]*')
+  echo "   $q: dnsauth $a, packet $k, blocking $b, nsd $n"
+  [ "$a" = "$n" ] && [ "$k" = "$n" ] && [ "$b" = "$n" ] || { echo "run.sh: dnsauth and NSD disagree on $q" >&2; exit 1; }
 done
 
 # cpu_ticks PID: CPU time (utime+stime, clock ticks) of PID and all its descendants (NSD's
@@ -148,13 +155,13 @@ hz=$(getconf CLK_TCK)
 # (/proc/stat's steal column, all CPUs). A round with steal measured the host, not the servers.
 steal_ticks() { awk '/^cpu / {print $9; exit}' /proc/stat; }
 
-declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD [packet]=$PORT_PACKET)
-declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [nsd]=${pids[2]} [packet]=${pids[3]})
+declare -A port=([bare]=$PORT_BARE [dnsauth]=$PORT_DNSAUTH [nsd]=$PORT_NSD [packet]=$PORT_PACKET [blocking]=$PORT_BLOCKING)
+declare -A pid=([bare]=${pids[0]} [dnsauth]=${pids[1]} [nsd]=${pids[2]} [packet]=${pids[3]} [blocking]=${pids[4]})
 results="$work/results.txt"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
   for mode in $MODES; do
-    for srv in bare dnsauth packet nsd; do
+    for srv in $SERVERS; do
       t0=$(cpu_ticks "${pid[$srv]}")
       s0=$(steal_ticks)
       out=$(taskset -c "$CLIENT_CPU" dnsperf -m "$mode" -s 127.0.0.1 -p "${port[$srv]}" -d "$work/queries.txt" \
@@ -175,13 +182,14 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 median() { sort -n | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-echo "== medians over $ROUNDS rounds of ${DURATION}s (ratio to bare)"
+first=${SERVERS%% *}
+echo "== medians over $ROUNDS rounds of ${DURATION}s (ratio to $first)"
 printf "%-4s %-10s %10s %6s %14s %6s\n" mode server qps ratio "q/server-cpu-s" ratio
 for mode in $MODES; do
-  for srv in bare dnsauth packet nsd; do
+  for srv in $SERVERS; do
     q=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $3}' "$results" | median)
     c=$(awk -v m="$mode" -v s="$srv" '$1 == m && $2 == s {print $4}' "$results" | median)
-    [ "$srv" = bare ] && { bq=$q; bc=$c; }
+    [ "$srv" = "$first" ] && { bq=$q; bc=$c; }
     printf "%-4s %-10s %10.0f %5.2fx %14.0f %5.2fx\n" "$mode" "$srv" "$q" "$(awk -v a="$q" -v b="$bq" 'BEGIN {print a / b}')" \
       "$c" "$(awk -v a="$c" -v b="$bc" 'BEGIN {print (b > 0) ? a / b : 0}')"
   done

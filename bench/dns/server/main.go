@@ -39,6 +39,7 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the serving phase to this file")
 	memprofile := flag.String("memprofile", "", "write an allocation profile of the serving phase to this file at exit")
 	flag.BoolVar(&packet, "packet", false, "dnsauth mode: serve UDP with dnsauth.PacketServer (batched system calls, answers reused for 2 s) instead of miekg/dns")
+	flag.BoolVar(&blocking, "blocking", false, "with -packet: read each socket in a blocking recvmmsg on a locked OS thread (PacketServer.Blocking) instead of Go's netpoller")
 	flag.BoolVar(&plainUDP, "plain-udp", false, "hand miekg/dns the UDP socket as a plain net.PacketConn, so it skips the IP_PKTINFO session (fine when bound to one address, not to a wildcard)")
 	flag.Parse()
 	profile, memProfile = *cpuprofile, *memprofile
@@ -52,15 +53,18 @@ var (
 	packet              bool
 	profile, memProfile string
 	plainUDP            bool
+	blocking            bool
 )
 
 func run(mode, addr, zone string, repls int) error {
 	var h dns.Handler
+	var dir *lore.Directory
 	switch mode {
 	case "bare":
 		h = bare()
 	case "dnsauth":
-		dir, err := directory(zone, repls)
+		var err error
+		dir, err = directory(zone, repls)
 		if err != nil {
 			return err
 		}
@@ -89,7 +93,8 @@ func run(mode, addr, zone string, repls int) error {
 		if err != nil {
 			return err
 		}
-		ps := &dnsauth.PacketServer{Handler: dh, Conns: conns}
+		// Reused answers are dropped whenever the directory changes, as examples/platform does.
+		ps := &dnsauth.PacketServer{Handler: dh, Conns: conns, Blocking: blocking, Version: dir.Version}
 		go func() { _ = ps.Serve() }()
 		defer ps.Shutdown(context.Background())
 	} else {

@@ -80,7 +80,9 @@ type Config struct {
 	// Logger receives directory failures (the query answers SERVFAIL), at most one line a second
 	// with the count of failures not logged. Nil: slog.Default().
 	Logger *slog.Logger
-	// Registerer receives the handler's metrics (see the package doc). Nil: no metrics.
+	// Registerer receives the handler's metrics (see the package doc). Nil: no metrics. If it
+	// holds them already (another Handler registered them, or the one a reload replaces), this
+	// Handler counts into the same series.
 	Registerer prometheus.Registerer
 	// RRL limits the rate of UDP answers per client prefix and kind of answer (see RRL).
 	// Nil: no limit.

@@ -1,6 +1,7 @@
 package dnsauth
 
 import (
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -62,10 +63,36 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "switchyard_dnsauth_cookies_total",
 		Help: "Queries with a DNS cookie, by whether their server cookie was valid.",
 	}, []string{"server_cookie"})
-	for _, c := range []prometheus.Collector{queries, m.dropped, m.truncated, m.latency, m.dirErrors, m.rrl, m.cookies} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
+	// A registry that holds them already (another Handler's, or the Handler a configuration
+	// reload replaces) lends its own: the handlers then count into the same series.
+	var err error
+	adopt := func(c prometheus.Collector) prometheus.Collector {
+		if err != nil {
+			return c
 		}
+		if rerr := reg.Register(c); rerr != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(rerr, &are) {
+				err = rerr
+				return c
+			}
+			return are.ExistingCollector
+		}
+		return c
+	}
+	var ok [7]bool
+	queries, ok[0] = adopt(queries).(*prometheus.CounterVec)
+	m.dropped, ok[1] = adopt(m.dropped).(prometheus.Counter)
+	m.truncated, ok[2] = adopt(m.truncated).(prometheus.Counter)
+	m.latency, ok[3] = adopt(m.latency).(prometheus.Histogram)
+	m.dirErrors, ok[4] = adopt(m.dirErrors).(*prometheus.CounterVec)
+	m.rrl, ok[5] = adopt(m.rrl).(*prometheus.CounterVec)
+	m.cookies, ok[6] = adopt(m.cookies).(*prometheus.CounterVec)
+	if err != nil {
+		return nil, err
+	}
+	if ok != [7]bool{true, true, true, true, true, true, true} {
+		return nil, errors.New("dnsauth: a metric of the same name but another kind is registered already")
 	}
 	qnames := make([]string, 0, len(qtypes)+1)
 	for _, t := range qtypes {

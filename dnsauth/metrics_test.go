@@ -61,7 +61,35 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", key, got[key], want)
 		}
 	}
-	if _, err := dnsauth.New(dnsauth.Config{Zones: testZones(), Directory: d, Registerer: reg}); err == nil {
-		t.Error("registering the metrics twice succeeded")
+}
+
+// Two Handlers on one registry (two CoreDNS server blocks, or a reload) count into the same
+// series instead of failing; a metric of the same name and another kind is an error.
+func TestMetricsShared(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	for range 2 {
+		h := newHandler(t, dnsauth.Config{Zones: testZones(), Directory: fixture(), Registerer: reg})
+		h.ServeDNS(&recorder{network: "udp"}, query("blog.replbot.repl.test.", dns.TypeA))
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() == "switchyard_dnsauth_queries_total" {
+			for _, m := range mf.GetMetric() {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if n != 2 {
+		t.Fatalf("two handlers' answers counted %v, want 2", n)
+	}
+
+	other := prometheus.NewRegistry()
+	other.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_dnsauth_dropped_total", Help: "a gauge"}))
+	if _, err := dnsauth.New(dnsauth.Config{Zones: testZones(), Directory: fixture(), Registerer: other}); err == nil {
+		t.Fatal("a gauge named as a dnsauth counter was taken for one")
 	}
 }

@@ -190,4 +190,3 @@ func TestReceiveHandoffRefusesGarbage(t *testing.T) {
 		})
 	}
 }
-

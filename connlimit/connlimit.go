@@ -209,6 +209,10 @@ type conn struct {
 	once    sync.Once
 }
 
+// NetConn returns the connection the listener accepted (as tls.Conn.NetConn does), e.g. to
+// duplicate its descriptor for a handoff to another process.
+func (c *conn) NetConn() net.Conn { return c.Conn }
+
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {

@@ -83,7 +83,12 @@ func (p *Platform) adminRoll(w http.ResponseWriter, r *http.Request, vm string) 
 }
 
 func (p *Platform) requireAdmin(next http.Handler) http.Handler {
-	want := []byte("Bearer " + p.cfg.AdminKey)
+	return requireKey(p.cfg.AdminKey, next)
+}
+
+// requireKey lets through requests carrying "Authorization: Bearer <key>".
+func requireKey(key string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + key)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			writeJSONError(w, http.StatusUnauthorized, "admin key required (Authorization: Bearer <key>)")
@@ -103,7 +108,7 @@ func runAdmin(cmd string, args []string) error {
 	admin := fs.String("admin", "http://127.0.0.1:8401", "platform admin API base URL")
 	adminKey := adminKeyFlag(fs)
 	cluster := fs.String("cluster", "a", "cluster")
-	vm := fs.String("vm", "", "VM to roll (roll only; default the oldest active VM)")
+	vm := fs.String("vm", "", "VM to roll (default the oldest active VM) or upgrade (required)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -113,6 +118,12 @@ func runAdmin(cmd string, args []string) error {
 	}
 	key := &k
 	path := "/v1/clusters/" + *cluster + "/eval/restart"
+	switch {
+	case cmd == "upgrade" && *vm == "":
+		return errors.New("upgrade needs -vm (e.g. -vm a-vm1)")
+	case cmd == "upgrade":
+		path = "/v1/clusters/" + *cluster + "/vms/" + *vm + "/upgrade"
+	}
 	if cmd == "roll" {
 		path = "/v1/clusters/" + *cluster + "/roll"
 		if *vm != "" {

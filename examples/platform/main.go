@@ -9,6 +9,7 @@
 //	go run ./examples/platform owner-key replbot       an owner's sign-in key for the web pages
 //	go run ./examples/platform roll -cluster a         drain a conman VM and replace it
 //	go run ./examples/platform restart-eval -cluster a start a new Eval; the old one drains
+//	go run ./examples/platform upgrade -vm a-vm1       upgrade a VM's conman in place: shells and sessions stay
 //	go run ./examples/platform -processes              one OS process per component, on etcd
 //	go run ./examples/platform run <component> [flags] one component: dns, lore, eval, hosting,
 //	                                                   controlplane or conman (see processes.go)
@@ -60,6 +61,8 @@ func main() {
 		err = runAdmin("roll", args)
 	case "restart-eval":
 		err = runAdmin("restart-eval", args)
+	case "upgrade":
+		err = runAdmin("upgrade", args)
 	case "owner-key":
 		err = runOwnerKey(args)
 	case "web-assets":
@@ -67,10 +70,10 @@ func main() {
 	case demoAppCommand:
 		err = runDemoApp()
 	case "help", "-h", "--help":
-		fmt.Fprintln(os.Stderr, "usage: platform [run [component]|connect|roll|restart-eval|owner-key|web-assets] [flags]; platform <command> -h for flags")
+		fmt.Fprintln(os.Stderr, "usage: platform [run [component]|connect|roll|restart-eval|upgrade|owner-key|web-assets] [flags]; platform <command> -h for flags")
 		return
 	default:
-		err = fmt.Errorf("unknown command %q (run, connect, roll, restart-eval, owner-key, web-assets)", cmd)
+		err = fmt.Errorf("unknown command %q (run, connect, roll, restart-eval, upgrade, owner-key, web-assets)", cmd)
 	}
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "platform:", err)
@@ -103,7 +106,7 @@ func runPlatform(args []string) error {
 	fs.StringVar(&cfg.Zone, "zone", "repl.test", "the platform DNS zone")
 	fs.StringVar(&cfg.DNSAddr, "dns", "127.0.0.1:5353", "dnsauth address (UDP and TCP)")
 	fs.StringVar(&cfg.LoreAddr, "lore", "127.0.0.1:8400", "lore HTTP API address")
-	fs.StringVar(&cfg.AdminAddr, "admin", "127.0.0.1:8401", "platform admin API address (roll VMs, restart Eval; not with -processes)")
+	fs.StringVar(&cfg.AdminAddr, "admin", "127.0.0.1:8401", "platform admin API address (roll VMs, restart Eval, upgrade a VM's conman in place; with -processes only the upgrade)")
 	adminKey := adminKeyFlag(fs)
 	fs.StringVar(&cfg.WebAddr, "web", "127.0.0.1:8402", `web pages address: the workspace (/<owner>/<slug>) and the console (/console); "" for none (not with -processes)`)
 	fs.IntVar(&cfg.VMs, "vms", 2, "conman VMs per cluster")

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,6 +74,7 @@ type componentFlags struct {
 	https        string // hosting: serve HTTPS here too (acme.go)
 	acmeCA       string // hosting: the ACME directory URL
 	acmeCARoot   string // hosting: PEM trusted for the CA's API
+	inherit      bool   // conman: take over from the conman running on this VM (upgrade in place)
 	log          *slog.Logger
 	cli          *clientv3.Client // nil until needed
 }
@@ -80,6 +83,9 @@ type componentFlags struct {
 type component struct {
 	addr string
 	stop group
+	// exit, when closed, ends the component without a signal (a conman that handed over to
+	// its successor). Nil for the others.
+	exit chan struct{}
 }
 
 // runComponent runs one component until SIGINT or SIGTERM, then stops it (bounded by -grace).
@@ -109,6 +115,7 @@ func runComponent(name string, args []string) error {
 	fs.StringVar(&f.https, "https", "", "address to serve HTTPS on too (hosting)")
 	fs.StringVar(&f.acmeCA, "acme-ca", "", "ACME directory URL (hosting, with -https)")
 	fs.StringVar(&f.acmeCARoot, "acme-ca-root", "", "PEM file trusted for the ACME CA's API (hosting)")
+	fs.BoolVar(&f.inherit, "inherit", false, "take over from the conman running on this VM: its listener, shells and live sessions (conman)")
 	var etls EtcdTLS
 	etcdTLSFlags(fs, &etls)
 	if err := fs.Parse(args); err != nil {
@@ -153,8 +160,12 @@ func runComponent(name string, args []string) error {
 		return err
 	}
 	fmt.Printf("ready %s\n", c.addr)
-	sig := <-sigs
-	f.log.Info("stopping", "signal", sig.String())
+	select {
+	case sig := <-sigs:
+		f.log.Info("stopping", "signal", sig.String())
+	case <-c.exit:
+		f.log.Info("handed over to the successor; exiting")
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), f.grace)
 	defer cancel()
 	return c.stop.shutdown(sctx)
@@ -317,18 +328,33 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 	c.stop.add(func(context.Context) error { return store.Close() })
 	// Stopped in reverse: conman drains (its containers stop, its repls are released), the
 	// listener closes, the runtime closes, and the lease is revoked: the VM leaves placement.
+	// After a handoff to a successor nothing drains and the lease is left to the successor.
 	var lease *etcd.VMLease
+	var handedOver atomic.Bool
 	leaseCtx, leaseCancel := context.WithCancel(context.Background())
 	c.stop.add(func(ctx context.Context) error {
 		defer leaseCancel()
-		if lease == nil {
+		if lease == nil || handedOver.Load() {
 			return nil
 		}
 		return lease.Close(ctx)
 	})
-	rt, err := newRuntime(f.runtime, f.isolation, filepath.Join(f.state, "conman", f.id), f.state,
+	vmDir := filepath.Join(f.state, "conman", f.id)
+	var in *conman.Inheritance
+	var inherited net.Listener
+	if f.inherit {
+		var err error
+		if in, inherited, err = receiveConman(ctx, vmDir); err != nil {
+			return c, err
+		}
+	}
+	rt, err := newRuntime(f.runtime, f.isolation, vmDir, f.state,
 		cgroupParent(f.state, f.id), f.log.With("vm", f.id))
 	if err != nil {
+		if in != nil {
+			in.Close()
+			inherited.Close()
+		}
 		return c, err
 	}
 	c.stop.add(func(context.Context) error { return rt.Close() })
@@ -342,21 +368,30 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 		Placement:         placement.NewVMClient(f.controlplane, f.id, vmCred, nil),
 		VM:                placement.VM{ID: f.id, Cluster: f.cluster, Addr: "http://" + addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
 		HeartbeatInterval: time.Second,
-		// A repl Eval moved away while this conman was down (it re-attached a session elsewhere)
-		// keeps running here once the restarted conman adopts it: stop it soon.
-		OrphanGrace: 5 * time.Second,
-		Logger:      f.log.With("vm", f.id),
+		Inherit:           in,
+		Logger:            f.log.With("vm", f.id),
 	})
 	if err != nil {
+		if in != nil {
+			in.Close()
+			inherited.Close()
+		}
 		return c, err
 	}
-	srv, err := serve(ctx, "conman", addr, cm, false)
-	if err != nil {
+	var srv *server
+	if inherited != nil {
+		srv = serveOn("conman", inherited, cm, nil)
+	} else if srv, err = serve(ctx, "conman", addr, cm, false); err != nil {
 		cm.Close()
 		return c, err
 	}
-	c.stop.add(srv.Shutdown)
-	c.stop.add(cm.Shutdown)
+	c.stop.add(func(ctx context.Context) error {
+		if handedOver.Load() {
+			return nil // Handoff stopped it
+		}
+		return srv.Shutdown(ctx)
+	})
+	c.stop.add(cm.Shutdown) // after a handoff the Server is closed: a no-op
 	select {
 	case <-cm.Registered():
 	case <-ctx.Done():
@@ -366,8 +401,111 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 	if err != nil {
 		return c, err
 	}
+	// The successor of an upgrade in place connects here (root-only, in the VM's state
+	// directory).
+	c.exit = make(chan struct{})
+	hl, err := listenHandoff(vmDir)
+	if err != nil {
+		return c, err
+	}
+	handoffDone := make(chan struct{})
+	c.stop.add(func(context.Context) error {
+		hl.Close()
+		<-handoffDone
+		return nil
+	})
+	go func() {
+		defer close(handoffDone)
+		for {
+			uc, err := hl.AcceptUnix()
+			if err != nil {
+				return
+			}
+			if err := handOffConman(f.log, srv, cm, uc); err != nil {
+				f.log.Error("upgrade in place failed", "err", err)
+			}
+			uc.Close()
+			handedOver.Store(true)
+			close(c.exit)
+			return
+		}
+	}()
 	c.addr = addr
 	return c, nil
+}
+
+// handoffSocket is where a VM's conman waits for its successor.
+func handoffSocket(vmDir string) string { return filepath.Join(vmDir, "handoff.sock") }
+
+// listenHandoff listens on the VM's handoff socket, readable and writable by root only.
+func listenHandoff(vmDir string) (*net.UnixListener, error) {
+	path := handoffSocket(vmDir)
+	if len(path) > 100 {
+		return nil, fmt.Errorf("handoff socket path %q too long for a unix socket: use a shorter -state", path)
+	}
+	if err := os.MkdirAll(vmDir, 0o711); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(path) // the predecessor's: it has handed over
+	hl, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("handoff socket: %w", err)
+	}
+	hl.SetUnlinkOnClose(false) // a successor may have bound the path anew
+	if err := os.Chmod(path, 0o600); err != nil {
+		hl.Close()
+		return nil, err
+	}
+	return hl, nil
+}
+
+// handOffConman stops serving requests and hands the listener, the shells and the live attach
+// connections to the successor at uc.
+func handOffConman(log *slog.Logger, srv *server, cm *conman.Server, uc *net.UnixConn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lnFile, err := srv.listenerFile()
+	if err != nil {
+		return err
+	}
+	defer lnFile.Close()
+	// New connections wait in the socket's queue for the successor; requests in flight here
+	// are answered first (a bounded wait).
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("upgrade in place: requests still in flight were cut", "err", err)
+	}
+	scancel()
+	return cm.Handoff(ctx, uc, lnFile)
+}
+
+// receiveConman takes over from the conman running on this VM: it returns the inheritance for
+// conman.New and the listener to serve.
+func receiveConman(ctx context.Context, vmDir string) (*conman.Inheritance, net.Listener, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", handoffSocket(vmDir))
+	if err != nil {
+		return nil, nil, fmt.Errorf("-inherit: the running conman: %w", err)
+	}
+	defer c.Close()
+	in, err := conman.ReceiveHandoff(ctx, c.(*net.UnixConn))
+	if err != nil {
+		return nil, nil, fmt.Errorf("-inherit: %w", err)
+	}
+	if len(in.Files) != 1 {
+		in.Close()
+		for _, f := range in.Files {
+			f.Close()
+		}
+		return nil, nil, fmt.Errorf("-inherit: the predecessor handed over %d listeners, want 1", len(in.Files))
+	}
+	ln, err := net.FileListener(in.Files[0])
+	in.Files[0].Close()
+	if err != nil {
+		in.Close()
+		return nil, nil, fmt.Errorf("-inherit: listener: %w", err)
+	}
+	return in, ln, nil
 }
 
 func runEval(ctx context.Context, f *componentFlags) (*component, error) {
@@ -570,6 +708,7 @@ type supervised struct {
 	cur      *child
 	restarts int
 	stopping bool
+	upgrade  chan struct{} // non-nil while an upgrade in place runs; closed when it ends
 	quit     chan struct{}
 	done     chan struct{}
 }
@@ -611,10 +750,25 @@ func (s *supervised) run() {
 			return
 		}
 		s.mu.Lock()
-		stopping := s.stopping
+		stopping, upgrading, replaced := s.stopping, s.upgrade, s.cur != c
 		s.mu.Unlock()
 		if stopping {
 			return
+		}
+		if upgrading != nil {
+			// The process exited because it handed over to its successor (or the upgrade
+			// failed): look again once the upgrade has ended.
+			select {
+			case <-upgrading:
+			case <-s.quit:
+				return
+			}
+			s.mu.Lock()
+			replaced = s.cur != c
+			s.mu.Unlock()
+		}
+		if replaced {
+			continue
 		}
 		if time.Since(started) > time.Minute {
 			backoff = 100 * time.Millisecond
@@ -641,6 +795,43 @@ func (s *supervised) run() {
 			s.log.Error("component restart failed", "component", s.name, "err", err)
 		}
 	}
+}
+
+// upgradeInPlace starts a successor of the component with -inherit, which takes over from the
+// running process (a conman: its listener, shells and live sessions), and waits until the old
+// process has exited. It returns the old and the new process IDs.
+func (s *supervised) upgradeInPlace(ctx context.Context) (int, int, error) {
+	s.mu.Lock()
+	if s.upgrade != nil || s.stopping {
+		s.mu.Unlock()
+		return 0, 0, errors.New("an upgrade or a stop is already running")
+	}
+	done := make(chan struct{})
+	s.upgrade = done
+	old := s.cur
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.upgrade = nil
+		s.mu.Unlock()
+		close(done)
+	}()
+	next, err := startChild(ctx, s.name, s.env, append(s.args[:len(s.args):len(s.args)], "-inherit")...)
+	if err != nil {
+		return 0, 0, err
+	}
+	select {
+	case <-old.done:
+	case <-ctx.Done():
+		// The successor is ready, so it holds everything: the old one must go.
+		s.log.Warn("the old process did not exit after the upgrade: killing it", "component", s.name, "pid", old.cmd.Process.Pid)
+		old.kill()
+	}
+	s.mu.Lock()
+	s.cur = next
+	s.mu.Unlock()
+	s.log.Info("component upgraded in place", "component", s.name, "old_pid", old.cmd.Process.Pid, "pid", next.cmd.Process.Pid)
+	return old.cmd.Process.Pid, next.cmd.Process.Pid, nil
 }
 
 // stop ends supervision and stops the component.
@@ -765,6 +956,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		id                          string
 		controlplane, eval, hosting *child
 		vms                         []*child
+		sup                         map[string]*supervised // the VMs' supervisors, by VM ID
 	}
 	var clusters []clusterProcs
 	for i, id := range cfg.Clusters {
@@ -776,7 +968,7 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		placementCred, vmSecret, conmanKey := randomKey(), randomKey(), randomKey()
 		env := []string{envCredential + "=" + placementCred, envConmanKey + "=" + conmanKey}
 		cpEnv := []string{envCredential + "=" + placementCred, envVMSecret + "=" + vmSecret}
-		cl := clusterProcs{id: id}
+		cl := clusterProcs{id: id, sup: map[string]*supervised{}}
 		if cl.controlplane, err = start("controlplane", cpEnv, "-cluster", id, "-addr", at(1, cfg.ControlplanePort)); err != nil {
 			return err
 		}
@@ -790,8 +982,9 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 			if err != nil {
 				return err
 			}
-			vm.label = fmt.Sprintf("%s-vm%d", id, v+1)
+			vm.label = vmID
 			cl.vms = append(cl.vms, vm)
+			cl.sup[vmID] = children[len(children)-1]
 		}
 		if cl.eval, err = start("eval", env, "-cluster", id, "-addr", at(1, cfg.EvalPort), "-controlplane", cpURL,
 			"-lore", loreURL, "-grace", cfg.EvalGrace.String()); err != nil {
@@ -816,8 +1009,37 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 		clusters = append(clusters, cl)
 	}
 
+	// The admin API of this mode: upgrade a VM's conman in place.
+	admin := http.NewServeMux()
+	admin.HandleFunc("POST /v1/clusters/{cluster}/vms/{vm}/upgrade", func(w http.ResponseWriter, r *http.Request) {
+		var sup *supervised
+		for _, cl := range clusters {
+			if cl.id == r.PathValue("cluster") {
+				sup = cl.sup[r.PathValue("vm")]
+			}
+		}
+		if sup == nil {
+			writeJSONError(w, http.StatusNotFound, "no such cluster or VM")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+		defer cancel()
+		oldPid, pid, err := sup.upgradeInPlace(ctx)
+		if err != nil {
+			writeJSONError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"vm": r.PathValue("vm"), "old_pid": oldPid, "pid": pid})
+	})
+	adminSrv, err := serve(ctx, "admin", cfg.AdminAddr, requireKey(cfg.AdminKey, admin), false)
+	if err != nil {
+		return err
+	}
+	defer adminSrv.Shutdown(context.Background())
+
 	w := os.Stdout
 	fmt.Fprintf(w, "\nswitchyard reference platform is up, one process per component\n\n")
+	fmt.Fprintf(w, "  admin API       http://%s   (upgrade a VM's conman in place)\n", adminSrv.Addr())
 	fmt.Fprintf(w, "  zone            %s\n", cfg.Zone)
 	fmt.Fprintf(w, "  etcd            %s\n", strings.Join(endpoints, ","))
 	fmt.Fprintf(w, "  DNS (UDP+TCP)   %s   pid %d\n", dnsC.addr, dnsC.cmd.Process.Pid)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ type server struct {
 	name string
 	srv  *http.Server
 	ln   net.Listener
+	raw  net.Listener // ln before any wrapping: the socket itself
 	h    *handover.Server
 	done chan struct{}
 	err  error // Serve's result, set before done closes
@@ -71,6 +73,13 @@ func serveTLS(ctx context.Context, name, addr string, h http.Handler, reuse bool
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	return serveOn(name, ln, h, tlsCfg), nil
+}
+
+// serveOn serves h on ln, a listener bound already (e.g. one inherited from the process this
+// one upgrades).
+func serveOn(name string, ln net.Listener, h http.Handler, tlsCfg *tls.Config) *server {
+	raw := ln
 	lcfg, rate := limitsFor(strings.Fields(name)[0])
 	if lcfg != nil {
 		ln = connlimit.NewListener(ln, *lcfg)
@@ -84,6 +93,7 @@ func serveTLS(ctx context.Context, name, addr string, h http.Handler, reuse bool
 	s := &server{
 		name: name,
 		ln:   ln,
+		raw:  raw,
 		done: make(chan struct{}),
 		srv: &http.Server{
 			Handler:           h,
@@ -102,7 +112,16 @@ func serveTLS(ctx context.Context, name, addr string, h http.Handler, reuse bool
 			s.err = err
 		}
 	}()
-	return s, nil
+	return s
+}
+
+// listenerFile duplicates the listening socket's descriptor, for a successor process.
+func (s *server) listenerFile() (*os.File, error) {
+	fl, ok := s.raw.(interface{ File() (*os.File, error) })
+	if !ok {
+		return nil, fmt.Errorf("%s: listener %T has no descriptor", s.name, s.raw)
+	}
+	return fl.File()
 }
 
 // Addr is the address the server listens on.

@@ -419,7 +419,7 @@ func (c *Conn) CloseNow() error { return c.nc.Close() }
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
 // Detach stops the connection between two frames and returns its state and a duplicate of its
-// descriptor, for Adopt in another process. The reading goroutine must have stopped (e.g. by a
+// descriptor (unwrapping NetConn() wrappers), for Adopt in another process. The reading goroutine must have stopped (e.g. by a
 // read deadline); a write in progress is waited for until ctx ends (then Detach fails: the
 // frame stream is not at a boundary). After Detach nothing more is written; close the Conn
 // with CloseNow once the descriptor has been passed on.
@@ -441,7 +441,15 @@ func (c *Conn) Detach(ctx context.Context) (State, *os.File, error) {
 		Msg: append([]byte(nil), c.msg...), CloseSent: c.closeSent}
 	c.closeSent = true // nothing more from this side
 	c.wmu.Unlock()
-	fc, ok := c.nc.(interface{ File() (*os.File, error) })
+	nc := c.nc
+	for {
+		u, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		nc = u.NetConn()
+	}
+	fc, ok := nc.(interface{ File() (*os.File, error) })
 	if !ok {
 		return State{}, nil, fmt.Errorf("wsconn: %T has no descriptor", c.nc)
 	}

@@ -38,7 +38,9 @@ func (p *Platform) adminHandler() http.Handler {
 			writeJSONError(w, http.StatusNotFound, "no such cluster")
 			return
 		}
-		draining, err := c.restartEval(r.Context())
+		ctx, cancel := operationContext(r)
+		defer cancel()
+		draining, err := c.restartEval(ctx)
 		if err != nil {
 			writeJSONError(w, http.StatusInternalServerError, err.Error())
 			return
@@ -65,13 +67,22 @@ func (p *Platform) adminHandler() http.Handler {
 	return p.requireAdmin(mux)
 }
 
+// operationContext is the context of an operation the admin API starts: it runs to its end (or
+// two minutes) even if the caller goes away, since a roll or a restart stopped half-way leaves a
+// VM or an Eval generation half stopped.
+func operationContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
+}
+
 func (p *Platform) adminRoll(w http.ResponseWriter, r *http.Request, vm string) {
 	c := p.clusters[r.PathValue("cluster")]
 	if c == nil {
 		writeJSONError(w, http.StatusNotFound, "no such cluster")
 		return
 	}
-	old, replacement, err := c.rollVM(r.Context(), vm)
+	ctx, cancel := operationContext(r)
+	defer cancel()
+	old, replacement, err := c.rollVM(ctx, vm)
 	switch {
 	case errors.Is(err, errNoSuchVM):
 		writeJSONError(w, http.StatusNotFound, err.Error())

@@ -113,8 +113,29 @@ func (s *Server) serveAttach(w http.ResponseWriter, r *http.Request) {
 		sh.stop(CloseInternalError, "")
 		return // Accept answered the client
 	}
-	att.conn = conn
-	s.attach(sh, att)
+	s.connect(sh, att, conn)
+}
+
+// connect gives att its upgraded connection and runs it, unless a handoff took the shell to
+// the successor during the handshake: then the peer is told to resume on the same VM (4001).
+func (s *Server) connect(sh *shell, att *attachment, conn *wsconn.Conn) {
+	sh.mu.Lock()
+	moved := att.handedOff
+	if !moved {
+		att.conn = conn
+	}
+	sh.mu.Unlock()
+	if !moved {
+		s.attach(sh, att)
+		return
+	}
+	_ = conn.Close(CloseResumeHere, "conman upgrade: resume the session on the same VM")
+	for { // until the peer's answer or Close's read deadline
+		if _, _, err := conn.Read(); err != nil {
+			break
+		}
+	}
+	_ = conn.CloseNow()
 }
 
 // maxMessage caps a message from the client of an attach (keystrokes, pastes, resizes).
@@ -177,8 +198,7 @@ func (s *Server) serveResume(w http.ResponseWriter, r *http.Request, repl string
 		s.detach(sh, att)
 		return
 	}
-	att.conn = conn
-	s.attach(sh, att)
+	s.connect(sh, att, conn)
 }
 
 // closeSessions ends every shell session with code.

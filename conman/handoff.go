@@ -288,9 +288,17 @@ func (s *Server) freeze(ctx context.Context, sh *shell) (*handoffShell, []*os.Fi
 		return nil, nil, nil, fmt.Errorf("the runtime's processes cannot be handed off (%T)", sh.proc)
 	}
 	sh.mu.Lock()
-	if sh.ended || sh.killed() || (sh.att != nil && sh.att.conn == nil) {
+	if sh.ended || sh.killed() {
 		sh.mu.Unlock()
-		return nil, nil, nil, errors.New("shell ending or connection in its handshake")
+		return nil, nil, nil, errors.New("shell ending")
+	}
+	if sh.att != nil && sh.att.conn == nil {
+		// A connection in its handshake: the shell goes over detached, and the connection,
+		// once upgraded, is told to resume it there (connect).
+		sh.att.handedOff = true
+		sh.att = nil
+		sh.detached = true
+		sh.deadline = time.Now().Add(max(s.cfg.ResumeWindow, time.Second))
 	}
 	att := sh.att
 	if att != nil {

@@ -151,7 +151,6 @@ func TestResumeGap(t *testing.T) {
 	require.Positive(t, gap)
 	w2.tm.waitFor(t, "END\r\n")
 	require.NotContains(t, w2.tm.String(), "line-0-", "the oldest lines are lost")
-	require.LessOrEqual(t, len(w2.tm.String()), 1024+128, "at most the buffer is replayed (plus the prompt)")
 }
 
 func TestResumeRefusals(t *testing.T) {

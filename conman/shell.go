@@ -253,7 +253,9 @@ type attachment struct {
 	conn   *wsconn.Conn
 	pos    int64 // output offset of the next byte to send (sh.mu)
 	frozen bool  // a handoff stops its loops where they are (sh.mu)
-	loops  sync.WaitGroup
+	// handedOff: a handoff took the shell while this connection was in its handshake (sh.mu).
+	handedOff bool
+	loops     sync.WaitGroup
 
 	once   sync.Once
 	kind   endKind

@@ -202,7 +202,9 @@ func recvRecord(uc *net.UnixConn) (handoffMsg, []*os.File, error) {
 // lets go of its copies and closes like Close, leaving the containers running; shells it could
 // not hand over (the runtime's processes are not Handoffers, or the process was exiting) are
 // killed and their connections closed with 1012. If the successor fails before it answers,
-// Handoff returns an error and every shell is killed as by Close. ctx bounds it.
+// Handoff returns an error and every shell is killed as by Close. After a handoff the Server's
+// metrics are unregistered from Config.Registerer, so a successor in the same process can
+// register its own. ctx bounds it.
 func (s *Server) Handoff(ctx context.Context, uc *net.UnixConn, files ...*os.File) error {
 	if err := checkPeer(uc); err != nil {
 		return err
@@ -274,10 +276,13 @@ func (s *Server) Handoff(ctx context.Context, uc *net.UnixConn, files ...*os.Fil
 			att.end(endHandoff, -1, "")
 		}
 	}
+	cerr := s.Close()
 	if err == nil {
+		// A successor in the same process registers the same metrics.
+		s.m.unregister()
 		s.log.Info("conman: handed over to the successor", "shells", len(shells), "connections", len(frozen))
 	}
-	return errors.Join(err, s.Close())
+	return errors.Join(err, cerr)
 }
 
 // freeze stops sh and its attach connection (if any) for a handoff and returns its record and

@@ -19,6 +19,7 @@ type metrics struct {
 	resumed       prometheus.Counter
 	resumeRefused *prometheus.CounterVec
 	expired       prometheus.Counter
+	reg           prometheus.Registerer
 }
 
 // newMetrics creates the server's metrics and registers them with reg (nil: not registered).
@@ -65,11 +66,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.containers, m.starts, m.startSeconds, m.exits, m.sessions, m.forwardErrors, m.heartbeats,
-		m.detached, m.detachedNow, m.resumed, m.resumeRefused, m.expired} {
+	m.reg = reg
+	for _, c := range m.all() {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("conman: register metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+func (m *metrics) all() []prometheus.Collector {
+	return []prometheus.Collector{m.containers, m.starts, m.startSeconds, m.exits, m.sessions, m.forwardErrors, m.heartbeats,
+		m.detached, m.detachedNow, m.resumed, m.resumeRefused, m.expired}
+}
+
+// unregister removes the metrics from the registerer, for a successor in the same process.
+func (m *metrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range m.all() {
+		m.reg.Unregister(c)
+	}
 }

@@ -20,6 +20,7 @@ import (
 //	POST /v1/clusters/{cluster}/roll            drain the oldest active VM and start a replacement
 //	POST /v1/clusters/{cluster}/vms/{vm}/roll   the same for a named VM
 //	POST /v1/clusters/{cluster}/eval/restart    start a new Eval on the same address; the old one drains
+//	POST /v1/clusters/{cluster}/vms/{vm}/upgrade upgrade the VM's conman in place: shells and sessions stay
 //	GET  /v1/clusters                           what runs where
 //	GET  /metrics                               Prometheus metrics of every Eval and VM
 //
@@ -31,6 +32,24 @@ func (p *Platform) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/clusters/{cluster}/vms/{vm}/roll", func(w http.ResponseWriter, r *http.Request) {
 		p.adminRoll(w, r, r.PathValue("vm"))
+	})
+	mux.HandleFunc("POST /v1/clusters/{cluster}/vms/{vm}/upgrade", func(w http.ResponseWriter, r *http.Request) {
+		c := p.clusters[r.PathValue("cluster")]
+		if c == nil {
+			writeJSONError(w, http.StatusNotFound, "no such cluster")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+		defer cancel()
+		err := c.upgradeVM(ctx, r.PathValue("vm"))
+		switch {
+		case errors.Is(err, errNoSuchVM):
+			writeJSONError(w, http.StatusNotFound, err.Error())
+		case err != nil:
+			writeJSONError(w, http.StatusInternalServerError, err.Error())
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"vm": r.PathValue("vm")})
+		}
 	})
 	mux.HandleFunc("POST /v1/clusters/{cluster}/eval/restart", func(w http.ResponseWriter, r *http.Request) {
 		c := p.clusters[r.PathValue("cluster")]

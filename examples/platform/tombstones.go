@@ -50,7 +50,7 @@ func (c *cluster) stopRepl(ctx context.Context, a placement.Assignment) error {
 			if v.stopped() {
 				return nil // its containers stop with it
 			}
-			return v.cm.Stop(ctx, a.Repl)
+			return v.conman().Stop(ctx, a.Repl)
 		}
 	}
 	return fmt.Errorf("%w %q", errNoSuchVM, a.VM)

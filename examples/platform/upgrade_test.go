@@ -83,7 +83,7 @@ func TestPlatformProcessesUpgradeConmanInPlace(t *testing.T) {
 
 		// The same WebSocket: the shell's variable, cwd and background job are there.
 		require.Equal(t, "42-tmp", s.run(ctx, t, "echo MARK-$X-$(basename $PWD)"), "after upgrade %d", i)
-		require.Equal(t, "alive", s.run(ctx, t, "kill -0 $S && echo MARK-alive"), "after upgrade %d", i)
+		require.Equal(t, "alive", s.run(ctx, t, "kill -0 $S && echo MARK-$(echo alive)"), "after upgrade %d", i)
 		select {
 		case code := <-s.closed:
 			t.Fatalf("the session closed (%d) after upgrade %d", code, i)
@@ -93,4 +93,23 @@ func TestPlatformProcessesUpgradeConmanInPlace(t *testing.T) {
 	// New sessions reach the upgraded conman.
 	s2 := openSession(ctx, t, lc, "replbot/up")
 	require.Equal(t, "fresh", s2.run(ctx, t, "echo MARK-fresh"))
+}
+
+// TestPlatformUpgradeConmanInPlace is the same within one process (the default mode): the
+// admin API's upgrade replaces a VM's runtime and conman Server under a live session.
+func TestPlatformUpgradeConmanInPlace(t *testing.T) {
+	p := startPlatform(t, "127.89.0.0/16")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	lc := lore.NewClient(p.LoreURL(), "test-admin-key", nil)
+	_, err := lc.CreateRepl(ctx, lore.Repl{Owner: "replbot", Slug: "up", Cluster: "a"})
+	require.NoError(t, err)
+	s := openSession(ctx, t, lc, "replbot/up")
+	vm := s.run(ctx, t, "cd /tmp; X=42; sleep 1000 & S=$!; echo MARK-$SWITCHYARD_VM")
+	for i := range 2 {
+		require.NoError(t, p.Cluster("a").upgradeVM(ctx, vm), "upgrade %d", i)
+		require.Equal(t, "42-tmp", s.run(ctx, t, "echo MARK-$X-$(basename $PWD)"), "after upgrade %d", i)
+		require.Equal(t, "alive", s.run(ctx, t, "kill -0 $S && echo MARK-$(echo alive)"), "after upgrade %d", i)
+	}
+	require.ErrorIs(t, p.Cluster("a").upgradeVM(ctx, "a-vm99"), errNoSuchVM)
 }

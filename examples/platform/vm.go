@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/switchyard-dev/switchyard/conman"
@@ -25,7 +27,9 @@ import (
 type vm struct {
 	id   string
 	addr string // conman base URL
+	host int    // host number in the cluster's /24
 
+	mu          sync.Mutex // rt, cm and srv: an upgrade in place replaces them
 	rt          conman.Runtime
 	cm          *conman.Server
 	srv         *server
@@ -86,36 +90,10 @@ func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
 		return nil, errors.New("out of VM addresses in the cluster's /24")
 	}
 	cfg := &c.p.cfg
-	v := &vm{id: fmt.Sprintf("%s-vm%d", c.id, host-10), done: make(chan struct{})}
-	log := c.log // conman and the runtime name the VM in their own lines
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	v.rt, err = newRuntime(cfg.Runtime, cfg.Isolation, filepath.Join(cfg.StateDir, "conman", v.id), cfg.StateDir,
-		cgroupParent(cfg.StateDir, v.id), log.With("component", "runtime", "vm", v.id))
-	if err != nil {
-		return nil, err
-	}
-	vmAddr := cfg.clusterAddr(c.n, host)
+	v := &vm{id: fmt.Sprintf("%s-vm%d", c.id, host-10), host: host, done: make(chan struct{})}
 	v.addr = "http://" + c.hostPort(host, cfg.ConmanPort)
-	v.cm, err = conman.New(ctx, conman.Config{
-		Runtime:           v.rt,
-		Credential:        c.conmanCredential(v.id),
-		ReplHost:          vmAddr.String(),
-		Spec:              demoSpec(exe, cfg.StateDir, c.id, v.id, c.p.dir.Repl),
-		StopGrace:         3 * time.Second,
-		Placement:         placement.NewVMClient(c.controlplaneURL(), v.id, placement.VMCredential(c.vmSecret, v.id), nil),
-		VM:                placement.VM{ID: v.id, Cluster: c.id, Addr: v.addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
-		HeartbeatInterval: time.Second,
-		// A repl Eval moved away while this conman was down (it re-attached a session elsewhere)
-		// keeps running here once the restarted conman adopts it: stop it soon.
-		OrphanGrace: 5 * time.Second,
-		Registerer:  c.p.vmRegisterer(c.id, v.id),
-		Logger:      log.With("component", "conman"),
-	})
-	if err != nil {
-		v.rt.Close()
+	var err error
+	if v.rt, v.cm, err = c.startConman(ctx, v, nil); err != nil {
 		return nil, err
 	}
 	v.srv, err = serve(ctx, "conman "+v.id, c.hostPort(host, cfg.ConmanPort), v.cm, false)
@@ -150,6 +128,118 @@ func (c *cluster) addVMAt(ctx context.Context, host int) (*vm, error) {
 	return v, nil
 }
 
+// startConman creates the VM's runtime and conman Server (the successor of an upgrade in place
+// with in).
+func (c *cluster) startConman(ctx context.Context, v *vm, in *conman.Inheritance) (conman.Runtime, *conman.Server, error) {
+	cfg := &c.p.cfg
+	log := c.log // conman and the runtime name the VM in their own lines
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	rt, err := newRuntime(cfg.Runtime, cfg.Isolation, filepath.Join(cfg.StateDir, "conman", v.id), cfg.StateDir,
+		cgroupParent(cfg.StateDir, v.id), log.With("component", "runtime", "vm", v.id))
+	if err != nil {
+		return nil, nil, err
+	}
+	vmAddr := cfg.clusterAddr(c.n, v.host)
+	reg := c.p.vmRegisterer(c.id, v.id) // a handoff unregistered the predecessor's
+	cm, err := conman.New(ctx, conman.Config{
+		Runtime:           rt,
+		Credential:        c.conmanCredential(v.id),
+		ReplHost:          vmAddr.String(),
+		Spec:              demoSpec(exe, cfg.StateDir, c.id, v.id, c.p.dir.Repl),
+		StopGrace:         3 * time.Second,
+		Placement:         placement.NewVMClient(c.controlplaneURL(), v.id, placement.VMCredential(c.vmSecret, v.id), nil),
+		VM:                placement.VM{ID: v.id, Cluster: c.id, Addr: v.addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
+		HeartbeatInterval: time.Second,
+		Registerer:        reg,
+		Inherit:           in,
+		Logger:            log.With("component", "conman"),
+	})
+	if err != nil {
+		rt.Close()
+		return nil, nil, err
+	}
+	return rt, cm, nil
+}
+
+// upgradeVM upgrades VM id's conman in place within this process: a new runtime and Server take
+// over the old ones' listener, shells and live attach connections through a socket pair, as a
+// new conman process does through the VM's handoff socket (runConman -inherit).
+func (c *cluster) upgradeVM(ctx context.Context, id string) error {
+	var v *vm
+	for _, x := range c.liveVMs() {
+		if x.id == id {
+			v = x
+		}
+	}
+	if v == nil {
+		return fmt.Errorf("%w %q", errNoSuchVM, id)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.stopped() {
+		return fmt.Errorf("%w %q", errNoSuchVM, id)
+	}
+	lnFile, err := v.srv.listenerFile()
+	if err != nil {
+		return err
+	}
+	defer lnFile.Close()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if err := v.srv.Shutdown(sctx); err != nil {
+		c.log.Warn("upgrade in place: requests still in flight were cut", "vm", id, "err", err)
+	}
+	cancel()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	ends := make([]*net.UnixConn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "handoff")
+		nc, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		ends[i] = nc.(*net.UnixConn)
+		defer nc.Close()
+	}
+	handed := make(chan error, 1)
+	oldCM, oldRT := v.cm, v.rt
+	go func() { handed <- oldCM.Handoff(ctx, ends[0], lnFile) }()
+	in, err := conman.ReceiveHandoff(ctx, ends[1])
+	if herr := <-handed; herr != nil || err != nil {
+		if in != nil {
+			in.Close()
+		}
+		return errors.Join(herr, err)
+	}
+	oldRT.Close()
+	ln, err := net.FileListener(in.Files[0])
+	in.Files[0].Close()
+	if err != nil {
+		in.Close()
+		return err
+	}
+	rt, cm, err := c.startConman(ctx, v, in)
+	if err != nil {
+		in.Close()
+		ln.Close()
+		return err
+	}
+	v.rt, v.cm, v.srv = rt, cm, serveOn("conman "+v.id, ln, cm, nil)
+	return nil
+}
+
+func (v *vm) conman() *conman.Server {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.cm
+}
+
 // crash stops the VM as a dead machine would: its conman stops answering and heartbeating at
 // once (containers are left as they are) and its etcd lease is no longer kept alive, so it
 // expires after AliveTTL and the controlplane's liveness watcher removes the VM. stop still
@@ -160,7 +250,7 @@ func (v *vm) crash() error {
 	if v.leaseCancel != nil {
 		v.leaseCancel()
 	}
-	return v.cm.Close()
+	return v.conman().Close()
 }
 
 // stop drains the VM as a rollout does: placement marks it draining, its containers stop, its
@@ -168,7 +258,10 @@ func (v *vm) crash() error {
 func (v *vm) stop(ctx context.Context) error {
 	v.stopping.Store(true)
 	v.once.Do(func() {
-		v.err = errors.Join(v.cm.Shutdown(ctx), v.srv.Shutdown(ctx), v.rt.Close())
+		v.mu.Lock()
+		cm, srv, rt := v.cm, v.srv, v.rt
+		v.mu.Unlock()
+		v.err = errors.Join(cm.Shutdown(ctx), srv.Shutdown(ctx), rt.Close())
 		if v.lease != nil {
 			// Revoking ends the VM in placement at once (a graceful stop). A crashed VM's lease
 			// may already have expired, and then there is nothing to revoke.

@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -53,8 +54,13 @@ func main() {
 	flag.DurationVar(&c.EvalEvery, "eval-every", 0, "restart the cluster's Eval this often (0: never)")
 	flag.BoolVar(&c.V1, "v1", false, "speak switchyard.v1 (conman's closes reach the client) instead of v2")
 	flag.DurationVar(&c.Timeout, "timeout", 90*time.Second, "longest wait for one answer (a re-attach may take up to Eval's ReattachTimeout)")
+	vms := flag.String("vms", "", "VMs to upgrade in turn, comma-separated (default: those the admin API lists; give them with -processes, whose admin API serves the upgrade alone)")
 	platform := flag.String("platform", "", "start this examples/platform binary on loopback addresses of its own (127.66.0.0/16) and drive it")
+	flag.StringVar(&platformArgs, "platform-args", "", "extra flags for -platform, space-separated (e.g. -processes)")
 	flag.Parse()
+	if *vms != "" {
+		c.VMs = strings.Split(*vms, ",")
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -88,6 +94,8 @@ func harness(ctx context.Context, c chaos.Config, bin string) int {
 	return 0
 }
 
+var platformArgs string
+
 // platformProc is an examples/platform the harness started.
 type platformProc struct {
 	cmd  *exec.Cmd
@@ -101,6 +109,7 @@ func startPlatform(ctx context.Context, bin string, c *chaos.Config) (*platformP
 	c.Lore, c.Admin = "http://127.66.0.1:8400", "http://127.66.0.1:8401"
 	cmd := exec.Command(bin, "-cluster-net", "127.66.0.0/16", "-dns", "127.66.0.1:5353",
 		"-lore", "127.66.0.1:8400", "-admin", "127.66.0.1:8401", "-web", "", "-no-https", "-clusters", "a")
+	cmd.Args = append(cmd.Args, strings.Fields(platformArgs)...)
 	cmd.Env = append(os.Environ(), "SWITCHYARD_ADMIN_KEY="+c.Key)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
@@ -110,8 +119,9 @@ func startPlatform(ctx context.Context, bin string, c *chaos.Config) (*platformP
 	p := &platformProc{cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	deadline := time.Now().Add(90 * time.Second)
+	// Ready when lore lists the cluster's Eval (the platform registers clusters once they serve).
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.Admin+"/v1/clusters", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.Lore+"/v1/clusters/"+c.Cluster, nil)
 		req.Header.Set("Authorization", "Bearer "+c.Key)
 		if resp, err := http.DefaultClient.Do(req); err == nil {
 			resp.Body.Close()

@@ -39,6 +39,8 @@ type Config struct {
 	UpgradePath                        string        // admin API path of the in-place upgrade ({cluster}, {vm})
 	V1                                 bool          // speak switchyard.v1 instead of v2
 	Timeout                            time.Duration // longest wait for one answer
+	// VMs are the VMs to upgrade in turn; empty means those the admin API lists.
+	VMs []string
 }
 
 // Defaults fills the zero fields of c.
@@ -78,6 +80,7 @@ type Report struct {
 	disturbErrs                         map[string]int
 	evalStages, reattach                map[string]float64
 	pauses                              map[string]float64 // Eval's re-attach pauses: le → count
+	metricsErr                          error              // why Eval's account is missing
 }
 
 // longestPause reads Eval's re-attach histogram: the smallest bucket bound that holds every
@@ -130,10 +133,9 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 		}
 		repls[i] = rp.ID
 	}
-	before, err := scrape(ctx, c)
-	if err != nil {
-		return nil, err
-	}
+	// Eval's account comes from the platform admin API's /metrics; without it (a platform run
+	// with -processes serves none) the report has the clients' side alone.
+	before, scrapeErr := scrape(ctx, c)
 
 	end := time.Now().Add(c.Duration)
 	dctx, cancel := context.WithDeadline(ctx, end)
@@ -180,8 +182,9 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 	}
 	wg.Wait()
 	after, err := scrape(ctx, c)
-	if err != nil {
-		return nil, err
+	if scrapeErr != nil || err != nil {
+		r.metricsErr = errors.Join(scrapeErr, err)
+		return r, nil
 	}
 	r.evalStages = diff(after, before, "switchyard_proxy_sessions_total", "stage")
 	r.reattach = diff(after, before, "switchyard_proxy_session_reattaches_total", "result")
@@ -238,9 +241,9 @@ type chaosSession struct {
 	// restarts gets a value for each restarted notice: the shell is new, and input typed while
 	// Eval re-attached was dropped, so a command still unanswered is typed again.
 	restarts chan struct{}
-	done  chan struct{}
-	err   error // why reading ended, once done is closed
-	id    int
+	done     chan struct{}
+	err      error // why reading ended, once done is closed
+	id       int
 }
 
 var sessionIDs atomic.Int64
@@ -397,6 +400,10 @@ func adminPost(ctx context.Context, c Config, path string) error {
 var upgradeTurn atomic.Int64
 
 func upgradeOne(ctx context.Context, c Config) error {
+	if len(c.VMs) > 0 {
+		vm := c.VMs[int(upgradeTurn.Add(1))%len(c.VMs)]
+		return adminPost(ctx, c, strings.NewReplacer("{cluster}", c.Cluster, "{vm}", vm).Replace(c.UpgradePath))
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.Admin, "/")+"/v1/clusters", nil)
 	if err != nil {
 		return err
@@ -524,6 +531,10 @@ func (r *Report) Print(w io.Writer, c Config) {
 		q := func(p float64) time.Duration { return r.rtts[min(len(r.rtts)-1, int(p*float64(len(r.rtts))))] }
 		fmt.Fprintf(w, "commands: %d; round trip p50 %s p99 %s; longest pause %s\n",
 			len(r.rtts), q(0.5).Round(time.Microsecond), q(0.99).Round(time.Microsecond), r.rtts[len(r.rtts)-1].Round(time.Millisecond))
+	}
+	if r.metricsErr != nil {
+		fmt.Fprintf(w, "Eval: no metrics (%v)\n", r.metricsErr)
+		return
 	}
 	fmt.Fprintf(w, "Eval: sessions by stage %v; re-attaches %v\n", r.evalStages, r.reattach)
 	if le, n := r.longestPause(); n > 0 {

@@ -416,19 +416,16 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 	})
 	go func() {
 		defer close(handoffDone)
-		for {
-			uc, err := hl.AcceptUnix()
-			if err != nil {
-				return
-			}
-			if err := handOffConman(f.log, srv, cm, uc); err != nil {
-				f.log.Error("upgrade in place failed", "err", err)
-			}
-			uc.Close()
-			handedOver.Store(true)
-			close(c.exit)
+		uc, err := hl.AcceptUnix() // one successor: this process exits after it
+		if err != nil {
 			return
 		}
+		if err := handOffConman(f.log, srv, cm, uc); err != nil {
+			f.log.Error("upgrade in place failed", "err", err)
+		}
+		uc.Close()
+		handedOver.Store(true)
+		close(c.exit)
 	}()
 	c.addr = addr
 	return c, nil

@@ -44,11 +44,19 @@ func benchTargets() []benchTarget {
 		},
 		treeRoot: func(st conman.Status) int { return st.Pid },
 	}}
-	for _, rt := range runtimes {
+	// runsc on each platform this host has: systrap (its default) and ptrace.
+	for _, rt := range []struct {
+		name, binary string
+		args         []string
+	}{
+		{"runc", "runc", nil},
+		{"runsc", "runsc", []string{"--platform=systrap"}},
+		{"runsc-ptrace", "runsc", []string{"--platform=ptrace"}},
+	} {
 		ts = append(ts, benchTarget{
 			name: rt.name,
 			new: func(b *testing.B) conman.Runtime {
-				r, err := oci.New(oci.Config{Binary: binaryOf(b, rt.name), Args: rt.args, StateDir: b.TempDir(), Image: base(b), CgroupParent: "switchyard-bench-oci/" + rt.name})
+				r, err := oci.New(oci.Config{Binary: binaryOf(b, rt.binary), Args: rt.args, StateDir: b.TempDir(), Image: base(b), CgroupParent: "switchyard-bench-oci/" + rt.name})
 				if err != nil {
 					b.Fatal(err)
 				}

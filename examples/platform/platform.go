@@ -41,7 +41,8 @@ const (
 	RuntimeProcess = "process"
 	// RuntimeRunc is conman/oci over runc, on a busybox image the platform builds.
 	RuntimeRunc = "runc"
-	// RuntimeRunsc is conman/oci over gVisor's runsc (--platform=ptrace), on the same image.
+	// RuntimeRunsc is conman/oci over gVisor's runsc ($RUNSC, the build .ci/run makes, or runsc
+	// on the PATH; a gVisor from 2026 on), on the same image.
 	RuntimeRunsc = "runsc"
 )
 

@@ -12,6 +12,7 @@ import (
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/conman/oci"
 	"github.com/switchyard-dev/switchyard/conman/process"
+	"github.com/switchyard-dev/switchyard/internal/runscbin"
 )
 
 // newRuntime makes one VM's container runtime: conman/process's sandbox, or conman/oci over
@@ -29,11 +30,21 @@ func newRuntime(kind, isolation, stateDir, platformState, cgroup string, log *sl
 		}
 		cfg := oci.Config{Binary: kind, StateDir: stateDir, Rootfs: root, CgroupParent: cgroup, Logger: log}
 		if kind == RuntimeRunsc {
-			cfg.Args = []string{"--platform=ptrace"} // Debian's runsc has no systrap
+			cfg.Binary = runscBinary()
 		}
 		return oci.New(cfg)
 	}
 	return nil, fmt.Errorf("unknown runtime %q", kind)
+}
+
+// runscBinary is the runsc the repls run on: $RUNSC, else the gVisor build .ci/run makes
+// (internal/runscbin), else runsc on the PATH. conman/oci needs a gVisor from 2026 on: Debian
+// 12's runsc is refused.
+func runscBinary() string {
+	if p, err := runscbin.Path(); err == nil {
+		return p
+	}
+	return "runsc"
 }
 
 var baseImageMu sync.Mutex

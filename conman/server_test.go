@@ -753,3 +753,39 @@ func TestStoppedReplClosesWith1012(t *testing.T) {
 	require.NoError(t, e.srv.Stop(ctx, "moved1"))
 	require.Equal(t, websocket.StatusCode(conman.CloseDraining), tm.closeStatus(t))
 }
+
+// TestStoppedReplClosesWith1012WhileTyping: the same while the client types without pause, so
+// input reaches the pty as the shell dies. Writing to the dead pty must not decide the close
+// (it once said 1000, "shell input closed", and a switchyard.v2 client lost its session).
+func TestStoppedReplClosesWith1012WhileTyping(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	for i := range 3 {
+		repl := fmt.Sprintf("typing%d", i)
+		c, _, err := e.dialAttach(t, repl, "")
+		require.NoError(t, err)
+		tm := readTerm(c)
+		send(t, c, "printf 'MARK-%s\\n' up\n")
+		tm.waitFor(t, "MARK-up")
+		stop := make(chan struct{})
+		typed := make(chan struct{})
+		go func() {
+			defer close(typed)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c.Write(context.Background(), websocket.MessageBinary, []byte(":\n")) != nil {
+					return
+				}
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		require.NoError(t, e.srv.Stop(ctx, repl))
+		cancel()
+		require.Equal(t, websocket.StatusCode(conman.CloseDraining), tm.closeStatus(t))
+		close(stop)
+		<-typed
+	}
+}

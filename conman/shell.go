@@ -325,6 +325,7 @@ func (s *Server) attach(sh *shell, att *attachment) {
 // receive copies the client's messages to the pty (binary) or applies them (text: control).
 func (sh *shell) receive(att *attachment) {
 	in := sh.proc.Stdin()
+	inputGone := false
 	for {
 		typ, data, err := att.conn.Read()
 		if err != nil {
@@ -348,9 +349,16 @@ func (sh *shell) receive(att *attachment) {
 			return
 		}
 		if typ == wsconn.Binary {
+			if inputGone {
+				continue
+			}
 			if _, err := in.Write(data); err != nil {
-				att.end(endShell, CloseShellExited, "shell input closed")
-				return
+				// The pty's other side is gone: the shell is ending. How the session ends is the
+				// output side's decision (pump: 1012 when conman stopped the repl, 1000 when the
+				// shell exited on its own); deciding here raced it and told a client whose repl
+				// conman stopped that its shell had exited. Keep reading, so close frames and
+				// pings are still answered, and drop the input.
+				inputGone = true
 			}
 			continue
 		}

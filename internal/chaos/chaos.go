@@ -103,6 +103,20 @@ func (r *Report) longestPause() (string, float64) {
 	return best, total
 }
 
+// Done returns how many disturbances of a kind ("roll", "upgrade", "eval-restart") succeeded,
+// and how many failed.
+func (r *Report) Done(kind string) (ok, failed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ok = r.disturbances[kind]
+	for k, n := range r.disturbErrs {
+		if strings.HasPrefix(k, kind+": ") {
+			failed += n
+		}
+	}
+	return ok, failed
+}
+
 func (r *Report) addRTT(d time.Duration) {
 	r.mu.Lock()
 	r.rtts = append(r.rtts, d)

@@ -414,6 +414,17 @@ func adminPost(ctx context.Context, c Config, path string) error {
 var upgradeTurn atomic.Int64
 
 func upgradeOne(ctx context.Context, c Config) error {
+	// A roll may replace the VM between the listing and the upgrade (404): list again.
+	var err error
+	for range 3 {
+		if err = upgradeOnce(ctx, c); err == nil || !strings.Contains(err.Error(), "404 Not Found") {
+			return err
+		}
+	}
+	return err
+}
+
+func upgradeOnce(ctx context.Context, c Config) error {
 	if len(c.VMs) > 0 {
 		vm := c.VMs[int(upgradeTurn.Add(1))%len(c.VMs)]
 		return adminPost(ctx, c, strings.NewReplacer("{cluster}", c.Cluster, "{vm}", vm).Replace(c.UpgradePath))

@@ -8,6 +8,11 @@
 // serves, 502 with a request id (also in the log line) when the repl cannot start, 503 when the
 // directory or placement is down.
 //
+// A Proxy is an http.Handler and can be served by any http.Server. Server serves it faster:
+// it takes the common HTTP/1.1 requests on a fast path of its own (internal/h1: a strict
+// parser, cached routes, pooled conman connections, spliced large bodies) and hands every other
+// connection to net/http serving the same Proxy, so both paths behave alike.
+//
 // A Proxy never binds a port. Put tombstone's Forwarder in front of it (Forwarder.Wrap) so that
 // requests for repls that moved to another cluster are forwarded there, and call Proxy.Shutdown
 // with http.Server.Shutdown: the server's does not wait for upgraded connections.

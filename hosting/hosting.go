@@ -24,7 +24,6 @@ import (
 	"github.com/switchyard-dev/switchyard/internal/fence"
 	"github.com/switchyard-dev/switchyard/internal/revproxy"
 	"github.com/switchyard-dev/switchyard/lore"
-	"github.com/switchyard-dev/switchyard/placement"
 )
 
 // HeaderRequestID is set by Proxy on every answer; the same id is in its logs.
@@ -83,6 +82,12 @@ type Config struct {
 	// request can be retried on another VM. Larger and chunked bodies are streamed in one
 	// attempt and never refused. Zero means 64 KiB; negative disables buffering.
 	MaxReplayBody int64
+	// RouteCacheTTL is how long the answer for a Host (its repl and the repl's VM) is reused
+	// without asking the directory and placement again. A write through a Directory that has a
+	// Version method (lore.Directory) drops every answer at once, and so does a failed request
+	// (a VM that cannot be reached or is draining) for its Host. Zero means 1s; negative asks
+	// on every request.
+	RouteCacheTTL time.Duration
 	// Transport carries requests to conman. Nil means a tuned clone of http.DefaultTransport
 	// that ignores proxy environment variables.
 	Transport http.RoundTripper
@@ -142,6 +147,10 @@ type Proxy struct {
 
 	// drain tracks in-flight requests and upgraded (hijacked) client connections.
 	drain drain.Tracker
+
+	routes      routeCache
+	dirVersion  versioned // the Directory, if it counts its writes
+	trustCustom bool      // Config.TrustForwarded was set (not the TrustedProxies default)
 }
 
 // New checks cfg and returns a Proxy.
@@ -160,6 +169,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ResolveTimeout <= 0 {
 		cfg.ResolveTimeout = 5 * time.Second
 	}
+	if cfg.RouteCacheTTL == 0 {
+		cfg.RouteCacheTTL = time.Second
+	}
 	if cfg.Attempts <= 0 {
 		cfg.Attempts = 2
 	}
@@ -169,17 +181,20 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Transport == nil {
 		cfg.Transport = revproxy.NewTransport()
 	}
+	trustCustom := cfg.TrustForwarded != nil
 	if cfg.TrustForwarded == nil {
 		prefixes := cfg.TrustedProxies
 		cfg.TrustForwarded = func(r *http.Request) bool { return revproxy.PeerIn(r, prefixes) }
 	}
 	h := &Proxy{
-		cfg: cfg,
-		log: cfg.Logger,
+		cfg:         cfg,
+		log:         cfg.Logger,
+		trustCustom: trustCustom,
 	}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
+	h.dirVersion, _ = cfg.Directory.(versioned)
 	m, err := newProxyMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
@@ -205,6 +220,7 @@ type routeState struct {
 	repl    lore.Repl
 	backend *url.URL
 	vm      string
+	cred    string
 	trusted bool
 	err     error // set by the ErrorHandler / ModifyResponse instead of writing an answer
 	retry   bool  // err happened before conman took the request: another VM may serve it
@@ -265,27 +281,18 @@ func (h *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// otherwise discard the unread body when the response starts).
 	_ = http.NewResponseController(w).EnableFullDuplex()
 
-	rctx, cancel := context.WithTimeout(r.Context(), h.cfg.ResolveTimeout)
-	repl, err := h.ResolveRepl(rctx, r.Host)
-	cancel()
-	switch {
-	case errors.Is(err, ErrUnknownHost):
-		h.fail(w, r, st, start, outcomeUnknownHost, http.StatusNotFound, fmt.Sprintf("no repl is served at %s", hostOnly(r.Host)), err)
-		return
-	case err != nil && r.Context().Err() != nil:
-		h.observe(outcomeClient, start)
-		return
-	case err != nil:
-		h.fail(w, r, st, start, outcomeDirectory, http.StatusServiceUnavailable, "the directory is unavailable; retry shortly", err)
+	rt, rf := h.route(r.Context(), r.Host, start)
+	if rf != nil {
+		if r.Context().Err() != nil {
+			h.observe(outcomeClient, start)
+			return
+		}
+		st.repl = rf.repl
+		h.fail(w, r, st, start, rf.outcome, rf.status, rf.msg, rf.cause)
 		return
 	}
+	repl := rt.repl
 	st.repl = repl
-	if h.cfg.Cluster != "" && repl.Cluster != h.cfg.Cluster {
-		h.fail(w, r, st, start, outcomeUnknownHost, http.StatusNotFound,
-			fmt.Sprintf("no repl is served at %s in this cluster", hostOnly(r.Host)),
-			fmt.Errorf("%w: repl %s lives in cluster %q", ErrNotHere, repl.ID, repl.Cluster))
-		return
-	}
 
 	// A body that may have to be sent twice is read once, up front (bounded by MaxReplayBody).
 	var replay []byte
@@ -301,32 +308,21 @@ func (h *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	var avoid []string
 	for attempt := 1; ; attempt++ {
-		pctx, cancel := context.WithTimeout(r.Context(), h.cfg.ResolveTimeout)
-		pool := ""
-		if h.cfg.Pool != nil {
-			pool = h.cfg.Pool(repl)
-		}
-		a, err := h.cfg.Placer.Place(pctx, placement.Request{Repl: repl.ID, Pool: pool, Avoid: avoid})
-		cancel()
-		if err != nil {
-			if r.Context().Err() != nil {
-				h.observe(outcomeClient, start)
+		target := rt.target
+		if attempt > 1 {
+			var rf *routeFailure
+			target, rf = h.place(r.Context(), repl, avoid)
+			if rf != nil {
+				if r.Context().Err() != nil {
+					h.observe(outcomeClient, start)
+					return
+				}
+				h.fail(w, r, st, start, rf.outcome, rf.status, rf.msg, rf.cause)
 				return
 			}
-			msg := "placement is unavailable; retry shortly"
-			if errors.Is(err, placement.ErrNoCapacity) {
-				msg = "no VM can run this repl right now; retry shortly"
-			}
-			h.fail(w, r, st, start, outcomePlacement, http.StatusServiceUnavailable, msg, fmt.Errorf("place repl %s: %w", repl.ID, err))
-			return
 		}
-		u, err := url.Parse(a.Addr)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			h.fail(w, r, st, start, outcomeBackend, http.StatusBadGateway, "the repl could not be reached",
-				fmt.Errorf("vm %s has a bad conman address %q", a.VM, a.Addr))
-			return
-		}
-		st.backend, st.vm, st.err, st.retry = u, a.VM, nil, false
+		u := target.backend
+		st.backend, st.vm, st.cred, st.err, st.retry = u, target.vm, target.cred, nil, false
 		if replay != nil {
 			r.Body = io.NopCloser(bytes.NewReader(replay))
 		}
@@ -336,6 +332,7 @@ func (h *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.observe(outcomeOK, start)
 			return
 		}
+		h.routes.forget(r.Host)
 		if tw.Started() || r.Context().Err() != nil {
 			// The answer has begun (or the client left): nothing more can be sent.
 			h.observe(outcomeClient, start)
@@ -378,7 +375,7 @@ func (h *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	revproxy.StripSwitchyardHeaders(pr.Out.Header)
 	revproxy.SetForwarded(pr, st.trusted)
 	pr.Out.Header.Set(conman.HeaderRepl, st.repl.ID)
-	pr.Out.Header.Set(conman.HeaderCredential, h.credential(st.vm))
+	pr.Out.Header.Set(conman.HeaderCredential, st.cred)
 }
 
 // credential is what to present to conman on vm.

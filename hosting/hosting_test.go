@@ -142,8 +142,11 @@ type testFixture struct {
 	placer *testPlacer
 	h      *Proxy
 	srv    *httptest.Server
-	logs   *syncBuffer
-	reg    *prometheus.Registry
+	fast   *Server // set under TestFastPath
+	// fastClient is the client of fast.
+	fastClient *http.Client
+	logs       *syncBuffer
+	reg        *prometheus.Registry
 }
 
 type syncBuffer struct {
@@ -189,6 +192,28 @@ func newTestFixture(t *testing.T, app http.Handler, mod func(*Config)) *testFixt
 	h, err := New(cfg)
 	require.NoError(t, err)
 	f.h = h
+	if onFastPath(t) {
+		// The same test through Server: its fast path, and net/http for what it hands off.
+		fs, err := NewServer(ServerConfig{Proxy: h})
+		require.NoError(t, err)
+		f.fast = fs
+		tr := &http.Transport{}
+		f.fastClient = &http.Client{Transport: tr}
+		t.Cleanup(tr.CloseIdleConnections)
+		f.srv = httptest.NewUnstartedServer(h)
+		l := f.srv.Listener
+		f.srv.URL = "http://" + l.Addr().String()
+		served := make(chan error, 1)
+		go func() { served <- fs.Serve(l) }()
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			assert.NoError(t, fs.Shutdown(ctx))
+			assert.ErrorIs(t, <-served, http.ErrServerClosed)
+			assert.NoError(t, h.Shutdown(ctx))
+		})
+		return f
+	}
 	f.srv = httptest.NewServer(h)
 	t.Cleanup(func() {
 		f.srv.Close()
@@ -199,6 +224,18 @@ func newTestFixture(t *testing.T, app http.Handler, mod func(*Config)) *testFixt
 	return f
 }
 
+// client returns an HTTP client of the fixture's server.
+func (f *testFixture) client() *http.Client {
+	if f.fast == nil {
+		return f.srv.Client()
+	}
+	return f.fastClient
+}
+
+// onFastPath reports whether t runs under TestFastPath: then the fixture serves Proxy with a
+// Server instead of a plain http.Server.
+func onFastPath(t *testing.T) bool { return strings.HasPrefix(t.Name(), "TestFastPath/") }
+
 func (f *testFixture) do(t *testing.T, method, host, path string, body io.Reader, hdr http.Header) (*http.Response, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, f.srv.URL+path, body)
@@ -207,7 +244,7 @@ func (f *testFixture) do(t *testing.T, method, host, path string, body io.Reader
 	for k, vs := range hdr {
 		req.Header[k] = vs
 	}
-	resp, err := f.srv.Client().Do(req)
+	resp, err := f.client().Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -470,7 +507,7 @@ func TestHostingStreamsAndTrailers(t *testing.T) {
 	t.Run("server-sent events arrive before the response ends", func(t *testing.T) {
 		req, _ := http.NewRequest("GET", f.srv.URL+"/events", nil)
 		req.Host = "blog.alice.repl.test"
-		resp, err := f.srv.Client().Do(req)
+		resp, err := f.client().Do(req)
 		require.NoError(t, err)
 		defer resp.Body.Close()
 		br := bufio.NewReader(resp.Body)
@@ -485,7 +522,7 @@ func TestHostingStreamsAndTrailers(t *testing.T) {
 	t.Run("trailers", func(t *testing.T) {
 		req, _ := http.NewRequest("GET", f.srv.URL+"/trailers", nil)
 		req.Host = "blog.alice.repl.test"
-		resp, err := f.srv.Client().Do(req)
+		resp, err := f.client().Do(req)
 		require.NoError(t, err)
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
@@ -498,7 +535,7 @@ func TestHostingStreamsAndTrailers(t *testing.T) {
 		req.Host = "blog.alice.repl.test"
 		done := make(chan *http.Response, 1)
 		go func() {
-			resp, err := f.srv.Client().Do(req)
+			resp, err := f.client().Do(req)
 			if err != nil {
 				_ = pw.CloseWithError(err)
 				close(done)
@@ -620,7 +657,7 @@ func TestHostingConcurrentLoad(t *testing.T) {
 			for j := 0; j < 25; j++ {
 				req, _ := http.NewRequest("GET", f.srv.URL+"/", nil)
 				req.Host = "r1.id.repl.test"
-				resp, err := f.srv.Client().Do(req)
+				resp, err := f.client().Do(req)
 				if !assert.NoError(t, err) {
 					return
 				}
@@ -680,7 +717,7 @@ func TestHostingShutdownWaitsForInflightRequests(t *testing.T) {
 	f := newTestFixture(t, app, nil)
 	req, _ := http.NewRequest("GET", f.srv.URL+"/", nil)
 	req.Host = "blog.alice.repl.test"
-	resp, err := f.srv.Client().Do(req)
+	resp, err := f.client().Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	buf := make([]byte, 6)
@@ -702,4 +739,21 @@ func TestHostingShutdownWaitsForInflightRequests(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "second", string(rest), "the in-flight response finished")
 	require.NoError(t, <-shut)
+}
+
+// TestFastPath runs the Proxy's tests through Server (see newTestFixture).
+func TestFastPath(t *testing.T) {
+	for name, test := range map[string]func(*testing.T){
+		"Routing":                  TestHostingRouting,
+		"Headers":                  TestHostingHeaders,
+		"Failures":                 TestHostingFailures,
+		"RetriesOnAnotherVM":       TestHostingRetriesOnAnotherVM,
+		"StreamsAndTrailers":       TestHostingStreamsAndTrailers,
+		"WebSocketAndDrain":        TestHostingWebSocketAndDrain,
+		"ShutdownDeadline":         TestHostingShutdownDeadlineClosesUpgrades,
+		"ConcurrentLoad":           TestHostingConcurrentLoad,
+		"ShutdownWaitsForInflight": TestHostingShutdownWaitsForInflightRequests,
+	} {
+		t.Run(name, test)
+	}
 }

@@ -25,17 +25,23 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/switchyard-dev/switchyard/hosting"
 )
 
 // serveRole is a child process of the -external run: it serves one target and prints its
 // address, then serves until its stdin closes.
-func serveRole(role, page string, size int) error {
+func serveRole(role, page string, size int, cpuprofile string) error {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var h http.Handler
+	var (
+		h    http.Handler
+		fast *hosting.Server
+	)
 	switch role {
 	case "page":
 		body := []byte(strings.Repeat("x", size))
@@ -43,7 +49,7 @@ func serveRole(role, page string, size int) error {
 			w.Header().Set("Content-Type", "text/plain")
 			_, _ = w.Write(body)
 		})
-	case "hosting", "forwarded":
+	case "hosting", "hosting-handler", "forwarded":
 		u, err := url.Parse(page)
 		if err != nil || u.Host == "" {
 			return fmt.Errorf("-page %q: want the page's URL", page)
@@ -56,16 +62,44 @@ func serveRole(role, page string, size int) error {
 		if role == "forwarded" {
 			h = st.fwd.Wrap(st.hosting)
 		}
+		if role == "hosting" {
+			if fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting}); err != nil {
+				return err
+			}
+		}
 	default:
 		return fmt.Errorf("unknown -role %q", role)
 	}
-	srv, err := serve("127.0.0.1:0", h)
-	if err != nil {
-		return err
+	var addr string
+	if fast != nil {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		addr = l.Addr().String()
+		go func() { _ = fast.Serve(l) }()
+		defer fast.Close()
+	} else {
+		srv, err := serve("127.0.0.1:0", h)
+		if err != nil {
+			return err
+		}
+		addr = srv.Addr
+		defer srv.Close()
 	}
-	fmt.Printf("addr %s\n", srv.Addr)
+	if cpuprofile != "" {
+		f, err := os.Create(cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fmt.Printf("addr %s\n", addr)
 	_, _ = io.Copy(io.Discard, os.Stdin) // the driver closes it to stop us
-	srv.Close()
 	return nil
 }
 
@@ -313,7 +347,7 @@ func wrk(cpu, addr string, conns int, d time.Duration, server *proc) (result, er
 	return r, nil
 }
 
-func runExternal(rounds int, duration time.Duration, conns, size int, targets []string, serverCPU, loadCPU string) error {
+func runExternal(rounds int, duration time.Duration, conns, size int, targets []string, serverCPU, loadCPU, cpuprofile string) error {
 	if duration < time.Second {
 		return errors.New("-duration: wrk needs at least 1s")
 	}
@@ -334,8 +368,12 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		switch t {
 		case "direct":
 			continue
-		case "hosting", "forwarded":
-			p, err = startChild(t, serverCPU, "-role", t, "-page", pageURL)
+		case "hosting", "hosting-handler", "forwarded":
+			args := []string{"-role", t, "-page", pageURL}
+			if cpuprofile != "" {
+				args = append(args, "-cpuprofile", cpuprofile+"."+t)
+			}
+			p, err = startChild(t, serverCPU, args...)
 		case "nginx":
 			p, err = startNginx(tmp, serverCPU, page.addr, conns)
 		case "haproxy":

@@ -56,7 +56,7 @@ func main() {
 	conns := flag.Int("conns", 16, "concurrent keep-alive connections")
 	size := flag.Int("size", 1024, "page size in bytes")
 	modesFlag := flag.String("modes", "direct,hosting,plain,pooled,forwarded", "modes to run")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here (-external: of each Go server, to this path plus .<target>)")
 	external := flag.Bool("external", false, "servers in their own processes pinned to -server-cpu, loaded by wrk on -load-cpu (see external.go)")
 	targets := flag.String("targets", "direct,hosting,forwarded,nginx,haproxy", "-external: targets to run")
 	serverCPU := flag.String("server-cpu", "0", "-external: the CPU the servers are pinned to")
@@ -65,14 +65,14 @@ func main() {
 	page := flag.String("page", "", "internal: the page's URL, for -role hosting and forwarded")
 	flag.Parse()
 	if *role != "" {
-		if err := serveRole(*role, *page, *size); err != nil {
+		if err := serveRole(*role, *page, *size, *cpuprofile); err != nil {
 			fmt.Fprintln(os.Stderr, "hosting:", err)
 			os.Exit(1)
 		}
 		return
 	}
 	if *external {
-		if err := runExternal(*rounds, *duration, *conns, *size, strings.Split(*targets, ","), *serverCPU, *loadCPU); err != nil {
+		if err := runExternal(*rounds, *duration, *conns, *size, strings.Split(*targets, ","), *serverCPU, *loadCPU, *cpuprofile); err != nil {
 			fmt.Fprintln(os.Stderr, "hosting:", err)
 			os.Exit(1)
 		}

@@ -35,7 +35,15 @@ func PeerIn(r *http.Request, prefixes []netip.Prefix) bool {
 	if err != nil {
 		return false
 	}
-	a := ap.Addr().Unmap()
+	return AddrIn(ap.Addr(), prefixes)
+}
+
+// AddrIn reports whether a (unmapped from IPv4-in-IPv6) is in one of prefixes.
+func AddrIn(a netip.Addr, prefixes []netip.Prefix) bool {
+	if !a.IsValid() {
+		return false
+	}
+	a = a.Unmap()
 	for _, p := range prefixes {
 		if p.Contains(a) {
 			return true
@@ -84,17 +92,28 @@ func SetForwarded(pr *httputil.ProxyRequest, trusted bool) {
 	out.Header.Set("X-Forwarded-Host", host)
 	out.Header.Set("X-Forwarded-Proto", proto)
 
-	elem := make([]string, 0, 3)
-	if peer != "" {
-		elem = append(elem, "for="+forwardedNode(peer))
-	}
-	elem = append(elem, "host="+forwardedValue(in.Host), "proto="+connProto)
 	if !trusted {
 		// The first element describes what the client asked for.
 		fwd = nil
 	}
-	fwd = append(fwd, strings.Join(elem, ";"))
+	fwd = append(fwd, ForwardedElement(peer, in.Host, connProto))
 	out.Header.Set("Forwarded", strings.Join(fwd, ", "))
+}
+
+// ForwardedElement is this hop's element of an RFC 7239 Forwarded header:
+// for=<peer>;host=<host>;proto=<proto> (no for= when peer is empty).
+func ForwardedElement(peer, host, proto string) string {
+	var b strings.Builder
+	if peer != "" {
+		b.WriteString("for=")
+		b.WriteString(forwardedNode(peer))
+		b.WriteByte(';')
+	}
+	b.WriteString("host=")
+	b.WriteString(forwardedValue(host))
+	b.WriteString(";proto=")
+	b.WriteString(proto)
+	return b.String()
 }
 
 // forwardedNode formats an address as an RFC 7239 node: IPv6 quoted and bracketed.

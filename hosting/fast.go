@@ -1,0 +1,680 @@
+package hosting
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/internal/fence"
+	"github.com/switchyard-dev/switchyard/internal/h1"
+	"github.com/switchyard-dev/switchyard/internal/revproxy"
+	"github.com/switchyard-dev/switchyard/lore"
+)
+
+// fastConn is a client connection on the fast path.
+type fastConn struct {
+	s     *Server
+	nc    net.Conn
+	rd    *h1.Reader
+	peer  string     // the client's IP
+	peerA netip.Addr // the same, parsed
+	req   h1.Request
+	resp  h1.Response
+	out   []byte
+
+	mu      sync.Mutex
+	waiting bool // blocked reading the next request: Shutdown may close it
+	fresh   bool // no request read yet: Shutdown lets it send one
+}
+
+// shutdownGrace is how long Shutdown waits for the first request of a connection accepted
+// before it (a connection the kernel handed over during a SO_REUSEPORT handover is ours to
+// answer).
+const shutdownGrace = time.Second
+
+// wake makes an idle connection notice Shutdown. Called with s.mu held.
+func (c *fastConn) wake() {
+	c.mu.Lock()
+	switch {
+	case c.waiting && !c.fresh:
+		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+	case c.waiting:
+		_ = c.nc.SetReadDeadline(time.Now().Add(shutdownGrace))
+	}
+	c.mu.Unlock()
+}
+
+func (c *fastConn) closing() bool {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.s.closing
+}
+
+// action is what the connection does after a request.
+type action int
+
+const (
+	actKeep action = iota
+	actClose
+	actHandoff
+)
+
+func (c *fastConn) serve() {
+	defer c.s.forget(c)
+	if ap, err := netip.ParseAddrPort(c.nc.RemoteAddr().String()); err == nil {
+		c.peerA = ap.Addr().Unmap()
+		c.peer = c.peerA.String()
+	}
+	c.rd = h1.NewReader(c.nc, 4096, min(64<<10, c.s.cfg.MaxHeaderBytes+4096))
+	for {
+		n, verdict, err := c.readHead()
+		if err != nil {
+			_ = c.nc.Close()
+			return
+		}
+		if verdict == h1.OK {
+			switch c.serveRequest(n) {
+			case actKeep:
+				if !c.closing() {
+					continue
+				}
+				_ = c.nc.Close()
+				return
+			case actClose:
+				_ = c.nc.Close()
+				return
+			}
+		}
+		// Handoff: net/http reads this request again from the start.
+		_ = c.nc.SetReadDeadline(time.Time{})
+		c.s.forget(c)
+		c.s.handoff.push(c.rd.Detach())
+		return
+	}
+}
+
+// readHead reads until the buffer holds a request head the parser decides on.
+func (c *fastConn) readHead() (int, h1.Verdict, error) {
+	if len(c.rd.Buffered()) > 0 {
+		if n, v := h1.ParseRequest(c.rd.Buffered(), &c.req); v != h1.NeedMore {
+			return n, v, nil
+		}
+	}
+	c.mu.Lock()
+	c.waiting = true
+	fresh := c.fresh
+	c.mu.Unlock()
+	closing := c.closing()
+	if !fresh && closing {
+		return 0, 0, http.ErrServerClosed
+	}
+	deadline := c.s.cfg.IdleTimeout
+	if fresh || len(c.rd.Buffered()) > 0 {
+		deadline = c.s.cfg.ReadHeaderTimeout
+	}
+	if closing {
+		deadline = min(deadline, shutdownGrace)
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(deadline))
+	headerDeadline := deadline != c.s.cfg.IdleTimeout
+	for {
+		err := c.rd.Fill()
+		if errors.Is(err, h1.ErrFull) {
+			return 0, h1.Handoff, nil // net/http answers 431, or takes the big head
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		c.mu.Lock()
+		c.waiting, c.fresh = false, false
+		c.mu.Unlock()
+		n, v := h1.ParseRequest(c.rd.Buffered(), &c.req)
+		if v != h1.NeedMore {
+			return n, v, nil
+		}
+		if !headerDeadline {
+			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.ReadHeaderTimeout))
+			headerDeadline = true
+		}
+	}
+}
+
+// serveRequest serves the parsed request whose head is the first n buffered bytes.
+func (c *fastConn) serveRequest(n int) action {
+	h, req := c.s.h, &c.req
+	host := string(req.Host)
+	if c.s.cfg.Divert != nil && c.s.cfg.Divert(host) {
+		return actHandoff
+	}
+	trusted := false
+	if req.Forwarding {
+		if h.trustCustom {
+			return actHandoff // Config.TrustForwarded needs the *http.Request
+		}
+		trusted = revproxy.AddrIn(c.peerA, h.cfg.TrustedProxies)
+	}
+	start := time.Now()
+	rt, rf := h.route(context.Background(), host, start)
+	if rf == nil && rt.target.backend.Scheme != "http" {
+		return actHandoff // conman over TLS: net/http's transport speaks it
+	}
+	st := &fastState{c: c, id: newRequestIDBytes(), start: start, host: host}
+	hasBody := req.ContentLength > 0
+	c.rd.Discard(n)
+	_ = c.nc.SetReadDeadline(time.Time{})
+	if !h.drain.Enter() {
+		return st.fail(outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", ErrClosed, true)
+	}
+	defer h.drain.Exit()
+	if rf != nil {
+		st.repl = rf.repl
+		return st.fail(rf.outcome, rf.status, rf.msg, rf.cause, hasBody)
+	}
+	st.repl = rt.repl
+
+	// A body that may have to be sent twice is read once, up front (bounded by MaxReplayBody).
+	var body []byte
+	replayable := !hasBody
+	if hasBody && h.cfg.MaxReplayBody > 0 && req.ContentLength <= h.cfg.MaxReplayBody {
+		body = make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(c.rd, body); err != nil {
+			return st.fail(outcomeClient, http.StatusBadRequest, "the request body ended early", err, true)
+		}
+		replayable = true
+	}
+	// The head to conman (without the per-VM credential), built once.
+	head := c.appendHead(nil, trusted, rt.repl.ID)
+
+	var avoid []string
+	for attempt := 1; ; attempt++ {
+		t := rt.target
+		if attempt > 1 {
+			var rf *routeFailure
+			if t, rf = h.place(context.Background(), rt.repl, avoid); rf != nil {
+				return st.fail(rf.outcome, rf.status, rf.msg, rf.cause, !replayable)
+			}
+		}
+		st.vm = t.vm
+		if t.backend.Scheme != "http" {
+			return st.fail(outcomeBackend, http.StatusBadGateway, "the repl could not be reached",
+				fmt.Errorf("vm %s: the fast path speaks plain HTTP to conman, not %s", t.vm, t.backend.Scheme), !replayable)
+		}
+		res, err := st.exchange(t, head, body, replayable)
+		if err == nil {
+			h.observe(outcomeOK, start)
+			if res == actClose || req.Close || c.closing() {
+				return actClose
+			}
+			return actKeep
+		}
+		h.routes.forget(host)
+		if st.started {
+			if !errors.Is(err, h1.ErrClient) {
+				h.log.Warn("hosting: response interrupted", "request_id", st.idString(), "host", host, "repl", rt.repl.ID, "vm", t.vm, "err", err)
+			}
+			h.observe(outcomeClient, start)
+			return actClose
+		}
+		if st.retry && replayable && attempt < h.cfg.Attempts {
+			h.metrics.retries.Inc()
+			h.log.Info("hosting: retrying on another VM", "request_id", st.idString(), "repl", rt.repl.ID, "vm", t.vm, "err", err)
+			var ce *errConman
+			if errors.As(err, &ce) {
+				base := t.backend.Scheme + "://" + t.backend.Host
+				if err := fence.Repl(context.Background(), &http.Client{Transport: h.cfg.Transport}, base, rt.repl.ID, t.cred); err != nil {
+					h.log.Warn("hosting: could not fence the repl on the VM it leaves", "request_id", st.idString(), "repl", rt.repl.ID, "vm", t.vm, "err", err)
+				}
+			}
+			avoid = append(avoid, t.vm)
+			continue
+		}
+		return st.fail(outcomeBackend, http.StatusBadGateway, "the repl could not be started or did not answer",
+			fmt.Errorf("repl %s on vm %s: %w", rt.repl.ID, t.vm, err), !replayable)
+	}
+}
+
+// appendHead appends the request head for conman, up to (not including) the credential field
+// and the empty line.
+func (c *fastConn) appendHead(dst []byte, trusted bool, repl string) []byte {
+	req := &c.req
+	dst = append(dst, req.Method...)
+	dst = append(dst, ' ')
+	dst = append(dst, req.Target...)
+	dst = append(dst, " HTTP/1.1\r\nHost: "...)
+	dst = append(dst, req.Host...)
+	dst = append(dst, "\r\n"...)
+	for _, f := range req.Fields {
+		if f.Kind != h1.KindKeep {
+			continue
+		}
+		dst = append(dst, f.Name...)
+		dst = append(dst, ": "...)
+		dst = append(dst, f.Value...)
+		dst = append(dst, "\r\n"...)
+	}
+	// Forwarding fields, as revproxy.SetForwarded writes them.
+	proto, xfh := "http", req.Host
+	var xff, fwd [][]byte
+	if trusted {
+		sawHost, sawProto := false, false
+		for _, f := range req.Fields {
+			if f.Kind != h1.KindForwarding {
+				continue
+			}
+			switch {
+			case h1.EqualFold(f.Name, "x-forwarded-for"):
+				xff = append(xff, f.Value)
+			case h1.EqualFold(f.Name, "forwarded"):
+				fwd = append(fwd, f.Value)
+			case h1.EqualFold(f.Name, "x-forwarded-host"):
+				// Like Header.Get: the first field counts, an empty one changes nothing.
+				if !sawHost && len(f.Value) > 0 {
+					xfh = f.Value
+				}
+				sawHost = true
+			case h1.EqualFold(f.Name, "x-forwarded-proto"):
+				if !sawProto && (string(f.Value) == "http" || string(f.Value) == "https") {
+					proto = string(f.Value)
+				}
+				sawProto = true
+			}
+		}
+	}
+	if len(xff) > 0 || c.peer != "" {
+		dst = append(dst, "X-Forwarded-For: "...)
+		for _, v := range xff {
+			dst = append(dst, v...)
+			dst = append(dst, ", "...)
+		}
+		if c.peer != "" {
+			dst = append(dst, c.peer...)
+		} else {
+			dst = dst[:len(dst)-2]
+		}
+		dst = append(dst, "\r\n"...)
+	}
+	dst = append(dst, "X-Forwarded-Host: "...)
+	dst = append(dst, xfh...)
+	dst = append(dst, "\r\nX-Forwarded-Proto: "...)
+	dst = append(dst, proto...)
+	dst = append(dst, "\r\nForwarded: "...)
+	for _, v := range fwd {
+		dst = append(dst, v...)
+		dst = append(dst, ", "...)
+	}
+	dst = append(dst, revproxy.ForwardedElement(c.peer, string(req.Host), "http")...)
+	dst = append(dst, "\r\n"...)
+	if req.ContentLength > 0 || req.ContentLength == 0 && methodWantsBody(req.Method) {
+		dst = append(dst, "Content-Length: "...)
+		dst = strconv.AppendInt(dst, req.ContentLength, 10)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = append(dst, conman.HeaderRepl...)
+	dst = append(dst, ": "...)
+	dst = append(dst, repl...)
+	dst = append(dst, "\r\n"...)
+	return dst
+}
+
+func methodWantsBody(m []byte) bool {
+	s := string(m)
+	return s == "POST" || s == "PUT" || s == "PATCH"
+}
+
+// fastState is one fast-path request.
+type fastState struct {
+	c       *fastConn
+	id      [16]byte // hex
+	start   time.Time
+	host    string
+	repl    lore.Repl
+	vm      string
+	started bool // something of the answer reached the client
+	retry   bool // the failure happened before conman took the request
+}
+
+func (st *fastState) idString() string { return string(st.id[:]) }
+
+// exchange sends the request to conman on t and relays the answer. Errors before anything was
+// written to the client leave st.started false; st.retry says whether another VM may serve it.
+func (st *fastState) exchange(t target, head, body []byte, replayable bool) (action, error) {
+	c := st.c
+	st.retry = false
+	var (
+		be  *h1.Backend
+		err error
+	)
+	if replayable {
+		be, err = c.s.pool.Get(context.Background(), t.addr)
+	} else {
+		be, err = c.s.pool.Dial(context.Background(), t.addr) // a streamed body is sent once: no stale connection
+	}
+	if err != nil {
+		st.retry = true // never reached conman
+		return actClose, err
+	}
+	msg := c.out[:0]
+	msg = append(msg, head...)
+	msg = append(msg, conman.HeaderCredential...)
+	msg = append(msg, ": "...)
+	msg = append(msg, t.cred...)
+	msg = append(msg, "\r\n\r\n"...)
+	if len(body) <= 16<<10 {
+		msg = append(msg, body...)
+	}
+	c.out = msg
+
+	for try := 0; ; try++ {
+		if _, err = be.Conn.Write(msg); err == nil && len(body) > 16<<10 {
+			_, err = be.Conn.Write(body)
+		}
+		var upload chan error
+		if err == nil && !replayable {
+			upload = make(chan error, 1)
+			go func() { upload <- c.uploadBody(be) }()
+		}
+		var hn int
+		got := false // any byte of an answer arrived
+		if err == nil {
+			hn, got, err = st.readResponseHead(be, upload)
+		}
+		if err == nil {
+			return st.relay(be, hn, upload)
+		}
+		_ = be.Close()
+		if upload != nil {
+			_ = c.nc.SetReadDeadline(time.Unix(1, 0)) // stop the upload's read of the client
+			<-upload
+			return actClose, err
+		}
+		if try > 0 || !be.Reused || got {
+			return actClose, err
+		}
+		// A pooled connection the backend closed while it was idle: once more on a new one.
+		if be, err = c.s.pool.Dial(context.Background(), t.addr); err != nil {
+			st.retry = true
+			return actClose, err
+		}
+	}
+}
+
+// uploadBody streams a request body too large to replay from the client to conman.
+func (c *fastConn) uploadBody(be *h1.Backend) error {
+	var out []byte
+	return h1.CopyLength(be.Conn, &out, c.rd, c.req.ContentLength)
+}
+
+// readResponseHead reads conman's answer head into c.resp, passing 1xx answers on to the
+// client, and checks for conman's own failures.
+func (st *fastState) readResponseHead(be *h1.Backend, upload chan error) (int, bool, error) {
+	c := st.c
+	got := false
+	for {
+		n, err := h1.ParseResponse(be.Buffered(), &c.resp)
+		if err != nil {
+			return 0, true, err
+		}
+		if n == 0 {
+			if err := be.Fill(); err != nil {
+				if errors.Is(err, h1.ErrFull) {
+					return 0, true, h1.ErrMalformed
+				}
+				return 0, got, err
+			}
+			got = true
+			continue
+		}
+		resp := &c.resp
+		switch {
+		case resp.Status == http.StatusSwitchingProtocols:
+			return 0, true, errors.New("backend switched protocols without an Upgrade request")
+		case resp.Status < 200:
+			// 1xx: pass it on (not the start of the answer), then read the real one.
+			out := h1.AppendStatusLine(c.out[:0], resp.Status)
+			out = appendFields(out, resp.Fields)
+			out = append(out, "\r\n"...)
+			c.out = out
+			if _, err := c.nc.Write(out); err != nil {
+				st.started = true
+				return 0, true, errors.Join(h1.ErrClient, err)
+			}
+			be.Discard(n)
+			continue
+		}
+		if resp.Status == http.StatusUnauthorized || resp.Status == http.StatusBadGateway || resp.Status == http.StatusServiceUnavailable {
+			if reason := fieldValue(resp.Fields, conman.HeaderError); reason != nil {
+				if resp.Status == http.StatusServiceUnavailable && upload == nil {
+					st.retry = true // draining: the request never reached the repl
+				}
+				return 0, true, &errConman{status: resp.Status, reason: string(reason)}
+			}
+		}
+		return n, true, nil
+	}
+}
+
+// relay writes conman's answer (head of n bytes in be, parsed in c.resp) to the client.
+func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, error) {
+	c := st.c
+	req, resp := &c.req, &c.resp
+	bodyAllowed := h1.BodyAllowed(req.Method, resp.Status)
+	out := h1.AppendStatusLine(c.out[:0], resp.Status)
+	out = appendFields(out, resp.Fields)
+	out = append(out, HeaderRequestID...)
+	out = append(out, ": "...)
+	out = append(out, st.id[:]...)
+	out = append(out, "\r\n"...)
+	if fieldValue(resp.Fields, "date") == nil {
+		out = append(out, "Date: "...)
+		out = append(out, httpDate()...)
+		out = append(out, "\r\n"...)
+	}
+	untilEOF := false
+	switch {
+	case !bodyAllowed:
+		if resp.ContentLength >= 0 && resp.Status != http.StatusNoContent && resp.Status >= 200 {
+			out = append(out, "Content-Length: "...)
+			out = strconv.AppendInt(out, resp.ContentLength, 10)
+			out = append(out, "\r\n"...)
+		}
+	case resp.ContentLength >= 0:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, resp.ContentLength, 10)
+		out = append(out, "\r\n"...)
+	default:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+		untilEOF = !resp.Chunked
+	}
+	closeAfter := c.req.Close
+	if closeAfter {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "\r\n"...)
+	be.Discard(n)
+	st.started = true
+
+	var err error
+	switch {
+	case !bodyAllowed:
+		err = writeAll(c.nc, out)
+	case resp.ContentLength >= 0:
+		err = h1.CopyLength(c.nc, &out, be.Reader, resp.ContentLength)
+	case untilEOF:
+		err = h1.CopyUntilEOF(c.nc, &out, be.Reader)
+	default:
+		err = h1.CopyChunked(c.nc, &out, be.Reader, func(name []byte) bool { return !h1.IsSwitchyard(name) })
+	}
+	c.out = out[:0]
+	if upload != nil {
+		// The answer is complete; the upload must be too, or the connections are out of step.
+		select {
+		case uerr := <-upload:
+			if err == nil && uerr != nil {
+				err = uerr
+			}
+		default:
+			_ = be.Close()
+			_ = c.nc.SetReadDeadline(time.Unix(1, 0)) // stop the upload's read of the client
+			<-upload
+			if err == nil {
+				return actClose, nil // answered before the upload ended: the client's body is unread
+			}
+		}
+	}
+	if err != nil {
+		_ = be.Close()
+		return actClose, err
+	}
+	if resp.Close || untilEOF || upload != nil {
+		_ = be.Close()
+	} else {
+		c.s.pool.Put(be)
+	}
+	if closeAfter {
+		return actClose, nil
+	}
+	return actKeep, nil
+}
+
+func writeAll(c net.Conn, b []byte) error {
+	if _, err := c.Write(b); err != nil {
+		return errors.Join(h1.ErrClient, err)
+	}
+	return nil
+}
+
+// appendFields appends the fields a client may see: not hop-by-hop, not Switchyard-*.
+func appendFields(dst []byte, fields []h1.Field) []byte {
+	for _, f := range fields {
+		if f.Kind == h1.KindDrop || h1.IsSwitchyard(f.Name) {
+			continue
+		}
+		dst = append(dst, f.Name...)
+		dst = append(dst, ": "...)
+		dst = append(dst, f.Value...)
+		dst = append(dst, "\r\n"...)
+	}
+	return dst
+}
+
+// fieldValue returns the value of the first field named name (any case), or nil.
+func fieldValue(fields []h1.Field, name string) []byte {
+	lname := strings.ToLower(name)
+	for _, f := range fields {
+		if h1.EqualFold(f.Name, lname) {
+			if f.Value == nil {
+				return []byte{}
+			}
+			return f.Value
+		}
+	}
+	return nil
+}
+
+// fail answers the request with an error page (as Proxy.fail does) and records the outcome.
+// closeConn also closes the connection (an unread body).
+func (st *fastState) fail(outcome string, status int, msg string, cause error, closeConn bool) action {
+	c, h := st.c, st.c.s.h
+	h.observe(outcome, st.start)
+	r := &http.Request{Method: string(c.req.Method), Host: st.host, RemoteAddr: c.nc.RemoteAddr().String(),
+		Header: http.Header{}, RequestURI: string(c.req.Target)}
+	if c.req.Accept != nil {
+		r.Header.Set("Accept", string(c.req.Accept))
+	}
+	if cause != nil {
+		level := slog.LevelWarn
+		if status < 500 {
+			level = slog.LevelInfo
+		}
+		h.log.Log(context.Background(), level, "hosting: request failed", "request_id", st.idString(), "status", status,
+			"host", st.host, "repl", st.repl.ID, "vm", st.vm, "outcome", outcome, "err", cause)
+	}
+	pw := &pageWriter{h: http.Header{}}
+	revproxy.WriteError(pw, r, status, msg, st.idString())
+	closeConn = closeConn || c.req.Close || outcome == outcomeDraining || c.closing()
+	out := h1.AppendStatusLine(c.out[:0], pw.status)
+	for k, vs := range pw.h {
+		for _, v := range vs {
+			out = append(out, k...)
+			out = append(out, ": "...)
+			out = append(out, v...)
+			out = append(out, "\r\n"...)
+		}
+	}
+	out = append(out, "Date: "...)
+	out = append(out, httpDate()...)
+	out = append(out, "\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(pw.body.Len()), 10)
+	if closeConn {
+		out = append(out, "\r\nConnection: close"...)
+	}
+	out = append(out, "\r\n\r\n"...)
+	if string(c.req.Method) != "HEAD" {
+		out = append(out, pw.body.Bytes()...)
+	}
+	c.out = out[:0]
+	if _, err := c.nc.Write(out); err != nil || closeConn {
+		return actClose
+	}
+	return actKeep
+}
+
+// pageWriter collects an error page written by revproxy.WriteError.
+type pageWriter struct {
+	h      http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (w *pageWriter) Header() http.Header { return w.h }
+func (w *pageWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+}
+func (w *pageWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.body.Write(p)
+}
+
+// httpDate returns the current time as an HTTP date, formatted at most once a second.
+func httpDate() string {
+	now := time.Now().Unix()
+	dateMu.Lock()
+	defer dateMu.Unlock()
+	if now != dateSec {
+		dateSec = now
+		dateStr = time.Unix(now, 0).UTC().Format(http.TimeFormat)
+	}
+	return dateStr
+}
+
+var (
+	dateMu  sync.Mutex
+	dateSec int64
+	dateStr string
+)
+
+// newRequestIDBytes returns a request id (16 hex digits) as newRequestID does.
+func newRequestIDBytes() [16]byte {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	var out [16]byte
+	hex.Encode(out[:], b[:])
+	return out
+}

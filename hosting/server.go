@@ -1,0 +1,272 @@
+package hosting
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/switchyard-dev/switchyard/internal/h1"
+)
+
+// ServerConfig configures a Server. Proxy is required.
+type ServerConfig struct {
+	// Proxy routes and forwards the requests.
+	Proxy *Proxy
+	// Handler serves the requests the fast path passes to net/http. Nil means Proxy. With
+	// tombstones it is forwarder.Wrap(proxy), and Divert must then be set.
+	Handler http.Handler
+	// Divert reports whether a request for host must go to Handler rather than straight to
+	// Proxy: (*tombstone.Forwarder).Diverts when Handler is the forwarder's Wrap. Required when
+	// Handler is set.
+	Divert func(host string) bool
+	// ReadHeaderTimeout bounds the reading of a request head once its first byte arrived. Zero
+	// means 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection that sends no request for this long. Zero
+	// means 2 minutes.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request head (net/http answers 431 past it). Zero means 1 MiB,
+	// net/http's default.
+	MaxHeaderBytes int
+}
+
+// Server serves a Proxy on listeners. Plain HTTP/1.1 requests of the common kind (a method
+// other than CONNECT; an origin-form target; a Content-Length body or none; no Upgrade, Expect
+// or Transfer-Encoding; Connection only keep-alive or close; no Switchyard-* field; see
+// internal/h1 for the exact subset) take a fast path: a strict parser, the Proxy's cached
+// route, and a pooled keep-alive connection to the VM's conman, with large bodies spliced by
+// the kernel. Every other connection — from the first request outside that subset on, TLS
+// connections, requests Divert claims, and requests whose forwarding headers need
+// Config.TrustForwarded — is handed, with the bytes read so far, to a net/http server serving
+// Handler, which answers it exactly as Proxy's ServeHTTP does (upgrades, chunked bodies and
+// trailers, HTTP/2 over TLS, 100-continue). Both paths strip Switchyard-* fields, send the
+// per-VM credential, count the same metrics and retry on another VM the same way.
+//
+// The fast path does not notice a client that leaves while the app is still working on its
+// answer (net/http's path cancels the request); it notices at the first write.
+//
+// Proxy's ServeHTTP stays usable on its own: Server is an option for the listeners of a
+// cluster's hosting proxy.
+type Server struct {
+	cfg     ServerConfig
+	h       *Proxy
+	handler http.Handler
+	pool    *h1.Pool
+	slow    *http.Server
+	handoff *handoffListener
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*fastConn]struct{}
+	closing   bool
+	slowOnce  sync.Once
+	wg        sync.WaitGroup
+	idle      chan struct{} // closed when closing and conns is empty
+
+	handoffs atomic.Int64 // connections given to net/http, for tests
+}
+
+// NewServer checks cfg and returns a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Proxy == nil {
+		return nil, errors.New("hosting: ServerConfig.Proxy is required")
+	}
+	if cfg.Handler != nil && cfg.Divert == nil {
+		return nil, errors.New("hosting: ServerConfig.Divert is required with a Handler")
+	}
+	if cfg.Handler == nil {
+		cfg.Handler = cfg.Proxy
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 2 * time.Minute
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = http.DefaultMaxHeaderBytes
+	}
+	s := &Server{
+		cfg:       cfg,
+		h:         cfg.Proxy,
+		handler:   cfg.Handler,
+		pool:      h1.NewPool(256, 90*time.Second, 256<<10),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*fastConn]struct{}),
+	}
+	s.handoff = newHandoffListener(&s.handoffs)
+	s.slow = &http.Server{
+		Handler:           cfg.Handler,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          s.h.rp.ErrorLog,
+	}
+	return s, nil
+}
+
+// Serve accepts connections on l until Shutdown or Close, and returns http.ErrServerClosed
+// then (or the listener's error).
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	s.slowOnce.Do(func() {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); _ = s.slow.Serve(s.handoff) }()
+	})
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return http.ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if _, ok := nc.(*tls.Conn); ok {
+			// net/http does the handshake and speaks HTTP/2 when the client asks.
+			s.handoff.push(nc)
+			continue
+		}
+		c := &fastConn{s: s, nc: nc, fresh: true}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			_ = nc.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Shutdown stops the listeners, closes idle fast-path connections (a connection that has not
+// sent its first request yet is still answered), waits for the fast path's requests to end and
+// shuts down the net/http server of the handed-off connections (http.Server.Shutdown). It does
+// not wait for upgraded connections: call Proxy.Shutdown too. When ctx ends first it closes the
+// remaining connections and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		_ = l.Close()
+	}
+	for c := range s.conns {
+		c.wake()
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+		if len(s.conns) == 0 {
+			close(s.idle)
+		}
+	}
+	idle := s.idle
+	s.mu.Unlock()
+	s.handoff.close()
+	err := s.slow.Shutdown(ctx)
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		s.closeConns()
+		err = ctx.Err()
+	}
+	s.pool.Close()
+	if err == nil {
+		s.wg.Wait()
+	}
+	return err
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		_ = l.Close()
+	}
+	s.mu.Unlock()
+	s.handoff.close()
+	err := s.slow.Close()
+	s.closeConns()
+	s.pool.Close()
+	return err
+}
+
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.nc.Close()
+	}
+	s.mu.Unlock()
+}
+
+func (s *Server) forget(c *fastConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	if s.idle != nil && len(s.conns) == 0 {
+		select {
+		case <-s.idle:
+		default:
+			close(s.idle)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// handoffListener is the listener of the net/http server: connections the fast path gives up.
+type handoffListener struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	addr   net.Addr
+	n      *atomic.Int64
+}
+
+func newHandoffListener(n *atomic.Int64) *handoffListener {
+	return &handoffListener{ch: make(chan net.Conn), done: make(chan struct{}), addr: &net.TCPAddr{}, n: n}
+}
+
+func (l *handoffListener) push(c net.Conn) {
+	l.n.Add(1)
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		_ = c.Close()
+	}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) close() { l.once.Do(func() { close(l.done) }) }
+
+func (l *handoffListener) Close() error { l.close(); return nil }
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }

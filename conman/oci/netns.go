@@ -51,7 +51,7 @@ func newNetns(file string) error {
 		}
 		err = unix.Mount("/proc/thread-self/ns/net", file, "", unix.MS_BIND, "")
 		if err == nil {
-			err = loopbackUp()
+			err = netns.LoopbackUp()
 		}
 		if rerr := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); rerr != nil {
 			errc <- errors.Join(err, fmt.Errorf("return to own namespace: %w", rerr))
@@ -65,24 +65,6 @@ func newNetns(file string) error {
 		return fmt.Errorf("oci: netns: %w", err)
 	}
 	return nil
-}
-
-// loopbackUp sets lo up in the calling thread's network namespace.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 // DialContainer implements conman.Dialer: a TCP connection to port on the container's

@@ -93,7 +93,7 @@ type Runtime struct {
 	version string // first line of --version
 	gvisor  bool
 	log     *slog.Logger
-	cg      *cgroups
+	cg      *cgroupSet
 	runDir  string
 	slots   *idslots.Allocator
 

@@ -1,7 +1,6 @@
 package process
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -12,65 +11,24 @@ import (
 	"time"
 
 	"github.com/switchyard-dev/switchyard/conman"
+	cgroupfs "github.com/switchyard-dev/switchyard/internal/cgroups"
 )
 
 // cgroups is the cgroup hierarchy the runtime puts containers in: v2 (one unified tree) when
 // <root>/cgroup.controllers exists, else the v1 memory, cpu, cpuacct and pids controllers.
 type cgroups struct {
-	v2     bool
-	root   string // /sys/fs/cgroup
-	parent string // switchyard
-	// v1: controller name → mount directory (deduplicated when co-mounted, e.g. cpu,cpuacct)
-	v1 map[string]string
+	*cgroupfs.Hierarchy
 }
 
 func detectCgroups(root, parent string) (*cgroups, error) {
-	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
-		c := &cgroups{v2: true, root: root, parent: parent}
-		// Enable the controllers we need down to our parent.
-		dir := root
-		for _, part := range append([]string{""}, strings.Split(parent, "/")...) {
-			if part != "" {
-				dir = filepath.Join(dir, part)
-				if err := os.MkdirAll(dir, 0o755); err != nil {
-					return nil, err
-				}
-			}
-			if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory +cpu +pids"), 0); err != nil {
-				return nil, fmt.Errorf("enable cgroup v2 controllers in %s: %w", dir, err)
-			}
-		}
-		return c, nil
+	h, err := cgroupfs.Detect(root, parent)
+	if err != nil {
+		return nil, err
 	}
-	c := &cgroups{root: root, parent: parent, v1: make(map[string]string)}
-	for _, ctl := range []string{"memory", "cpu", "cpuacct", "pids"} {
-		dir := filepath.Join(root, ctl)
-		if _, err := os.Stat(filepath.Join(dir, "cgroup.procs")); err != nil {
-			continue
-		}
-		if err := os.MkdirAll(filepath.Join(dir, parent), 0o755); err != nil {
-			return nil, fmt.Errorf("cgroup v1 %s: %w", ctl, err)
-		}
-		c.v1[ctl] = dir
-	}
-	if len(c.v1) == 0 {
-		return nil, errors.New("no cgroup v1 or v2 hierarchy found under " + root)
-	}
-	return c, nil
+	return &cgroups{h}, nil
 }
 
-func (c *cgroups) describe() string {
-	if c.v2 {
-		return "cgroup v2 memory,cpu,pids"
-	}
-	var names []string
-	for _, ctl := range []string{"memory", "cpu", "cpuacct", "pids"} {
-		if _, ok := c.v1[ctl]; ok {
-			names = append(names, ctl)
-		}
-	}
-	return "cgroup v1 " + strings.Join(names, ",")
-}
+func (c *cgroups) describe() string { return c.Describe() }
 
 // cgroup is one container's cgroup: one directory (v2) or one per v1 controller.
 type cgroup struct {
@@ -79,61 +37,13 @@ type cgroup struct {
 }
 
 func (c *cgroups) open(id string) *cgroup {
-	g := &cgroup{v2: c.v2, dirs: make(map[string]string)}
-	if c.v2 {
-		g.dirs[""] = filepath.Join(c.root, c.parent, id)
-		return g
-	}
-	for ctl, dir := range c.v1 {
-		g.dirs[ctl] = filepath.Join(dir, c.parent, id)
-	}
-	return g
+	return &cgroup{v2: c.V2, dirs: c.Dirs(id)}
 }
 
 // create makes the container's cgroup with its limits.
 func (c *cgroups) create(id string, l conman.Limits) (*cgroup, error) {
 	g := c.open(id)
-	for _, dir := range g.dirs {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
-		}
-	}
-	w := func(ctl, file, v string) error {
-		dir, ok := g.dirs[ctl]
-		if !ok {
-			return nil
-		}
-		if err := os.WriteFile(filepath.Join(dir, file), []byte(v), 0); err != nil {
-			return fmt.Errorf("cgroup %s: %w", file, err)
-		}
-		return nil
-	}
-	var errs []error
-	if g.v2 {
-		if l.MemoryBytes > 0 {
-			errs = append(errs, w("", "memory.max", strconv.FormatInt(l.MemoryBytes, 10)))
-			_ = w("", "memory.swap.max", "0")
-		}
-		if l.CPUMilli > 0 {
-			errs = append(errs, w("", "cpu.max", strconv.FormatInt(l.CPUMilli*100, 10)+" 100000"))
-		}
-		if l.Pids > 0 {
-			errs = append(errs, w("", "pids.max", strconv.FormatInt(l.Pids+initPidsHeadroom, 10)))
-		}
-	} else {
-		if l.MemoryBytes > 0 {
-			errs = append(errs, w("memory", "memory.limit_in_bytes", strconv.FormatInt(l.MemoryBytes, 10)))
-			_ = w("memory", "memory.memsw.limit_in_bytes", strconv.FormatInt(l.MemoryBytes, 10))
-		}
-		if l.CPUMilli > 0 {
-			errs = append(errs, w("cpu", "cpu.cfs_period_us", "100000"))
-			errs = append(errs, w("cpu", "cpu.cfs_quota_us", strconv.FormatInt(l.CPUMilli*100, 10)))
-		}
-		if l.Pids > 0 {
-			errs = append(errs, w("pids", "pids.max", strconv.FormatInt(l.Pids+initPidsHeadroom, 10)))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := cgroupfs.SetLimits(g.v2, g.dirs, l, initPidsHeadroom); err != nil {
 		g.remove()
 		return nil, err
 	}
@@ -149,61 +59,14 @@ func (g *cgroup) add(pid int) error {
 	return nil
 }
 
-func readInt(path string) int64 {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	return n
-}
-
-// keyed reads "key value" lines (memory.events, cpu.stat, memory.oom_control).
-func keyed(path, key string) int64 {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), " ")
-		if ok && k == key {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-func (g *cgroup) usage() conman.Usage {
-	if g.v2 {
-		d := g.dirs[""]
-		return conman.Usage{
-			CPU:         time.Duration(keyed(filepath.Join(d, "cpu.stat"), "usage_usec")) * time.Microsecond,
-			MemoryBytes: readInt(filepath.Join(d, "memory.current")),
-			Pids:        readInt(filepath.Join(d, "pids.current")),
-		}
-	}
-	var u conman.Usage
-	if d, ok := g.dirs["cpuacct"]; ok {
-		u.CPU = time.Duration(readInt(filepath.Join(d, "cpuacct.usage")))
-	}
-	if d, ok := g.dirs["memory"]; ok {
-		u.MemoryBytes = readInt(filepath.Join(d, "memory.usage_in_bytes"))
-	}
-	if d, ok := g.dirs["pids"]; ok {
-		u.Pids = readInt(filepath.Join(d, "pids.current"))
-	}
-	return u
-}
+func (g *cgroup) usage() conman.Usage { return cgroupfs.Usage(g.v2, g.dirs) }
 
 func (g *cgroup) oomKills() int64 {
 	if g.v2 {
-		return keyed(filepath.Join(g.dirs[""], "memory.events"), "oom_kill")
+		return cgroupfs.OOMKills(true, g.dirs[""])
 	}
 	if d, ok := g.dirs["memory"]; ok {
-		return keyed(filepath.Join(d, "memory.oom_control"), "oom_kill")
+		return cgroupfs.OOMKills(false, d)
 	}
 	return 0
 }

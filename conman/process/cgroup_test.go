@@ -30,7 +30,7 @@ func TestCgroupV2Layout(t *testing.T) {
 	write("cgroup.controllers", "cpuset cpu io memory pids")
 	cgs, err := detectCgroups(root, "switchyard/vm1")
 	require.NoError(t, err)
-	require.True(t, cgs.v2)
+	require.True(t, cgs.V2)
 	require.Equal(t, "cgroup v2 memory,cpu,pids", cgs.describe())
 	for _, dir := range []string{"", "switchyard", "switchyard/vm1"} {
 		require.Equal(t, "+memory +cpu +pids", read(filepath.Join(dir, "cgroup.subtree_control")))
@@ -60,7 +60,7 @@ func TestCgroupV1Limits(t *testing.T) {
 		t.Skip("needs root")
 	}
 	cgs, err := detectCgroups("/sys/fs/cgroup", "switchyard-test-process-v1")
-	if err != nil || cgs.v2 {
+	if err != nil || cgs.V2 {
 		t.Skip("no cgroup v1 here")
 	}
 	g, err := cgs.create("lim1", conman.Limits{MemoryBytes: 48 << 20, CPUMilli: 250, Pids: 30})

@@ -2,7 +2,7 @@
 
 // Package netns dials TCP connections from inside another network namespace: the way conman
 // reaches a sandboxed repl's web port on the repl's own loopback without exposing it on the
-// VM's network.
+// VM's network. LoopbackUp readies a new namespace's loopback.
 package netns
 
 import (
@@ -57,4 +57,22 @@ func Dial(ctx context.Context, nsfd int, network, address string) (net.Conn, err
 	}()
 	r := <-ch
 	return r.c, r.err
+}
+
+// LoopbackUp sets lo up in the calling thread's network namespace (a new namespace has it down).
+func LoopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }

@@ -388,3 +388,19 @@ func cgroupUIDs(cg string) ([]int, error) {
 	})
 	return uids, err
 }
+
+// TestOldGVisorRefused: a runsc from before google/gvisor#12692 (Debian 12's, 20221219) is
+// refused with a clear error rather than run without seccomp on exec'd processes.
+func TestOldGVisorRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	const debian = "/usr/bin/runsc" // apt-get install runsc
+	out, err := exec.Command(debian, "--version").Output()
+	if err != nil || !strings.Contains(string(out), "2022") {
+		t.Skip("no Debian 12 runsc at " + debian)
+	}
+	_, err = oci.New(oci.Config{Binary: debian, StateDir: t.TempDir(), CgroupParent: "switchyard-test-oci/old-runsc"})
+	require.ErrorIs(t, err, conman.ErrInvalid)
+	require.ErrorContains(t, err, "gVisor from 20221219")
+}

@@ -418,6 +418,12 @@ func (c *Conn) CloseNow() error { return c.nc.Close() }
 // error past it, and can be called again).
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
+// state is what Detach hands over (the caller holds wmu and the reading goroutine stopped).
+func (c *Conn) state() State {
+	return State{Pending: append([]byte(nil), c.buf[c.r:c.w]...), MsgOp: c.msgOp,
+		Msg: append([]byte(nil), c.msg...), CloseSent: c.closeSent}
+}
+
 // Detach stops the connection between two frames and returns its state and a duplicate of its
 // descriptor (unwrapping NetConn() wrappers), for Adopt in another process. The reading goroutine must have stopped (e.g. by a
 // read deadline); a write in progress is waited for until ctx ends (then Detach fails: the
@@ -437,8 +443,7 @@ func (c *Conn) Detach(ctx context.Context) (State, *os.File, error) {
 		go func() { <-got; c.wmu.Unlock() }()
 		return State{}, nil, fmt.Errorf("wsconn: a write does not finish: %w", ctx.Err())
 	}
-	st := State{Pending: append([]byte(nil), c.buf[c.r:c.w]...), MsgOp: c.msgOp,
-		Msg: append([]byte(nil), c.msg...), CloseSent: c.closeSent}
+	st := c.state()
 	c.closeSent = true // nothing more from this side
 	c.wmu.Unlock()
 	nc := c.nc

@@ -123,6 +123,7 @@ func (s *Server) connect(sh *shell, att *attachment, conn *wsconn.Conn) {
 	moved := att.handedOff
 	if !moved {
 		att.conn = conn
+		att.loops.Add(2)
 	}
 	sh.mu.Unlock()
 	if !moved {

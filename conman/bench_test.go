@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -111,4 +112,72 @@ func BenchmarkForward(b *testing.B) {
 		lat = append(lat, time.Since(t0))
 	}
 	lat.report(b, "req")
+}
+
+// BenchmarkUpgradeInPlace: a conman generation hands over to the next (Handoff,
+// ReceiveHandoff, a new Runtime and Server adopting everything) under n live attach sessions,
+// each of which has just typed a command: handoff-ms is the upgrade itself, pause-ms the
+// longest any session waited for its command's output.
+func BenchmarkUpgradeInPlace(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	for _, n := range []int{1, 50} {
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) {
+			stateDir := b.TempDir()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			g := startGeneration(b, stateDir, ln, nil)
+			ctx := context.Background()
+			u := "ws://" + ln.Addr().String() + "/v1/repls/bench1/attach"
+			hdr := http.Header{conman.HeaderCredential: {testCredential}}
+			terms := make([]*term, n)
+			conns := make([]*websocket.Conn, n)
+			for i := range n {
+				c, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: hdr})
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns[i], terms[i] = c, readTerm(c)
+				waitOutput(b, terms[i], "# ")
+			}
+			var handoff, pause latencies
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				want := fmt.Sprintf("%dX\r\n", 100000+i)
+				t0 := time.Now()
+				for _, c := range conns {
+					if err := c.Write(ctx, websocket.MessageBinary, []byte(fmt.Sprintf("echo $((100000+%d))X\n", i))); err != nil {
+						b.Fatal(err)
+					}
+				}
+				g = g.upgrade(b, stateDir)
+				handoff = append(handoff, time.Since(t0))
+				for _, tm := range terms {
+					waitOutput(b, tm, want)
+				}
+				pause = append(pause, time.Since(t0))
+			}
+			b.StopTimer()
+			handoff.report(b, "handoff")
+			pause.report(b, "pause")
+			for _, c := range conns {
+				c.Close(websocket.StatusNormalClosure, "")
+			}
+			g.stop(b)
+		})
+	}
+}
+
+// waitOutput polls tm for want (every 100 µs, for a fine measure).
+func waitOutput(b *testing.B, tm *term, want string) {
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(tm.String(), want) {
+		if time.Now().After(deadline) {
+			b.Fatalf("no %q in %q", want, tm.String())
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }

@@ -534,6 +534,7 @@ func (s *Server) inherit(ctx context.Context, in *Inheritance) {
 			} else {
 				att = newAttachment()
 				att.conn = wsconn.Adopt(nc, rec.Conn.WS, maxMessage)
+				att.loops.Add(2) // before the shell is visible to a handoff (see attach)
 				att.pos = max(rec.Conn.Pos, out.produced-sh.keep)
 				sh.att = att
 			}

@@ -28,7 +28,7 @@ type generation struct {
 	err chan error
 }
 
-func startGeneration(t *testing.T, stateDir string, ln net.Listener, in *conman.Inheritance) *generation {
+func startGeneration(t testing.TB, stateDir string, ln net.Listener, in *conman.Inheritance) *generation {
 	t.Helper()
 	rt, err := process.New(process.Config{StateDir: stateDir, CgroupParent: "switchyard-test-conman"})
 	require.NoError(t, err)
@@ -40,7 +40,7 @@ func startGeneration(t *testing.T, stateDir string, ln net.Listener, in *conman.
 }
 
 // socketPair returns the two ends of a unix stream socket pair.
-func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
+func socketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
@@ -55,7 +55,7 @@ func socketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
 }
 
 // upgrade hands g over to a new generation, as a new conman binary would take over.
-func (g *generation) upgrade(t *testing.T, stateDir string) *generation {
+func (g *generation) upgrade(t testing.TB, stateDir string) *generation {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -81,7 +81,7 @@ func (g *generation) upgrade(t *testing.T, stateDir string) *generation {
 	return startGeneration(t, stateDir, ln, in)
 }
 
-func (g *generation) stop(t *testing.T) {
+func (g *generation) stop(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -290,7 +290,8 @@ func (s *Server) attach(sh *shell, att *attachment) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	conn := att.conn
-	att.loops.Add(2)
+	// att.loops was counted when att.conn was set (connect, inherit), so a handoff that sees the
+	// connection waits for these loops.
 	go func() { // ring → client
 		defer att.loops.Done()
 		sh.send(ctx, att)
@@ -301,8 +302,11 @@ func (s *Server) attach(sh *shell, att *attachment) {
 	}()
 	<-att.done
 	if att.kind == endHandoff {
+		// Our copy: the successor holds the connection (or, if it could not be detached, the
+		// peer resumes the session there). A write still stuck ends with it.
+		cancel()
+		_ = conn.CloseNow()
 		att.loops.Wait()
-		_ = conn.CloseNow() // our copy: the successor holds the connection
 		return
 	}
 	if att.code >= 0 {

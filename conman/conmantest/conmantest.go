@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -72,6 +73,7 @@ func Run(t *testing.T, o Options) {
 		{"Isolation", testIsolation, !o.Isolated},
 		{"MemoryLimit", testMemoryLimit, !o.Limits},
 		{"Recover", testRecover, o.Reopen == nil},
+		{"HandoffProcess", testHandoff, o.Reopen == nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -448,6 +450,61 @@ func testRecover(t *testing.T, r conman.Runtime, o Options) {
 		t.Fatal(err)
 	}
 	mustState(t, r2, "rec1", conman.Exited)
+}
+
+// testHandoff: a TTY process handed off (conman.Handoffer) survives its Runtime and is adopted
+// (conman.Adopter) by the next one with its shell state. Skipped for runtimes whose processes
+// are not Handoffers.
+func testHandoff(t *testing.T, r conman.Runtime, o Options) {
+	start(t, r, "ho1", conman.Spec{})
+	ctx := ctxT(t)
+	p, err := r.Exec(ctx, "ho1", conman.ExecOptions{Args: []string{"/bin/sh"}, TTY: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ho, ok := p.(conman.Handoffer)
+	if !ok {
+		t.Skipf("%T is not a conman.Handoffer", p)
+	}
+	out := &syncBuf{}
+	readErr := make(chan error, 1)
+	go func() { _, err := io.Copy(out, p.Stdout()); readErr <- err }()
+	_, _ = io.WriteString(p.Stdin(), "X=41; cd /tmp; echo READY-$X\n")
+	waitFor(t, out, "READY-41")
+	h, err := ho.Handoff()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readErr; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a read of Stdout after Handoff ended with %v, want os.ErrDeadlineExceeded", err)
+	}
+	p.Close() // our copy only: the process lives on
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2 := o.Reopen(t, r)
+	t.Cleanup(func() { cleanup(t, r2) })
+	ad, ok := r2.(conman.Adopter)
+	if !ok {
+		t.Fatalf("%T hands processes off but is not a conman.Adopter", r2)
+	}
+	if _, err := ad.AdoptProcess(ctx, "ho1", conman.ProcessHandoff{State: []byte("{}")}); !errors.Is(err, conman.ErrInvalid) {
+		t.Errorf("AdoptProcess of garbage = %v, want ErrInvalid", err)
+	}
+	p2, err := ad.AdoptProcess(ctx, "ho1", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	out2 := &syncBuf{}
+	go func() { _, _ = io.Copy(out2, p2.Stdout()) }()
+	_, _ = io.WriteString(p2.Stdin(), "echo $((X+1)) $(pwd)\n")
+	waitFor(t, out2, "42 /tmp")
+	_, _ = io.WriteString(p2.Stdin(), "exit 3\n")
+	if code, err := p2.Wait(ctx); err != nil || code != 3 {
+		t.Fatalf("Wait = %d, %v; want 3", code, err)
+	}
 }
 
 type syncBuf struct {

@@ -462,6 +462,5 @@ func (c *Conn) Detach(ctx context.Context) (State, *os.File, error) {
 	if err != nil {
 		return State{}, nil, fmt.Errorf("wsconn: %w", err)
 	}
-	_ = c.nc.SetReadDeadline(time.Time{})
 	return st, f, nil
 }

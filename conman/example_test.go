@@ -3,6 +3,7 @@ package conman_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -76,4 +77,43 @@ func ExampleValidID() {
 	// "Blog" false
 	// "../etc" false
 	// "" false
+}
+
+// An upgrade in place, the old process's side: on a connection from the new conman process,
+// stop serving requests and hand over the listener, the shells and the live attach connections.
+func ExampleServer_Handoff() {
+	var (
+		srv *conman.Server    // serving hs
+		hs  *http.Server      // on ln
+		ln  *net.TCPListener  // the VM's conman address
+		hl  *net.UnixListener // root-only, in the VM's state directory
+	)
+	ctx := context.Background()
+	uc, err := hl.AcceptUnix() // the successor
+	if err != nil {
+		return
+	}
+	lnFile, _ := ln.File() // a duplicate: the socket outlives our Close
+	_ = hs.Shutdown(ctx)   // new connections wait in the socket's queue
+	if err := srv.Handoff(ctx, uc, lnFile); err != nil {
+		fmt.Println("sessions closed with 1012:", err)
+	}
+	// Exit without draining: the containers, shells and sessions run on in the successor.
+}
+
+// The new process's side: take over from the running conman, then serve what it handed over.
+func ExampleReceiveHandoff() {
+	ctx := context.Background()
+	c, err := net.Dial("unix", "/var/lib/conman/handoff.sock")
+	if err != nil {
+		return
+	}
+	in, err := conman.ReceiveHandoff(ctx, c.(*net.UnixConn))
+	if err != nil {
+		return
+	}
+	rt, _ := process.New(process.Config{StateDir: "/var/lib/conman"}) // the same state
+	srv, _ := conman.New(ctx, conman.Config{Runtime: rt, Credential: os.Getenv("CONMAN_CREDENTIAL"), Inherit: in})
+	ln, _ := net.FileListener(in.Files[0])
+	_ = http.Serve(ln, srv)
 }

@@ -138,6 +138,13 @@ func (sh *shell) run(s *Server) {
 		res = pumpResult{code: sh.killCode, reason: sh.killReason}
 	case <-sh.repl.exited:
 		res = pumpResult{code: CloseShellExited, reason: "repl container exited"}
+		s.mu.Lock()
+		if sh.repl.stopping {
+			// conman stopped it (it moved, or a proxy fenced it): not the shell's own end, and
+			// the client should reconnect. The pump says the same when it sees the end first.
+			res = pumpResult{code: CloseDraining, reason: "the repl was stopped on this VM: reconnect"}
+		}
+		s.mu.Unlock()
 	}
 	if res.handoff {
 		// The process now belongs to the conman it was handed to; Handoff closes our copy.

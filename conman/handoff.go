@@ -226,7 +226,7 @@ func (s *Server) Handoff(ctx context.Context, uc *net.UnixConn, files ...*os.Fil
 	stop := context.AfterFunc(ctx, func() { _ = uc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	var frozen []*attachment
+	var handed []frozenShell
 	var toClose []*os.File
 	defer func() {
 		for _, f := range toClose {
@@ -238,15 +238,13 @@ func (s *Server) Handoff(ctx context.Context, uc *net.UnixConn, files ...*os.Fil
 			return err
 		}
 		for _, sh := range shells {
-			rec, fs, att, err := s.freeze(ctx, sh)
+			rec, fs, fz, err := s.freeze(ctx, sh)
 			if err != nil {
 				s.log.Warn("conman: shell not handed over", "repl", sh.repl.id, "err", err)
 				continue
 			}
 			toClose = append(toClose, fs...)
-			if att != nil {
-				frozen = append(frozen, att)
-			}
+			handed = append(handed, fz)
 			if err := sendRecord(uc, handoffMsg{Kind: "shell", Shell: rec}, fs); err != nil {
 				return err
 			}
@@ -269,33 +267,48 @@ func (s *Server) Handoff(ctx context.Context, uc *net.UnixConn, files ...*os.Fil
 		}
 		return nil
 	}()
-	for _, att := range frozen {
-		if err != nil {
-			att.end(endShell, CloseDraining, "conman restarting") // the successor failed
-		} else {
-			att.end(endHandoff, -1, "")
+	conns := 0
+	for _, fz := range handed {
+		switch {
+		case fz.att == nil:
+		case err != nil: // the successor failed: close as a restart does
+			fz.att.conn.Resume()
+			fz.att.end(endShell, CloseDraining, "conman restarting")
+		default:
+			fz.att.end(endHandoff, -1, "")
+			conns++
 		}
+		// Our copies: after a handoff the successor's keep the process alive; after a failure
+		// this kills the shell, as a restart does.
+		fz.sh.proc.Close()
 	}
 	cerr := s.Close()
 	if err == nil {
 		// A successor in the same process registers the same metrics.
 		s.m.unregister()
-		s.log.Info("conman: handed over to the successor", "shells", len(shells), "connections", len(frozen))
+		s.log.Info("conman: handed over to the successor", "shells", len(handed), "connections", conns)
 	}
 	return errors.Join(err, cerr)
 }
 
+// frozenShell is a shell whose process Handoff gave away, and its detached connection (nil: none,
+// or one that could not be detached and was cut).
+type frozenShell struct {
+	sh  *shell
+	att *attachment
+}
+
 // freeze stops sh and its attach connection (if any) for a handoff and returns its record and
 // descriptors (the process's, then the connection's).
-func (s *Server) freeze(ctx context.Context, sh *shell) (*handoffShell, []*os.File, *attachment, error) {
+func (s *Server) freeze(ctx context.Context, sh *shell) (*handoffShell, []*os.File, frozenShell, error) {
 	ho, ok := sh.proc.(Handoffer)
 	if !ok {
-		return nil, nil, nil, fmt.Errorf("the runtime's processes cannot be handed off (%T)", sh.proc)
+		return nil, nil, frozenShell{}, fmt.Errorf("the runtime's processes cannot be handed off (%T)", sh.proc)
 	}
 	sh.mu.Lock()
 	if sh.ended || sh.killed() {
 		sh.mu.Unlock()
-		return nil, nil, nil, errors.New("shell ending")
+		return nil, nil, frozenShell{}, errors.New("shell ending")
 	}
 	if sh.att != nil && sh.att.conn == nil {
 		// A connection in its handshake: the shell goes over detached, and the connection,
@@ -339,7 +352,7 @@ func (s *Server) freeze(ctx context.Context, sh *shell) (*handoffShell, []*os.Fi
 		if att != nil {
 			att.end(endShell, CloseDraining, "conman restarting")
 		}
-		return nil, nil, nil, err
+		return nil, nil, frozenShell{}, err
 	}
 	select {
 	case <-sh.done: // the pump stopped: the ring is complete
@@ -347,7 +360,11 @@ func (s *Server) freeze(ctx context.Context, sh *shell) (*handoffShell, []*os.Fi
 		for _, f := range ph.Files {
 			f.Close()
 		}
-		return nil, nil, nil, ctx.Err()
+		sh.proc.Close()
+		if att != nil {
+			att.end(endShell, CloseDraining, "conman restarting")
+		}
+		return nil, nil, frozenShell{}, ctx.Err()
 	}
 	sh.mu.Lock()
 	rec := &handoffShell{ID: sh.id, Repl: sh.repl.id, Produced: sh.out.produced, Output: sh.out.snapshot(),
@@ -370,12 +387,12 @@ func (s *Server) freeze(ctx context.Context, sh *shell) (*handoffShell, []*os.Fi
 			// the peer resumes the session by id.
 			s.log.Warn("conman: attach connection not handed over", "repl", sh.repl.id, "err", err)
 			att.end(endHandoff, -1, "")
-			return rec, files, nil, nil
+			return rec, files, frozenShell{sh: sh}, nil
 		}
 		rec.Conn = &handoffConn{Pos: pos, WS: st}
 		files = append(files, f)
 	}
-	return rec, files, att, nil
+	return rec, files, frozenShell{sh: sh, att: att}, nil
 }
 
 // ReceiveHandoff takes over from the Server at the other end of uc (its Handoff): it reads and

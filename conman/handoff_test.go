@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/conman/conmantest"
 	"github.com/switchyard-dev/switchyard/conman/process"
 )
 
@@ -157,8 +159,21 @@ func TestHandoffKeepsLiveConnectionsAndShells(t *testing.T) {
 	send(t, c, "echo AGAIN-$Y\n")
 	rtm.waitFor(t, "AGAIN-7\r\n")
 
-	// A clean close still ends the shell; the successor drains as any conman.
+	// A clean close still ends the shell and its job: no predecessor kept a copy of its
+	// descriptors that would keep the container's init from seeing the hang-up.
+	send(t, live, "echo PID-$$-PID\n")
+	tm.waitFor(t, "-PID\r\n")
+	pid := strings.TrimSuffix(strings.Split(tm.String()[strings.LastIndex(tm.String(), "PID-")+4:], "-PID")[0], "")
 	require.NoError(t, live.Close(websocket.StatusNormalClosure, ""))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, _, code := conmantest.Exec(t, g.rt, "up1", "", "/bin/sh", "-c", "kill -0 "+pid+" 2>/dev/null")
+		if code != 0 {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "shell %s still runs after its session closed", pid)
+		time.Sleep(10 * time.Millisecond)
+	}
 	g.stop(t)
 	require.Equal(t, websocket.StatusServiceRestart, rtm.closeStatus(t))
 }
@@ -189,4 +204,42 @@ func TestReceiveHandoffRefusesGarbage(t *testing.T) {
 			require.False(t, errors.Is(err, context.DeadlineExceeded), "refused at once, not timed out: %v", err)
 		})
 	}
+}
+
+// TestHandoffToAFailingSuccessor: a successor that hangs up before it answers costs the
+// sessions (1012, as a restart), never a hang.
+func TestHandoffToAFailingSuccessor(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	stateDir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	g := startGeneration(t, stateDir, ln, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+ln.Addr().String()+"/v1/repls/fail1/attach", &websocket.DialOptions{
+		HTTPHeader: http.Header{conman.HeaderCredential: {testCredential}},
+	})
+	require.NoError(t, err)
+	defer c.CloseNow()
+	tm := readTerm(c)
+	tm.waitFor(t, "# ")
+	a, b := socketPair(t)
+	defer a.Close()
+	handed := make(chan error, 1)
+	go func() { handed <- g.srv.Handoff(ctx, a) }()
+	buf := make([]byte, 16)
+	_, err = b.Read(buf) // the hello
+	require.NoError(t, err)
+	b.Close()
+	require.Error(t, <-handed)
+	require.Equal(t, websocket.StatusServiceRestart, tm.closeStatus(t))
+	require.NoError(t, g.hs.Shutdown(ctx))
+	sts, _ := g.rt.List(ctx)
+	for _, st := range sts {
+		_ = g.rt.Stop(ctx, st.ID, 0)
+		_ = g.rt.Remove(ctx, st.ID)
+	}
+	require.NoError(t, g.rt.Close())
 }

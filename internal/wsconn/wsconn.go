@@ -82,6 +82,7 @@ type Conn struct {
 
 	wmu       sync.Mutex
 	closeSent bool
+	detached  bool // Detach: nothing more is written until Resume
 }
 
 // State is what a successor needs to continue a connection: bytes read but not consumed, the
@@ -376,7 +377,7 @@ func (c *Conn) write(ctx context.Context, op int, p []byte) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.closeSent {
+	if c.closeSent || c.detached {
 		return ErrClosed
 	}
 	if op == opClose {
@@ -424,11 +425,19 @@ func (c *Conn) state() State {
 		Msg: append([]byte(nil), c.msg...), CloseSent: c.closeSent}
 }
 
+// Resume undoes Detach when the successor did not take the connection: writes work again
+// (e.g. a close frame).
+func (c *Conn) Resume() {
+	c.wmu.Lock()
+	c.detached = false
+	c.wmu.Unlock()
+}
+
 // Detach stops the connection between two frames and returns its state and a duplicate of its
 // descriptor (unwrapping NetConn() wrappers), for Adopt in another process. The reading goroutine must have stopped (e.g. by a
 // read deadline); a write in progress is waited for until ctx ends (then Detach fails: the
-// frame stream is not at a boundary). After Detach nothing more is written; close the Conn
-// with CloseNow once the descriptor has been passed on.
+// frame stream is not at a boundary). After Detach nothing more is written (until Resume);
+// close the Conn with CloseNow once the descriptor has been passed on.
 func (c *Conn) Detach(ctx context.Context) (State, *os.File, error) {
 	got := make(chan struct{})
 	go func() {
@@ -444,7 +453,8 @@ func (c *Conn) Detach(ctx context.Context) (State, *os.File, error) {
 		return State{}, nil, fmt.Errorf("wsconn: a write does not finish: %w", ctx.Err())
 	}
 	st := c.state()
-	c.closeSent = true // nothing more from this side
+	c.detached = true // nothing more from this side
+
 	c.wmu.Unlock()
 	nc := c.nc
 	for {

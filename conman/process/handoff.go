@@ -41,8 +41,8 @@ func (p *proc) Handoff() (conman.ProcessHandoff, error) {
 		return conman.ProcessHandoff{}, errors.New("process: already exited")
 	default:
 	}
-	// Stop readExit without consuming a message: an exit that arrives now stays in the socket
-	// for the successor... unless readExit read it first, then the process has exited.
+	// Stop readExit between two messages: an exit message not read yet stays in the socket
+	// for the successor; one readExit got first means the process exited, and it stays here.
 	p.handoff.Store(true)
 	_ = p.conn.SetReadDeadline(time.Now())
 	p.wg.Wait()

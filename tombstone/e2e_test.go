@@ -32,7 +32,8 @@ const e2eCredential = "internal-credential-e2e"
 
 // e2eCluster is one cluster on 127.0.N.0/24 built from the real packages: a placement
 // controlplane, one conman VM (conman/process runtime) at 127.0.N.11, and the hosting proxy
-// (tombstone.Forwarder around hosting.Proxy) at 127.0.N.1, with a Follower on lore.
+// (tombstone.Forwarder around hosting.Proxy, served by hosting.Server) at 127.0.N.1, with a
+// Follower on lore.
 type e2eCluster struct {
 	id      string
 	cp      *placement.Controlplane
@@ -100,7 +101,10 @@ func startE2ECluster(t *testing.T, dir *lore.Directory, id string, n int, clock 
 	hostLn, err := net.Listen("tcp", "127.0."+itoa(n)+".1:0")
 	require.NoError(t, err)
 	c.addr = hostLn.Addr().String()
-	hostSrv := &http.Server{Handler: c.fwd.Wrap(c.hosting)}
+	// hosting.Server: the fast path for what the forwarder passes, net/http (and the forwarder)
+	// for the rest.
+	hostSrv, err := hosting.NewServer(hosting.ServerConfig{Proxy: c.hosting, Handler: c.fwd.Wrap(c.hosting), Divert: c.fwd.Diverts})
+	require.NoError(t, err)
 	go func() { _ = hostSrv.Serve(hostLn) }()
 
 	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{

@@ -214,7 +214,7 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 		r.Header.Del(HopHeader)
 	}
 
-	stone, ok := f.lookup(r)
+	stone, ok := f.lookup(r.Context(), r.Host)
 	if !ok || stone.Cluster == f.cfg.Cluster {
 		f.metrics.passed.Inc()
 		if internal {
@@ -226,21 +226,34 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 	f.forward(w, r, stone, via, internal)
 }
 
-// lookup finds the live tombstone for r's Host, if any.
-func (f *Forwarder) lookup(r *http.Request) (Tombstone, bool) {
-	ctx := r.Context()
+// Diverts reports whether Wrap would take a request for host itself (a live tombstone here
+// sends it to another cluster) rather than pass it to next, counting it as passed when not:
+// hosting.ServerConfig.Divert, so that the hosting fast path serves only what Wrap would pass.
+// (A request carrying a HopHeader never reaches it: the fast path hands every Switchyard-*
+// field to net/http, where Wrap sees it.)
+func (f *Forwarder) Diverts(host string) bool {
+	stone, ok := f.lookup(context.Background(), host)
+	if !ok || stone.Cluster == f.cfg.Cluster {
+		f.metrics.passed.Inc()
+		return false
+	}
+	return true
+}
+
+// lookup finds the live tombstone for host, if any.
+func (f *Forwarder) lookup(ctx context.Context, host string) (Tombstone, bool) {
 	var (
 		t   Tombstone
 		err error
 	)
-	name, perr := lore.ParseHost(r.Host, f.cfg.Zone)
+	name, perr := lore.ParseHost(host, f.cfg.Zone)
 	switch {
 	case perr == nil && name.ID != "":
 		t, err = f.cfg.Store.Get(ctx, name.ID)
 	case perr == nil:
 		t, err = f.cfg.Store.GetByName(ctx, name.Owner, name.Slug)
 	case f.cfg.Resolver != nil:
-		repl, rerr := f.cfg.Resolver.ResolveRepl(ctx, r.Host)
+		repl, rerr := f.cfg.Resolver.ResolveRepl(ctx, host)
 		if rerr != nil {
 			return Tombstone{}, false // unknown domain, or the directory failed: next answers
 		}
@@ -250,7 +263,7 @@ func (f *Forwarder) lookup(r *http.Request) (Tombstone, bool) {
 	}
 	if err != nil {
 		if !errors.Is(err, ErrNotFound) && ctx.Err() == nil {
-			f.log.Warn("tombstone: store lookup failed; serving locally", "host", r.Host, "err", err)
+			f.log.Warn("tombstone: store lookup failed; serving locally", "host", host, "err", err)
 		}
 		return Tombstone{}, false
 	}

@@ -4,8 +4,11 @@ package main
 // nginx worker), loaded by wrk pinned to the other core, side by side in one run:
 //
 //	direct     wrk → the page
-//	hosting    wrk → hosting.Proxy (real lore directory and placement) → the page
-//	forwarded  wrk → tombstone.Forwarder → the page (standing in for the new cluster)
+//	hosting    wrk → hosting.Server (its fast path) → hosting.Proxy (real lore directory and
+//	           placement) → the page
+//	hosting-handler  the same Proxy served by a plain http.Server (no fast path)
+//	forwarded  wrk → hosting.Server → tombstone.Forwarder (Divert) → the page (standing in for
+//	           the new cluster)
 //	nginx      wrk → nginx proxy_pass with upstream keep-alive → the page
 //	haproxy    wrk → HAProxy (one thread, http-reuse always) → the page
 //
@@ -62,10 +65,14 @@ func serveRole(role, page string, size int, cpuprofile string) error {
 		if role == "forwarded" {
 			h = st.fwd.Wrap(st.hosting)
 		}
-		if role == "hosting" {
-			if fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting}); err != nil {
-				return err
-			}
+		switch role {
+		case "hosting":
+			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting})
+		case "forwarded":
+			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, Handler: h, Divert: st.fwd.Diverts})
+		}
+		if err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("unknown -role %q", role)

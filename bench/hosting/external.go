@@ -48,8 +48,26 @@ func serveRole(role, page string, size int, cpuprofile string) error {
 	switch role {
 	case "page":
 		body := []byte(strings.Repeat("x", size))
+		chunk := []byte(strings.Repeat("y", 64<<10))
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
+			if r.Method == "POST" || r.Method == "PUT" { // an upload: read it, answer briefly
+				n, _ := io.Copy(io.Discard, r.Body)
+				_, _ = fmt.Fprintf(w, "%d\n", n)
+				return
+			}
+			if n, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/bytes/")); err == nil && n >= 0 {
+				// A large answer: n bytes with a Content-Length.
+				w.Header().Set("Content-Length", strconv.Itoa(n))
+				for n > 0 {
+					k := min(n, len(chunk))
+					if _, err := w.Write(chunk[:k]); err != nil {
+						return
+					}
+					n -= k
+				}
+				return
+			}
 			_, _ = w.Write(body)
 		})
 	case "hosting", "hosting-handler", "forwarded":
@@ -217,7 +235,7 @@ func startHAProxy(tmp, cpu, page string) (*proc, error) {
 		return nil, err
 	}
 	conf := fmt.Sprintf(`global
-  maxconn 9000
+  maxconn 9990
   nbthread 1
 defaults
   mode http
@@ -299,15 +317,34 @@ var (
 	wrkTotal   = regexp.MustCompile(`(\d+) requests in`)
 )
 
+// workload is what each wrk request does.
+type workload struct {
+	path   string // the request target
+	upload int    // bytes of a POST body; 0: GET
+	script string // the wrk Lua script (written by writeScript)
+}
+
+// writeScript writes the wrk script of w: the method and body, and p99.9 in the output.
+func (w *workload) writeScript(dir string) error {
+	lua := `done = function(summary, latency, requests) io.write(string.format("P999 %d\n", latency:percentile(99.9))) end` + "\n"
+	if w.upload > 0 {
+		lua = fmt.Sprintf("wrk.method = \"POST\"\nwrk.body = string.rep(\"u\", %d)\n", w.upload) + lua
+	}
+	w.script = filepath.Join(dir, "wrk.lua")
+	return os.WriteFile(w.script, []byte(lua), 0o644)
+}
+
+var wrkP999 = regexp.MustCompile(`P999 (\d+)`)
+
 // wrk loads addr from cpu and returns what it measured; cpu is the server's CPU time meanwhile.
-func wrk(cpu, addr string, conns int, d time.Duration, server *proc) (result, error) {
+func wrk(cpu, addr string, conns int, d time.Duration, server *proc, w *workload) (result, error) {
 	before, err := procCPU(server.pid())
 	if err != nil {
 		return result{}, err
 	}
 	out, err := exec.Command("taskset", "-c", cpu, "wrk", "-t1", "-c"+strconv.Itoa(conns),
-		"-d"+strconv.Itoa(int(d/time.Second))+"s", "--latency", "-H", "Host: blog.alice.repl.test",
-		"http://"+addr+"/").CombinedOutput()
+		"-d"+strconv.Itoa(int(d/time.Second))+"s", "--latency", "-s", w.script, "-H", "Host: blog.alice.repl.test",
+		"http://"+addr+w.path).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk (apt-get install wrk): %v\n%s", err, out)
 	}
@@ -333,6 +370,10 @@ func wrk(cpu, addr string, conns int, d time.Duration, server *proc) (result, er
 			r.p99 = dur
 		}
 	}
+	if m := wrkP999.FindStringSubmatch(s); m != nil {
+		v, _ := strconv.ParseInt(m[1], 10, 64)
+		r.p999 = time.Duration(v) * time.Microsecond
+	}
 	if m := wrkNon2xx.FindStringSubmatch(s); m != nil {
 		n, _ := strconv.ParseInt(m[1], 10, 64)
 		r.errors += n
@@ -354,7 +395,7 @@ func wrk(cpu, addr string, conns int, d time.Duration, server *proc) (result, er
 	return r, nil
 }
 
-func runExternal(rounds int, duration time.Duration, conns, size int, targets []string, serverCPU, loadCPU, cpuprofile string) error {
+func runExternal(rounds int, duration time.Duration, conns, size int, targets []string, serverCPU, loadCPU, cpuprofile string, w *workload, idle int) error {
 	if duration < time.Second {
 		return errors.New("-duration: wrk needs at least 1s")
 	}
@@ -363,6 +404,9 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	if err := w.writeScript(tmp); err != nil {
+		return err
+	}
 	page, err := startChild("page", loadCPU, "-role", "page", "-size", strconv.Itoa(size))
 	if err != nil {
 		return err
@@ -394,27 +438,37 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		defer p.stop()
 		servers[t] = p
 	}
-	fmt.Printf("# -external: %d rounds × %s per target, wrk -t1 -c%d on CPU %s, servers on CPU %s (GOMAXPROCS=1, one nginx worker, one HAProxy thread), %d-byte page\n",
-		rounds, duration, conns, loadCPU, serverCPU, size)
+	if idle > 0 {
+		return idleMemory(targets, servers, idle)
+	}
+	// Bytes moved per request, for MiB/s.
+	perReq := size
+	if w.upload > 0 {
+		perReq = w.upload
+	} else if n, err := strconv.Atoi(strings.TrimPrefix(w.path, "/bytes/")); err == nil {
+		perReq = n
+	}
+	fmt.Printf("# -external: %d rounds × %s per target, wrk -t1 -c%d on CPU %s, servers on CPU %s (GOMAXPROCS=1, one nginx worker, one HAProxy thread), %s %s (%d bytes per request)\n",
+		rounds, duration, conns, loadCPU, serverCPU, map[bool]string{true: "POST", false: "GET"}[w.upload > 0], w.path, perReq)
 	results := map[string][]result{}
 	for r := 1; r <= rounds; r++ {
 		for _, t := range targets {
-			res, err := wrk(loadCPU, servers[t].addr, conns, duration, servers[t])
+			res, err := wrk(loadCPU, servers[t].addr, conns, duration, servers[t], w)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t, err)
 			}
 			results[t] = append(results[t], res)
-			fmt.Printf("round %d %-10s cpu/req %6s %8.0f req/s  p50 %7s  p90 %7s  p99 %7s  errors %d\n",
-				r, t, us(res.cpu), res.rps, us(res.p50), us(res.p90), us(res.p99), res.errors)
+			fmt.Printf("round %d %-15s cpu/req %7s %8.0f req/s %8.1f MiB/s  p50 %7s  p90 %7s  p99 %7s  p99.9 %7s  errors %d\n",
+				r, t, us(res.cpu), res.rps, res.rps*float64(perReq)/(1<<20), us(res.p50), us(res.p90), us(res.p99), us(res.p999), res.errors)
 		}
 	}
 	fmt.Println()
-	fmt.Println("| target | req/s (median) | p50 | p99 (median) | server CPU µs/request |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| target | req/s | MiB/s | p50 | p99 | p99.9 | server CPU µs/request |")
+	fmt.Println("|---|---|---|---|---|---|---|")
 	med := map[string]result{}
 	for _, t := range targets {
 		med[t] = median(results[t])
-		fmt.Printf("| %s | %.0f | %s | %s | %s |\n", t, med[t].rps, us(med[t].p50), us(med[t].p99), us(med[t].cpu))
+		fmt.Printf("| %s | %.0f | %.1f | %s | %s | %s | %s |\n", t, med[t].rps, med[t].rps*float64(perReq)/(1<<20), us(med[t].p50), us(med[t].p99), us(med[t].p999), us(med[t].cpu))
 	}
 	names := append([]string(nil), targets...)
 	sort.Strings(names)
@@ -423,10 +477,76 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 			if t == "nginx" || t == "direct" || t == "haproxy" || med[t].rps == 0 {
 				continue
 			}
-			fmt.Printf("\n%s/nginx: throughput %.2f×, p99 %.2f×, CPU per request %.2f×", t, med[t].rps/n.rps,
-				float64(med[t].p99)/float64(n.p99), float64(med[t].cpu)/float64(n.cpu))
+			fmt.Printf("\n%s/nginx: throughput %.2f×, p99 %.2f×, p99.9 %.2f×, CPU per request %.2f×", t, med[t].rps/n.rps,
+				float64(med[t].p99)/float64(n.p99), float64(med[t].p999)/float64(n.p999), float64(med[t].cpu)/float64(n.cpu))
 		}
 		fmt.Println()
 	}
 	return nil
+}
+
+// idleMemory opens n keep-alive connections to each target in turn, sends one request on each
+// and keeps them open, and prints the server's resident memory per connection.
+func idleMemory(targets []string, servers map[string]*proc, n int) error {
+	fmt.Printf("# idle keep-alive connections: %d per target, one request each, then idle\n", n)
+	fmt.Println("| target | RSS before | RSS with the connections | per connection |")
+	fmt.Println("|---|---|---|---|")
+	for _, t := range targets {
+		p := servers[t]
+		before, err := procRSS(p.pid())
+		if err != nil {
+			return err
+		}
+		conns := make([]net.Conn, 0, n)
+		closeAll := func() {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+		}
+		for len(conns) < n {
+			c, err := net.DialTimeout("tcp", p.addr, 10*time.Second)
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("%s: connection %d: %w", t, len(conns), err)
+			}
+			conns = append(conns, c)
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n"); err != nil {
+				closeAll()
+				return fmt.Errorf("%s: %w", t, err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("%s: connection %d: %w", t, len(conns), err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			_ = c.SetDeadline(time.Time{})
+		}
+		time.Sleep(2 * time.Second) // let the servers settle (and Go's GC run)
+		after, err := procRSS(p.pid())
+		closeAll()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("| %s | %.1f MiB | %.1f MiB | %.1f KiB |\n", t, float64(before)/(1<<20), float64(after)/(1<<20), float64(after-before)/float64(n)/1024)
+		time.Sleep(time.Second)
+	}
+	return nil
+}
+
+// procRSS returns the resident memory of pid in bytes.
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
 }

@@ -58,7 +58,10 @@ func main() {
 	modesFlag := flag.String("modes", "direct,hosting,plain,pooled,forwarded", "modes to run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here (-external: of each Go server, to this path plus .<target>)")
 	external := flag.Bool("external", false, "servers in their own processes pinned to -server-cpu, loaded by wrk on -load-cpu (see external.go)")
-	targets := flag.String("targets", "direct,hosting,forwarded,nginx,haproxy", "-external: targets to run")
+	targets := flag.String("targets", "direct,hosting,forwarded,nginx,haproxy", "-external: targets to run (also hosting-handler: the Proxy on a plain http.Server)")
+	path := flag.String("path", "/", "-external: the request target; /bytes/N answers N bytes")
+	upload := flag.Int("upload", 0, "-external: POST a body of this many bytes (the page answers its length)")
+	idle := flag.Int("idle", 0, "-external: instead of load, open this many idle keep-alive connections to each target and report memory per connection")
 	serverCPU := flag.String("server-cpu", "0", "-external: the CPU the servers are pinned to")
 	loadCPU := flag.String("load-cpu", "1", "-external: the CPU wrk and the page are pinned to")
 	role := flag.String("role", "", "internal: serve one -external target (page, hosting, forwarded)")
@@ -72,7 +75,8 @@ func main() {
 		return
 	}
 	if *external {
-		if err := runExternal(*rounds, *duration, *conns, *size, strings.Split(*targets, ","), *serverCPU, *loadCPU, *cpuprofile); err != nil {
+		w := &workload{path: *path, upload: *upload}
+		if err := runExternal(*rounds, *duration, *conns, *size, strings.Split(*targets, ","), *serverCPU, *loadCPU, *cpuprofile, w, *idle); err != nil {
 			fmt.Fprintln(os.Stderr, "hosting:", err)
 			os.Exit(1)
 		}
@@ -98,6 +102,7 @@ type result struct {
 	cpu                time.Duration // process CPU time (user+sys) per request: stable under load
 	rps                float64
 	p50, p90, p99, max time.Duration
+	p999               time.Duration
 	errors             int64
 }
 
@@ -291,10 +296,11 @@ func median(rs []result) result {
 		return v[len(v)/2]
 	}
 	return result{
-		cpu: time.Duration(pick(func(r result) float64 { return float64(r.cpu) })),
-		rps: pick(func(r result) float64 { return r.rps }),
-		p50: time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
-		p99: time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
+		cpu:  time.Duration(pick(func(r result) float64 { return float64(r.cpu) })),
+		rps:  pick(func(r result) float64 { return r.rps }),
+		p50:  time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
+		p99:  time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
+		p999: time.Duration(pick(func(r result) float64 { return float64(r.p999) })),
 	}
 }
 

@@ -156,8 +156,20 @@ func (c *fastConn) readHead() (int, h1.Verdict, error) {
 func (c *fastConn) serveRequest(n int) action {
 	h, req := c.s.h, &c.req
 	host := string(req.Host)
-	if c.s.cfg.Divert != nil && c.s.cfg.Divert(host) {
-		return actHandoff
+	if c.s.cfg.Divert != nil {
+		d := c.s.cfg.Divert(host, string(req.Method), string(req.Target))
+		switch {
+		case d.Handoff:
+			return actHandoff
+		case d.URL != nil:
+			if req.Forwarding || d.URL.Scheme != "http" {
+				if d.Done != nil {
+					d.Done(ErrHandedOff, false)
+				}
+				return actHandoff
+			}
+			return c.forward(n, host, &d)
+		}
 	}
 	trusted := false
 	if req.Forwarding {
@@ -322,11 +334,56 @@ func (c *fastConn) appendHead(dst []byte, trusted bool, repl string) []byte {
 		dst = strconv.AppendInt(dst, req.ContentLength, 10)
 		dst = append(dst, "\r\n"...)
 	}
-	dst = append(dst, conman.HeaderRepl...)
-	dst = append(dst, ": "...)
-	dst = append(dst, repl...)
-	dst = append(dst, "\r\n"...)
+	if repl != "" {
+		dst = append(dst, conman.HeaderRepl...)
+		dst = append(dst, ": "...)
+		dst = append(dst, repl...)
+		dst = append(dst, "\r\n"...)
+	}
 	return dst
+}
+
+// forward sends the request whose head is the first n buffered bytes to another cluster, as
+// d says (see Diversion).
+func (c *fastConn) forward(n int, host string, d *Diversion) action {
+	req := &c.req
+	st := &fastState{c: c, id: newRequestIDBytes(), start: time.Now(), host: host, forward: true}
+	c.rd.Discard(n)
+	_ = c.nc.SetReadDeadline(time.Time{})
+	hasBody := req.ContentLength > 0
+	var body []byte
+	replayable := !hasBody
+	if hasBody && c.s.h.cfg.MaxReplayBody > 0 && req.ContentLength <= c.s.h.cfg.MaxReplayBody {
+		body = make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(c.rd, body); err != nil {
+			d.Done(err, true) // the client broke its request: nothing to answer
+			return actClose
+		}
+		replayable = true
+	}
+	head := c.appendHead(nil, false, "")
+	for i := 0; i+1 < len(d.Fields); i += 2 {
+		head = append(head, d.Fields[i]...)
+		head = append(head, ": "...)
+		head = append(head, d.Fields[i+1]...)
+		head = append(head, "\r\n"...)
+	}
+	addr := d.URL.Host
+	if d.URL.Port() == "" {
+		addr = net.JoinHostPort(d.URL.Hostname(), "80")
+	}
+	res, err := st.exchange(target{addr: addr, backend: d.URL}, head, body, replayable)
+	status, msg := d.Done(err, st.started)
+	if err == nil {
+		if res == actClose || req.Close || c.closing() {
+			return actClose
+		}
+		return actKeep
+	}
+	if st.started {
+		return actClose
+	}
+	return st.answer(status, msg, !replayable)
 }
 
 func methodWantsBody(m []byte) bool {
@@ -344,6 +401,7 @@ type fastState struct {
 	vm      string
 	started bool // something of the answer reached the client
 	retry   bool // the failure happened before conman took the request
+	forward bool // a forward to another cluster: its answer passes as it is
 }
 
 func (st *fastState) idString() string { return string(st.id[:]) }
@@ -368,10 +426,13 @@ func (st *fastState) exchange(t target, head, body []byte, replayable bool) (act
 	}
 	msg := c.out[:0]
 	msg = append(msg, head...)
-	msg = append(msg, conman.HeaderCredential...)
-	msg = append(msg, ": "...)
-	msg = append(msg, t.cred...)
-	msg = append(msg, "\r\n\r\n"...)
+	if t.cred != "" {
+		msg = append(msg, conman.HeaderCredential...)
+		msg = append(msg, ": "...)
+		msg = append(msg, t.cred...)
+		msg = append(msg, "\r\n"...)
+	}
+	msg = append(msg, "\r\n"...)
 	if len(body) <= 16<<10 {
 		msg = append(msg, body...)
 	}
@@ -454,7 +515,7 @@ func (st *fastState) readResponseHead(be *h1.Backend, upload chan error) (int, b
 			be.Discard(n)
 			continue
 		}
-		if resp.Status == http.StatusUnauthorized || resp.Status == http.StatusBadGateway || resp.Status == http.StatusServiceUnavailable {
+		if !st.forward && (resp.Status == http.StatusUnauthorized || resp.Status == http.StatusBadGateway || resp.Status == http.StatusServiceUnavailable) {
 			if reason := fieldValue(resp.Fields, conman.HeaderError); reason != nil {
 				if resp.Status == http.StatusServiceUnavailable && upload == nil {
 					st.retry = true // draining: the request never reached the repl
@@ -472,11 +533,15 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 	req, resp := &c.req, &c.resp
 	bodyAllowed := h1.BodyAllowed(req.Method, resp.Status)
 	out := h1.AppendStatusLine(c.out[:0], resp.Status)
-	out = appendFields(out, resp.Fields)
-	out = append(out, HeaderRequestID...)
-	out = append(out, ": "...)
-	out = append(out, st.id[:]...)
-	out = append(out, "\r\n"...)
+	if st.forward {
+		out = appendFieldsAll(out, resp.Fields)
+	} else {
+		out = appendFields(out, resp.Fields)
+		out = append(out, HeaderRequestID...)
+		out = append(out, ": "...)
+		out = append(out, st.id[:]...)
+		out = append(out, "\r\n"...)
+	}
 	if fieldValue(resp.Fields, "date") == nil {
 		out = append(out, "Date: "...)
 		out = append(out, httpDate()...)
@@ -515,7 +580,8 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 	case untilEOF:
 		err = h1.CopyUntilEOF(c.nc, &out, be.Reader)
 	default:
-		err = h1.CopyChunked(c.nc, &out, be.Reader, func(name []byte) bool { return !h1.IsSwitchyard(name) })
+		keep := func(name []byte) bool { return st.forward || !h1.IsSwitchyard(name) }
+		err = h1.CopyChunked(c.nc, &out, be.Reader, keep)
 	}
 	c.out = out[:0]
 	if upload != nil {
@@ -570,6 +636,20 @@ func appendFields(dst []byte, fields []h1.Field) []byte {
 	return dst
 }
 
+// appendFieldsAll appends every field but the hop-by-hop ones.
+func appendFieldsAll(dst []byte, fields []h1.Field) []byte {
+	for _, f := range fields {
+		if f.Kind == h1.KindDrop {
+			continue
+		}
+		dst = append(dst, f.Name...)
+		dst = append(dst, ": "...)
+		dst = append(dst, f.Value...)
+		dst = append(dst, "\r\n"...)
+	}
+	return dst
+}
+
 // fieldValue returns the value of the first field named name (any case), or nil.
 func fieldValue(fields []h1.Field, name string) []byte {
 	lname := strings.ToLower(name)
@@ -587,13 +667,8 @@ func fieldValue(fields []h1.Field, name string) []byte {
 // fail answers the request with an error page (as Proxy.fail does) and records the outcome.
 // closeConn also closes the connection (an unread body).
 func (st *fastState) fail(outcome string, status int, msg string, cause error, closeConn bool) action {
-	c, h := st.c, st.c.s.h
+	h := st.c.s.h
 	h.observe(outcome, st.start)
-	r := &http.Request{Method: string(c.req.Method), Host: st.host, RemoteAddr: c.nc.RemoteAddr().String(),
-		Header: http.Header{}, RequestURI: string(c.req.Target)}
-	if c.req.Accept != nil {
-		r.Header.Set("Accept", string(c.req.Accept))
-	}
 	if cause != nil {
 		level := slog.LevelWarn
 		if status < 500 {
@@ -602,9 +677,19 @@ func (st *fastState) fail(outcome string, status int, msg string, cause error, c
 		h.log.Log(context.Background(), level, "hosting: request failed", "request_id", st.idString(), "status", status,
 			"host", st.host, "repl", st.repl.ID, "vm", st.vm, "outcome", outcome, "err", cause)
 	}
+	return st.answer(status, msg, closeConn || outcome == outcomeDraining)
+}
+
+// answer writes an error page (revproxy.WriteError's) as the answer to the request.
+func (st *fastState) answer(status int, msg string, closeConn bool) action {
+	c := st.c
+	r := &http.Request{Header: http.Header{}}
+	if c.req.Accept != nil {
+		r.Header.Set("Accept", string(c.req.Accept))
+	}
 	pw := &pageWriter{h: http.Header{}}
 	revproxy.WriteError(pw, r, status, msg, st.idString())
-	closeConn = closeConn || c.req.Close || outcome == outcomeDraining || c.closing()
+	closeConn = closeConn || c.req.Close || c.closing()
 	out := h1.AppendStatusLine(c.out[:0], pw.status)
 	for k, vs := range pw.h {
 		for _, v := range vs {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,10 +21,11 @@ type ServerConfig struct {
 	// Handler serves the requests the fast path passes to net/http. Nil means Proxy. With
 	// tombstones it is forwarder.Wrap(proxy), and Divert must then be set.
 	Handler http.Handler
-	// Divert reports whether a request for host must go to Handler rather than straight to
-	// Proxy: (*tombstone.Forwarder).Diverts when Handler is the forwarder's Wrap. Required when
-	// Handler is set.
-	Divert func(host string) bool
+	// Divert decides, for each fast-path request, whether it goes to Proxy (the zero
+	// Diversion), to Handler, or straight to another cluster (a forward on the fast path):
+	// (*tombstone.Forwarder).Divert when Handler is the forwarder's Wrap. Required when Handler
+	// is set. target is the request target (path and query).
+	Divert func(host, method, target string) Diversion
 	// ReadHeaderTimeout bounds the reading of a request head once its first byte arrived. Zero
 	// means 10s.
 	ReadHeaderTimeout time.Duration
@@ -69,6 +71,30 @@ type Server struct {
 	idle      chan struct{} // closed when closing and conns is empty
 
 	handoffs atomic.Int64 // connections given to net/http, for tests
+}
+
+// ErrHandedOff is passed to Diversion.Done when the fast path did not forward the request
+// itself but gave it to ServerConfig.Handler.
+var ErrHandedOff = errors.New("hosting: request handed to net/http")
+
+// Diversion is ServerConfig.Divert's decision for one request. The zero value sends it to Proxy.
+type Diversion struct {
+	// Handoff sends the connection, from this request on, to Handler (net/http).
+	Handoff bool
+	// URL, when set, forwards the request on the fast path to this plain-HTTP hosting proxy
+	// (another cluster's) instead of Proxy: method, target, Host and fields unchanged but for
+	// the hop-by-hop and forwarding fields (the chain starts here, as for an untrusted peer;
+	// requests that carry forwarding fields are handed off instead), plus Fields. The answer is
+	// passed on as it is, Switchyard-* fields included.
+	URL *url.URL
+	// Fields are added to a forwarded request: name, value, name, value, ...
+	Fields []string
+	// Done is called exactly once when a forward ends: err is nil when the other side
+	// answered, ErrHandedOff when the fast path gave the request to Handler after all (it
+	// carries forwarding fields, or URL is not plain HTTP); started reports whether any of the
+	// answer reached the client. When err is another error and nothing was sent, the client
+	// is answered status with msg.
+	Done func(err error, started bool) (status int, msg string)
 }
 
 // NewServer checks cfg and returns a Server.

@@ -103,7 +103,7 @@ func startE2ECluster(t *testing.T, dir *lore.Directory, id string, n int, clock 
 	c.addr = hostLn.Addr().String()
 	// hosting.Server: the fast path for what the forwarder passes, net/http (and the forwarder)
 	// for the rest.
-	hostSrv, err := hosting.NewServer(hosting.ServerConfig{Proxy: c.hosting, Handler: c.fwd.Wrap(c.hosting), Divert: c.fwd.Diverts})
+	hostSrv, err := hosting.NewServer(hosting.ServerConfig{Proxy: c.hosting, Handler: c.fwd.Wrap(c.hosting), Divert: c.fwd.Divert})
 	require.NoError(t, err)
 	go func() { _ = hostSrv.Serve(hostLn) }()
 

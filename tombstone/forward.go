@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/switchyard-dev/switchyard/hosting"
 	"github.com/switchyard-dev/switchyard/internal/drain"
 	"github.com/switchyard-dev/switchyard/internal/revproxy"
 	"github.com/switchyard-dev/switchyard/lore"
@@ -226,18 +227,55 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 	f.forward(w, r, stone, via, internal)
 }
 
-// Diverts reports whether Wrap would take a request for host itself (a live tombstone here
-// sends it to another cluster) rather than pass it to next, counting it as passed when not:
-// hosting.ServerConfig.Divert, so that the hosting fast path serves only what Wrap would pass.
-// (A request carrying a HopHeader never reaches it: the fast path hands every Switchyard-*
-// field to net/http, where Wrap sees it.)
-func (f *Forwarder) Diverts(host string) bool {
-	stone, ok := f.lookup(context.Background(), host)
+// Divert is hosting.ServerConfig.Divert for a Server whose Handler is Wrap: the hosting fast
+// path serves what Wrap would pass to next (counted as passed), forwards what Wrap would
+// forward to the repl's new cluster itself (signed hop header, CDN-Loop, the same metrics and
+// failure answers), and hands everything else (the forwarder shutting down, a cluster URL that
+// cannot be had or is not plain HTTP) to Wrap. A request carrying a HopHeader never reaches
+// it: the fast path hands every Switchyard-* field to net/http, where Wrap sees it.
+func (f *Forwarder) Divert(host, method, target string) hosting.Diversion {
+	ctx := context.Background()
+	stone, ok := f.lookup(ctx, host)
 	if !ok || stone.Cluster == f.cfg.Cluster {
 		f.metrics.passed.Inc()
-		return false
+		return hosting.Diversion{}
 	}
-	return true
+	via := []string{f.cfg.Cluster}
+	if len(via) > f.cfg.MaxHops {
+		return hosting.Diversion{Handoff: true} // Wrap answers 508
+	}
+	u, err := f.clusterURL(ctx, stone.Cluster)
+	if err != nil || u.Scheme != "http" {
+		return hosting.Diversion{Handoff: true} // Wrap answers 502, or speaks HTTPS
+	}
+	if !f.drain.Enter() {
+		return hosting.Diversion{Handoff: true} // Wrap answers 503
+	}
+	return hosting.Diversion{
+		URL: u,
+		Fields: []string{
+			HopHeader, f.signer.sign(via, f.cfg.Now(), host, method, target),
+			CDNLoopHeader, "switchyard; cluster=" + f.cfg.Cluster,
+		},
+		Done: func(err error, started bool) (int, string) {
+			defer f.drain.Exit()
+			switch {
+			case err == nil:
+				f.metrics.forwarded.Inc()
+			case errors.Is(err, hosting.ErrHandedOff):
+			case started:
+				f.metrics.requests.WithLabelValues(outcomeClient).Inc()
+			default:
+				f.invalidate(stone.Cluster)
+				f.metrics.requests.WithLabelValues(outcomeError).Inc()
+				msg := "the repl has moved to another cluster, which did not answer"
+				f.log.Warn("tombstone: request refused", "status", http.StatusBadGateway, "host", host, "outcome", outcomeError,
+					"reason", msg, "err", fmt.Errorf("forward repl %s to cluster %s at %s: %w", stone.Repl, stone.Cluster, u, err))
+				return http.StatusBadGateway, msg
+			}
+			return 0, ""
+		},
+	}
 }
 
 // lookup finds the live tombstone for host, if any.

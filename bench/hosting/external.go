@@ -87,7 +87,7 @@ func serveRole(role, page string, size int, cpuprofile string) error {
 		case "hosting":
 			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting})
 		case "forwarded":
-			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, Handler: h, Divert: st.fwd.Diverts})
+			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, Handler: h, Divert: st.fwd.Divert})
 		}
 		if err != nil {
 			return err
@@ -196,7 +196,7 @@ master_process off;
 worker_processes 1;
 worker_rlimit_nofile 20000;
 pid %[1]s/nginx.pid;
-error_log stderr warn;
+error_log stderr error;
 events { worker_connections 16000; }
 http {
   access_log off;
@@ -213,6 +213,9 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $host;
+      # Stream large bodies both ways, as the Go targets do, instead of spooling them to disk.
+      proxy_request_buffering off;
+      proxy_max_temp_file_size 0;
     }
   }
 }
@@ -343,7 +346,7 @@ func wrk(cpu, addr string, conns int, d time.Duration, server *proc, w *workload
 		return result{}, err
 	}
 	out, err := exec.Command("taskset", "-c", cpu, "wrk", "-t1", "-c"+strconv.Itoa(conns),
-		"-d"+strconv.Itoa(int(d/time.Second))+"s", "--latency", "-s", w.script, "-H", "Host: blog.alice.repl.test",
+		"-d"+strconv.Itoa(int(d/time.Second))+"s", "--latency", "--timeout", "60s", "-s", w.script, "-H", "Host: blog.alice.repl.test",
 		"http://"+addr+w.path).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk (apt-get install wrk): %v\n%s", err, out)

@@ -78,7 +78,7 @@ func (c *fastConn) serve() {
 		c.peerA = ap.Addr().Unmap()
 		c.peer = c.peerA.String()
 	}
-	c.rd = h1.NewReader(c.nc, 4096, min(64<<10, c.s.cfg.MaxHeaderBytes+4096))
+	c.rd = h1.NewReader(c.nc, 2048, min(64<<10, c.s.cfg.MaxHeaderBytes+4096))
 	for {
 		n, verdict, err := c.readHead()
 		if err != nil {
@@ -86,7 +86,11 @@ func (c *fastConn) serve() {
 			return
 		}
 		if verdict == h1.OK {
-			switch c.serveRequest(n) {
+			c.out = getOut()
+			act := c.serveRequest(n)
+			putOut(c.out) // an idle connection holds no output buffer
+			c.out = nil
+			switch act {
 			case actKeep:
 				if !c.closing() {
 					continue
@@ -224,13 +228,16 @@ func (c *fastConn) serveRequest(n int) action {
 			return st.fail(outcomeBackend, http.StatusBadGateway, "the repl could not be reached",
 				fmt.Errorf("vm %s: the fast path speaks plain HTTP to conman, not %s", t.vm, t.backend.Scheme), !replayable)
 		}
+		st.onDone = func() { h.observe(outcomeOK, start) }
 		res, err := st.exchange(t, head, body, replayable)
 		if err == nil {
-			h.observe(outcomeOK, start)
 			if res == actClose || req.Close || c.closing() {
 				return actClose
 			}
 			return actKeep
+		}
+		if st.doneCalled {
+			return actClose // the last write failed after the request was counted
 		}
 		h.routes.forget(host)
 		if st.started {
@@ -372,8 +379,15 @@ func (c *fastConn) forward(n int, host string, d *Diversion) action {
 	if d.URL.Port() == "" {
 		addr = net.JoinHostPort(d.URL.Hostname(), "80")
 	}
+	st.onDone = func() { d.Done(nil, true) }
 	res, err := st.exchange(target{addr: addr, backend: d.URL}, head, body, replayable)
-	status, msg := d.Done(err, st.started)
+	if err != nil && st.doneCalled {
+		return actClose // the last write failed after the forward was counted
+	}
+	status, msg := 0, ""
+	if err != nil {
+		status, msg = d.Done(err, st.started)
+	}
 	if err == nil {
 		if res == actClose || req.Close || c.closing() {
 			return actClose
@@ -399,9 +413,12 @@ type fastState struct {
 	host    string
 	repl    lore.Repl
 	vm      string
-	started bool // something of the answer reached the client
-	retry   bool // the failure happened before conman took the request
-	forward bool // a forward to another cluster: its answer passes as it is
+	started bool   // something of the answer reached the client
+	retry   bool   // the failure happened before conman took the request
+	forward bool   // a forward to another cluster: its answer passes as it is
+	onDone  func() // called when the answer is complete, before its last write
+	// doneCalled: onDone ran (a later error is the last write's: the client left)
+	doneCalled bool
 }
 
 func (st *fastState) idString() string { return string(st.id[:]) }
@@ -574,7 +591,6 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 	var err error
 	switch {
 	case !bodyAllowed:
-		err = writeAll(c.nc, out)
 	case resp.ContentLength >= 0:
 		err = h1.CopyLength(c.nc, &out, be.Reader, resp.ContentLength)
 	case untilEOF:
@@ -582,6 +598,14 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 	default:
 		keep := func(name []byte) bool { return st.forward || !h1.IsSwitchyard(name) }
 		err = h1.CopyChunked(c.nc, &out, be.Reader, keep)
+	}
+	if err == nil {
+		// Counted before the last write, so whoever sees the answer end sees it counted.
+		if st.onDone != nil {
+			st.doneCalled = true
+			st.onDone()
+		}
+		err = h1.WriteOut(c.nc, &out)
 	}
 	c.out = out[:0]
 	if upload != nil {
@@ -592,11 +616,22 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 				err = uerr
 			}
 		default:
-			_ = be.Close()
-			_ = c.nc.SetReadDeadline(time.Unix(1, 0)) // stop the upload's read of the client
-			<-upload
-			if err == nil {
-				return actClose, nil // answered before the upload ended: the client's body is unread
+			// Usually the upload is just finishing; an app may also have answered before it
+			// read the whole body. Wait a little, then give up on the connections.
+			t := time.NewTimer(uploadGrace)
+			select {
+			case uerr := <-upload:
+				t.Stop()
+				if err == nil && uerr != nil {
+					err = uerr
+				}
+			case <-t.C:
+				_ = be.Close()
+				_ = c.nc.SetReadDeadline(time.Unix(1, 0)) // stop the upload's read of the client
+				<-upload
+				if err == nil {
+					return actClose, nil // answered before the upload ended: the client's body is unread
+				}
 			}
 		}
 	}
@@ -615,13 +650,6 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 	return actKeep, nil
 }
 
-func writeAll(c net.Conn, b []byte) error {
-	if _, err := c.Write(b); err != nil {
-		return errors.Join(h1.ErrClient, err)
-	}
-	return nil
-}
-
 // appendFields appends the fields a client may see: not hop-by-hop, not Switchyard-*.
 func appendFields(dst []byte, fields []h1.Field) []byte {
 	for _, f := range fields {
@@ -635,6 +663,10 @@ func appendFields(dst []byte, fields []h1.Field) []byte {
 	}
 	return dst
 }
+
+// uploadGrace is how long a streamed upload may go on after the answer is complete before
+// the connections are closed.
+const uploadGrace = time.Second
 
 // appendFieldsAll appends every field but the hop-by-hop ones.
 func appendFieldsAll(dst []byte, fields []h1.Field) []byte {
@@ -754,6 +786,18 @@ var (
 	dateSec int64
 	dateStr string
 )
+
+// outPool recycles the output buffers of requests, so an idle connection holds none.
+var outPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+func getOut() []byte { return (*outPool.Get().(*[]byte))[:0] }
+
+func putOut(b []byte) {
+	if cap(b) == 0 || cap(b) > 64<<10 {
+		return
+	}
+	outPool.Put(&b)
+}
 
 // newRequestIDBytes returns a request id (16 hex digits) as newRequestID does.
 func newRequestIDBytes() [16]byte {

@@ -77,7 +77,7 @@ func exchange(t *testing.T, addr, raw string) []string {
 		view := ""
 		var got struct {
 			Method, Path, Body string
-			Header            http.Header
+			Header             http.Header
 		}
 		if json.Unmarshal(body, &got) == nil && got.Method != "" {
 			view = fmt.Sprintf("%s %s body=%q cred=%q repl=%q", got.Method, got.Path, got.Body,

@@ -262,11 +262,11 @@ func (s *Server) forget(c *fastConn) {
 
 // handoffListener is the listener of the net/http server: connections the fast path gives up.
 type handoffListener struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	addr   net.Addr
-	n      *atomic.Int64
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+	n    *atomic.Int64
 }
 
 func newHandoffListener(n *atomic.Int64) *handoffListener {

@@ -216,6 +216,7 @@ http {
       # Stream large bodies both ways, as the Go targets do, instead of spooling them to disk.
       proxy_request_buffering off;
       proxy_max_temp_file_size 0;
+      client_max_body_size 0;
     }
   }
 }
@@ -466,12 +467,16 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		}
 	}
 	fmt.Println()
-	fmt.Println("| target | req/s | MiB/s | p50 | p99 | p99.9 | server CPU µs/request |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("| target | req/s | MiB/s | p50 | p99 | p99.9 | server CPU µs/request | errors (all rounds) |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
 	med := map[string]result{}
 	for _, t := range targets {
 		med[t] = median(results[t])
-		fmt.Printf("| %s | %.0f | %.1f | %s | %s | %s | %s |\n", t, med[t].rps, med[t].rps*float64(perReq)/(1<<20), us(med[t].p50), us(med[t].p99), us(med[t].p999), us(med[t].cpu))
+		var errs int64
+		for _, r := range results[t] {
+			errs += r.errors
+		}
+		fmt.Printf("| %s | %.0f | %.1f | %s | %s | %s | %s | %d |\n", t, med[t].rps, med[t].rps*float64(perReq)/(1<<20), us(med[t].p50), us(med[t].p99), us(med[t].p999), us(med[t].cpu), errs)
 	}
 	names := append([]string(nil), targets...)
 	sort.Strings(names)

@@ -18,6 +18,9 @@ const maxOut = 32 << 10
 // failure of the source (the backend).
 var ErrClient = errors.New("h1: write to the client failed")
 
+// WriteOut writes what is pending in out to dst and empties it; errors wrap ErrClient.
+func WriteOut(dst net.Conn, out *[]byte) error { return writeOut(dst, out) }
+
 func writeOut(dst net.Conn, out *[]byte) error {
 	if len(*out) == 0 {
 		return nil
@@ -32,8 +35,8 @@ func writeOut(dst net.Conn, out *[]byte) error {
 
 // CopyLength copies n body bytes from src to dst, after the bytes pending in out (a head).
 // Bytes are written as they arrive (pending output is written before every blocking read), and
-// large remainders between two TCP connections are spliced by the kernel. Errors writing to dst
-// wrap ErrClient.
+// large remainders between two TCP connections are spliced by the kernel. What is left in out
+// at the end is the caller's to write. Errors writing to dst wrap ErrClient.
 func CopyLength(dst net.Conn, out *[]byte, src *Reader, n int64) error {
 	for n > 0 {
 		if buf := src.Buffered(); len(buf) > 0 {
@@ -78,12 +81,13 @@ func CopyLength(dst net.Conn, out *[]byte, src *Reader, n int64) error {
 			return err
 		}
 	}
-	return writeOut(dst, out)
+	return nil
 }
 
 // CopyChunked copies a chunked body from src to dst, re-framing each chunk (extensions are
 // dropped) and passing the trailer fields keep accepts (nil: all). The body is validated as it
-// goes: a malformed chunk line, size, terminator or trailer is ErrMalformed.
+// goes: a malformed chunk line, size, terminator or trailer is ErrMalformed. What is left in out
+// at the end is the caller's to write.
 func CopyChunked(dst net.Conn, out *[]byte, src *Reader, keep func(name []byte) bool) error {
 	for {
 		line, err := readLine(dst, out, src, 4096)
@@ -143,10 +147,11 @@ func CopyChunked(dst net.Conn, out *[]byte, src *Reader, keep func(name []byte) 
 		src.Discard(len(line) + 2)
 	}
 	*out = append(*out, "\r\n"...)
-	return writeOut(dst, out)
+	return nil
 }
 
 // CopyUntilEOF copies a body delimited by the end of the connection from src to dst as chunks.
+// What is left in out at the end is the caller's to write.
 func CopyUntilEOF(dst net.Conn, out *[]byte, src *Reader) error {
 	for {
 		if buf := src.Buffered(); len(buf) > 0 {
@@ -162,7 +167,7 @@ func CopyUntilEOF(dst net.Conn, out *[]byte, src *Reader) error {
 		if err := src.Fill(); err != nil {
 			if err == io.EOF {
 				*out = append(*out, "0\r\n\r\n"...)
-				return writeOut(dst, out)
+				return nil
 			}
 			return err
 		}

@@ -90,8 +90,9 @@
 //
 // A new conman binary takes over from the running one on the same VM without a client seeing
 // a close. The new process connects to a root-only unix socket the old one listens on (in the
-// VM's state directory); the old one stops serving requests (duplicating its listener first),
-// then Server.Handoff sends, with SCM_RIGHTS: every shell's process (for conman/process: the
+// VM's state directory) and asks to take over; the old one checks the request
+// (AcceptSuccessor), stops serving requests (duplicating its listener first), then
+// Server.Handoff sends, with SCM_RIGHTS: every shell's process (for conman/process: the
 // connection to the container's init, which kills the shell when it hangs up, and the pty
 // master), its output ring and offset, every live attach connection stopped between two
 // WebSocket frames with the bytes read but not consumed, and the listener. The new process

@@ -89,9 +89,12 @@ func ExampleServer_Handoff() {
 		hl  *net.UnixListener // root-only, in the VM's state directory
 	)
 	ctx := context.Background()
-	uc, err := hl.AcceptUnix() // the successor
+	uc, err := hl.AcceptUnix()
 	if err != nil {
 		return
+	}
+	if err := conman.AcceptSuccessor(ctx, uc); err != nil {
+		return // not a successor: nothing was stopped
 	}
 	lnFile, _ := ln.File() // a duplicate: the socket outlives our Close
 	_ = hs.Shutdown(ctx)   // new connections wait in the socket's queue

@@ -25,8 +25,9 @@ import (
 //
 // The wire (a unix stream socket): records of a 5-byte header — the JSON length (big endian
 // uint32) and the number of descriptors, which ride on the header (SCM_RIGHTS) — then the
-// JSON. The predecessor sends hello, one shell record per shell, a files record (the caller's
-// extra files, e.g. listeners), end; the successor answers ok once it holds everything.
+// JSON. The successor asks first (takeover, with its version), so a stray connection stops
+// nothing; the predecessor then sends hello, one shell record per shell, a files record (the
+// caller's extra files, e.g. listeners), end; the successor answers ok once it holds everything.
 
 const (
 	handoffVersion   = 1
@@ -36,7 +37,7 @@ const (
 )
 
 type handoffMsg struct {
-	Kind    string        `json:"kind"` // hello, shell, files, end, ok
+	Kind    string        `json:"kind"` // takeover, hello, shell, files, end, ok
 	Version int           `json:"version,omitempty"`
 	Shell   *handoffShell `json:"shell,omitempty"`
 	Files   int           `json:"files,omitempty"`
@@ -194,11 +195,37 @@ func recvRecord(uc *net.UnixConn) (handoffMsg, []*os.File, error) {
 	return m, files, nil
 }
 
+// AcceptSuccessor waits for the successor's request at the other end of uc (a unix stream
+// socket; the peer must be root or our own user) and checks it, before anything is stopped: a
+// connection that is not a conman successor of this version gets an error and changes nothing.
+// Call it first, then stop serving requests, then Handoff.
+func AcceptSuccessor(ctx context.Context, uc *net.UnixConn) error {
+	if err := checkPeer(uc); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = uc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = uc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	m, fs, err := recvRecord(uc)
+	for _, f := range fs {
+		f.Close()
+	}
+	if err != nil {
+		return err
+	}
+	if m.Kind != "takeover" || m.Version != handoffVersion || len(fs) != 0 {
+		return fmt.Errorf("%w: conman: not a successor of handoff version %d (%q version %d)", ErrInvalid, handoffVersion, m.Kind, m.Version)
+	}
+	return nil
+}
+
 // Handoff gives everything this Server runs to its successor at the other end of uc (a unix
-// stream socket; the peer must be root or our own user), plus files (e.g. the listeners; the
-// caller keeps its copies): every shell with its output ring, and every live attach
-// connection, stopped between two frames. Stop serving new requests first (close the
-// listener after duplicating it for files). Once the successor holds everything, the Server
+// stream socket, accepted with AcceptSuccessor), plus files (e.g. the listeners; the caller
+// keeps its copies): every shell with its output ring, and every live attach connection,
+// stopped between two frames. Stop serving new requests first (close the listener after
+// duplicating it for files). Once the successor holds everything, the Server
 // lets go of its copies and closes like Close, leaving the containers running; shells it could
 // not hand over (the runtime's processes are not Handoffers, or the process was exiting) are
 // killed and their connections closed with 1012. If the successor fails before it answers,
@@ -408,6 +435,9 @@ func ReceiveHandoff(ctx context.Context, uc *net.UnixConn) (*Inheritance, error)
 	stop := context.AfterFunc(ctx, func() { _ = uc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	in := &Inheritance{}
+	if err := sendRecord(uc, handoffMsg{Kind: "takeover", Version: handoffVersion}, nil); err != nil {
+		return nil, err
+	}
 	fail := func(err error) (*Inheritance, error) {
 		in.Close()
 		for _, f := range in.Files {

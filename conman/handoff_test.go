@@ -64,17 +64,26 @@ func (g *generation) upgrade(t testing.TB, stateDir string) *generation {
 	lnFile, err := g.ln.(*net.TCPListener).File()
 	require.NoError(t, err)
 	defer lnFile.Close()
-	// Stop serving requests (hijacked attach connections are not the http.Server's).
-	require.NoError(t, g.hs.Shutdown(ctx))
-	require.ErrorIs(t, <-g.err, http.ErrServerClosed)
 	a, b := socketPair(t)
 	defer a.Close()
 	defer b.Close()
 	handed := make(chan error, 1)
-	go func() { handed <- g.srv.Handoff(ctx, a, lnFile) }()
+	go func() {
+		if err := conman.AcceptSuccessor(ctx, a); err != nil {
+			handed <- err
+			return
+		}
+		// Stop serving requests (hijacked attach connections are not the http.Server's).
+		if err := g.hs.Shutdown(ctx); err != nil {
+			handed <- err
+			return
+		}
+		handed <- g.srv.Handoff(ctx, a, lnFile)
+	}()
 	in, err := conman.ReceiveHandoff(ctx, b)
 	require.NoError(t, err)
 	require.NoError(t, <-handed)
+	require.ErrorIs(t, <-g.err, http.ErrServerClosed)
 	require.NoError(t, g.rt.Close())
 	require.Len(t, in.Files, 1)
 	ln, err := net.FileListener(in.Files[0])
@@ -225,10 +234,29 @@ func TestHandoffToAFailingSuccessor(t *testing.T) {
 	defer c.CloseNow()
 	tm := readTerm(c)
 	tm.waitFor(t, "# ")
+	// A stray connection that is no successor changes nothing.
 	a, b := socketPair(t)
+	_, err = b.Write([]byte("\x00\x00\x00\x02\x00{}"))
+	require.NoError(t, err)
+	require.ErrorIs(t, conman.AcceptSuccessor(ctx, a), conman.ErrInvalid)
+	a.Close()
+	b.Close()
+	send(t, c, "echo STILL\n")
+	tm.waitFor(t, "STILL\r\n")
+
+	// A successor that asks, then hangs up before it answers.
+	a, b = socketPair(t)
 	defer a.Close()
 	handed := make(chan error, 1)
-	go func() { handed <- g.srv.Handoff(ctx, a) }()
+	go func() {
+		if err := conman.AcceptSuccessor(ctx, a); err != nil {
+			handed <- err
+			return
+		}
+		handed <- g.srv.Handoff(ctx, a)
+	}()
+	_, err = b.Write([]byte("\x00\x00\x00\x1f\x00{\"kind\":\"takeover\",\"version\":1}"))
+	require.NoError(t, err)
 	buf := make([]byte, 16)
 	_, err = b.Read(buf) // the hello
 	require.NoError(t, err)

@@ -416,16 +416,24 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 	})
 	go func() {
 		defer close(handoffDone)
-		uc, err := hl.AcceptUnix() // one successor: this process exits after it
-		if err != nil {
+		for {
+			uc, err := hl.AcceptUnix()
+			if err != nil {
+				return
+			}
+			stopped, err := handOffConman(f.log, srv, cm, uc)
+			uc.Close()
+			if !stopped {
+				f.log.Warn("handoff socket: not a successor", "err", err)
+				continue // nothing was stopped
+			}
+			if err != nil {
+				f.log.Error("upgrade in place failed", "err", err)
+			}
+			handedOver.Store(true)
+			close(c.exit) // one successor: this process exits after it
 			return
 		}
-		if err := handOffConman(f.log, srv, cm, uc); err != nil {
-			f.log.Error("upgrade in place failed", "err", err)
-		}
-		uc.Close()
-		handedOver.Store(true)
-		close(c.exit)
 	}()
 	c.addr = addr
 	return c, nil
@@ -456,14 +464,18 @@ func listenHandoff(vmDir string) (*net.UnixListener, error) {
 	return hl, nil
 }
 
-// handOffConman stops serving requests and hands the listener, the shells and the live attach
-// connections to the successor at uc.
-func handOffConman(log *slog.Logger, srv *server, cm *conman.Server, uc *net.UnixConn) error {
+// handOffConman checks that uc is a successor, then stops serving requests and hands the
+// listener, the shells and the live attach connections to it. stopped says whether it got that
+// far: a stray connection stops nothing.
+func handOffConman(log *slog.Logger, srv *server, cm *conman.Server, uc *net.UnixConn) (stopped bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if err := conman.AcceptSuccessor(ctx, uc); err != nil {
+		return false, err
+	}
 	lnFile, err := srv.listenerFile()
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer lnFile.Close()
 	// New connections wait in the socket's queue for the successor; requests in flight here
@@ -473,7 +485,7 @@ func handOffConman(log *slog.Logger, srv *server, cm *conman.Server, uc *net.Uni
 		log.Warn("upgrade in place: requests still in flight were cut", "err", err)
 	}
 	scancel()
-	return cm.Handoff(ctx, uc, lnFile)
+	return true, cm.Handoff(ctx, uc, lnFile)
 }
 
 // receiveConman takes over from the conman running on this VM: it returns the inheritance for

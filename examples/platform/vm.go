@@ -209,7 +209,13 @@ func (c *cluster) upgradeVM(ctx context.Context, id string) error {
 	}
 	handed := make(chan error, 1)
 	oldCM, oldRT := v.cm, v.rt
-	go func() { handed <- oldCM.Handoff(ctx, ends[0], lnFile) }()
+	go func() {
+		if err := conman.AcceptSuccessor(ctx, ends[0]); err != nil {
+			handed <- err
+			return
+		}
+		handed <- oldCM.Handoff(ctx, ends[0], lnFile)
+	}()
 	in, err := conman.ReceiveHandoff(ctx, ends[1])
 	if herr := <-handed; herr != nil || err != nil {
 		if in != nil {

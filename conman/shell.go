@@ -317,7 +317,8 @@ func (s *Server) attach(sh *shell, att *attachment) {
 		return
 	}
 	if att.code >= 0 {
-		// The reader sees the peer's answer, or times out in two seconds.
+		// The reader sees the peer's answer, or times out in two seconds. A write stuck on a
+		// peer that does not read holds the close frame back for at most five.
 		_ = conn.Close(att.code, att.reason)
 	} else {
 		_ = conn.CloseNow()

@@ -21,7 +21,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -80,10 +79,22 @@ type Conn struct {
 	msg      []byte // its payload so far
 	gotClose bool
 
-	wmu       sync.Mutex
-	closeSent bool
-	detached  bool // Detach: nothing more is written until Resume
+	wsem      chan struct{} // the write lock, taken with a context (lockWrite)
+	closeSent bool          // wsem
+	detached  bool          // Detach: nothing more is written until Resume (wsem)
 }
+
+// lockWrite takes the write lock unless ctx ends first.
+func (c *Conn) lockWrite(ctx context.Context) error {
+	select {
+	case c.wsem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wsconn: a write does not finish: %w", ctx.Err())
+	}
+}
+
+func (c *Conn) unlockWrite() { <-c.wsem }
 
 // State is what a successor needs to continue a connection: bytes read but not consumed, the
 // message being assembled, and whether a close frame was sent.
@@ -153,7 +164,7 @@ func Upgrade(w http.ResponseWriter, r *http.Request, h http.Header, maxMsg int) 
 
 // Adopt continues a connection that another Conn (maybe in another process) detached.
 func Adopt(nc net.Conn, st State, maxMsg int) *Conn {
-	c := &Conn{nc: nc, maxMsg: maxMsg, msgOp: st.MsgOp, msg: st.Msg, closeSent: st.CloseSent}
+	c := &Conn{nc: nc, maxMsg: maxMsg, msgOp: st.MsgOp, msg: st.Msg, closeSent: st.CloseSent, wsem: make(chan struct{}, 1)}
 	c.buf = make([]byte, max(4096, len(st.Pending)))
 	c.w = copy(c.buf, st.Pending)
 	return c
@@ -197,7 +208,12 @@ func (c *Conn) Read() (int, []byte, error) {
 		c.r += n
 		switch op {
 		case opPing:
-			if err := c.write(context.Background(), opPong, payload); err != nil && !errors.Is(err, ErrClosed) {
+			// Bounded: a peer that pings and does not read cannot hold the reader (or a Close
+			// waiting behind the write) for ever.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := c.write(ctx, opPong, payload)
+			cancel()
+			if err != nil && !errors.Is(err, ErrClosed) {
 				return 0, nil, err
 			}
 			continue
@@ -375,8 +391,10 @@ func (c *Conn) write(ctx context.Context, op int, p []byte) error {
 		binary.BigEndian.PutUint64(hdr[2:], uint64(len(p)))
 		hl = 10
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	if err := c.lockWrite(ctx); err != nil {
+		return err
+	}
+	defer c.unlockWrite()
 	if c.closeSent || c.detached {
 		return ErrClosed
 	}
@@ -419,7 +437,8 @@ func (c *Conn) CloseNow() error { return c.nc.Close() }
 // error past it, and can be called again).
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
-// state is what Detach hands over (the caller holds wmu and the reading goroutine stopped).
+// state is what Detach hands over (the caller holds the write lock and the reading goroutine
+// stopped).
 func (c *Conn) state() State {
 	return State{Pending: append([]byte(nil), c.buf[c.r:c.w]...), MsgOp: c.msgOp,
 		Msg: append([]byte(nil), c.msg...), CloseSent: c.closeSent}
@@ -428,9 +447,9 @@ func (c *Conn) state() State {
 // Resume undoes Detach when the successor did not take the connection: writes work again
 // (e.g. a close frame).
 func (c *Conn) Resume() {
-	c.wmu.Lock()
+	c.wsem <- struct{}{}
 	c.detached = false
-	c.wmu.Unlock()
+	c.unlockWrite()
 }
 
 // Detach stops the connection between two frames and returns its state and a duplicate of its
@@ -439,23 +458,12 @@ func (c *Conn) Resume() {
 // frame stream is not at a boundary). After Detach nothing more is written (until Resume);
 // close the Conn with CloseNow once the descriptor has been passed on.
 func (c *Conn) Detach(ctx context.Context) (State, *os.File, error) {
-	got := make(chan struct{})
-	go func() {
-		c.wmu.Lock()
-		close(got)
-	}()
-	select {
-	case <-got:
-	case <-ctx.Done():
-		// The write blocked on a peer that does not read: leave it; the lock is taken when
-		// it fails.
-		go func() { <-got; c.wmu.Unlock() }()
-		return State{}, nil, fmt.Errorf("wsconn: a write does not finish: %w", ctx.Err())
+	if err := c.lockWrite(ctx); err != nil {
+		return State{}, nil, err
 	}
 	st := c.state()
 	c.detached = true // nothing more from this side
-
-	c.wmu.Unlock()
+	c.unlockWrite()
 	nc := c.nc
 	for {
 		u, ok := nc.(interface{ NetConn() net.Conn })

@@ -272,3 +272,45 @@ func TestDetachAdoptMidStream(t *testing.T) {
 	_, open := <-got
 	require.False(t, open)
 }
+
+// TestDetachWithAStuckWrite: a write blocked on a peer that does not read keeps Detach from a
+// half-written frame: it fails when its context ends, and the connection can still be dropped.
+func TestDetachWithAStuckWrite(t *testing.T) {
+	res := make(chan error, 1)
+	u := server(t, func(c *Conn) {
+		stuck := make(chan error, 1)
+		wrote := make(chan struct{}, 1)
+		go func() {
+			big := make([]byte, 1<<20)
+			for {
+				if err := c.Write(context.Background(), Binary, big); err != nil {
+					stuck <- err
+					return
+				}
+				select {
+				case wrote <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		// The socket buffers fill: the writer is blocked once no write completes for a while.
+		for {
+			select {
+			case <-wrote:
+				continue
+			case <-time.After(200 * time.Millisecond):
+			}
+			break
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_, _, err := c.Detach(ctx)
+		res <- err
+		c.CloseNow()
+		<-stuck
+	})
+	nc := rawDial(t, u) // never reads
+	_ = nc
+	err := <-res
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+}

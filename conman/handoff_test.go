@@ -271,3 +271,45 @@ func TestHandoffToAFailingSuccessor(t *testing.T) {
 	}
 	require.NoError(t, g.rt.Close())
 }
+
+// TestHandoffMidStream upgrades three times while a shell streams output as fast as the
+// connection takes it: the client gets every byte once, in order.
+func TestHandoffMidStream(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	stateDir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	g := startGeneration(t, stateDir, ln, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+ln.Addr().String()+"/v1/repls/stream1/attach", &websocket.DialOptions{
+		HTTPHeader: http.Header{conman.HeaderCredential: {testCredential}},
+	})
+	require.NoError(t, err)
+	defer c.CloseNow()
+	tm := readTerm(c)
+	tm.waitFor(t, "# ")
+	const n = 150000
+	send(t, c, "stty -echo; seq 1 "+strconv.Itoa(n)+"; echo DO''NE\n") // DONE, unlike its echo
+	for i := range 3 {
+		// Upgrade once the stream is well under way (and not yet over).
+		want := strconv.Itoa((i+1)*n/5) + "\r\n"
+		tm.waitFor(t, want)
+		g = g.upgrade(t, stateDir)
+		t.Logf("upgrade %d with %d bytes received", i, len(tm.String()))
+	}
+	tm.waitFor(t, "DONE\r\n")
+	out := tm.String()
+	start := strings.Index(out, "\r\n1\r\n")
+	require.GreaterOrEqual(t, start, 0, "output: %.200q", out)
+	lines := strings.Split(out[start+2:strings.Index(out, "DONE")], "\r\n")
+	require.Len(t, lines, n+1, "every line once") // the last is empty
+	for i := range n {
+		if lines[i] != strconv.Itoa(i+1) {
+			t.Fatalf("line %d is %q, want %d", i, lines[i], i+1)
+		}
+	}
+	g.stop(t)
+}

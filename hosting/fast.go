@@ -57,11 +57,7 @@ func (c *fastConn) wake() {
 	c.mu.Unlock()
 }
 
-func (c *fastConn) closing() bool {
-	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
-	return c.s.closing
-}
+func (c *fastConn) closing() bool { return c.s.closingFlag.Load() }
 
 // action is what the connection does after a request.
 type action int
@@ -190,7 +186,9 @@ func (c *fastConn) serveRequest(n int) action {
 	st := &fastState{c: c, id: newRequestIDBytes(), start: start, host: host}
 	hasBody := req.ContentLength > 0
 	c.rd.Discard(n)
-	_ = c.nc.SetReadDeadline(time.Time{})
+	if hasBody {
+		_ = c.nc.SetReadDeadline(time.Time{}) // a body is read without a deadline, as by net/http
+	}
 	if !h.drain.Enter() {
 		return st.fail(outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", ErrClosed, true)
 	}
@@ -356,8 +354,10 @@ func (c *fastConn) forward(n int, host string, d *Diversion) action {
 	req := &c.req
 	st := &fastState{c: c, id: newRequestIDBytes(), start: time.Now(), host: host, forward: true}
 	c.rd.Discard(n)
-	_ = c.nc.SetReadDeadline(time.Time{})
 	hasBody := req.ContentLength > 0
+	if hasBody {
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
 	var body []byte
 	replayable := !hasBody
 	if hasBody && c.s.h.cfg.MaxReplayBody > 0 && req.ContentLength <= c.s.h.cfg.MaxReplayBody {

@@ -70,7 +70,8 @@ type Server struct {
 	wg        sync.WaitGroup
 	idle      chan struct{} // closed when closing and conns is empty
 
-	handoffs atomic.Int64 // connections given to net/http, for tests
+	handoffs    atomic.Int64 // connections given to net/http, for tests
+	closingFlag atomic.Bool  // closing, for the fast path's checks without the lock
 }
 
 // ErrHandedOff is passed to Diversion.Done when the fast path did not forward the request
@@ -195,6 +196,7 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
+	s.closingFlag.Store(true)
 	for l := range s.listeners {
 		_ = l.Close()
 	}
@@ -228,6 +230,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closing = true
+	s.closingFlag.Store(true)
 	for l := range s.listeners {
 		_ = l.Close()
 	}

@@ -33,8 +33,9 @@
 //     JSON closes with 1007). conman closes with 1000 when the shell or its container exits on
 //     its own, 1012 when conman stopped the repl (it moved, or a proxy fenced it), when the VM
 //     drains or conman restarts, 1011 on an internal error, 4000 (CloseTakenOver) when a resume
-//     took the shell to another connection, 4001 (CloseResumeHere) when conman is upgraded in
-//     place: resume on the same VM.
+//     took the shell to another connection, 4001 (CloseResumeHere) when an upgrade in place
+//     handed the shell to the successor while this connection was still in its handshake:
+//     resume it on the same VM (live connections are handed over and see no close).
 //   - Resumable sessions: the 101 carries HeaderSession (Switchyard-Session), the shell's session
 //     id (128 random bits, URL-safe). Each shell counts its output offset: the bytes of pty
 //     output sent as binary-message payload since the shell started, across resumes. A

@@ -79,8 +79,9 @@ const (
 	CloseDraining      = 1012 // service restart: the VM drains; reconnect elsewhere
 	// CloseTakenOver: a resume of this session on another connection took the shell.
 	CloseTakenOver = 4000
-	// CloseResumeHere: conman is being upgraded in place and handed the shell to its successor:
-	// resume the session (same id, offset) on the same VM.
+	// CloseResumeHere: an upgrade in place handed the shell to the successor conman while this
+	// connection was in its handshake: resume the session (same id, offset) on the same VM.
+	// Live connections are handed over themselves and see no close.
 	CloseResumeHere = 4001
 )
 

@@ -210,6 +210,7 @@ type repl struct {
 	orphan   time.Time     // since when placement has not assigned it here (zero: assigned)
 	noWeb    bool          // no main process: nothing listens on the port
 	exited   chan struct{} // closed when the container exited
+	removed  chan struct{} // closed once the exited container was removed (or conman closed)
 }
 
 // New returns a Server over cfg.Runtime, adopting the containers the runtime recovered, and
@@ -343,7 +344,7 @@ func (s *Server) adopt(ctx context.Context) error {
 			continue
 		}
 		r := &repl{id: st.ID, port: st.Spec.Port, noWeb: len(st.Spec.Command) == 0, started: time.Now(),
-			ready: make(chan struct{}), exited: make(chan struct{})}
+			ready: make(chan struct{}), exited: make(chan struct{}), removed: make(chan struct{})}
 		close(r.ready)
 		s.mu.Lock()
 		s.repls[r.id] = r
@@ -453,7 +454,7 @@ func (s *Server) ensure(ctx context.Context, id string) (*repl, error) {
 	}
 	r, ok := s.repls[id]
 	if !ok {
-		r = &repl{id: id, ready: make(chan struct{}), exited: make(chan struct{})}
+		r = &repl{id: id, ready: make(chan struct{}), exited: make(chan struct{}), removed: make(chan struct{})}
 		s.repls[id] = r
 		s.wg.Add(1)
 		go s.start(r)
@@ -581,6 +582,7 @@ func (s *Server) allocPort(id string) (int, error) {
 // next request starts a fresh container.
 func (s *Server) watch(r *repl) {
 	defer s.wg.Done()
+	defer close(r.removed)
 	st, err := s.rt.Wait(s.ctx, r.id)
 	if err != nil && s.ctx.Err() != nil {
 		return // Close: the container keeps running for the next conman
@@ -639,8 +641,9 @@ func (s *Server) Stop(ctx context.Context, id string) error {
 	if err := s.rt.Stop(ctx, id, s.cfg.StopGrace); err != nil {
 		return err
 	}
+	// Once removed, not just exited: a listing right after Stop must not show it.
 	select {
-	case <-r.exited:
+	case <-r.removed:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

@@ -157,7 +157,7 @@ func (c *fastConn) serveRequest(n int) action {
 	h, req := c.s.h, &c.req
 	host := string(req.Host)
 	if c.s.cfg.Divert != nil {
-		d := c.s.cfg.Divert(host, string(req.Method), string(req.Target))
+		d := c.s.cfg.Divert(c.peerA, host, string(req.Method), string(req.Target))
 		switch {
 		case d.Handoff:
 			return actHandoff

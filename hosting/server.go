@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -19,13 +20,17 @@ type ServerConfig struct {
 	// Proxy routes and forwards the requests.
 	Proxy *Proxy
 	// Handler serves the requests the fast path passes to net/http. Nil means Proxy. With
-	// tombstones it is forwarder.Wrap(proxy), and Divert must then be set.
+	// tombstones it is forwarder.Wrap(proxy), and Divert must then be set. Middleware in
+	// Handler sees only what the fast path hands over: whatever it must apply to every request
+	// (a per-client rate limit, such as connlimit.RateLimit) needs Divert too, answering
+	// Handoff for the requests it would refuse.
 	Handler http.Handler
 	// Divert decides, for each fast-path request, whether it goes to Proxy (the zero
 	// Diversion), to Handler, or straight to another cluster (a forward on the fast path):
 	// (*tombstone.Forwarder).Divert when Handler is the forwarder's Wrap. Required when Handler
-	// is set. target is the request target (path and query).
-	Divert func(host, method, target string) Diversion
+	// is set. peer is the client's address (the connection's, never a header's); target is the
+	// request target (path and query).
+	Divert func(peer netip.Addr, host, method, target string) Diversion
 	// ReadHeaderTimeout bounds the reading of a request head once its first byte arrived. Zero
 	// means 10s.
 	ReadHeaderTimeout time.Duration

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -233,7 +234,7 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 // failure answers), and hands everything else (the forwarder shutting down, a cluster URL that
 // cannot be had or is not plain HTTP) to Wrap. A request carrying a HopHeader never reaches
 // it: the fast path hands every Switchyard-* field to net/http, where Wrap sees it.
-func (f *Forwarder) Divert(host, method, target string) hosting.Diversion {
+func (f *Forwarder) Divert(_ netip.Addr, host, method, target string) hosting.Diversion {
 	ctx := context.Background()
 	stone, ok := f.lookup(ctx, host)
 	if !ok || stone.Cluster == f.cfg.Cluster {

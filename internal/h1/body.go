@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -59,9 +60,9 @@ func CopyLength(dst net.Conn, out *[]byte, src *Reader, n int64) error {
 			return err
 		}
 		if n >= spliceMin {
-			if tc, ok := dst.(*net.TCPConn); ok {
-				if _, ok := src.Conn.(*net.TCPConn); ok {
-					lr := &io.LimitedReader{R: src.Conn, N: n}
+			if tc := tcpOf(dst); tc != nil {
+				if sc := tcpOf(src.Conn); sc != nil {
+					lr := &io.LimitedReader{R: sc, N: n}
 					_, err := tc.ReadFrom(lr)
 					n = lr.N
 					if err != nil {
@@ -79,6 +80,24 @@ func CopyLength(dst net.Conn, out *[]byte, src *Reader, n int64) error {
 				err = io.ErrUnexpectedEOF
 			}
 			return err
+		}
+	}
+	return nil
+}
+
+// tcpOf returns the TCP connection under c (a *net.TCPConn, or a wrapper with a NetConn method
+// such as a connlimit connection), or nil; never the one under a TLS connection.
+func tcpOf(c net.Conn) *net.TCPConn {
+	for i := 0; i < 4; i++ {
+		switch v := c.(type) {
+		case *net.TCPConn:
+			return v
+		case *tls.Conn:
+			return nil // its NetConn carries ciphertext: never splice around it
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
 		}
 	}
 	return nil

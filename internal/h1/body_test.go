@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -141,3 +142,28 @@ func FuzzRelayResponse(f *testing.F) {
 		}
 	})
 }
+
+func TestTCPOf(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	if tcpOf(c) != tc || tcpOf(wrapped{c}) != tc {
+		t.Fatal("a TCP connection, bare or wrapped, is found")
+	}
+	if tcpOf(tls.Client(c, &tls.Config{})) != nil || tcpOf(wrapped{tls.Client(c, &tls.Config{})}) != nil {
+		t.Fatal("a TLS connection must never be spliced around")
+	}
+}
+
+// wrapped is a connection wrapper with a NetConn method, like connlimit's.
+type wrapped struct{ net.Conn }
+
+func (w wrapped) NetConn() net.Conn { return w.Conn }

@@ -179,7 +179,7 @@ func (c *fastConn) serveRequest(n int) action {
 		trusted = revproxy.AddrIn(c.peerA, h.cfg.TrustedProxies)
 	}
 	start := time.Now()
-	rt, rf := h.route(context.Background(), host, start)
+	rt, cached, rf := h.route(context.Background(), host, start)
 	if rf == nil && rt.target.backend.Scheme != "http" {
 		return actHandoff // conman over TLS: net/http's transport speaks it
 	}
@@ -244,6 +244,17 @@ func (c *fastConn) serveRequest(n int) action {
 			}
 			h.observe(outcomeClient, start)
 			return actClose
+		}
+		if cached && replayable && !st.retry {
+			// The cached route may be stale (placement moved the repl, and conman refuses to
+			// start it a second time): ask again, once, before answering.
+			cached = false
+			if fresh, rf := h.resolveRoute(context.Background(), host, time.Now()); rf == nil && fresh.target.vm != t.vm &&
+				fresh.target.backend.Scheme == "http" {
+				rt = fresh
+				attempt--
+				continue
+			}
 		}
 		if st.retry && replayable && attempt < h.cfg.Attempts {
 			h.metrics.retries.Inc()

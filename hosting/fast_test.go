@@ -16,12 +16,15 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/switchyard-dev/switchyard/conman"
+	"github.com/switchyard-dev/switchyard/internal/revproxy"
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 )
@@ -353,4 +356,43 @@ func TestFastPathIsUsed(t *testing.T) {
 	assert.Zero(t, p.server.handoffs.Load())
 	exchange(t, p.fast, "GET /1 HTTP/1.1\r\nHost: blog.alice.repl.test\r\nUpgrade: h2c\r\nConnection: close\r\n\r\n")
 	assert.Equal(t, int64(1), p.server.handoffs.Load())
+}
+
+// TestStaleCachedRoute: when placement moved a repl while its route was cached, the old VM's
+// conman refuses to start it again (502 with its reason); the proxy asks placement again and
+// serves the request on the new VM instead of answering 502.
+func TestStaleCachedRoute(t *testing.T) {
+	var refuse atomic.Bool
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refuse.Load() {
+			w.Header().Set(conman.HeaderError, "start")
+			revproxy.WriteError(w, r, http.StatusBadGateway, "repl cannot start: the repl is assigned to another VM", "")
+			return
+		}
+		_, _ = io.WriteString(w, "old")
+	}))
+	t.Cleanup(old.Close)
+	f := newTestFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "new") }),
+		func(c *Config) { c.RouteCacheTTL = time.Hour })
+	newVM := f.placer.vms[0]
+	f.placer.mu.Lock()
+	f.placer.vms = []placement.VM{{ID: "old", Addr: old.URL}}
+	f.placer.mu.Unlock()
+	resp, body := f.do(t, "GET", "blog.alice.repl.test", "/", nil, nil)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "old", string(body))
+
+	// Placement moves the repl; the cached route still names the old VM.
+	f.placer.mu.Lock()
+	f.placer.vms = []placement.VM{newVM}
+	f.placer.mu.Unlock()
+	refuse.Store(true)
+	resp, body = f.do(t, "GET", "blog.alice.repl.test", "/", nil, nil)
+	assert.Equal(t, 200, resp.StatusCode, string(body))
+	assert.Equal(t, "new", string(body))
+	resp, body = f.do(t, "GET", "blog.alice.repl.test", "/", nil, nil)
+	assert.Equal(t, "new", string(body), "the fresh route is cached")
+	f.placer.mu.Lock()
+	assert.Len(t, f.placer.calls, 2)
+	f.placer.mu.Unlock()
 }

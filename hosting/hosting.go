@@ -281,7 +281,7 @@ func (h *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// otherwise discard the unread body when the response starts).
 	_ = http.NewResponseController(w).EnableFullDuplex()
 
-	rt, rf := h.route(r.Context(), r.Host, start)
+	rt, cached, rf := h.route(r.Context(), r.Host, start)
 	if rf != nil {
 		if r.Context().Err() != nil {
 			h.observe(outcomeClient, start)
@@ -340,6 +340,16 @@ func (h *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				h.log.Warn("hosting: response interrupted", "request_id", st.id, "host", r.Host, "repl", repl.ID, "vm", st.vm, "err", st.err)
 			}
 			return
+		}
+		if cached && replayable && !st.retry {
+			// The cached route may be stale (placement moved the repl, and conman refuses to
+			// start it a second time): ask again, once, before answering.
+			cached = false
+			if fresh, rf := h.resolveRoute(r.Context(), r.Host, time.Now()); rf == nil && fresh.target.vm != st.vm {
+				rt = fresh
+				attempt--
+				continue
+			}
 		}
 		if st.retry && replayable && attempt < h.cfg.Attempts {
 			h.metrics.retries.Inc()

@@ -755,6 +755,7 @@ func TestFastPath(t *testing.T) {
 		"ShutdownDeadline":         TestHostingShutdownDeadlineClosesUpgrades,
 		"ConcurrentLoad":           TestHostingConcurrentLoad,
 		"ShutdownWaitsForInflight": TestHostingShutdownWaitsForInflightRequests,
+		"StaleCachedRoute":         TestStaleCachedRoute,
 	} {
 		t.Run(name, test)
 	}

@@ -74,16 +74,27 @@ func (c *routeCache) forget(host string) {
 	c.mu.Unlock()
 }
 
-// route resolves host to its repl and the repl's VM, from the cache when it is fresh.
-func (h *Proxy) route(ctx context.Context, host string, now time.Time) (*route, *routeFailure) {
+// route resolves host to its repl and the repl's VM, from the cache when it is fresh (cached
+// reports that).
+func (h *Proxy) route(ctx context.Context, host string, now time.Time) (rt *route, cached bool, rf *routeFailure) {
+	if h.cfg.RouteCacheTTL > 0 {
+		var version uint64
+		if h.dirVersion != nil {
+			version = h.dirVersion.Version()
+		}
+		if rt := h.routes.get(host); rt != nil && rt.version == version && now.Before(rt.expires) {
+			return rt, true, nil
+		}
+	}
+	rt, rf = h.resolveRoute(ctx, host, now)
+	return rt, false, rf
+}
+
+// resolveRoute asks the directory and placement for host's route, and caches it.
+func (h *Proxy) resolveRoute(ctx context.Context, host string, now time.Time) (*route, *routeFailure) {
 	var version uint64
 	if h.dirVersion != nil {
 		version = h.dirVersion.Version()
-	}
-	if h.cfg.RouteCacheTTL > 0 {
-		if rt := h.routes.get(host); rt != nil && rt.version == version && now.Before(rt.expires) {
-			return rt, nil
-		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, h.cfg.ResolveTimeout)
 	defer cancel()

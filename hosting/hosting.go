@@ -85,8 +85,10 @@ type Config struct {
 	// RouteCacheTTL is how long the answer for a Host (its repl and the repl's VM) is reused
 	// without asking the directory and placement again. A write through a Directory that has a
 	// Version method (lore.Directory) drops every answer at once, and so does a failed request
-	// (a VM that cannot be reached or is draining) for its Host. Zero means 1s; negative asks
-	// on every request.
+	// (a VM that cannot be reached or is draining) for its Host; a request that fails on a
+	// cached answer in a way another VM would not is tried once more on a fresh one (conman
+	// refuses to start a repl placement has moved away). Zero means 1s; negative asks on every
+	// request.
 	RouteCacheTTL time.Duration
 	// Transport carries requests to conman. Nil means a tuned clone of http.DefaultTransport
 	// that ignores proxy environment variables.

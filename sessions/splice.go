@@ -274,7 +274,7 @@ func (sp *spliceRelay) copyClient() error {
 			return err
 		}
 		if n == len(buf) {
-			m, err := io.CopyN(sp.back, sp.client, spliceRun)
+			m, err := spliceN(sp.back, sp.client, spliceRun)
 			sp.c2b.Add(m)
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -284,6 +284,28 @@ func (sp *spliceRelay) copyClient() error {
 			}
 		}
 	}
+}
+
+// spliceStep is how much one splice(2) round moves: Go's splice drains up to 1 MiB from the
+// source into its pipe, then pumps all of it out before reading again, so a fast sender's data
+// left in bursts of hundreds of KiB with the pipeline stalled between them. In 64 KiB steps
+// the stream stays steady, as HAProxy's 16 KiB buffers keep it, for no more CPU: one session's
+// 1 MiB echo went from 0.86–0.98× HAProxy to 1.01–1.08× at the same 0.37–0.45 ms of proxy CPU
+// per MiB (docs/benchmarks/sessions.md). 128 KiB and 32 KiB steps did worse.
+const spliceStep = 64 << 10
+
+// spliceN moves n bytes from src to dst like io.CopyN (splice(2) between two *net.TCPConn on
+// Linux), in steps of spliceStep.
+func spliceN(dst io.Writer, src io.Reader, n int64) (int64, error) {
+	var done int64
+	for done < n {
+		m, err := io.CopyN(dst, src, min(spliceStep, n-done))
+		done += m
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
 }
 
 type pumpResult struct {
@@ -416,7 +438,7 @@ func (sp *spliceRelay) backendToClient() pumpResult {
 				sp.backPending = sp.backPending[k:]
 				remaining -= k
 			}
-			n64, err := io.CopyN(sp.client, sp.back, remaining)
+			n64, err := spliceN(sp.client, sp.back, remaining)
 			sp.b2c.Add(n64)
 			if err != nil {
 				if errors.Is(err, io.EOF) {

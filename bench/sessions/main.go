@@ -122,7 +122,10 @@ func runProxy() error {
 		Mode:        m,
 		EventLoops:  loops,
 		MaxSessions: 5000,
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),
+		// The load opens every session with one token, to one repl, from one address: the
+		// per-token, per-repl and per-IP caps (8, 64, 256) would refuse all but the first few.
+		MaxSessionsPerRepl: -1, MaxSessionsPerToken: -1, MaxSessionsPerIP: -1,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})),
 	})
 	if err != nil {
 		return err

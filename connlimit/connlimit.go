@@ -124,7 +124,15 @@ func clientKey(addr net.Addr) (netip.Prefix, bool) {
 	if err != nil {
 		return netip.Prefix{}, false
 	}
-	ip := ap.Addr().Unmap()
+	return prefixOf(ap.Addr())
+}
+
+// prefixOf is the key a client address counts under: the IPv4 address, or the IPv6 /64.
+func prefixOf(addr netip.Addr) (netip.Prefix, bool) {
+	if !addr.IsValid() {
+		return netip.Prefix{}, false
+	}
+	ip := addr.Unmap()
 	if ip.Is4() {
 		return netip.PrefixFrom(ip, 32), true
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -151,4 +152,51 @@ func TestRateLimit(t *testing.T) {
 	require.NotEmpty(t, retry)
 	code, _ = status(client("127.0.0.10"))
 	require.Equal(t, 200, code, "another client has its own bucket")
+}
+
+// A Limiter's Allow, as hosting.Server's fast path asks it: a refusal takes nothing, so the
+// handler it hands the request to refuses it too (and counts it once); IPv6 clients share
+// their /64; exempt addresses always pass.
+func TestLimiterAllow(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l := connlimit.NewLimiter(connlimit.Rate{PerSecond: 0.001, Burst: 2, Registerer: reg,
+		Exempt: func(a netip.Addr) bool { return a == netip.MustParseAddr("10.0.0.9") }})
+	a := netip.MustParseAddr("192.0.2.1")
+	for i := range 2 {
+		if ok, _ := l.Allow(a); !ok {
+			t.Fatalf("request %d refused within the burst", i)
+		}
+	}
+	ok, wait := l.Allow(a)
+	if ok || wait <= 0 {
+		t.Fatalf("third request: ok=%v wait=%v, want refused with a wait", ok, wait)
+	}
+	// The handler behind Wrap sees the same empty bucket: 429, counted once.
+	h := l.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("Wrap answered %d, want 429 with Retry-After", rec.Code)
+	}
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	require.Len(t, mfs, 1)
+	require.Equal(t, 1.0, mfs[0].GetMetric()[0].GetCounter().GetValue(), "Allow counts nothing; Wrap counts its 429")
+	// Two addresses of one IPv6 /64 share a bucket; another /64 has its own.
+	v1, v2, v3 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8:0:1::1")
+	l.Allow(v1)
+	l.Allow(v2)
+	if ok, _ := l.Allow(v1); ok {
+		t.Fatal("a /64 got more than its burst")
+	}
+	if ok, _ := l.Allow(v3); !ok {
+		t.Fatal("another /64 was refused")
+	}
+	for range 5 {
+		if ok, _ := l.Allow(netip.MustParseAddr("10.0.0.9")); !ok {
+			t.Fatal("an exempt address was refused")
+		}
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/placement"
 	"github.com/switchyard-dev/switchyard/sessions"
+	"github.com/switchyard-dev/switchyard/tombstone"
 )
 
 var errNoSuchVM = errors.New("no such active VM")
@@ -38,6 +39,7 @@ type cluster struct {
 	cpSrv    *server
 
 	hostingProxy *hosting.Proxy
+	hostingFwd   *tombstone.Forwarder // its Divert serves moved repls on hosting.Server's fast path
 	hosting      *server
 	https        *server      // hosting over HTTPS (acme.go); nil with ACME.Disable
 	certs        *autotls.TLS // its certificates
@@ -139,16 +141,17 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	if err != nil {
 		return c, err
 	}
-	httpHandler := handler
 	if !cfg.ACME.Disable {
 		if err := c.startHTTPS(ctx, handler); err != nil {
 			return c, err
 		}
-		if cfg.ACME.Redirect {
-			httpHandler = redirectHTTPS(handler, cfg.ACME.HTTPSPort)
-		}
 	}
-	c.hosting, err = serve(ctx, "hosting", c.hostPort(1, cfg.HostingPort), httpHandler, false)
+	if !cfg.ACME.Disable && cfg.ACME.Redirect {
+		// Every plain-HTTP request is a redirect: net/http serves them.
+		c.hosting, err = serve(ctx, "hosting", c.hostPort(1, cfg.HostingPort), redirectHTTPS(handler, cfg.ACME.HTTPSPort), false)
+	} else {
+		c.hosting, err = serveHosting(ctx, c.hostPort(1, cfg.HostingPort), c.hostingProxy, handler, c.hostingFwd.Divert)
+	}
 	if err != nil {
 		return c, err
 	}

@@ -80,9 +80,10 @@ type hostingConfig struct {
 	log    *slog.Logger
 }
 
-// newHosting returns the hosting proxy (the caller shuts it down) and the handler to serve: the
-// proxy wrapped by the tombstone forwarder. The follower is running when it returns.
-func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, error) {
+// newHosting returns the hosting proxy (the caller shuts it down), the handler to serve (the
+// proxy wrapped by the tombstone forwarder) and the forwarder, whose Divert hosting.Server's
+// fast path asks (serveHosting). The follower is running when it returns.
+func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, *tombstone.Forwarder, error) {
 	h, err := hosting.New(hosting.Config{
 		Zone:         cfg.zone,
 		Cluster:      cfg.cluster,
@@ -94,7 +95,7 @@ func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, error) {
 		Logger:         cfg.log.With("component", "hosting"),
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	tlog := cfg.log.With("component", "tombstone")
 	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
@@ -106,10 +107,10 @@ func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, error) {
 		Logger:    tlog,
 	})
 	if err != nil {
-		return h, nil, err
+		return h, nil, nil, err
 	}
 	if err := follower.Start(); err != nil {
-		return h, nil, err
+		return h, nil, nil, err
 	}
 	cfg.onStop(func(context.Context) error { return follower.Close() })
 	fwd, err := tombstone.New(tombstone.Config{
@@ -122,10 +123,10 @@ func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, error) {
 		Logger:   tlog,
 	})
 	if err != nil {
-		return h, nil, err
+		return h, nil, nil, err
 	}
 	cfg.onStop(fwd.Shutdown)
-	return h, fwd.Wrap(h), nil
+	return h, fwd.Wrap(h), fwd, nil
 }
 
 // controlplaneConfig is what a cluster's controlplane needs.

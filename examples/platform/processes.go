@@ -591,7 +591,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 		}
 		return h.Shutdown(ctx)
 	})
-	h, handler, err := newHosting(hostingConfig{
+	h, handler, fwd, err := newHosting(hostingConfig{
 		zone:       f.zone,
 		cluster:    f.cluster,
 		directory:  m,
@@ -615,7 +615,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	srv, err := serve(ctx, "hosting", f.addr, handler, false)
+	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert)
 	if err != nil {
 		return c, err
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/switchyard-dev/switchyard/connlimit"
 	"github.com/switchyard-dev/switchyard/handover"
+	"github.com/switchyard-dev/switchyard/hosting"
 )
 
 // server is one HTTP listener of the platform and the goroutine serving it.
@@ -24,6 +26,7 @@ type server struct {
 	ln   net.Listener
 	raw  net.Listener // ln before any wrapping: the socket itself
 	h    *handover.Server
+	fast *hosting.Server // instead of srv and h: hosting's fast path (serveHosting)
 	done chan struct{}
 	err  error // Serve's result, set before done closes
 }
@@ -115,6 +118,52 @@ func serveOn(name string, ln net.Listener, h http.Handler, tlsCfg *tls.Config) *
 	return s
 }
 
+// serveHosting serves a cluster's hosting proxy on plain HTTP with hosting.Server: its HTTP/1.1
+// fast path for the common requests, and net/http serving handler (the tombstone forwarder in
+// front of the proxy) for the rest; divert is the forwarder's, so moved repls are forwarded on
+// the fast path too. The hosting limits apply to both paths: the connection limits on the
+// listener, the request rate through the Limiter — asked by the fast path before divert, and
+// wrapped around handler for what net/http serves. (A request the fast path hands over after
+// the Limiter let it through, which the forwarder does only for a hop-limit refusal, is
+// counted twice.)
+func serveHosting(ctx context.Context, addr string, proxy *hosting.Proxy, handler http.Handler,
+	divert func(peer netip.Addr, host, method, target string) hosting.Diversion) (*server, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("hosting: %w", err)
+	}
+	raw := ln
+	lcfg, rate := limitsFor("hosting")
+	ln = connlimit.NewListener(ln, *lcfg)
+	lim := connlimit.NewLimiter(*rate)
+	fast, err := hosting.NewServer(hosting.ServerConfig{
+		Proxy:   proxy,
+		Handler: lim.Wrap(handler),
+		Divert: func(peer netip.Addr, host, method, target string) hosting.Diversion {
+			if ok, _ := lim.Allow(peer); !ok {
+				return hosting.Diversion{Handoff: true} // lim.Wrap answers 429 and counts it
+			}
+			return divert(peer, host, method, target)
+		},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	})
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	s := &server{name: "hosting", ln: ln, raw: raw, fast: fast, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		if err := fast.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			s.err = err
+		}
+	}()
+	return s, nil
+}
+
 // listenerFile duplicates the listening socket's descriptor, for a successor process.
 func (s *server) listenerFile() (*os.File, error) {
 	fl, ok := s.raw.(interface{ File() (*os.File, error) })
@@ -130,8 +179,12 @@ func (s *server) Addr() string { return s.ln.Addr().String() }
 // Shutdown stops accepting, answers every connection already accepted, waits for in-flight
 // requests (not hijacked connections: their owners drain those) and for the serving goroutine.
 func (s *server) Shutdown(ctx context.Context) error {
-	err := s.h.Shutdown(ctx)
-	if err != nil {
+	var err error
+	if s.fast != nil {
+		if err = s.fast.Shutdown(ctx); err != nil {
+			s.fast.Close()
+		}
+	} else if err = s.h.Shutdown(ctx); err != nil {
 		s.srv.Close()
 	}
 	<-s.done

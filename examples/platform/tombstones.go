@@ -23,7 +23,7 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, handler, err := newHosting(hostingConfig{
+	h, handler, fwd, err := newHosting(hostingConfig{
 		zone:       c.p.cfg.Zone,
 		cluster:    c.id,
 		directory:  c.p.reader,
@@ -37,7 +37,7 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 		onStop:     c.stops.add,
 		log:        c.log,
 	})
-	c.hostingProxy = h
+	c.hostingProxy, c.hostingFwd = h, fwd
 	return handler, err
 }
 

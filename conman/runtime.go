@@ -3,11 +3,14 @@ package conman
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Runtime runs containers on one VM. It is shaped after containerd's task API, CRI's
@@ -217,6 +220,27 @@ type Adopter interface {
 type WindowSize struct {
 	Cols uint16 `json:"cols"`
 	Rows uint16 `json:"rows"`
+}
+
+// ResizePTY sets the window size of the pty whose master is f, for Process.Resize
+// implementations: it checks the size (ErrInvalid for a zero dimension) and goes through f's
+// SyscallConn, which holds the descriptor against a concurrent Close, so a resize that races
+// the shell's end never reaches a closed or reused descriptor (File.Fd would).
+func ResizePTY(f *os.File, size WindowSize) error {
+	if size.Cols == 0 || size.Rows == 0 {
+		return fmt.Errorf("%w: window size %dx%d", ErrInvalid, size.Cols, size.Rows)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: size.Rows, Col: size.Cols})
+	}); err != nil {
+		return err
+	}
+	return ierr
 }
 
 // Process is a process started by Exec.

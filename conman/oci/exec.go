@@ -201,20 +201,7 @@ func (p *process) Resize(size conman.WindowSize) error {
 	if p.tty == nil {
 		return conman.ErrNoTTY
 	}
-	if size.Cols == 0 || size.Rows == 0 {
-		return fmt.Errorf("%w: window size %dx%d", conman.ErrInvalid, size.Cols, size.Rows)
-	}
-	rc, err := p.tty.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ierr error
-	if err := rc.Control(func(fd uintptr) {
-		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: size.Rows, Col: size.Cols})
-	}); err != nil {
-		return err
-	}
-	return ierr
+	return conman.ResizePTY(p.tty, size)
 }
 
 // Signal sends sig to the process inside the container (not to the runtime's exec command):

@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/switchyard-dev/switchyard/conman"
 )
 
@@ -171,22 +169,7 @@ func (p *proc) Resize(size conman.WindowSize) error {
 	if !p.tty {
 		return conman.ErrNoTTY
 	}
-	if size.Cols == 0 || size.Rows == 0 {
-		return fmt.Errorf("%w: window size %dx%d", conman.ErrInvalid, size.Cols, size.Rows)
-	}
-	// Through SyscallConn, which holds the descriptor against a concurrent Close (File.Fd
-	// does not: a resize racing the shell's end would use a closed or reused descriptor).
-	rc, err := p.files[0].SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ierr error
-	if err := rc.Control(func(fd uintptr) {
-		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: size.Rows, Col: size.Cols})
-	}); err != nil {
-		return err
-	}
-	return ierr
+	return conman.ResizePTY(p.files[0], size)
 }
 
 func (p *proc) Signal(sig syscall.Signal) error {

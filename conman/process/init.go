@@ -17,6 +17,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-dev/switchyard/internal/netns"
 )
 
 // Init runs the container init when the current process was started as one by this package's
@@ -245,7 +247,7 @@ func (s *initState) setup() error {
 		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 			return fmt.Errorf("set hostname: %w", err)
 		}
-		if err := loopbackUp(); err != nil {
+		if err := netns.LoopbackUp(); err != nil {
 			return fmt.Errorf("bring up lo: %w", err)
 		}
 	} else {
@@ -301,23 +303,6 @@ func startLauncher() (func(func()), error) {
 		reqs <- func() { fn(); close(done) }
 		<-done
 	}, nil
-}
-
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 // start starts a process with files as its stdio (nil: /dev/null); tty makes it a session

@@ -391,6 +391,7 @@ func TestStaleCachedRoute(t *testing.T) {
 	assert.Equal(t, 200, resp.StatusCode, string(body))
 	assert.Equal(t, "new", string(body))
 	resp, body = f.do(t, "GET", "blog.alice.repl.test", "/", nil, nil)
+	assert.Equal(t, 200, resp.StatusCode, string(body))
 	assert.Equal(t, "new", string(body), "the fresh route is cached")
 	f.placer.mu.Lock()
 	assert.Len(t, f.placer.calls, 2)

@@ -459,9 +459,17 @@ func TestReattachHeldInput(t *testing.T) {
 	e.placer.err = placement.ErrNoCapacity
 	e.placer.mu.Unlock()
 	e.vms[0].setFail(http.StatusServiceUnavailable)
+	calls := len(e.placer.requests())
 	send(t, c, websocket.MessageText, "close:1012")
+	// Once the relay asks placement again, conman's leg is gone: what the client sends now is
+	// held, not written to a leg.
+	for deadline := time.Now().Add(5 * time.Second); len(e.placer.requests()) == calls; {
+		if time.Now().After(deadline) {
+			t.Fatal("the relay never asked placement again")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	send(t, c, websocket.MessageBinary, "rm -rf ~/project\r")
-	time.Sleep(100 * time.Millisecond) // the input must be held before placement recovers
 	e.placer.mu.Lock()
 	e.placer.err = nil
 	e.placer.mu.Unlock()

@@ -46,8 +46,6 @@ func (s *Proxy) serveFrame(ctx context.Context, w http.ResponseWriter, r *http.R
 	s.relay(a, fr.goAway, func() {
 		defer fr.cancel()
 		fr.run()
-		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(fr.c2b.Load()))
-		s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(fr.b2c.Load()))
 		s.end(a, fr.stage, established, fr.reason, fr.c2b.Load(), fr.b2c.Load())
 	})
 	return true

@@ -7,6 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard-dev/switchyard/internal/eventloop"
+
+	"github.com/switchyard-dev/switchyard/internal/wsframe"
 )
 
 // The event loops (Config.EventLoops) relay established splice-mode sessions while their
@@ -142,7 +144,7 @@ func loopConn(fd int) (net.Conn, error) {
 // big to be one, a frame too big for the loop, or a malformed header.
 func loopFrames(p []byte) (end int, stop bool) {
 	for {
-		hl, length, ok, err := parseHeader(p[end:])
+		hl, length, ok, err := wsframe.Header(p[end:])
 		if err != nil {
 			return end, true
 		}

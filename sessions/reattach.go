@@ -76,8 +76,6 @@ func (s *Proxy) serveResilient(ctx context.Context, w http.ResponseWriter, r *ht
 	s.relay(a, rr.goAway, func() {
 		defer rr.cancel()
 		rr.run()
-		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(rr.c2b.Load()))
-		s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(rr.b2c.Load()))
 		s.end(a, rr.stage, established, rr.reason, rr.c2b.Load(), rr.b2c.Load())
 	})
 	return true

@@ -763,8 +763,10 @@ func (s *Proxy) fail(w http.ResponseWriter, a *setupAttempt, stage string, statu
 		append(a.attrs(stage), "status", status, "err", cause)...)
 }
 
-// end records the outcome of an established session.
+// end records the outcome of an established session and the bytes it relayed.
 func (s *Proxy) end(a *setupAttempt, stage string, established time.Time, reason string, c2b, b2c int64) {
+	s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(c2b))
+	s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(b2c))
 	s.metrics.outcome(stage)
 	s.metrics.duration.Observe(time.Since(established).Seconds())
 	lvl := slog.LevelInfo

@@ -2,7 +2,6 @@ package sessions
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/switchyard-dev/switchyard/internal/wsframe"
 )
 
 // smallFrame is the largest frame payload the splice relay reads into a pooled buffer
@@ -78,8 +79,6 @@ func (s *Proxy) serveSplice(ctx context.Context, w http.ResponseWriter, r *http.
 	s.relay(a, sp.goAway, func() {
 		s.loops.relay(sp)
 		stage, reason := sp.run()
-		s.metrics.bytes.WithLabelValues("client_to_backend").Add(float64(sp.c2b.Load()))
-		s.metrics.bytes.WithLabelValues("backend_to_client").Add(float64(sp.b2c.Load()))
 		s.end(a, stage, established, reason, sp.c2b.Load(), sp.b2c.Load())
 	})
 	return true
@@ -347,7 +346,7 @@ func (sp *spliceRelay) backendToClient() pumpResult {
 		for {
 			var ok bool
 			var err error
-			hl, length, ok, err = parseHeader(buf[:have])
+			hl, length, ok, err = wsframe.Header(buf[:have])
 			if err != nil {
 				res.err = err
 				return res
@@ -399,7 +398,7 @@ func (sp *spliceRelay) backendToClient() pumpResult {
 			// Complete in buf; write it along with any other complete frames behind it.
 			end := int(total)
 			for {
-				h2, l2, ok, err := parseHeader(buf[end:have])
+				h2, l2, ok, err := wsframe.Header(buf[end:have])
 				if err != nil || !ok || uint64(end)+uint64(h2)+l2 > uint64(have) || buf[end]&0x0f == 8 {
 					break
 				}
@@ -458,37 +457,6 @@ func (sp *spliceRelay) writeClient(p []byte, res *pumpResult) error {
 		res.err, res.clientWriteErr = err, true
 	}
 	return err
-}
-
-// parseHeader parses a frame header at the start of p: ok is false while p is too short.
-func parseHeader(p []byte) (hl int, length uint64, ok bool, err error) {
-	if len(p) < 2 {
-		return 0, 0, false, nil
-	}
-	hl = 2
-	length = uint64(p[1] & 0x7f)
-	switch length {
-	case 126:
-		hl = 4
-	case 127:
-		hl = 10
-	}
-	if p[1]&0x80 != 0 {
-		hl += 4
-	}
-	if len(p) < hl {
-		return 0, 0, false, nil
-	}
-	switch length {
-	case 126:
-		length = uint64(binary.BigEndian.Uint16(p[2:4]))
-	case 127:
-		length = binary.BigEndian.Uint64(p[2:10])
-		if length > 1<<62 {
-			return 0, 0, false, fmt.Errorf("conman sent a frame of %d bytes", length)
-		}
-	}
-	return hl, length, true, nil
 }
 
 // closeCodeOf extracts the status code of a close frame's payload, unmasking it with

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-dev/switchyard/internal/wsframe"
 )
 
 // The latency test's default driver (-latency-driver loop) is one OS thread running an epoll
@@ -301,8 +302,8 @@ func latencyLoop(url string, ready func()) ([]time.Duration, loopStats, error) {
 // echoFrame appends to out the unmasked echo of the first frame in p (a ping comes back as a
 // pong) and returns the bytes after it; ok is false while p holds no complete frame.
 func echoFrame(out, p []byte) (_, rest []byte, ok bool) {
-	hl, length, ok, err := parseFrameHeader(p)
-	if !ok || err != nil || uint64(len(p)-hl) < length {
+	hl, length, ok, err := wsframe.Header(p)
+	if !ok || err != nil || length > 1<<20 || uint64(len(p)-hl) < length {
 		return out, p, false
 	}
 	b0, b1 := p[0], p[1]
@@ -324,35 +325,4 @@ func echoFrame(out, p []byte) (_, rest []byte, ok bool) {
 		unmask(out[start:], key, 0)
 	}
 	return out, p[hl+int(length):], true
-}
-
-// parseFrameHeader parses a WebSocket frame header at the start of p.
-func parseFrameHeader(p []byte) (hl int, length uint64, ok bool, err error) {
-	if len(p) < 2 {
-		return 0, 0, false, nil
-	}
-	hl = 2
-	length = uint64(p[1] & 0x7f)
-	switch length {
-	case 126:
-		hl = 4
-	case 127:
-		hl = 10
-	}
-	if p[1]&0x80 != 0 {
-		hl += 4
-	}
-	if len(p) < hl {
-		return 0, 0, false, nil
-	}
-	switch length {
-	case 126:
-		length = uint64(binary.BigEndian.Uint16(p[2:4]))
-	case 127:
-		length = binary.BigEndian.Uint64(p[2:10])
-	}
-	if length > 1<<20 {
-		return 0, 0, false, fmt.Errorf("frame of %d bytes", length)
-	}
-	return hl, length, true, nil
 }

@@ -200,13 +200,20 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 		r.metricsErr = errors.Join(scrapeErr, err)
 		return r, nil
 	}
-	r.evalStages = diff(after, before, "switchyard_proxy_sessions_total", "stage")
-	r.reattach = diff(after, before, "switchyard_proxy_session_reattaches_total", "result")
-	r.pauses = diff(after, before, "switchyard_proxy_session_reattach_seconds_bucket", "le")
+	r.evalStages = diff(after, before, "switchyard_proxy_sessions_total")
+	r.reattach = diff(after, before, "switchyard_proxy_session_reattaches_total")
+	r.pauses = diff(after, before, "switchyard_proxy_session_reattach_seconds_bucket")
 	return r, nil
 }
 
 var markRE = regexp.MustCompile(`MARK-(\d+)-(\d+)`)
+
+// labelRE finds the value of each label scrape reads.
+var labelRE = map[string]*regexp.Regexp{
+	"stage":  regexp.MustCompile(`stage="([^"]*)"`),
+	"result": regexp.MustCompile(`result="([^"]*)"`),
+	"le":     regexp.MustCompile(`le="([^"]*)"`),
+}
 
 // client opens sessions on repl until end.
 func client(ctx context.Context, c Config, lc *lore.Client, repl string, end time.Time, r *Report) {
@@ -495,7 +502,7 @@ func scrape(ctx context.Context, c Config) (map[string]float64, error) {
 			case strings.Contains(name, "reattach"):
 				label = "result"
 			}
-			m := regexp.MustCompile(label + `="([^"]*)"`).FindStringSubmatch(line)
+			m := labelRE[label].FindStringSubmatch(line)
 			f := strings.Fields(line)
 			v, err := strconv.ParseFloat(f[len(f)-1], 64)
 			if m == nil || err != nil {
@@ -507,7 +514,7 @@ func scrape(ctx context.Context, c Config) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-func diff(after, before map[string]float64, name, _ string) map[string]float64 {
+func diff(after, before map[string]float64, name string) map[string]float64 {
 	out := map[string]float64{}
 	for k, v := range after {
 		if rest, ok := strings.CutPrefix(k, name+"/"); ok {

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/switchyard-dev/switchyard/internal/wsframe"
 )
 
 // Message types (the RFC 6455 opcodes).
@@ -293,18 +295,12 @@ func (c *Conn) parse() (fin bool, op int, payload []byte, n int, err error) {
 	if b[1]&0x80 == 0 {
 		return false, 0, nil, 0, &ProtocolError{CloseProtocolError, "client frame not masked"}
 	}
-	hl, length := 2, uint64(b[1]&0x7f)
-	switch length {
-	case 126:
-		if len(b) < 4 {
-			return false, 0, nil, 0, nil
-		}
-		hl, length = 4, uint64(binary.BigEndian.Uint16(b[2:]))
-	case 127:
-		if len(b) < 10 {
-			return false, 0, nil, 0, nil
-		}
-		hl, length = 10, binary.BigEndian.Uint64(b[2:])
+	hl, length, ok, err := wsframe.Header(b) // hl includes the masking key
+	if err != nil {
+		return false, 0, nil, 0, &ProtocolError{CloseTooBig, "frame too big"}
+	}
+	if !ok {
+		return false, 0, nil, 0, nil
 	}
 	if op >= opClose && length > 125 {
 		return false, 0, nil, 0, &ProtocolError{CloseProtocolError, "control frame over 125 bytes"}
@@ -312,7 +308,7 @@ func (c *Conn) parse() (fin bool, op int, payload []byte, n int, err error) {
 	if length > uint64(c.maxMsg) {
 		return false, 0, nil, 0, &ProtocolError{CloseTooBig, "frame too big"}
 	}
-	total := hl + 4 + int(length)
+	total := hl + int(length)
 	if len(b) < total {
 		if total > len(c.buf) {
 			// Make room for the whole frame (bounded by maxMsg).
@@ -322,8 +318,8 @@ func (c *Conn) parse() (fin bool, op int, payload []byte, n int, err error) {
 		}
 		return false, 0, nil, 0, nil
 	}
-	key := b[hl : hl+4]
-	payload = b[hl+4 : total]
+	key := b[hl-4 : hl]
+	payload = b[hl:total]
 	for i := range payload {
 		payload[i] ^= key[i&3]
 	}

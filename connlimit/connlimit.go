@@ -221,6 +221,14 @@ type conn struct {
 // duplicate its descriptor for a handoff to another process.
 func (c *conn) NetConn() net.Conn { return c.Conn }
 
+// SetNetConn replaces the connection underneath, closing the old one, while the connection stays
+// counted: hosting.Server parks an idle connection's socket this way (internal/idlepark's
+// Rewrapper). Only while nothing else uses the connection.
+func (c *conn) SetNetConn(nc net.Conn) {
+	_ = c.Conn.Close()
+	c.Conn = nc
+}
+
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/internal/fence"
 	"github.com/switchyard-dev/switchyard/internal/h1"
+	"github.com/switchyard-dev/switchyard/internal/idlepark"
 	"github.com/switchyard-dev/switchyard/internal/revproxy"
 	"github.com/switchyard-dev/switchyard/lore"
 )
@@ -38,7 +40,13 @@ type fastConn struct {
 	mu      sync.Mutex
 	waiting bool // blocked reading the next request: Shutdown may close it
 	fresh   bool // no request read yet: Shutdown lets it send one
+
+	parkable bool          // the Server parks it when it idles (see ServerConfig.ParkIdleAfter)
+	parkFor  time.Duration // with errPark: how long it may stay parked
 }
+
+// errPark is readHead's answer when the connection has idled for ParkIdleAfter: serve parks it.
+var errPark = errors.New("hosting: park the idle connection")
 
 // shutdownGrace is how long Shutdown waits for the first request of a connection accepted
 // before it (a connection the kernel handed over during a SO_REUSEPORT handover is ours to
@@ -75,10 +83,21 @@ func (c *fastConn) serve() {
 		c.peer = c.peerA.String()
 	}
 	c.rd = h1.NewReader(c.nc, 2048, min(64<<10, c.s.cfg.MaxHeaderBytes+4096))
+	c.parkable = c.s.park != nil && idlepark.Parkable(c.nc)
 	for {
 		n, verdict, err := c.readHead()
+		if err == errPark {
+			// The connection leaves its goroutine, buffers and net.Conn behind; Server.unpark
+			// serves it again when the client sends (or closes).
+			c.rd.Release()
+			if c.s.park.Park(c.nc, c.parkFor, c.fresh) == nil {
+				return
+			}
+			c.parkable = false
+			continue
+		}
 		if err != nil {
-			_ = c.nc.Close()
+			c.close()
 			return
 		}
 		if verdict == h1.OK {
@@ -91,10 +110,10 @@ func (c *fastConn) serve() {
 				if !c.closing() {
 					continue
 				}
-				_ = c.nc.Close()
+				c.close()
 				return
 			case actClose:
-				_ = c.nc.Close()
+				c.close()
 				return
 			}
 		}
@@ -104,6 +123,12 @@ func (c *fastConn) serve() {
 		c.s.handoff.push(c.rd.Detach())
 		return
 	}
+}
+
+// close closes the connection and gives its read buffer to the next.
+func (c *fastConn) close() {
+	_ = c.nc.Close()
+	c.rd.Release()
 }
 
 // readHead reads until the buffer holds a request head the parser decides on.
@@ -128,16 +153,27 @@ func (c *fastConn) readHead() (int, h1.Verdict, error) {
 	if closing {
 		deadline = min(deadline, shutdownGrace)
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(deadline))
-	headerDeadline := deadline != c.s.cfg.IdleTimeout
+	// An idle connection waits ParkIdleAfter here, then is parked for the rest of its deadline.
+	wait := deadline
+	park := c.parkable && !closing && len(c.rd.Buffered()) == 0 && c.s.cfg.ParkIdleAfter < deadline
+	if park {
+		wait = c.s.cfg.ParkIdleAfter
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(wait))
+	headerDeadline := deadline != c.s.cfg.IdleTimeout && !park
 	for {
 		err := c.rd.Fill()
 		if errors.Is(err, h1.ErrFull) {
 			return 0, h1.Handoff, nil // net/http answers 431, or takes the big head
 		}
 		if err != nil {
+			if park && errors.Is(err, os.ErrDeadlineExceeded) && !c.closing() {
+				c.parkFor = deadline - wait
+				return 0, 0, errPark
+			}
 			return 0, 0, err
 		}
+		park = false
 		c.mu.Lock()
 		c.waiting, c.fresh = false, false
 		c.mu.Unlock()

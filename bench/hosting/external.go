@@ -85,9 +85,11 @@ func serveRole(role, page string, size int, cpuprofile string) error {
 		}
 		switch role {
 		case "hosting":
-			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting})
+			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, IdleTimeout: idleTimeout,
+				ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter})
 		case "forwarded":
-			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, Handler: h, Divert: st.fwd.Divert})
+			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, Handler: h, Divert: st.fwd.Divert,
+				IdleTimeout: idleTimeout, ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter})
 		}
 		if err != nil {
 			return err
@@ -200,6 +202,7 @@ error_log stderr error;
 events { worker_connections 16000; }
 http {
   access_log off;
+  keepalive_timeout 10m; # as the other targets: idle connections stay for -idle-settle
   client_body_temp_path %[1]s/body;
   proxy_temp_path %[1]s/proxy;
   fastcgi_temp_path %[1]s/fastcgi;
@@ -245,7 +248,7 @@ defaults
   mode http
   http-reuse always
   timeout connect 5s
-  timeout client 1m
+  timeout client 10m
   timeout server 1m
 frontend fe
   bind %s
@@ -424,7 +427,7 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		case "direct":
 			continue
 		case "hosting", "hosting-handler", "forwarded":
-			args := []string{"-role", t, "-page", pageURL}
+			args := []string{"-role", t, "-page", pageURL, "-park-idle-after", parkIdleAfter.String(), "-park-cold-after", parkColdAfter.String()}
 			if cpuprofile != "" {
 				args = append(args, "-cpuprofile", cpuprofile+"."+t)
 			}
@@ -443,7 +446,7 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		servers[t] = p
 	}
 	if idle > 0 {
-		return idleMemory(targets, servers, idle)
+		return idleMemory(targets, servers, idle, idleSettle)
 	}
 	// Bytes moved per request, for MiB/s.
 	perReq := size
@@ -495,7 +498,7 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 
 // idleMemory opens n keep-alive connections to each target in turn, sends one request on each
 // and keeps them open, and prints the server's resident memory per connection.
-func idleMemory(targets []string, servers map[string]*proc, n int) error {
+func idleMemory(targets []string, servers map[string]*proc, n int, settle time.Duration) error {
 	fmt.Printf("# idle keep-alive connections: %d per target, one request each, then idle\n", n)
 	fmt.Println("| target | RSS before | RSS with the connections | per connection |")
 	fmt.Println("|---|---|---|---|")
@@ -532,7 +535,7 @@ func idleMemory(targets []string, servers map[string]*proc, n int) error {
 			resp.Body.Close()
 			_ = c.SetDeadline(time.Time{})
 		}
-		time.Sleep(2 * time.Second) // let the servers settle (and Go's GC run)
+		time.Sleep(settle) // let the servers settle (and Go's GC and scavenger run)
 		after, err := procRSS(p.pid())
 		closeAll()
 		if err != nil {
@@ -558,3 +561,10 @@ func procRSS(pid int) (int64, error) {
 	}
 	return 0, errors.New("no VmRSS")
 }
+
+// Flags of -idle and of the hosting targets.
+var idleSettle, parkIdleAfter, parkColdAfter time.Duration
+
+// idleTimeout closes idle keep-alive connections in every target (nginx's keepalive_timeout,
+// HAProxy's timeout client): long enough for -idle-settle.
+const idleTimeout = 10 * time.Minute

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 )
 
 // ErrFull: a head did not fit in the reader's largest buffer.
@@ -13,14 +14,34 @@ var ErrFull = errors.New("h1: head too large")
 // and the bytes after it stay for the body or the next request.
 type Reader struct {
 	Conn net.Conn
-	buf  []byte
+	buf  []byte // nil until the first Fill, and after Release
 	r, w int
+	size int // of the first buffer
 	max  int
 }
 
-// NewReader returns a Reader over c with an initial buffer of size bytes, growing to max.
+// NewReader returns a Reader over c with an initial buffer of size bytes, growing to max. The
+// buffer is taken at the first Fill, from a pool for the sizes the proxies use (2 and 4 KiB).
 func NewReader(c net.Conn, size, max int) *Reader {
-	return &Reader{Conn: c, buf: make([]byte, size), max: max}
+	return &Reader{Conn: c, size: size, max: max}
+}
+
+// bufPools recycle Readers' first buffers, by size: a connection that closes or parks gives its
+// buffer to the next.
+var bufPools = map[int]*sync.Pool{2048: {}, 4096: {}}
+
+// Release gives the buffer back when nothing is buffered (and reports whether it did): an idle
+// connection then holds none. The next Fill takes one again.
+func (b *Reader) Release() bool {
+	if b.r != b.w {
+		return false
+	}
+	if p := bufPools[len(b.buf)]; p != nil && len(b.buf) == b.size {
+		buf := b.buf
+		p.Put(&buf)
+	}
+	b.buf, b.r, b.w = nil, 0, 0
+	return true
 }
 
 // Buffered returns the bytes read and not yet consumed.
@@ -37,6 +58,16 @@ func (b *Reader) Discard(n int) {
 // Fill reads once more from the connection, making room first (moving the unread bytes to the
 // front, or growing the buffer up to its maximum: ErrFull when it is full at its maximum).
 func (b *Reader) Fill() error {
+	if b.buf == nil {
+		if p := bufPools[b.size]; p != nil {
+			if pb, ok := p.Get().(*[]byte); ok {
+				b.buf = *pb
+			}
+		}
+		if b.buf == nil {
+			b.buf = make([]byte, b.size)
+		}
+	}
 	if b.w == len(b.buf) {
 		if b.r > 0 {
 			n := copy(b.buf, b.buf[b.r:b.w])

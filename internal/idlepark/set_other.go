@@ -1,0 +1,29 @@
+//go:build !linux
+
+package idlepark
+
+import (
+	"net"
+	"time"
+)
+
+// Set holds parked connections; on this system it holds none (New returns nil).
+type Set[T any] struct{}
+
+// New returns nil on this system: connections keep their goroutines.
+func New[T any](wake func(c net.Conn, v T), coldAfter time.Duration) *Set[T] { return nil }
+
+// Park returns ErrNotParkable on this system.
+func (s *Set[T]) Park(c net.Conn, timeout time.Duration, v T) error { return ErrNotParkable }
+
+// Len returns 0.
+func (s *Set[T]) Len() int { return 0 }
+
+// Stats returns 0, 0.
+func (s *Set[T]) Stats() (warm, cold int) { return 0, 0 }
+
+// Drain does nothing.
+func (s *Set[T]) Drain(f func(c net.Conn, v T)) {}
+
+// Close does nothing.
+func (s *Set[T]) Close() error { return nil }

@@ -65,3 +65,27 @@ func newProxyMetrics(reg prometheus.Registerer) (*proxyMetrics, error) {
 	}
 	return m, nil
 }
+
+// serverCollector reports a Server's client connections by state.
+type serverCollector struct {
+	s    *Server
+	desc *prometheus.Desc
+}
+
+func newServerCollector(s *Server) *serverCollector {
+	return &serverCollector{s: s, desc: prometheus.NewDesc("switchyard_hosting_client_connections",
+		"Fast-path client connections by state: serving (a request, or waiting for one with a goroutine), parked_warm and parked_cold (idle, see ServerConfig.ParkIdleAfter).",
+		[]string{"state"}, nil)}
+}
+
+func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
+	c.s.mu.Lock()
+	serving := len(c.s.conns)
+	c.s.mu.Unlock()
+	warm, cold := c.s.park.Stats()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(serving), "serving")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(warm), "parked_warm")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(cold), "parked_cold")
+}

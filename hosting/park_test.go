@@ -111,6 +111,8 @@ func TestServerParksIdleConnections(t *testing.T) {
 			require.Equal(t, http.StatusOK, clients[i].get(parkGET))
 		}
 		waitParked(t, s, n)
+		warm, cold := s.park.Stats()
+		require.Equal(t, map[string]float64{"serving": 0, "parked_warm": float64(warm), "parked_cold": float64(cold)}, connGauges(t, s))
 		// Parked connections hold no goroutine each (a few of the Server's own stay).
 		require.Less(t, runtime.NumGoroutine(), n/2, "parked connections keep goroutines")
 
@@ -260,4 +262,21 @@ func TestParkingOff(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	require.Equal(t, 0, s.Parked())
 	require.Equal(t, http.StatusOK, c.get(parkGET))
+}
+
+// connGauges returns switchyard_hosting_client_connections by state.
+func connGauges(t *testing.T, s *Server) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newServerCollector(s))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		require.Equal(t, "switchyard_hosting_client_connections", mf.GetName())
+		for _, m := range mf.GetMetric() {
+			out[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard-dev/switchyard/internal/h1"
 	"github.com/switchyard-dev/switchyard/internal/idlepark"
@@ -54,6 +57,9 @@ type ServerConfig struct {
 	// KiB); waking it then costs some 18 µs of CPU more (see internal/idlepark). Zero means 10 s;
 	// negative never.
 	ParkColdAfter time.Duration
+	// Registerer, when set, receives switchyard_hosting_client_connections{state}: serving,
+	// parked_warm, parked_cold.
+	Registerer prometheus.Registerer
 }
 
 // Server serves a Proxy on listeners. Plain HTTP/1.1 requests of the common kind (a method
@@ -169,6 +175,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          s.h.rp.ErrorLog,
 	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(newServerCollector(s)); err != nil {
+			return nil, fmt.Errorf("hosting: register the server's metrics: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -225,11 +236,11 @@ func (s *Server) Serve(l net.Listener) error {
 
 // unpark takes back a parked connection that woke (or that Shutdown drains): nil, and the
 // connection closed, when the Server is closed, or shutting down and the connection is idle
-// between requests.
+// between requests, or Shutdown is past draining the parked connections (s.idle is set).
 func (s *Server) unpark(nc net.Conn, fresh bool) *fastConn {
 	c := &fastConn{s: s, nc: nc, fresh: fresh}
 	s.mu.Lock()
-	if s.closed || s.closing && !fresh {
+	if s.closed || s.closing && (!fresh || s.idle != nil) {
 		s.mu.Unlock()
 		_ = nc.Close()
 		return nil

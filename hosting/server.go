@@ -52,10 +52,10 @@ type ServerConfig struct {
 	// waiting goroutine costs. Linux only; connections a listener wrapped are parked when the
 	// wrapper implements idlepark.Rewrapper (connlimit's does). Zero means 50 ms; negative never.
 	ParkIdleAfter time.Duration
-	// ParkColdAfter is how long a connection stays parked with its net.Conn (about 0.5 KiB of the
-	// runtime's) before giving that up too, keeping only its socket's descriptor (about 0.1
-	// KiB); waking it then costs some 18 µs of CPU more (see internal/idlepark). Zero means 10 s;
-	// negative never.
+	// ParkColdAfter is how long a connection stays parked with its net.Conn (about 0.5 KiB of
+	// the runtime's heap, and a poll descriptor it never frees) before it gives that up too,
+	// keeping only its socket's descriptor (about 0.1 KiB); waking it then costs some 16 µs of
+	// CPU more (a new net.Conn, see internal/idlepark). Zero means 1 s; negative never.
 	ParkColdAfter time.Duration
 	// Registerer, when set, receives switchyard_hosting_client_connections{state}: serving,
 	// parked_warm, parked_cold.
@@ -150,7 +150,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.ParkIdleAfter = 50 * time.Millisecond
 	}
 	if cfg.ParkColdAfter == 0 {
-		cfg.ParkColdAfter = 10 * time.Second
+		cfg.ParkColdAfter = time.Second
 	}
 	s := &Server{
 		cfg:       cfg,

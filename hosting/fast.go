@@ -246,7 +246,8 @@ func (c *fastConn) serveRequest(n int) action {
 		replayable = true
 	}
 	// The head to conman (without the per-VM credential), built once.
-	head := c.appendHead(nil, trusted, rt.repl.ID)
+	head := c.appendHead(getOut(), trusted, rt.repl.ID)
+	defer putOut(head)
 
 	var avoid []string
 	for attempt := 1; ; attempt++ {
@@ -262,7 +263,7 @@ func (c *fastConn) serveRequest(n int) action {
 			return st.fail(outcomeBackend, http.StatusBadGateway, "the repl could not be reached",
 				fmt.Errorf("vm %s: the fast path speaks plain HTTP to conman, not %s", t.vm, t.backend.Scheme), !replayable)
 		}
-		st.onDone = func() { h.observe(outcomeOK, start) }
+		st.observeOK = true
 		res, err := st.exchange(t, head, body, replayable)
 		if err == nil {
 			if res == actClose || req.Close || c.closing() {
@@ -379,7 +380,7 @@ func (c *fastConn) appendHead(dst []byte, trusted bool, repl string) []byte {
 		dst = append(dst, v...)
 		dst = append(dst, ", "...)
 	}
-	dst = append(dst, revproxy.ForwardedElement(c.peer, string(req.Host), "http")...)
+	dst = revproxy.AppendForwardedElement(dst, c.peer, req.Host, "http")
 	dst = append(dst, "\r\n"...)
 	if req.ContentLength > 0 || req.ContentLength == 0 && methodWantsBody(req.Method) {
 		dst = append(dst, "Content-Length: "...)
@@ -415,7 +416,8 @@ func (c *fastConn) forward(n int, host string, d *Diversion) action {
 		}
 		replayable = true
 	}
-	head := c.appendHead(nil, false, "")
+	head := c.appendHead(getOut(), false, "")
+	defer func() { putOut(head) }()
 	for i := 0; i+1 < len(d.Fields); i += 2 {
 		head = append(head, d.Fields[i]...)
 		head = append(head, ": "...)
@@ -464,7 +466,10 @@ type fastState struct {
 	retry   bool   // the failure happened before conman took the request
 	forward bool   // a forward to another cluster: its answer passes as it is
 	onDone  func() // called when the answer is complete, before its last write
-	// doneCalled: onDone ran (a later error is the last write's: the client left)
+	// observeOK: count the answer as outcome ok instead, when it is complete
+	observeOK bool
+	// doneCalled: onDone ran, or the answer was counted (a later error is the last write's: the
+	// client left)
 	doneCalled bool
 }
 
@@ -509,7 +514,7 @@ func (st *fastState) exchange(t target, head, body []byte, replayable bool) (act
 		var upload chan error
 		if err == nil && !replayable {
 			upload = make(chan error, 1)
-			go func() { upload <- c.uploadBody(be) }()
+			go func(be *h1.Backend) { upload <- c.uploadBody(be) }(be)
 		}
 		var hn int
 		got := false // any byte of an answer arrived
@@ -648,7 +653,10 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 	}
 	if err == nil {
 		// Counted before the last write, so whoever sees the answer end sees it counted.
-		if st.onDone != nil {
+		if st.observeOK {
+			st.doneCalled = true
+			st.c.s.h.observe(outcomeOK, st.start)
+		} else if st.onDone != nil {
 			st.doneCalled = true
 			st.onDone()
 		}

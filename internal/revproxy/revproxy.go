@@ -103,36 +103,52 @@ func SetForwarded(pr *httputil.ProxyRequest, trusted bool) {
 // ForwardedElement is this hop's element of an RFC 7239 Forwarded header:
 // for=<peer>;host=<host>;proto=<proto> (no for= when peer is empty).
 func ForwardedElement(peer, host, proto string) string {
-	var b strings.Builder
+	return string(AppendForwardedElement(nil, peer, host, proto))
+}
+
+// AppendForwardedElement appends ForwardedElement's element to dst, without allocating.
+func AppendForwardedElement[S ~string | ~[]byte](dst []byte, peer string, host S, proto string) []byte {
 	if peer != "" {
-		b.WriteString("for=")
-		b.WriteString(forwardedNode(peer))
-		b.WriteByte(';')
+		dst = append(dst, "for="...)
+		if strings.Contains(peer, ":") { // IPv6: quoted and bracketed
+			dst = append(dst, `"[`...)
+			dst = append(dst, peer...)
+			dst = append(dst, `]"`...)
+		} else {
+			dst = append(dst, peer...)
+		}
+		dst = append(dst, ';')
 	}
-	b.WriteString("host=")
-	b.WriteString(forwardedValue(host))
-	b.WriteString(";proto=")
-	b.WriteString(proto)
-	return b.String()
+	dst = append(dst, "host="...)
+	dst = appendForwardedValue(dst, host)
+	dst = append(dst, ";proto="...)
+	return append(dst, proto...)
 }
 
-// forwardedNode formats an address as an RFC 7239 node: IPv6 quoted and bracketed.
-func forwardedNode(ip string) string {
-	if strings.Contains(ip, ":") {
-		return `"[` + ip + `]"`
-	}
-	return ip
-}
-
-// forwardedValue quotes v unless it is an RFC 7230 token.
-func forwardedValue(v string) string {
+// appendForwardedValue appends v, quoted unless it is an RFC 7230 token.
+func appendForwardedValue[S ~string | ~[]byte](dst []byte, v S) []byte {
+	token := true
 	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v) + `"`
+		if !isTokenChar(v[i]) {
+			token = false
+			break
 		}
 	}
-	return v
+	if token {
+		return append(dst, v...)
+	}
+	dst = append(dst, '"')
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c == '\\' || c == '"' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, v[i])
+	}
+	return append(dst, '"')
+}
+
+func isTokenChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // WriteError answers r with status and msg: a JSON body {"error": msg, "request_id": id}, or a

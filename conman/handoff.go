@@ -582,7 +582,12 @@ func (s *Server) inherit(ctx context.Context, in *Inheritance) {
 				att = newAttachment()
 				att.conn = wsconn.Adopt(nc, rec.Conn.WS, maxMessage)
 				att.loops.Add(2) // before the shell is visible to a handoff (see attach)
-				att.pos = max(rec.Conn.Pos, out.produced-sh.keep)
+				// Where the predecessor's connection was (validated to be in the ring): the ring
+				// holds keep+chunk bytes, and the predecessor's pump may have read its last chunk
+				// past the keep its backpressure allows while the handoff stopped it. Clamping to
+				// produced-keep here lost up to a chunk of output (TestHandoffMidStream, 1 run in
+				// ~40); only a successor with a smaller ring can have dropped the oldest bytes.
+				att.pos = max(rec.Conn.Pos, out.oldest())
 				sh.att = att
 			}
 		}

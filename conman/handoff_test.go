@@ -305,11 +305,11 @@ func TestHandoffMidStream(t *testing.T) {
 	start := strings.Index(out, "\r\n1\r\n")
 	require.GreaterOrEqual(t, start, 0, "output: %.200q", out)
 	lines := strings.Split(out[start+2:strings.Index(out, "DONE")], "\r\n")
-	require.Len(t, lines, n+1, "every line once") // the last is empty
-	for i := range n {
+	for i := range min(n, len(lines)) {
 		if lines[i] != strconv.Itoa(i+1) {
-			t.Fatalf("line %d is %q, want %d", i, lines[i], i+1)
+			t.Fatalf("line %d is %q, want %d (%d lines)", i, lines[i], i+1, len(lines))
 		}
 	}
+	require.Equal(t, n+1, len(lines), "every line once") // the last is empty
 	g.stop(t)
 }

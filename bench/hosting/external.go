@@ -10,6 +10,8 @@ package main
 //	forwarded  wrk → hosting.Server → tombstone.Forwarder (Divert) → the page (standing in for
 //	           the new cluster)
 //	nginx      wrk → nginx proxy_pass with upstream keep-alive → the page
+//	nginx-headers  the same nginx also sending what Hosting sends the VM: X-Forwarded-*,
+//	           Forwarded, a credential and a repl field, and answering with a request id
 //	haproxy    wrk → HAProxy (one thread, http-reuse always) → the page
 //
 // The page (a Go server answering -size bytes) runs on the load core, for every target alike.
@@ -184,12 +186,24 @@ func startChild(name, cpu string, args ...string) (*proc, error) {
 }
 
 // startNginx runs one nginx worker on cpu in front of page.
-func startNginx(tmp, cpu, page string, conns int) (*proc, error) {
+func startNginx(tmp, cpu, page string, conns int, headers bool) (*proc, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(tmp, "nginx")
+	extra := ""
+	if headers {
+		dir = filepath.Join(tmp, "nginx-headers")
+		extra = `
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header Forwarded "for=$remote_addr;host=$host;proto=$scheme";
+      proxy_set_header Switchyard-Credential "bench-vm-credential-0123456789abcdef";
+      proxy_set_header Switchyard-Repl "r1";
+      add_header X-Request-Id $request_id;`
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -219,11 +233,11 @@ http {
       # Stream large bodies both ways, as the Go targets do, instead of spooling them to disk.
       proxy_request_buffering off;
       proxy_max_temp_file_size 0;
-      client_max_body_size 0;
+      client_max_body_size 0;%[5]s
     }
   }
 }
-`, dir, page, addr, 2*conns)
+`, dir, page, addr, 2*conns, extra)
 	cfg := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -432,8 +446,8 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 				args = append(args, "-cpuprofile", cpuprofile+"."+t)
 			}
 			p, err = startChild(t, serverCPU, args...)
-		case "nginx":
-			p, err = startNginx(tmp, serverCPU, page.addr, conns)
+		case "nginx", "nginx-headers":
+			p, err = startNginx(tmp, serverCPU, page.addr, conns, t == "nginx-headers")
 		case "haproxy":
 			p, err = startHAProxy(tmp, serverCPU, page.addr)
 		default:

@@ -43,15 +43,25 @@ func newPair(t *testing.T, app http.Handler, mod func(*Config)) *pair {
 	require.NoError(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	serveFast(t, fs, l, nil)
+	return &pair{h: f.h, slow: f.srv.Listener.Addr().String(), fast: l.Addr().String(), server: fs}
+}
+
+// serveFast serves fs on l until the test ends, then shuts it down (and whatever shutdown
+// shuts down after it) and checks that Serve returned.
+func serveFast(t *testing.T, fs *Server, l net.Listener, shutdown func(context.Context) error) {
+	t.Helper()
 	served := make(chan error, 1)
 	go func() { served <- fs.Serve(l) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		assert.NoError(t, fs.Shutdown(ctx))
-		<-served
+		assert.ErrorIs(t, <-served, http.ErrServerClosed)
+		if shutdown != nil {
+			assert.NoError(t, shutdown(ctx))
+		}
 	})
-	return &pair{h: f.h, slow: f.srv.Listener.Addr().String(), fast: l.Addr().String(), server: fs}
 }
 
 // exchange writes raw to addr and reads every answer until the connection ends or goes quiet:

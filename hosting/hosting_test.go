@@ -203,15 +203,7 @@ func newTestFixture(t *testing.T, app http.Handler, mod func(*Config)) *testFixt
 		f.srv = httptest.NewUnstartedServer(h)
 		l := f.srv.Listener
 		f.srv.URL = "http://" + l.Addr().String()
-		served := make(chan error, 1)
-		go func() { served <- fs.Serve(l) }()
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			assert.NoError(t, fs.Shutdown(ctx))
-			assert.ErrorIs(t, <-served, http.ErrServerClosed)
-			assert.NoError(t, h.Shutdown(ctx))
-		})
+		serveFast(t, fs, l, h.Shutdown)
 		return f
 	}
 	f.srv = httptest.NewServer(h)

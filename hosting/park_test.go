@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/switchyard-dev/switchyard/connlimit"
@@ -35,14 +34,7 @@ func newParkServer(t *testing.T, mod func(*ServerConfig), wrap func(net.Listener
 	if wrap != nil {
 		l = wrap(l)
 	}
-	served := make(chan error, 1)
-	go func() { served <- fs.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		assert.NoError(t, fs.Shutdown(ctx))
-		<-served
-	})
+	serveFast(t, fs, l, nil)
 	return fs, addr
 }
 

@@ -43,6 +43,11 @@ type fastConn struct {
 
 	parkable bool          // the Server parks it when it idles (see ServerConfig.ParkIdleAfter)
 	parkFor  time.Duration // with errPark: how long it may stay parked
+
+	loopable bool       // an event loop may take it between requests (see ServerConfig.EventLoops)
+	inLoop   bool       // an event loop has it (guarded by mu): its goroutine is gone
+	div      *Diversion // Divert's answer for the next request, asked already by an event loop
+	ls       loopState  // the event loop's state of it
 }
 
 // errPark is readHead's answer when the connection has idled for ParkIdleAfter: serve parks it.
@@ -57,6 +62,7 @@ const shutdownGrace = time.Second
 func (c *fastConn) wake() {
 	c.mu.Lock()
 	switch {
+	case c.inLoop: // the loop closes it (Server.Shutdown tells it)
 	case c.waiting && !c.fresh:
 		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
 	case c.waiting:
@@ -77,20 +83,48 @@ const (
 )
 
 func (c *fastConn) serve() {
-	defer c.s.forget(c)
 	if ap, err := netip.ParseAddrPort(c.nc.RemoteAddr().String()); err == nil {
 		c.peerA = ap.Addr().Unmap()
 		c.peer = c.peerA.String()
 	}
-	c.rd = h1.NewReader(c.nc, 2048, min(64<<10, c.s.cfg.MaxHeaderBytes+4096))
-	c.parkable = c.s.park != nil && idlepark.Parkable(c.nc)
+	c.rd = h1.NewReader(c.nc, 2048, c.maxHead())
+	parkable := idlepark.Parkable(c.nc)
+	c.parkable = c.s.park != nil && parkable
+	c.loopable = c.s.loops != nil && parkable
+	c.run(nil)
+}
+
+// maxHead is the largest request head (and bytes after it) the fast path buffers.
+func (c *fastConn) maxHead() int { return min(64<<10, c.s.cfg.MaxHeaderBytes+4096) }
+
+// run serves requests, starting with in (a request an event loop began) when it is not nil,
+// until the connection closes or leaves for the park set, an event loop or net/http.
+func (c *fastConn) run(in *inflight) {
 	for {
-		n, verdict, err := c.readHead()
+		if in == nil && c.loopable && !c.fresh && len(c.rd.Buffered()) == 0 && !c.closing() {
+			// Between requests: an event loop waits for the next one (see loop_linux.go).
+			c.rd.Release()
+			if c.s.loops.adopt(c) {
+				return
+			}
+			c.loopable = false
+		}
+		var (
+			n       int
+			verdict h1.Verdict
+			err     error
+		)
+		if in != nil {
+			n, verdict = h1.ParseRequest(c.rd.Buffered(), &c.req)
+		} else {
+			n, verdict, err = c.readHead()
+		}
 		if err == errPark {
 			// The connection leaves its goroutine, buffers and net.Conn behind; Server.unpark
 			// serves it again when the client sends (or closes).
 			c.rd.Release()
 			if c.s.park.Park(c.nc, c.parkFor, c.fresh) == nil {
+				c.s.forget(c)
 				return
 			}
 			c.parkable = false
@@ -102,7 +136,8 @@ func (c *fastConn) serve() {
 		}
 		if verdict == h1.OK {
 			c.out = getOut()
-			act := c.serveRequest(n)
+			act := c.serveRequest(n, in)
+			in = nil
 			putOut(c.out) // an idle connection holds no output buffer
 			c.out = nil
 			switch act {
@@ -116,6 +151,11 @@ func (c *fastConn) serve() {
 				c.close()
 				return
 			}
+		} else if in != nil {
+			// Cannot happen (the loop parsed the same bytes); answer nothing rather than guess.
+			in.abandon(c.s)
+			c.close()
+			return
 		}
 		// Handoff: net/http reads this request again from the start.
 		_ = c.nc.SetReadDeadline(time.Time{})
@@ -127,6 +167,7 @@ func (c *fastConn) serve() {
 
 // close closes the connection and gives its read buffer to the next.
 func (c *fastConn) close() {
+	c.s.forget(c)
 	_ = c.nc.Close()
 	c.rd.Release()
 }
@@ -188,12 +229,46 @@ func (c *fastConn) readHead() (int, h1.Verdict, error) {
 	}
 }
 
-// serveRequest serves the parsed request whose head is the first n buffered bytes.
-func (c *fastConn) serveRequest(n int) action {
+// inflight is a request an event loop began and handed back: its head went to conman (or to
+// another cluster, with a Diversion) on be, or the first attempt failed with err.
+type inflight struct {
+	st      fastState // the request's id, start, host, repl, VM
+	rt      *route
+	trusted bool
+	be      *h1.Backend // nil with err
+	err     error
+	retry   bool       // with err: the request never reached conman
+	div     *Diversion // a forward
+}
+
+// abandon gives up a request the loop handed back, as a client error.
+func (in *inflight) abandon(s *Server) {
+	if in.be != nil {
+		_ = in.be.Close()
+	}
+	if in.div != nil {
+		in.div.Done(h1.ErrClient, true)
+	} else {
+		s.h.observe(outcomeClient, in.st.start)
+	}
+	s.h.drain.Exit()
+}
+
+// serveRequest serves the parsed request whose head is the first n buffered bytes; in, when
+// not nil, is the request's first attempt, which an event loop made.
+func (c *fastConn) serveRequest(n int, in *inflight) action {
 	h, req := c.s.h, &c.req
 	host := string(req.Host)
-	if c.s.cfg.Divert != nil {
-		d := c.s.cfg.Divert(c.peerA, host, string(req.Method), string(req.Target))
+	if in != nil && in.div != nil {
+		return c.forward(n, host, in.div, in)
+	}
+	if c.s.cfg.Divert != nil && in == nil {
+		var d Diversion
+		if c.div != nil {
+			d, c.div = *c.div, nil // the loop asked already
+		} else {
+			d = c.s.cfg.Divert(c.peerA, host, string(req.Method), string(req.Target))
+		}
 		switch {
 		case d.Handoff:
 			return actHandoff
@@ -204,7 +279,7 @@ func (c *fastConn) serveRequest(n int) action {
 				}
 				return actHandoff
 			}
-			return c.forward(n, host, &d)
+			return c.forward(n, host, &d, nil)
 		}
 	}
 	trusted := false
@@ -214,21 +289,33 @@ func (c *fastConn) serveRequest(n int) action {
 		}
 		trusted = revproxy.AddrIn(c.peerA, h.cfg.TrustedProxies)
 	}
-	start := time.Now()
-	rt, cached, rf := h.route(context.Background(), host, start)
-	if rf == nil && rt.target.backend.Scheme != "http" {
-		return actHandoff // conman over TLS: net/http's transport speaks it
+	var (
+		st     *fastState
+		rt     *route
+		cached bool
+		rf     *routeFailure
+	)
+	if in != nil {
+		st, rt, cached = &in.st, in.rt, true
+		st.c = c
+	} else {
+		start := time.Now()
+		rt, cached, rf = h.route(context.Background(), host, start)
+		if rf == nil && rt.target.backend.Scheme != "http" {
+			return actHandoff // conman over TLS: net/http's transport speaks it
+		}
+		st = &fastState{c: c, id: newRequestIDBytes(), start: start, host: host}
 	}
-	st := &fastState{c: c, id: newRequestIDBytes(), start: start, host: host}
+	start := st.start
 	hasBody := req.ContentLength > 0
 	c.rd.Discard(n)
 	if hasBody {
 		_ = c.nc.SetReadDeadline(time.Time{}) // a body is read without a deadline, as by net/http
 	}
-	if !h.drain.Enter() {
+	if in == nil && !h.drain.Enter() {
 		return st.fail(outcomeDraining, http.StatusServiceUnavailable, "the hosting proxy is shutting down; retry", ErrClosed, true)
 	}
-	defer h.drain.Exit()
+	defer h.drain.Exit() // the loop entered for in
 	if rf != nil {
 		st.repl = rf.repl
 		return st.fail(rf.outcome, rf.status, rf.msg, rf.cause, hasBody)
@@ -264,7 +351,19 @@ func (c *fastConn) serveRequest(n int) action {
 				fmt.Errorf("vm %s: the fast path speaks plain HTTP to conman, not %s", t.vm, t.backend.Scheme), !replayable)
 		}
 		st.observeOK = true
-		res, err := st.exchange(t, head, body, replayable)
+		var (
+			res action
+			err error
+		)
+		switch {
+		case in == nil || attempt > 1:
+			res, err = st.exchange(t, head, body, replayable)
+		case in.be != nil:
+			res, err = st.resume(t, in.be, head)
+		default:
+			res, err, st.retry = actClose, in.err, in.retry
+		}
+		in = nil // a retry (even on the same attempt number, after a stale route) starts anew
 		if err == nil {
 			if res == actClose || req.Close || c.closing() {
 				return actClose
@@ -314,7 +413,12 @@ func (c *fastConn) serveRequest(n int) action {
 // appendHead appends the request head for conman, up to (not including) the credential field
 // and the empty line.
 func (c *fastConn) appendHead(dst []byte, trusted bool, repl string) []byte {
-	req := &c.req
+	return appendRequestHead(dst, &c.req, c.peer, trusted, repl)
+}
+
+// appendRequestHead appends req's head for conman (or another cluster) as the fast path sends
+// it, up to (not including) the credential field and the empty line; peer is the client's IP.
+func appendRequestHead(dst []byte, req *h1.Request, peer string, trusted bool, repl string) []byte {
 	dst = append(dst, req.Method...)
 	dst = append(dst, ' ')
 	dst = append(dst, req.Target...)
@@ -358,14 +462,14 @@ func (c *fastConn) appendHead(dst []byte, trusted bool, repl string) []byte {
 			}
 		}
 	}
-	if len(xff) > 0 || c.peer != "" {
+	if len(xff) > 0 || peer != "" {
 		dst = append(dst, "X-Forwarded-For: "...)
 		for _, v := range xff {
 			dst = append(dst, v...)
 			dst = append(dst, ", "...)
 		}
-		if c.peer != "" {
-			dst = append(dst, c.peer...)
+		if peer != "" {
+			dst = append(dst, peer...)
 		} else {
 			dst = dst[:len(dst)-2]
 		}
@@ -380,7 +484,7 @@ func (c *fastConn) appendHead(dst []byte, trusted bool, repl string) []byte {
 		dst = append(dst, v...)
 		dst = append(dst, ", "...)
 	}
-	dst = revproxy.AppendForwardedElement(dst, c.peer, req.Host, "http")
+	dst = revproxy.AppendForwardedElement(dst, peer, req.Host, "http")
 	dst = append(dst, "\r\n"...)
 	if req.ContentLength > 0 || req.ContentLength == 0 && methodWantsBody(req.Method) {
 		dst = append(dst, "Content-Length: "...)
@@ -398,9 +502,15 @@ func (c *fastConn) appendHead(dst []byte, trusted bool, repl string) []byte {
 
 // forward sends the request whose head is the first n buffered bytes to another cluster, as
 // d says (see Diversion).
-func (c *fastConn) forward(n int, host string, d *Diversion) action {
+func (c *fastConn) forward(n int, host string, d *Diversion, in *inflight) action {
 	req := &c.req
-	st := &fastState{c: c, id: newRequestIDBytes(), start: time.Now(), host: host, forward: true}
+	var st *fastState
+	if in != nil {
+		st = &in.st
+		st.c = c
+	} else {
+		st = &fastState{c: c, id: newRequestIDBytes(), start: time.Now(), host: host, forward: true}
+	}
 	c.rd.Discard(n)
 	hasBody := req.ContentLength > 0
 	if hasBody {
@@ -416,20 +526,22 @@ func (c *fastConn) forward(n int, host string, d *Diversion) action {
 		}
 		replayable = true
 	}
-	head := c.appendHead(getOut(), false, "")
+	head := appendForwardHead(getOut(), req, c.peer, d)
 	defer func() { putOut(head) }()
-	for i := 0; i+1 < len(d.Fields); i += 2 {
-		head = append(head, d.Fields[i]...)
-		head = append(head, ": "...)
-		head = append(head, d.Fields[i+1]...)
-		head = append(head, "\r\n"...)
-	}
-	addr := d.URL.Host
-	if d.URL.Port() == "" {
-		addr = net.JoinHostPort(d.URL.Hostname(), "80")
-	}
 	st.onDone = func() { d.Done(nil, true) }
-	res, err := st.exchange(target{addr: addr, backend: d.URL}, head, body, replayable)
+	t := target{addr: forwardAddr(d), backend: d.URL}
+	var (
+		res action
+		err error
+	)
+	switch {
+	case in == nil:
+		res, err = st.exchange(t, head, body, replayable)
+	case in.be != nil:
+		res, err = st.resume(t, in.be, head)
+	default:
+		res, err = actClose, in.err
+	}
 	if err != nil && st.doneCalled {
 		return actClose // the last write failed after the forward was counted
 	}
@@ -447,6 +559,26 @@ func (c *fastConn) forward(n int, host string, d *Diversion) action {
 		return actClose
 	}
 	return st.answer(status, msg, !replayable)
+}
+
+// appendForwardHead appends the head of a request forwarded as d says, up to the empty line.
+func appendForwardHead(dst []byte, req *h1.Request, peer string, d *Diversion) []byte {
+	dst = appendRequestHead(dst, req, peer, false, "")
+	for i := 0; i+1 < len(d.Fields); i += 2 {
+		dst = append(dst, d.Fields[i]...)
+		dst = append(dst, ": "...)
+		dst = append(dst, d.Fields[i+1]...)
+		dst = append(dst, "\r\n"...)
+	}
+	return dst
+}
+
+// forwardAddr is the host:port a forward as d says goes to.
+func forwardAddr(d *Diversion) string {
+	if d.URL.Port() == "" {
+		return net.JoinHostPort(d.URL.Hostname(), "80")
+	}
+	return d.URL.Host
 }
 
 func methodWantsBody(m []byte) bool {
@@ -493,7 +625,22 @@ func (st *fastState) exchange(t target, head, body []byte, replayable bool) (act
 		st.retry = true // never reached conman
 		return actClose, err
 	}
-	msg := c.out[:0]
+	msg := appendMessage(c.out[:0], t, head, body)
+	c.out = msg
+	return st.roundTrip(t, be, msg, body, replayable, false)
+}
+
+// resume goes on with the request an event loop sent on be (head as exchange takes it).
+func (st *fastState) resume(t target, be *h1.Backend, head []byte) (action, error) {
+	st.retry = false
+	msg := appendMessage(st.c.out[:0], t, head, nil)
+	st.c.out = msg
+	return st.roundTrip(t, be, msg, nil, true, true)
+}
+
+// appendMessage appends what goes to t: head, the credential, the empty line, and body when it
+// is small (a larger one is written on its own).
+func appendMessage(msg []byte, t target, head, body []byte) []byte {
 	msg = append(msg, head...)
 	if t.cred != "" {
 		msg = append(msg, conman.HeaderCredential...)
@@ -505,12 +652,21 @@ func (st *fastState) exchange(t target, head, body []byte, replayable bool) (act
 	if len(body) <= 16<<10 {
 		msg = append(msg, body...)
 	}
-	c.out = msg
+	return msg
+}
 
+// roundTrip writes msg (and body) to be, unless sent says it went already, and relays the
+// answer; a pooled connection that fails before any answer is tried once more on a new one.
+func (st *fastState) roundTrip(t target, be *h1.Backend, msg, body []byte, replayable, sent bool) (action, error) {
+	c := st.c
+	var err error
 	for try := 0; ; try++ {
-		if _, err = be.Conn.Write(msg); err == nil && len(body) > 16<<10 {
-			_, err = be.Conn.Write(body)
+		if !sent {
+			if _, err = be.Conn.Write(msg); err == nil && len(body) > 16<<10 {
+				_, err = be.Conn.Write(body)
+			}
 		}
+		sent = false
 		var upload chan error
 		if err == nil && !replayable {
 			upload = make(chan error, 1)
@@ -599,44 +755,9 @@ func (st *fastState) readResponseHead(be *h1.Backend, upload chan error) (int, b
 // relay writes conman's answer (head of n bytes in be, parsed in c.resp) to the client.
 func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, error) {
 	c := st.c
-	req, resp := &c.req, &c.resp
-	bodyAllowed := h1.BodyAllowed(req.Method, resp.Status)
-	out := h1.AppendStatusLine(c.out[:0], resp.Status)
-	if st.forward {
-		out = appendFieldsAll(out, resp.Fields)
-	} else {
-		out = appendFields(out, resp.Fields)
-		out = append(out, HeaderRequestID...)
-		out = append(out, ": "...)
-		out = append(out, st.id[:]...)
-		out = append(out, "\r\n"...)
-	}
-	if fieldValue(resp.Fields, "date") == nil {
-		out = append(out, "Date: "...)
-		out = append(out, httpDate()...)
-		out = append(out, "\r\n"...)
-	}
-	untilEOF := false
-	switch {
-	case !bodyAllowed:
-		if resp.ContentLength >= 0 && resp.Status != http.StatusNoContent && resp.Status >= 200 {
-			out = append(out, "Content-Length: "...)
-			out = strconv.AppendInt(out, resp.ContentLength, 10)
-			out = append(out, "\r\n"...)
-		}
-	case resp.ContentLength >= 0:
-		out = append(out, "Content-Length: "...)
-		out = strconv.AppendInt(out, resp.ContentLength, 10)
-		out = append(out, "\r\n"...)
-	default:
-		out = append(out, "Transfer-Encoding: chunked\r\n"...)
-		untilEOF = !resp.Chunked
-	}
+	resp := &c.resp
+	out, bodyAllowed, untilEOF := st.appendAnswerHead(c.out[:0])
 	closeAfter := c.req.Close
-	if closeAfter {
-		out = append(out, "Connection: close\r\n"...)
-	}
-	out = append(out, "\r\n"...)
 	be.Discard(n)
 	st.started = true
 
@@ -703,6 +824,50 @@ func (st *fastState) relay(be *h1.Backend, n int, upload chan error) (action, er
 		return actClose, nil
 	}
 	return actKeep, nil
+}
+
+// appendAnswerHead appends the head of the answer to the client for c.resp, and reports
+// whether a body follows and whether it is read until the backend closes (then sent chunked).
+func (st *fastState) appendAnswerHead(out []byte) ([]byte, bool, bool) {
+	c := st.c
+	req, resp := &c.req, &c.resp
+	bodyAllowed := h1.BodyAllowed(req.Method, resp.Status)
+	out = h1.AppendStatusLine(out, resp.Status)
+	if st.forward {
+		out = appendFieldsAll(out, resp.Fields)
+	} else {
+		out = appendFields(out, resp.Fields)
+		out = append(out, HeaderRequestID...)
+		out = append(out, ": "...)
+		out = append(out, st.id[:]...)
+		out = append(out, "\r\n"...)
+	}
+	if fieldValue(resp.Fields, "date") == nil {
+		out = append(out, "Date: "...)
+		out = append(out, httpDate()...)
+		out = append(out, "\r\n"...)
+	}
+	untilEOF := false
+	switch {
+	case !bodyAllowed:
+		if resp.ContentLength >= 0 && resp.Status != http.StatusNoContent && resp.Status >= 200 {
+			out = append(out, "Content-Length: "...)
+			out = strconv.AppendInt(out, resp.ContentLength, 10)
+			out = append(out, "\r\n"...)
+		}
+	case resp.ContentLength >= 0:
+		out = append(out, "Content-Length: "...)
+		out = strconv.AppendInt(out, resp.ContentLength, 10)
+		out = append(out, "\r\n"...)
+	default:
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+		untilEOF = !resp.Chunked
+	}
+	if req.Close {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	out = append(out, "\r\n"...)
+	return out, bodyAllowed, untilEOF
 }
 
 // appendFields appends the fields a client may see: not hop-by-hop, not Switchyard-*.

@@ -194,7 +194,7 @@ func newTestFixture(t *testing.T, app http.Handler, mod func(*Config)) *testFixt
 	f.h = h
 	if onFastPath(t) {
 		// The same test through Server: its fast path, and net/http for what it hands off.
-		fs, err := NewServer(ServerConfig{Proxy: h})
+		fs, err := NewServer(ServerConfig{Proxy: h, EventLoops: fastLoops(t)})
 		require.NoError(t, err)
 		f.fast = fs
 		tr := &http.Transport{}
@@ -226,7 +226,18 @@ func (f *testFixture) client() *http.Client {
 
 // onFastPath reports whether t runs under TestFastPath: then the fixture serves Proxy with a
 // Server instead of a plain http.Server.
-func onFastPath(t *testing.T) bool { return strings.HasPrefix(t.Name(), "TestFastPath/") }
+func onFastPath(t *testing.T) bool {
+	return strings.HasPrefix(t.Name(), "TestFastPath/") || strings.HasPrefix(t.Name(), "TestFastPathGoroutines/")
+}
+
+// fastLoops is ServerConfig.EventLoops for the test: TestFastPathGoroutines runs the suite with
+// none (every request on a goroutine), TestFastPath with the default.
+func fastLoops(t *testing.T) int {
+	if strings.HasPrefix(t.Name(), "TestFastPathGoroutines/") {
+		return -1
+	}
+	return 0
+}
 
 func (f *testFixture) do(t *testing.T, method, host, path string, body io.Reader, hdr http.Header) (*http.Response, []byte) {
 	t.Helper()
@@ -735,8 +746,13 @@ func TestHostingShutdownWaitsForInflightRequests(t *testing.T) {
 	require.NoError(t, <-shut)
 }
 
-// TestFastPath runs the Proxy's tests through Server (see newTestFixture).
-func TestFastPath(t *testing.T) {
+// TestFastPath runs the Proxy's tests through Server (see newTestFixture), with its event loops.
+func TestFastPath(t *testing.T) { fastPathSuite(t) }
+
+// TestFastPathGoroutines runs them through a Server without event loops.
+func TestFastPathGoroutines(t *testing.T) { fastPathSuite(t) }
+
+func fastPathSuite(t *testing.T) {
 	for name, test := range map[string]func(*testing.T){
 		"Routing":                  TestHostingRouting,
 		"Headers":                  TestHostingHeaders,

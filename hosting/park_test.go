@@ -22,7 +22,7 @@ const parkGET = "GET /park HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n"
 func newParkServer(t *testing.T, mod func(*ServerConfig), wrap func(net.Listener) net.Listener) (*Server, string) {
 	t.Helper()
 	f := newTestFixture(t, echoApp, nil)
-	cfg := ServerConfig{Proxy: f.h, ParkIdleAfter: 20 * time.Millisecond}
+	cfg := ServerConfig{Proxy: f.h, ParkIdleAfter: 20 * time.Millisecond, EventLoops: -1} // loop_test.go tests the loops
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -173,7 +173,7 @@ func TestParkPipelinedHalf(t *testing.T) {
 func TestShutdownWithParkedConnections(t *testing.T) {
 	parkModes(t, func(t *testing.T, mode func(*ServerConfig)) {
 		f := newTestFixture(t, echoApp, nil)
-		cfg := ServerConfig{Proxy: f.h, ParkIdleAfter: 20 * time.Millisecond}
+		cfg := ServerConfig{Proxy: f.h, ParkIdleAfter: 20 * time.Millisecond, EventLoops: -1} // loop_test.go tests the loops
 		mode(&cfg)
 		s, err := NewServer(cfg)
 		require.NoError(t, err)
@@ -204,7 +204,7 @@ func TestShutdownWithParkedConnections(t *testing.T) {
 
 func TestCloseWithParkedConnections(t *testing.T) {
 	f := newTestFixture(t, echoApp, nil)
-	s, err := NewServer(ServerConfig{Proxy: f.h, ParkIdleAfter: 20 * time.Millisecond})
+	s, err := NewServer(ServerConfig{Proxy: f.h, ParkIdleAfter: 20 * time.Millisecond, EventLoops: -1})
 	require.NoError(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

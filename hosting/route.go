@@ -77,17 +77,27 @@ func (c *routeCache) forget(host string) {
 // route resolves host to its repl and the repl's VM, from the cache when it is fresh (cached
 // reports that).
 func (h *Proxy) route(ctx context.Context, host string, now time.Time) (rt *route, cached bool, rf *routeFailure) {
-	if h.cfg.RouteCacheTTL > 0 {
-		var version uint64
-		if h.dirVersion != nil {
-			version = h.dirVersion.Version()
-		}
-		if rt := h.routes.get(host); rt != nil && rt.version == version && now.Before(rt.expires) {
-			return rt, true, nil
-		}
+	if rt := h.cachedRoute(host, now); rt != nil {
+		return rt, true, nil
 	}
 	rt, rf = h.resolveRoute(ctx, host, now)
 	return rt, false, rf
+}
+
+// cachedRoute returns host's route when the cache has it fresh, or nil: it never asks the
+// directory or placement (the event loop must not wait for them).
+func (h *Proxy) cachedRoute(host string, now time.Time) *route {
+	if h.cfg.RouteCacheTTL <= 0 {
+		return nil
+	}
+	var version uint64
+	if h.dirVersion != nil {
+		version = h.dirVersion.Version()
+	}
+	if rt := h.routes.get(host); rt != nil && rt.version == version && now.Before(rt.expires) {
+		return rt
+	}
+	return nil
 }
 
 // resolveRoute asks the directory and placement for host's route, and caches it.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,15 @@ type ServerConfig struct {
 	// Registerer, when set, receives switchyard_hosting_client_connections{state}: serving,
 	// parked_warm, parked_cold.
 	Registerer prometheus.Registerer
+	// EventLoops is the number of event loops serving keep-alive connections between their
+	// requests, and their common requests (no body, a cached route, an answer of at most 64 KiB
+	// with a Content-Length), without a goroutine each (Linux only; see loop_linux.go). Zero
+	// means one per GOMAXPROCS at NewServer; negative, none.
+	EventLoops int
+	// DivertInLoop says Divert answers from memory without waiting, so an event loop may call
+	// it. Without it, a Server with a Divert serves every request on a goroutine (a Divert that
+	// looks up a store over the network would stall every connection of a loop).
+	DivertInLoop bool
 }
 
 // Server serves a Proxy on listeners. Plain HTTP/1.1 requests of the common kind (a method
@@ -97,6 +107,7 @@ type Server struct {
 
 	closed bool                // Close was called: nothing is served any more
 	park   *idlepark.Set[bool] // idle connections, with whether they are fresh; nil: none
+	loops  *loops              // event loops; nil: none
 
 	handoffs    atomic.Int64 // connections given to net/http, for tests
 	closingFlag atomic.Bool  // closing, for the fast path's checks without the lock
@@ -161,6 +172,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		conns:     make(map[*fastConn]struct{}),
 	}
 	s.handoff = newHandoffListener(&s.handoffs)
+	if cfg.EventLoops == 0 {
+		cfg.EventLoops = runtime.GOMAXPROCS(0)
+	}
+	if cfg.EventLoops > 0 && loopsSupported {
+		s.loops = newLoops(s, cfg.EventLoops)
+	}
 	if cfg.ParkIdleAfter > 0 {
 		s.park = idlepark.New(func(nc net.Conn, fresh bool) {
 			if c := s.unpark(nc, fresh); c != nil {
@@ -253,6 +270,29 @@ func (s *Server) unpark(nc net.Conn, fresh bool) *fastConn {
 // Parked returns the number of parked idle connections (see ServerConfig.ParkIdleAfter).
 func (s *Server) Parked() int { return s.park.Len() }
 
+// Looped returns the number of client connections the Server's event loops hold.
+func (s *Server) Looped() int { return s.loops.count() }
+
+// resumeFromLoop serves c, which an event loop handed back with pending (bytes read from the
+// client) and in (the request it began, or nil), on this goroutine.
+func (s *Server) resumeFromLoop(c *fastConn, pending []byte, in *inflight) {
+	nc, err := idlepark.Attach(c.ls.fd, c.ls.w)
+	c.ls.fd, c.ls.w = -1, nil
+	if err != nil {
+		if in != nil {
+			in.abandon(s)
+		}
+		s.forget(c)
+		return
+	}
+	c.mu.Lock()
+	c.nc, c.inLoop = nc, false
+	c.mu.Unlock()
+	c.rd = h1.NewReader(nc, 2048, c.maxHead())
+	c.rd.Preload(pending)
+	c.run(in)
+}
+
 // Shutdown stops the listeners, closes idle fast-path connections (a connection that has not
 // sent its first request yet is still answered), waits for the fast path's requests to end and
 // shuts down the net/http server of the handed-off connections (http.Server.Shutdown). It does
@@ -271,6 +311,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	// Parked connections come back: the idle ones are closed, a new one that has not sent its
 	// first request yet may still send it.
+	s.loops.shutdown()
 	s.park.Drain(func(nc net.Conn, fresh bool) {
 		if c := s.unpark(nc, fresh); c != nil {
 			go c.serve()
@@ -313,6 +354,7 @@ func (s *Server) Close() error {
 	s.handoff.close()
 	err := s.slow.Close()
 	s.closeConns()
+	s.loops.close()
 	_ = s.park.Close()
 	s.pool.Close()
 	return err
@@ -321,9 +363,14 @@ func (s *Server) Close() error {
 func (s *Server) closeConns() {
 	s.mu.Lock()
 	for c := range s.conns {
-		_ = c.nc.Close()
+		c.mu.Lock()
+		if !c.inLoop {
+			_ = c.nc.Close()
+		}
+		c.mu.Unlock()
 	}
 	s.mu.Unlock()
+	s.loops.close()
 }
 
 func (s *Server) forget(c *fastConn) {

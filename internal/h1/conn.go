@@ -133,3 +133,23 @@ func (c *replayConn) CloseWrite() error {
 	}
 	return nil
 }
+
+// Preload puts p (bytes already read from the connection) in front of what Fill reads next.
+func (b *Reader) Preload(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if b.buf == nil && len(p) <= b.size {
+		if pool := bufPools[b.size]; pool != nil {
+			if pb, ok := pool.Get().(*[]byte); ok {
+				b.buf = *pb
+			}
+		}
+	}
+	if len(b.buf)-b.w < len(p) {
+		nb := make([]byte, max(b.size, b.w-b.r+len(p)))
+		b.w = copy(nb, b.buf[b.r:b.w])
+		b.r, b.buf = 0, nb
+	}
+	b.w += copy(b.buf[b.w:], p)
+}

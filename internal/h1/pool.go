@@ -120,3 +120,11 @@ func (p *Pool) Close() {
 		}
 	}
 }
+
+// NewBackend returns a Backend for c, a connection to addr that Pool.Put may keep, with
+// buffered (bytes already read from it) in front.
+func (p *Pool) NewBackend(c net.Conn, addr string, buffered []byte, reused bool) *Backend {
+	b := &Backend{Reader: NewReader(c, 4096, p.maxHead), addr: addr, Reused: reused}
+	b.Preload(buffered)
+	return b
+}

@@ -27,3 +27,9 @@ func (s *Set[T]) Drain(f func(c net.Conn, v T)) {}
 
 // Close does nothing.
 func (s *Set[T]) Close() error { return nil }
+
+// Detach is Linux-only: elsewhere it returns ErrNotParkable.
+func Detach(net.Conn) (int, Rewrapper, error) { return -1, nil, ErrNotParkable }
+
+// Attach is Linux-only: elsewhere it returns ErrNotParkable.
+func Attach(int, Rewrapper) (net.Conn, error) { return nil, ErrNotParkable }

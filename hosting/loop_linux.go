@@ -86,7 +86,8 @@ type loopState struct {
 	rt        *route
 	trusted   bool
 	div       *Diversion // the request is forwarded as it says
-	divAsked  *Diversion // Divert's answer, for a hand-back
+	divAsked  Diversion  // Divert's answer (div points here for a forward)
+	asked     bool       // divAsked holds it, for a hand-back
 	tl        *timerList
 	tnext     *fastConn
 	tprev     *fastConn
@@ -506,8 +507,11 @@ func (l *evloop) handBack(c *fastConn) {
 		c.ls.entered = false
 		l.s.h.drain.Exit()
 	}
-	c.div = c.ls.divAsked
-	c.ls.divAsked = nil
+	if c.ls.asked {
+		d := c.ls.divAsked
+		c.div = &d
+	}
+	c.ls.divAsked, c.ls.asked = Diversion{}, false
 	if c.ls.slot >= 0 {
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.ls.fd, nil)
 	}
@@ -523,7 +527,11 @@ func (l *evloop) handBack(c *fastConn) {
 // with err before anything was sent): the goroutine reads the answer, or retries.
 func (l *evloop) handBackInflight(c *fastConn, err error, retry bool) {
 	pending := append([]byte(nil), c.ls.buf[c.ls.r:c.ls.wr]...) // the head, and what followed it
-	in := &inflight{st: c.ls.st, rt: c.ls.rt, trusted: c.ls.trusted, err: err, retry: retry, div: c.ls.div}
+	in := &inflight{st: c.ls.st, rt: c.ls.rt, trusted: c.ls.trusted, err: err, retry: retry}
+	if c.ls.div != nil {
+		d := *c.ls.div
+		in.div = &d
+	}
 	var (
 		bfd      = -1
 		baddr    string
@@ -541,7 +549,7 @@ func (l *evloop) handBackInflight(c *fastConn, err error, retry bool) {
 		l.closeBackend(b)
 	}
 	c.ls.active, c.ls.entered = false, false // the goroutine finishes the request and exits the tracker
-	c.ls.div, c.ls.divAsked = nil, nil
+	c.ls.div, c.ls.divAsked, c.ls.asked = nil, Diversion{}, false
 	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.ls.fd, nil)
 	l.release(c)
 	l.s.wg.Add(1)
@@ -658,8 +666,8 @@ func (l *evloop) begin(c *fastConn, n int) {
 			l.handBack(c) // Divert may wait: not on the loop
 			return
 		}
-		dv := s.cfg.Divert(c.peerA, host, string(req.Method), string(req.Target))
-		c.ls.divAsked = &dv
+		c.ls.divAsked, c.ls.asked = s.cfg.Divert(c.peerA, host, string(req.Method), string(req.Target)), true
+		dv := &c.ls.divAsked
 		switch {
 		case dv.Handoff:
 			l.handBack(c)
@@ -669,7 +677,7 @@ func (l *evloop) begin(c *fastConn, n int) {
 				l.handBack(c)
 				return
 			}
-			d = &dv
+			d = dv
 		}
 	}
 	now := time.Now()
@@ -1088,7 +1096,7 @@ func (l *evloop) finish(c *fastConn) {
 	}
 	putOut(c.ls.out)
 	c.ls.out = nil
-	c.ls.div, c.ls.divAsked, c.ls.rt = nil, nil, nil
+	c.ls.div, c.ls.divAsked, c.ls.asked, c.ls.rt = nil, Diversion{}, false, nil
 	if c.req.Close || l.closing != loopRunning || l.s.closingFlag.Load() {
 		l.closeConn(c)
 		return

@@ -74,7 +74,7 @@ type serverCollector struct {
 
 func newServerCollector(s *Server) *serverCollector {
 	return &serverCollector{s: s, desc: prometheus.NewDesc("switchyard_hosting_client_connections",
-		"Fast-path client connections by state: serving (a request, or waiting for one with a goroutine), parked_warm and parked_cold (idle, see ServerConfig.ParkIdleAfter).",
+		"Fast-path client connections by state: serving (a request, or waiting for one with a goroutine), loop (held by an event loop, see ServerConfig.EventLoops), parked_warm and parked_cold (idle, see ServerConfig.ParkIdleAfter).",
 		[]string{"state"}, nil)}
 }
 
@@ -82,10 +82,12 @@ func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 	c.s.mu.Lock()
-	serving := len(c.s.conns)
+	all := len(c.s.conns)
 	c.s.mu.Unlock()
+	looped := c.s.loops.count()
 	warm, cold := c.s.park.Stats()
-	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(serving), "serving")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(max(all-looped, 0)), "serving")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(looped), "loop")
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(warm), "parked_warm")
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(cold), "parked_cold")
 }

@@ -104,7 +104,7 @@ func TestServerParksIdleConnections(t *testing.T) {
 		}
 		waitParked(t, s, n)
 		warm, cold := s.park.Stats()
-		require.Equal(t, map[string]float64{"serving": 0, "parked_warm": float64(warm), "parked_cold": float64(cold)}, connGauges(t, s))
+		require.Equal(t, map[string]float64{"serving": 0, "loop": 0, "parked_warm": float64(warm), "parked_cold": float64(cold)}, connGauges(t, s))
 		// Parked connections hold no goroutine each (a few of the Server's own stay).
 		require.Less(t, runtime.NumGoroutine(), n/2, "parked connections keep goroutines")
 

@@ -67,8 +67,8 @@ type ServerConfig struct {
 	// means one per GOMAXPROCS at NewServer; negative, none.
 	EventLoops int
 	// DivertInLoop says Divert answers from memory without waiting, so an event loop may call
-	// it. Without it, a Server with a Divert serves every request on a goroutine (a Divert that
-	// looks up a store over the network would stall every connection of a loop).
+	// it. Without it, a Server with a Divert has no event loops (a Divert that looks a tombstone
+	// up in a store over the network would stall every connection of a loop).
 	DivertInLoop bool
 }
 
@@ -175,7 +175,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.EventLoops == 0 {
 		cfg.EventLoops = runtime.GOMAXPROCS(0)
 	}
-	if cfg.EventLoops > 0 && loopsSupported {
+	if cfg.EventLoops > 0 && loopsSupported && (cfg.Divert == nil || cfg.DivertInLoop) {
 		s.loops = newLoops(s, cfg.EventLoops)
 	}
 	if cfg.ParkIdleAfter > 0 {

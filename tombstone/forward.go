@@ -90,6 +90,8 @@ type Forwarder struct {
 	cacheMu sync.Mutex
 	cache   map[string]cachedCluster
 
+	cdnLoop string // this cluster's CDN-Loop element
+
 	// drain tracks in-flight forwards and forwarded upgraded connections.
 	drain drain.Tracker
 }
@@ -137,6 +139,7 @@ func New(cfg Config) (*Forwarder, error) {
 		signer:  newHopSigner(cfg.Secret),
 		log:     cfg.Logger,
 		cache:   make(map[string]cachedCluster),
+		cdnLoop: "switchyard; cluster=" + cfg.Cluster,
 	}
 	if f.log == nil {
 		f.log = slog.Default()
@@ -234,6 +237,10 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, next http.Hand
 // failure answers), and hands everything else (the forwarder shutting down, a cluster URL that
 // cannot be had or is not plain HTTP) to Wrap. A request carrying a HopHeader never reaches
 // it: the fast path hands every Switchyard-* field to net/http, where Wrap sees it.
+//
+// Divert asks the Store (and, for a custom domain, the Resolver; for a cluster not cached, the
+// Clusters directory): set hosting.ServerConfig.DivertInLoop only when they answer from memory
+// (a MemStore, an in-process directory), so the Server's event loops may call it.
 func (f *Forwarder) Divert(_ netip.Addr, host, method, target string) hosting.Diversion {
 	ctx := context.Background()
 	stone, ok := f.lookup(ctx, host)
@@ -256,7 +263,7 @@ func (f *Forwarder) Divert(_ netip.Addr, host, method, target string) hosting.Di
 		URL: u,
 		Fields: []string{
 			HopHeader, f.signer.sign(via, f.cfg.Now(), host, method, target),
-			CDNLoopHeader, "switchyard; cluster=" + f.cfg.Cluster,
+			CDNLoopHeader, f.cdnLoop,
 		},
 		Done: func(err error, started bool) (int, string) {
 			defer f.drain.Exit()
@@ -364,7 +371,7 @@ func (f *Forwarder) rewrite(pr *httputil.ProxyRequest) {
 	revproxy.StripSwitchyardHeaders(pr.Out.Header)
 	revproxy.SetForwarded(pr, st.trusted)
 	pr.Out.Header.Set(HopHeader, f.signer.sign(st.via, f.cfg.Now(), pr.In.Host, pr.In.Method, pr.In.RequestURI))
-	pr.Out.Header.Add(CDNLoopHeader, "switchyard; cluster="+f.cfg.Cluster)
+	pr.Out.Header.Add(CDNLoopHeader, f.cdnLoop)
 }
 
 func (f *Forwarder) proxyError(_ http.ResponseWriter, r *http.Request, err error) {

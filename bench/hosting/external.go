@@ -91,7 +91,8 @@ func serveRole(role, page string, size int, cpuprofile string) error {
 				ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter})
 		case "forwarded":
 			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, Handler: h, Divert: st.fwd.Divert,
-				IdleTimeout: idleTimeout, ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter})
+				DivertInLoop: true, // a MemStore and an in-process directory
+				IdleTimeout:  idleTimeout, ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter})
 		}
 		if err != nil {
 			return err

@@ -615,7 +615,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert)
+	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert, false) // etcd's tombstone store
 	if err != nil {
 		return c, err
 	}

@@ -44,10 +44,16 @@ type fastConn struct {
 	parkable bool          // the Server parks it when it idles (see ServerConfig.ParkIdleAfter)
 	parkFor  time.Duration // with errPark: how long it may stay parked
 
-	loopable bool       // an event loop may take it between requests (see ServerConfig.EventLoops)
-	inLoop   bool       // an event loop has it (guarded by mu): its goroutine is gone
-	div      *Diversion // Divert's answer for the next request, asked already by an event loop
-	ls       loopState  // the event loop's state of it
+	loopable bool // an event loop may take it between requests (see ServerConfig.EventLoops)
+	inLoop   bool // an event loop has it (guarded by mu): its goroutine is gone
+	// loopSkip: requests its goroutine serves before a loop may take it again; loopMisses:
+	// hand-backs in a row (a client or app whose requests the loops do not serve, such as
+	// chunked answers or uploads, stays on its goroutine longer each time: a hand-back costs
+	// more than the loop saves).
+	loopSkip   int
+	loopMisses int
+	div        *Diversion // Divert's answer for the next request, asked already by an event loop
+	ls         loopState  // the event loop's state of it
 }
 
 // errPark is readHead's answer when the connection has idled for ParkIdleAfter: serve parks it.
@@ -101,7 +107,7 @@ func (c *fastConn) maxHead() int { return min(64<<10, c.s.cfg.MaxHeaderBytes+409
 // until the connection closes or leaves for the park set, an event loop or net/http.
 func (c *fastConn) run(in *inflight) {
 	for {
-		if in == nil && c.loopable && !c.fresh && len(c.rd.Buffered()) == 0 && !c.closing() {
+		if in == nil && c.loopable && !c.fresh && len(c.rd.Buffered()) == 0 && !c.closing() && c.loopSkip == 0 {
 			// Between requests: an event loop waits for the next one (see loop_linux.go).
 			c.rd.Release()
 			if c.s.loops.adopt(c) {
@@ -135,6 +141,9 @@ func (c *fastConn) run(in *inflight) {
 			return
 		}
 		if verdict == h1.OK {
+			if c.loopSkip > 0 && in == nil {
+				c.loopSkip--
+			}
 			c.out = getOut()
 			act := c.serveRequest(n, in)
 			in = nil
@@ -163,6 +172,16 @@ func (c *fastConn) run(in *inflight) {
 		c.s.handoff.push(c.rd.Detach())
 		return
 	}
+}
+
+// maxLoopSkip bounds fastConn.loopSkip.
+const maxLoopSkip = 64
+
+// missedLoop counts a hand-back from a loop: the goroutine keeps the connection for the next
+// 1, 2, 4, … (at most maxLoopSkip) requests.
+func (c *fastConn) missedLoop() {
+	c.loopSkip = min(1<<min(c.loopMisses, 6), maxLoopSkip)
+	c.loopMisses++
 }
 
 // close closes the connection and gives its read buffer to the next.

@@ -233,17 +233,20 @@ func (l *evloop) adopt(c *fastConn) bool {
 		return true
 	}
 	l.adds = append(l.adds, c)
-	wake := len(l.adds) == 1
-	l.mu.Unlock()
-	if wake {
+	if len(l.adds) == 1 {
 		l.wake()
 	}
+	l.mu.Unlock()
 	return true
 }
 
+// wake makes the loop look at its adds and state. Called with l.mu held: the loop closes the
+// eventfd (and forgets it) under l.mu, so a stale descriptor is never written.
 func (l *evloop) wake() {
-	one := uint64(1)
-	_, _ = unix.Write(l.evfd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	if l.evfd >= 0 {
+		one := uint64(1)
+		_, _ = unix.Write(l.evfd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	}
 }
 
 func (l *evloop) stop(state int) {
@@ -251,11 +254,8 @@ func (l *evloop) stop(state int) {
 	if state > l.state {
 		l.state = state
 	}
-	started := l.started
+	l.wake()
 	l.mu.Unlock()
-	if started {
-		l.wake()
-	}
 }
 
 // start creates the epoll set and the loop goroutine. Called with l.mu held.
@@ -369,7 +369,10 @@ func (l *evloop) closeAll() {
 			l.closeBackend(b)
 		}
 	}
+	l.mu.Lock()
 	_ = unix.Close(l.evfd)
+	l.evfd = -1
+	l.mu.Unlock()
 	_ = l.ep.Close()
 }
 
@@ -511,6 +514,7 @@ func (l *evloop) handBack(c *fastConn) {
 		d := c.ls.divAsked
 		c.div = &d
 	}
+	c.missedLoop()
 	c.ls.divAsked, c.ls.asked = Diversion{}, false
 	if c.ls.slot >= 0 {
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.ls.fd, nil)
@@ -550,6 +554,7 @@ func (l *evloop) handBackInflight(c *fastConn, err error, retry bool) {
 	}
 	c.ls.active, c.ls.entered = false, false // the goroutine finishes the request and exits the tracker
 	c.ls.div, c.ls.divAsked, c.ls.asked = nil, Diversion{}, false
+	c.missedLoop()
 	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.ls.fd, nil)
 	l.release(c)
 	l.s.wg.Add(1)
@@ -742,7 +747,7 @@ func (l *evloop) connectAndSend(c *fastConn, ap netip.AddrPort, addr string) {
 				l.closeBackend(b)
 				continue
 			}
-			b.owner, b.reused = c, true
+			b.owner, b.reused, b.rdReady = c, true, false
 			c.ls.be = b
 			l.send(c)
 			return
@@ -908,7 +913,9 @@ func (l *evloop) send(c *fastConn) {
 	putOut(c.ls.msg)
 	c.ls.msg = nil
 	c.ls.off = 0
-	b.rdReady = false // an answer comes after the request: wait for it
+	if b.rdReady {
+		l.readAnswerHead(c) // it answered while the request was still going out
+	}
 }
 
 // readAnswerHead reads the answer's head and starts relaying it, or hands the exchange back
@@ -1090,6 +1097,7 @@ func (l *evloop) finish(c *fastConn) {
 		l.poolPut(b)
 	}
 	c.ls.active = false
+	c.loopMisses = 0
 	if c.ls.entered {
 		c.ls.entered = false
 		l.s.h.drain.Exit()

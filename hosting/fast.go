@@ -661,15 +661,21 @@ func (st *fastState) resume(t target, be *h1.Backend, head []byte) (action, erro
 // is small (a larger one is written on its own).
 func appendMessage(msg []byte, t target, head, body []byte) []byte {
 	msg = append(msg, head...)
+	msg = appendCredential(msg, t)
+	msg = append(msg, "\r\n"...)
+	if len(body) <= 16<<10 {
+		msg = append(msg, body...)
+	}
+	return msg
+}
+
+// appendCredential appends t's credential field, if it has one.
+func appendCredential(msg []byte, t target) []byte {
 	if t.cred != "" {
 		msg = append(msg, conman.HeaderCredential...)
 		msg = append(msg, ": "...)
 		msg = append(msg, t.cred...)
 		msg = append(msg, "\r\n"...)
-	}
-	msg = append(msg, "\r\n"...)
-	if len(body) <= 16<<10 {
-		msg = append(msg, body...)
 	}
 	return msg
 }

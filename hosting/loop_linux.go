@@ -200,7 +200,9 @@ type evloop struct {
 	tick    time.Duration
 	events  []unix.EpollEvent
 	spare   []*fastConn
-	closing int // the state the loop last saw
+	closing int      // the state the loop last saw
+	bufs    [][]byte // spare read buffers
+	outs    [][]byte // spare output buffers
 }
 
 func (l *evloop) adopt(c *fastConn) bool {
@@ -453,14 +455,14 @@ func (l *evloop) release(c *fastConn) {
 		l.cfree = append(l.cfree, c.ls.slot)
 		c.ls.slot = -1
 	}
-	putLoopBuf(c.ls.buf)
+	l.putBuf(c.ls.buf)
 	c.ls.buf = nil
 	if c.ls.out != nil {
-		putOut(c.ls.out)
+		l.putOut(c.ls.out)
 		c.ls.out = nil
 	}
 	if c.ls.msg != nil {
-		putOut(c.ls.msg)
+		l.putOut(c.ls.msg)
 		c.ls.msg = nil
 	}
 	l.n.Add(-1)
@@ -536,6 +538,9 @@ func (l *evloop) handBackInflight(c *fastConn, err error, retry bool) {
 		d := *c.ls.div
 		in.div = &d
 	}
+	if in.st.host == "" {
+		in.st.host = string(c.req.Host) // the head is still in c's buffer
+	}
 	var (
 		bfd      = -1
 		baddr    string
@@ -595,7 +600,7 @@ func (l *evloop) onClient(c *fastConn, events uint32) {
 func (l *evloop) readClient(c *fastConn) {
 	for {
 		if c.ls.buf == nil {
-			c.ls.buf = getLoopBuf()
+			c.ls.buf = l.getBuf()
 		}
 		if c.ls.wr == len(c.ls.buf) {
 			if c.ls.r > 0 {
@@ -604,7 +609,7 @@ func (l *evloop) readClient(c *fastConn) {
 			} else if max := c.maxHead(); len(c.ls.buf) < max {
 				nb := make([]byte, min(2*len(c.ls.buf), max))
 				copy(nb, c.ls.buf[:c.ls.wr])
-				putLoopBuf(c.ls.buf)
+				l.putBuf(c.ls.buf)
 				c.ls.buf = nb
 			} else {
 				l.handBack(c) // the head is too large: net/http answers 431
@@ -620,7 +625,7 @@ func (l *evloop) readClient(c *fastConn) {
 			c.ls.rdReady = false
 			if c.ls.r == c.ls.wr {
 				c.ls.r, c.ls.wr = 0, 0
-				putLoopBuf(c.ls.buf) // an idle connection holds no buffer
+				l.putBuf(c.ls.buf) // an idle connection holds no buffer
 				c.ls.buf = nil
 			}
 			return
@@ -664,9 +669,12 @@ func (l *evloop) begin(c *fastConn, n int) {
 		l.handBack(c) // a body; or draining: the goroutine answers 503
 		return
 	}
-	host := string(req.Host)
-	var d *Diversion
+	var (
+		d    *Diversion
+		host string // only when needed: the common request allocates nothing
+	)
 	if s.cfg.Divert != nil {
+		host = string(req.Host)
 		if !s.cfg.DivertInLoop {
 			l.handBack(c) // Divert may wait: not on the loop
 			return
@@ -699,7 +707,7 @@ func (l *evloop) begin(c *fastConn, n int) {
 			}
 			trusted = revproxy.AddrIn(c.peerA, h.cfg.TrustedProxies)
 		}
-		if rt = h.cachedRoute(host, now); rt == nil || rt.target.backend.Scheme != "http" {
+		if rt = h.cachedRouteBytes(req.Host, now); rt == nil || rt.target.backend.Scheme != "http" {
 			l.handBack(c) // the goroutine asks the directory and placement
 			return
 		}
@@ -721,16 +729,15 @@ func (l *evloop) begin(c *fastConn, n int) {
 	c.ls.active, c.ls.entered, c.ls.counted, c.ls.redialed = true, d == nil, false, false
 	c.ls.rt, c.ls.trusted, c.ls.div = rt, trusted, d
 	c.ls.st = fastState{c: c, id: newRequestIDBytes(), start: now, host: host, forward: d != nil, observeOK: d == nil}
-	var head []byte
+	msg := l.getOut()
 	if d == nil {
 		c.ls.st.repl, c.ls.st.vm = rt.repl, rt.target.vm
-		head = appendRequestHead(getOut(), req, c.peer, trusted, rt.repl.ID)
-		c.ls.msg = appendMessage(getOut(), rt.target, head, nil)
+		msg = appendRequestHead(msg, req, c.peer, trusted, rt.repl.ID)
+		msg = appendCredential(msg, rt.target)
 	} else {
-		head = appendForwardHead(getOut(), req, c.peer, d)
-		c.ls.msg = appendMessage(getOut(), target{}, head, nil)
+		msg = appendForwardHead(msg, req, c.peer, d)
 	}
-	putOut(head)
+	c.ls.msg = append(msg, "\r\n"...)
 	c.ls.off = 0
 	l.connectAndSend(c, ap, addr)
 }
@@ -824,7 +831,7 @@ func (l *evloop) closeBackend(b *loopBackend) {
 		_ = unix.Close(b.fd)
 		b.fd = -1
 	}
-	putLoopBuf(b.buf)
+	l.putBuf(b.buf)
 	b.buf, b.owner = nil, nil
 }
 
@@ -910,7 +917,7 @@ func (l *evloop) send(c *fastConn) {
 		}
 		c.ls.off += n
 	}
-	putOut(c.ls.msg)
+	l.putOut(c.ls.msg)
 	c.ls.msg = nil
 	c.ls.off = 0
 	if b.rdReady {
@@ -924,7 +931,7 @@ func (l *evloop) readAnswerHead(c *fastConn) {
 	b := c.ls.be
 	for {
 		if b.buf == nil {
-			b.buf = getLoopBuf()
+			b.buf = l.getBuf()
 		}
 		if b.w == len(b.buf) {
 			if b.r > 0 {
@@ -933,7 +940,7 @@ func (l *evloop) readAnswerHead(c *fastConn) {
 			} else if len(b.buf) < loopMaxRespHead {
 				nb := make([]byte, 2*len(b.buf))
 				copy(nb, b.buf[:b.w])
-				putLoopBuf(b.buf)
+				l.putBuf(b.buf)
 				b.buf = nb
 			} else {
 				l.handBackInflight(c, nil, false)
@@ -987,7 +994,7 @@ func (l *evloop) readAnswerHead(c *fastConn) {
 func (l *evloop) startRelay(c *fastConn, hn int, bodyAllowed bool) {
 	b := c.ls.be
 	st := &c.ls.st
-	out, _, _ := st.appendAnswerHead(getOut())
+	out, _, _ := st.appendAnswerHead(l.getOut())
 	b.r += hn
 	remain := int64(0)
 	if bodyAllowed {
@@ -1015,7 +1022,7 @@ func (l *evloop) pump(c *fastConn) {
 			if int64(cap(out)-len(out)) < c.ls.remain {
 				nb := make([]byte, len(out), len(out)+int(c.ls.remain))
 				copy(nb, out)
-				putOut(out)
+				l.putOut(out)
 				out = nb
 			}
 			want := out[len(out) : len(out)+int(c.ls.remain)]
@@ -1074,7 +1081,11 @@ func (l *evloop) pump(c *fastConn) {
 // interrupted ends an answer the backend broke off after it began.
 func (l *evloop) interrupted(c *fastConn, err error) {
 	st := &c.ls.st
-	l.s.h.log.Warn("hosting: response interrupted", "request_id", st.idString(), "host", st.host, "repl", st.repl.ID, "vm", st.vm, "err", err)
+	host := st.host
+	if host == "" {
+		host = string(c.req.Host) // still in c's buffer (nothing was read after it)
+	}
+	l.s.h.log.Warn("hosting: response interrupted", "request_id", st.idString(), "host", host, "repl", st.repl.ID, "vm", st.vm, "err", err)
 	if c.ls.div != nil {
 		c.ls.counted = true
 		c.ls.div.Done(err, true)
@@ -1102,7 +1113,7 @@ func (l *evloop) finish(c *fastConn) {
 		c.ls.entered = false
 		l.s.h.drain.Exit()
 	}
-	putOut(c.ls.out)
+	l.putOut(c.ls.out)
 	c.ls.out = nil
 	c.ls.div, c.ls.divAsked, c.ls.asked, c.ls.rt = nil, Diversion{}, false, nil
 	if c.req.Close || l.closing != loopRunning || l.s.closingFlag.Load() {
@@ -1118,7 +1129,7 @@ func (l *evloop) finish(c *fastConn) {
 	} else {
 		c.ls.r, c.ls.wr = 0, 0
 		if !c.ls.rdReady {
-			putLoopBuf(c.ls.buf)
+			l.putBuf(c.ls.buf)
 			c.ls.buf = nil
 			return
 		}
@@ -1129,7 +1140,7 @@ func (l *evloop) finish(c *fastConn) {
 // poolPut keeps an idle backend connection for the next request to its address.
 func (l *evloop) poolPut(b *loopBackend) {
 	b.owner, b.r, b.w = nil, 0, 0
-	putLoopBuf(b.buf)
+	l.putBuf(b.buf)
 	b.buf = nil
 	bs := l.pool[b.addr]
 	if len(bs) >= loopMaxIdle || l.closing != loopRunning {
@@ -1199,15 +1210,43 @@ func (l *evloop) expire() {
 	}
 }
 
-// Buffers.
+// Buffers: each loop keeps its own (it is one goroutine), so taking and giving one back
+// costs no allocation.
 
-var loopBufPool = sync.Pool{New: func() any { b := make([]byte, loopBuf); return &b }}
+// maxSpare bounds the buffers of each kind a loop keeps for later.
+const maxSpare = 256
 
-func getLoopBuf() []byte { return *loopBufPool.Get().(*[]byte) }
+// getBuf returns a read buffer of loopBuf bytes.
+func (l *evloop) getBuf() []byte {
+	if k := len(l.bufs); k > 0 {
+		b := l.bufs[k-1]
+		l.bufs = l.bufs[:k-1]
+		return b
+	}
+	return make([]byte, loopBuf)
+}
 
-func putLoopBuf(b []byte) {
-	if len(b) == loopBuf {
-		loopBufPool.Put(&b)
+// putBuf keeps b (a read buffer, or nil) for later.
+func (l *evloop) putBuf(b []byte) {
+	if len(b) == loopBuf && len(l.bufs) < maxSpare {
+		l.bufs = append(l.bufs, b)
+	}
+}
+
+// getOut returns an empty output buffer.
+func (l *evloop) getOut() []byte {
+	if k := len(l.outs); k > 0 {
+		b := l.outs[k-1]
+		l.outs = l.outs[:k-1]
+		return b
+	}
+	return make([]byte, 0, 4096)
+}
+
+// putOut keeps b (an output buffer, or nil) for later.
+func (l *evloop) putOut(b []byte) {
+	if cap(b) >= 4096 && cap(b) <= 64<<10 && len(l.outs) < maxSpare {
+		l.outs = append(l.outs, b[:0])
 	}
 }
 

@@ -59,6 +59,14 @@ func (c *routeCache) get(host string) *route {
 	return rt
 }
 
+// getBytes is get for a Host still in the request's buffer (no string is made for it).
+func (c *routeCache) getBytes(host []byte) *route {
+	c.mu.RLock()
+	rt := c.m[string(host)]
+	c.mu.RUnlock()
+	return rt
+}
+
 func (c *routeCache) put(host string, rt *route) {
 	c.mu.Lock()
 	if c.m == nil || len(c.m) >= maxRoutes {
@@ -90,11 +98,24 @@ func (h *Proxy) cachedRoute(host string, now time.Time) *route {
 	if h.cfg.RouteCacheTTL <= 0 {
 		return nil
 	}
+	return h.fresh(h.routes.get(host), now)
+}
+
+// cachedRouteBytes is cachedRoute for a Host still in the request's buffer.
+func (h *Proxy) cachedRouteBytes(host []byte, now time.Time) *route {
+	if h.cfg.RouteCacheTTL <= 0 {
+		return nil
+	}
+	return h.fresh(h.routes.getBytes(host), now)
+}
+
+// fresh returns rt if it may still be used at now, or nil.
+func (h *Proxy) fresh(rt *route, now time.Time) *route {
 	var version uint64
 	if h.dirVersion != nil {
 		version = h.dirVersion.Version()
 	}
-	if rt := h.routes.get(host); rt != nil && rt.version == version && now.Before(rt.expires) {
+	if rt != nil && rt.version == version && now.Before(rt.expires) {
 		return rt
 	}
 	return nil

@@ -92,6 +92,7 @@ type loopState struct {
 	tnext     *fastConn
 	tprev     *fastConn
 	tat       time.Duration // deadline, since the loop's epoch
+	idleSince time.Duration // since the loop's epoch, while idle
 }
 
 // loopBackend is a connection to conman (or another cluster) a loop owns.
@@ -294,8 +295,14 @@ func (l *evloop) start() error {
 	l.pool = make(map[string][]*loopBackend)
 	l.epoch = time.Now()
 	cfg := &l.s.cfg
-	l.tick = min(max(min(cfg.IdleTimeout, cfg.ReadHeaderTimeout)/8, time.Millisecond), 250*time.Millisecond)
-	l.idle.d, l.head.d, l.connect.d = cfg.IdleTimeout, cfg.ReadHeaderTimeout, loopConnectTimeout
+	// An idle connection stays in the loop for ParkColdAfter (when the Server parks), then goes
+	// to the park set, where it costs a descriptor and a few words.
+	l.idle.d = cfg.IdleTimeout
+	if l.s.park != nil && cfg.ParkColdAfter > 0 {
+		l.idle.d = min(cfg.IdleTimeout, cfg.ParkColdAfter)
+	}
+	l.head.d, l.connect.d = cfg.ReadHeaderTimeout, loopConnectTimeout
+	l.tick = min(max(min(l.idle.d, cfg.ReadHeaderTimeout)/8, time.Millisecond), 250*time.Millisecond)
 	l.events = make([]unix.EpollEvent, 128)
 	l.s.wg.Add(1)
 	go l.run(rc)
@@ -418,8 +425,7 @@ func (l *evloop) intake() {
 			l.handBack(c) // its goroutine serves it
 			continue
 		}
-		c.ls.state = lsIdle
-		l.setTimer(c, &l.idle)
+		l.goIdle(c)
 	}
 	clear(adds)
 	l.spare = adds[:0]
@@ -1120,8 +1126,7 @@ func (l *evloop) finish(c *fastConn) {
 		l.closeConn(c)
 		return
 	}
-	c.ls.state = lsIdle
-	l.setTimer(c, &l.idle)
+	l.goIdle(c)
 	if c.ls.r < c.ls.wr {
 		if !l.serve(c) || !c.ls.rdReady {
 			return
@@ -1149,6 +1154,30 @@ func (l *evloop) poolPut(b *loopBackend) {
 	}
 	b.idleAt = time.Since(l.epoch)
 	l.pool[b.addr] = append(bs, b)
+}
+
+// goIdle makes c wait for its next request.
+func (l *evloop) goIdle(c *fastConn) {
+	c.ls.state = lsIdle
+	c.ls.idleSince = time.Since(l.epoch)
+	l.setTimer(c, &l.idle)
+}
+
+// park gives c, idle in the loop for a while, to the Server's park set for at most rest more:
+// it wakes on a goroutine, which gives it back to a loop.
+func (l *evloop) park(c *fastConn, rest time.Duration) {
+	l.stopTimer(c)
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.ls.fd, nil)
+	if err := l.s.park.ParkFD(c.ls.fd, c.ls.w, rest, false); err != nil {
+		l.closeConn(c) // the park set is closed: the Server is closing
+		return
+	}
+	c.ls.fd, c.ls.w = -1, nil
+	l.release(c)
+	c.mu.Lock()
+	c.inLoop = false
+	c.mu.Unlock()
+	l.s.forget(c)
 }
 
 // Timers.
@@ -1194,7 +1223,12 @@ func (l *evloop) expire() {
 	_ = l.ep.SetReadDeadline(time.Time{})
 	now := time.Since(l.epoch)
 	for l.idle.head != nil && l.idle.head.ls.tat <= now {
-		l.closeConn(l.idle.head)
+		c := l.idle.head
+		if rest := l.s.cfg.IdleTimeout - (now - c.ls.idleSince); rest > 0 && l.closing == loopRunning {
+			l.park(c, rest)
+		} else {
+			l.closeConn(c)
+		}
 	}
 	for l.head.head != nil && l.head.head.ls.tat <= now {
 		l.closeConn(l.head.head) // as net/http: a head that is not complete in time is not answered

@@ -246,6 +246,47 @@ http {
 	return startPinned("nginx (apt-get install nginx-light)", cpu, addr, "nginx", "-e", "stderr", "-p", dir, "-c", cfg)
 }
 
+// startStaticNginx runs one nginx worker on cpu answering every request with size bytes: a
+// page whose own cost is small, so the proxies' weighs more.
+func startStaticNginx(tmp, cpu string, size int) (*proc, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(tmp, "nginx-page")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid %[1]s/nginx.pid;
+error_log stderr error;
+events { worker_connections 16000; }
+http {
+  access_log off;
+  keepalive_timeout 10m;
+  keepalive_requests 100000000;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  server {
+    listen %[2]s;
+    default_type text/plain;
+    location / { return 200 "%[3]s"; }
+  }
+}
+`, dir, addr, strings.Repeat("x", size))
+	cfg := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return startPinned("nginx (apt-get install nginx-light)", cpu, addr, "nginx", "-e", "stderr", "-p", dir, "-c", cfg)
+}
+
 // startHAProxy runs HAProxy with one thread on cpu in front of page, reusing server connections.
 func startHAProxy(tmp, cpu, page string) (*proc, error) {
 	addr, err := freeAddr()
@@ -341,9 +382,10 @@ var (
 
 // workload is what each wrk request does.
 type workload struct {
-	path   string // the request target
-	upload int    // bytes of a POST body; 0: GET
-	script string // the wrk Lua script (written by writeScript)
+	path     string // the request target
+	upload   int    // bytes of a POST body; 0: GET
+	pageImpl string // go or nginx
+	script   string // the wrk Lua script (written by writeScript)
 }
 
 // writeScript writes the wrk script of w: the method and body, and p99.9 in the output.
@@ -429,7 +471,18 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 	if err := w.writeScript(tmp); err != nil {
 		return err
 	}
-	page, err := startChild("page", loadCPU, "-role", "page", "-size", strconv.Itoa(size))
+	var page *proc
+	switch w.pageImpl {
+	case "go":
+		page, err = startChild("page", loadCPU, "-role", "page", "-size", strconv.Itoa(size))
+	case "nginx":
+		if w.upload > 0 || w.path != "/" {
+			return errors.New("-page-impl nginx answers GET / only")
+		}
+		page, err = startStaticNginx(tmp, loadCPU, size)
+	default:
+		err = fmt.Errorf("unknown -page-impl %q", w.pageImpl)
+	}
 	if err != nil {
 		return err
 	}

@@ -67,6 +67,7 @@ func main() {
 	flag.DurationVar(&parkColdAfter, "park-cold-after", 0, "-external: hosting.ServerConfig.ParkColdAfter of the hosting and forwarded targets (0: its default)")
 	serverCPU := flag.String("server-cpu", "0", "-external: the CPU the servers are pinned to")
 	loadCPU := flag.String("load-cpu", "1", "-external: the CPU wrk and the page are pinned to")
+	pageImpl := flag.String("page-impl", "go", "-external: the page: go (a Go net/http server, as issue 20 specifies) or nginx (a static nginx answer, GET only: the proxies' own cost weighs more)")
 	role := flag.String("role", "", "internal: serve one -external target (page, hosting, forwarded)")
 	page := flag.String("page", "", "internal: the page's URL, for -role hosting and forwarded")
 	flag.Parse()
@@ -78,7 +79,7 @@ func main() {
 		return
 	}
 	if *external {
-		w := &workload{path: *path, upload: *upload}
+		w := &workload{path: *path, upload: *upload, pageImpl: *pageImpl}
 		if err := runExternal(*rounds, *duration, *conns, *size, strings.Split(*targets, ","), *serverCPU, *loadCPU, *cpuprofile, w, *idle); err != nil {
 			fmt.Fprintln(os.Stderr, "hosting:", err)
 			os.Exit(1)

@@ -122,6 +122,37 @@ func (s *Set[T]) Park(c net.Conn, timeout time.Duration, v T) error {
 	return nil
 }
 
+// ParkFD parks a socket held as a descriptor (as Detach returns it) inside w (or nil), cold
+// from the start: waking it makes a net.Conn for it as for any cold connection. On success the
+// Set owns fd and w; on an error (ErrNotParkable, ErrClosed, a system error) the caller keeps
+// them.
+func (s *Set[T]) ParkFD(fd int, w Rewrapper, timeout time.Duration, v T) error {
+	if s == nil || timeout <= 0 || fd < 0 {
+		return ErrNotParkable
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if err := s.start(); err != nil {
+		return err
+	}
+	s.gen++
+	e := &entry[T]{fd: int32(fd), gen: s.gen, w: w, v: v}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: e.fd, Pad: int32(e.gen)}
+	if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	now := time.Since(s.base)
+	s.entries[e.fd] = e
+	s.cold++
+	e.deadline = now + timeout
+	s.listFor(timeout).push(e, false)
+	s.arm(e.deadline)
+	return nil
+}
+
 // Len returns the number of parked connections.
 func (s *Set[T]) Len() int {
 	warm, cold := s.Stats()

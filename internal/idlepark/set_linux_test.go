@@ -502,3 +502,58 @@ func benchParkedHeap(b *testing.B, cold bool) {
 	b.ReportMetric(float64(int64(after)-int64(before))/float64(b.N), "heap-B/conn")
 	runtime.KeepAlive(clients)
 }
+
+// TestParkFD: a socket parked as a descriptor (Detach's) wakes as a cold one does, inside its
+// wrapper; an expired one is closed, wrapper and all; Attach gives a descriptor back as a
+// net.Conn.
+func TestParkFD(t *testing.T) {
+	ln := listen(t)
+	s, ch := newSet(t, -1)
+	var open atomic.Int32
+	wrap := func(c net.Conn) *counted { open.Add(1); return &counted{Conn: c, open: &open} }
+
+	client, server := pair(t, ln)
+	fd, w, err := Detach(wrap(server))
+	require.NoError(t, err)
+	require.NotNil(t, w)
+	require.NoError(t, s.ParkFD(fd, w, time.Minute, 1))
+	require.Equal(t, 1, s.Len())
+	_, cold := s.Stats()
+	require.Equal(t, 1, cold, "parked cold from the start")
+	require.EqualValues(t, 1, open.Load())
+	_, err = client.Write([]byte("fd"))
+	require.NoError(t, err)
+	woke := wait(t, ch)
+	require.Same(t, w, woke.c.(Rewrapper), "the wrapper comes back")
+	require.Equal(t, "fd", readN(t, woke.c, 2))
+	_, err = woke.c.Write([]byte("ok"))
+	require.NoError(t, err)
+	require.Equal(t, "ok", readN(t, client, 2))
+	require.NoError(t, woke.c.Close())
+	require.EqualValues(t, 0, open.Load())
+
+	// Past its timeout it is closed: the client reads EOF, the wrapper is closed.
+	client2, server2 := pair(t, ln)
+	fd2, w2, err := Detach(wrap(server2))
+	require.NoError(t, err)
+	require.NoError(t, s.ParkFD(fd2, w2, 20*time.Millisecond, 2))
+	require.NoError(t, client2.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = client2.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF)
+	require.Eventually(t, func() bool { return open.Load() == 0 }, 10*time.Second, 5*time.Millisecond)
+
+	// Attach makes a net.Conn of a detached socket again; refusals leave the caller the socket.
+	client3, server3 := pair(t, ln)
+	fd3, _, err := Detach(server3)
+	require.NoError(t, err)
+	require.ErrorIs(t, s.ParkFD(fd3, nil, 0, 3), ErrNotParkable)
+	c3, err := Attach(fd3, nil)
+	require.NoError(t, err)
+	_, err = client3.Write([]byte("x"))
+	require.NoError(t, err)
+	require.Equal(t, "x", readN(t, c3, 1))
+	require.NoError(t, c3.Close())
+	require.NoError(t, s.Close())
+	_, _, err = Detach(plainConn{client3})
+	require.ErrorIs(t, err, ErrNotParkable)
+}

@@ -33,3 +33,6 @@ func Detach(net.Conn) (int, Rewrapper, error) { return -1, nil, ErrNotParkable }
 
 // Attach is Linux-only: elsewhere it returns ErrNotParkable.
 func Attach(int, Rewrapper) (net.Conn, error) { return nil, ErrNotParkable }
+
+// ParkFD parks nothing on this system.
+func (s *Set[T]) ParkFD(int, Rewrapper, time.Duration, T) error { return ErrNotParkable }

@@ -11,7 +11,12 @@
 // A Proxy is an http.Handler and can be served by any http.Server. Server serves it faster:
 // it takes the common HTTP/1.1 requests on a fast path of its own (internal/h1: a strict
 // parser, cached routes, pooled conman connections, spliced large bodies) and hands every other
-// connection to net/http serving the same Proxy, so both paths behave alike.
+// connection to net/http serving the same Proxy, so both paths behave alike. On Linux, between
+// requests a keep-alive connection leaves its goroutine for one of the Server's event loops:
+// epoll sets of their own, read only when a socket has bytes (Go's netpoller must try a read
+// before it waits, and most of those tries fail), which also serve the commonest requests
+// themselves and hand the rest back to a goroutine (ServerConfig.EventLoops). Connections idle
+// longer are parked as bare descriptors (ServerConfig.ParkIdleAfter).
 //
 // A Proxy never binds a port. Put tombstone's Forwarder in front of it (Forwarder.Wrap) so that
 // requests for repls that moved to another cluster are forwarded there, and call Proxy.Shutdown

@@ -1248,7 +1248,7 @@ func (l *evloop) expire() {
 // costs no allocation.
 
 // maxSpare bounds the buffers of each kind a loop keeps for later.
-const maxSpare = 256
+const maxSpare = 64
 
 // getBuf returns a read buffer of loopBuf bytes.
 func (l *evloop) getBuf() []byte {

@@ -72,6 +72,7 @@ type loopState struct {
 	buf       []byte // client bytes; nil when idle and empty
 	r, wr     int
 	rdReady   bool // the socket may have bytes (its last read filled the buffer, or an edge came)
+	eof       bool // the client's end was reported (EPOLLRDHUP): a short read does not mean empty
 	headLen   int  // the head being served is buf[r:r+headLen]
 	be        *loopBackend
 	msg       []byte // the request head for the backend; msg[off:] is unwritten
@@ -95,6 +96,10 @@ type loopState struct {
 	idleSince time.Duration // since the loop's epoch, while idle
 }
 
+// eofEvents report the peer's end: after them a read shorter than its buffer does not mean
+// the socket is empty (the end is still to be read), as nginx's pending_eof.
+const eofEvents = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+
 // loopBackend is a connection to conman (or another cluster) a loop owns.
 type loopBackend struct {
 	fd         int
@@ -106,6 +111,7 @@ type loopBackend struct {
 	connecting bool
 	reused     bool
 	rdReady    bool
+	eof        bool // the peer's end was reported (EPOLLRDHUP): a short read does not mean empty
 	idleAt     time.Duration
 }
 
@@ -584,6 +590,9 @@ func (l *evloop) handBackInflight(c *fastConn, err error, retry bool) {
 }
 
 func (l *evloop) onClient(c *fastConn, events uint32) {
+	if events&eofEvents != 0 {
+		c.ls.eof = true
+	}
 	switch c.ls.state {
 	case lsIdle, lsHead:
 		l.readClient(c)
@@ -640,7 +649,7 @@ func (l *evloop) readClient(c *fastConn) {
 			return
 		}
 		c.ls.wr += n
-		c.ls.rdReady = n == space
+		c.ls.rdReady = n == space || c.ls.eof
 		if !l.serve(c) || !c.ls.rdReady {
 			return
 		}
@@ -851,6 +860,9 @@ func (l *evloop) onBackend(b *loopBackend, events uint32) {
 		}
 		return
 	}
+	if events&eofEvents != 0 {
+		b.eof = true
+	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		b.rdReady = true
 	}
@@ -974,13 +986,13 @@ func (l *evloop) readAnswerHead(c *fastConn) {
 			return
 		}
 		if hn == 0 {
-			if n < space {
+			if n < space && !b.eof {
 				b.rdReady = false
 				return
 			}
 			continue
 		}
-		b.rdReady = n == space
+		b.rdReady = n == space || b.eof
 		resp := &c.resp
 		bodyAllowed := h1.BodyAllowed(c.req.Method, resp.Status)
 		switch {
@@ -1048,7 +1060,7 @@ func (l *evloop) pump(c *fastConn) {
 			default:
 				c.ls.out = out[:len(out)+n]
 				c.ls.remain -= int64(n)
-				b.rdReady = n == len(want)
+				b.rdReady = n == len(want) || b.eof
 			}
 		}
 		if c.ls.remain == 0 && !c.ls.counted {
@@ -1108,7 +1120,7 @@ func (l *evloop) clientLeft(c *fastConn) {
 func (l *evloop) finish(c *fastConn) {
 	b := c.ls.be
 	c.ls.be = nil
-	if c.resp.Close || b.r != b.w {
+	if c.resp.Close || b.r != b.w || b.eof {
 		l.closeBackend(b)
 	} else {
 		l.poolPut(b)

@@ -57,31 +57,6 @@ func loopApp(release <-chan struct{}, blocked chan<- struct{}) http.Handler {
 	})
 }
 
-type loopFixture struct {
-	f    *testFixture
-	s    *Server
-	addr string
-}
-
-func newLoopServer(t *testing.T, app http.Handler, mod func(*ServerConfig), wrap func(net.Listener) net.Listener) *loopFixture {
-	t.Helper()
-	f := newTestFixture(t, app, nil)
-	cfg := ServerConfig{Proxy: f.h}
-	if mod != nil {
-		mod(&cfg)
-	}
-	s, err := NewServer(cfg)
-	require.NoError(t, err)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	if wrap != nil {
-		l = wrap(l)
-	}
-	serveFast(t, s, l, nil)
-	return &loopFixture{f: f, s: s, addr: addr}
-}
-
 // inLoop makes c's connection go to a loop: one request, then it waits until the Server's loops
 // hold want connections.
 func (lf *loopFixture) inLoop(t *testing.T, c *client, want int) {

@@ -17,6 +17,7 @@ import (
 	"github.com/switchyard-dev/switchyard/conman"
 	"github.com/switchyard-dev/switchyard/internal/h1"
 	"github.com/switchyard-dev/switchyard/internal/idlepark"
+	"github.com/switchyard-dev/switchyard/internal/rawio"
 	"github.com/switchyard-dev/switchyard/internal/revproxy"
 )
 
@@ -325,7 +326,7 @@ func (l *evloop) run(rc syscall.RawConn) {
 		// that first look wakes it.
 		err := rc.Read(func(uintptr) bool {
 			for {
-				n, errno := epollWait(l.epfd, l.events, 0)
+				n, errno := rawio.EpollWait(l.epfd, l.events, 0)
 				if errno == unix.EINTR {
 					continue
 				}
@@ -394,7 +395,7 @@ func (l *evloop) closeAll() {
 func (l *evloop) dispatch(ev *unix.EpollEvent) {
 	if ev.Fd < 0 {
 		var b [8]byte
-		_, _ = rawRead(l.evfd, b[:])
+		_, _ = rawio.Read(l.evfd, b[:])
 		l.intake()
 		return
 	}
@@ -632,7 +633,7 @@ func (l *evloop) readClient(c *fastConn) {
 			}
 		}
 		space := len(c.ls.buf) - c.ls.wr
-		n, errno := rawRead(c.ls.fd, c.ls.buf[c.ls.wr:])
+		n, errno := rawio.Read(c.ls.fd, c.ls.buf[c.ls.wr:])
 		switch {
 		case errno == unix.EINTR:
 			continue
@@ -913,7 +914,7 @@ func (l *evloop) unpool(b *loopBackend) {
 func (l *evloop) send(c *fastConn) {
 	b := c.ls.be
 	for c.ls.off < len(c.ls.msg) {
-		n, errno := rawWrite(b.fd, c.ls.msg[c.ls.off:])
+		n, errno := rawio.Write(b.fd, c.ls.msg[c.ls.off:])
 		switch {
 		case errno == unix.EINTR:
 			continue
@@ -966,7 +967,7 @@ func (l *evloop) readAnswerHead(c *fastConn) {
 			}
 		}
 		space := len(b.buf) - b.w
-		n, errno := rawRead(b.fd, b.buf[b.w:])
+		n, errno := rawio.Read(b.fd, b.buf[b.w:])
 		switch {
 		case errno == unix.EINTR:
 			continue
@@ -1044,7 +1045,7 @@ func (l *evloop) pump(c *fastConn) {
 				out = nb
 			}
 			want := out[len(out) : len(out)+int(c.ls.remain)]
-			n, errno := rawRead(b.fd, want)
+			n, errno := rawio.Read(b.fd, want)
 			switch {
 			case errno == unix.EINTR:
 				continue
@@ -1073,7 +1074,7 @@ func (l *evloop) pump(c *fastConn) {
 			}
 		}
 		for c.ls.off < len(c.ls.out) {
-			n, errno := rawWrite(c.ls.fd, c.ls.out[c.ls.off:])
+			n, errno := rawio.Write(c.ls.fd, c.ls.out[c.ls.off:])
 			switch {
 			case errno == unix.EINTR:
 				continue
@@ -1294,22 +1295,4 @@ func (l *evloop) putOut(b []byte) {
 	if cap(b) >= 4096 && cap(b) <= 64<<10 && len(l.outs) < maxSpare {
 		l.outs = append(l.outs, b[:0])
 	}
-}
-
-// The raw system calls (no entersyscall: none of them blocks).
-
-func rawRead(fd int, p []byte) (int, syscall.Errno) {
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return int(r), e
-}
-
-func rawWrite(fd int, p []byte) (int, syscall.Errno) {
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return int(r), e
-}
-
-func epollWait(ep int, events []unix.EpollEvent, timeout int) (int, syscall.Errno) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), uintptr(timeout), 0, 0)
-	return int(r), e
 }

@@ -21,12 +21,32 @@ const parkGET = "GET /park HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n"
 // newParkServer serves a test Proxy with a Server configured by mod, on a listener wrap may wrap.
 func newParkServer(t *testing.T, mod func(*ServerConfig), wrap func(net.Listener) net.Listener) (*Server, string) {
 	t.Helper()
-	f := newTestFixture(t, echoApp, nil)
-	cfg := ServerConfig{Proxy: f.h, ParkIdleAfter: 20 * time.Millisecond, EventLoops: -1} // loop_test.go tests the loops
+	lf := newLoopServer(t, echoApp, func(c *ServerConfig) {
+		c.ParkIdleAfter, c.EventLoops = 20*time.Millisecond, -1 // loop_attack_test.go tests the loops
+		if mod != nil {
+			mod(c)
+		}
+	}, wrap)
+	return lf.s, lf.addr
+}
+
+// loopFixture is a test Proxy served by a Server.
+type loopFixture struct {
+	f    *testFixture
+	s    *Server
+	addr string
+}
+
+// newLoopServer serves a test Proxy in front of app with a Server configured by mod, on a
+// listener wrap may wrap.
+func newLoopServer(t *testing.T, app http.Handler, mod func(*ServerConfig), wrap func(net.Listener) net.Listener) *loopFixture {
+	t.Helper()
+	f := newTestFixture(t, app, nil)
+	cfg := ServerConfig{Proxy: f.h}
 	if mod != nil {
 		mod(&cfg)
 	}
-	fs, err := NewServer(cfg)
+	s, err := NewServer(cfg)
 	require.NoError(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -34,8 +54,8 @@ func newParkServer(t *testing.T, mod func(*ServerConfig), wrap func(net.Listener
 	if wrap != nil {
 		l = wrap(l)
 	}
-	serveFast(t, fs, l, nil)
-	return fs, addr
+	serveFast(t, s, l, nil)
+	return &loopFixture{f: f, s: s, addr: addr}
 }
 
 // client is a keep-alive connection to a Server.

@@ -88,11 +88,11 @@ func serveRole(role, page string, size int, cpuprofile string) error {
 		switch role {
 		case "hosting":
 			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, IdleTimeout: idleTimeout,
-				ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter})
+				ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter, EventLoops: eventLoops})
 		case "forwarded":
 			fast, err = hosting.NewServer(hosting.ServerConfig{Proxy: st.hosting, Handler: h, Divert: st.fwd.Divert,
 				DivertInLoop: true, // a MemStore and an in-process directory
-				IdleTimeout:  idleTimeout, ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter})
+				IdleTimeout:  idleTimeout, ParkIdleAfter: parkIdleAfter, ParkColdAfter: parkColdAfter, EventLoops: eventLoops})
 		}
 		if err != nil {
 			return err
@@ -205,6 +205,42 @@ func startNginx(tmp, cpu, page string, conns int, headers bool) (*proc, error) {
       proxy_set_header Switchyard-Repl "r1";
       add_header X-Request-Id $request_id;`
 	}
+	return runNginx(dir, cpu, addr, fmt.Sprintf(`
+  upstream page { server %[1]s; keepalive %[3]d; }
+  server {
+    listen %[2]s;
+    location / {
+      proxy_pass http://page;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      # Stream large bodies both ways, as the Go targets do, instead of spooling them to disk.
+      proxy_request_buffering off;
+      proxy_max_temp_file_size 0;
+      client_max_body_size 0;%[4]s
+    }
+  }`, page, addr, 2*conns, extra))
+}
+
+// startStaticNginx runs one nginx worker on cpu answering every request with size bytes: a
+// page whose own cost is small, so the proxies' weighs more.
+func startStaticNginx(tmp, cpu string, size int) (*proc, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	return runNginx(filepath.Join(tmp, "nginx-page"), cpu, addr, fmt.Sprintf(`
+  keepalive_requests 100000000;
+  server {
+    listen %s;
+    default_type text/plain;
+    location / { return 200 "%s"; }
+  }`, addr, strings.Repeat("x", size)))
+}
+
+// runNginx runs one nginx worker on cpu in dir, listening on addr, with http (server blocks)
+// in its http block.
+func runNginx(dir, cpu, addr, http string) (*proc, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -222,64 +258,9 @@ http {
   proxy_temp_path %[1]s/proxy;
   fastcgi_temp_path %[1]s/fastcgi;
   uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  upstream page { server %[2]s; keepalive %[4]d; }
-  server {
-    listen %[3]s;
-    location / {
-      proxy_pass http://page;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      # Stream large bodies both ways, as the Go targets do, instead of spooling them to disk.
-      proxy_request_buffering off;
-      proxy_max_temp_file_size 0;
-      client_max_body_size 0;%[5]s
-    }
-  }
+  scgi_temp_path %[1]s/scgi;%[2]s
 }
-`, dir, page, addr, 2*conns, extra)
-	cfg := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		return nil, err
-	}
-	return startPinned("nginx (apt-get install nginx-light)", cpu, addr, "nginx", "-e", "stderr", "-p", dir, "-c", cfg)
-}
-
-// startStaticNginx runs one nginx worker on cpu answering every request with size bytes: a
-// page whose own cost is small, so the proxies' weighs more.
-func startStaticNginx(tmp, cpu string, size int) (*proc, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	dir := filepath.Join(tmp, "nginx-page")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	conf := fmt.Sprintf(`daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid %[1]s/nginx.pid;
-error_log stderr error;
-events { worker_connections 16000; }
-http {
-  access_log off;
-  keepalive_timeout 10m;
-  keepalive_requests 100000000;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  server {
-    listen %[2]s;
-    default_type text/plain;
-    location / { return 200 "%[3]s"; }
-  }
-}
-`, dir, addr, strings.Repeat("x", size))
+`, dir, http)
 	cfg := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -495,7 +476,8 @@ func runExternal(rounds int, duration time.Duration, conns, size int, targets []
 		case "direct":
 			continue
 		case "hosting", "hosting-handler", "forwarded":
-			args := []string{"-role", t, "-page", pageURL, "-park-idle-after", parkIdleAfter.String(), "-park-cold-after", parkColdAfter.String()}
+			args := []string{"-role", t, "-page", pageURL, "-park-idle-after", parkIdleAfter.String(), "-park-cold-after", parkColdAfter.String(),
+				"-event-loops", strconv.Itoa(eventLoops)}
 			if cpuprofile != "" {
 				args = append(args, "-cpuprofile", cpuprofile+"."+t)
 			}
@@ -631,7 +613,10 @@ func procRSS(pid int) (int64, error) {
 }
 
 // Flags of -idle and of the hosting targets.
-var idleSettle, parkIdleAfter, parkColdAfter time.Duration
+var (
+	idleSettle, parkIdleAfter, parkColdAfter time.Duration
+	eventLoops                               int
+)
 
 // idleTimeout closes idle keep-alive connections in every target (nginx's keepalive_timeout,
 // HAProxy's timeout client): long enough for -idle-settle.

@@ -64,6 +64,7 @@ func main() {
 	idle := flag.Int("idle", 0, "-external: instead of load, open this many idle keep-alive connections to each target and report memory per connection")
 	flag.DurationVar(&idleSettle, "idle-settle", 2*time.Second, "-external -idle: how long the connections stay idle before the server's memory is read (past 2 minutes, Go's periodic garbage collection has run)")
 	flag.DurationVar(&parkIdleAfter, "park-idle-after", 0, "-external: hosting.ServerConfig.ParkIdleAfter of the hosting and forwarded targets (0: its default)")
+	flag.IntVar(&eventLoops, "event-loops", 0, "-external: hosting.ServerConfig.EventLoops of the hosting and forwarded targets (0: one per GOMAXPROCS; -1: none)")
 	flag.DurationVar(&parkColdAfter, "park-cold-after", 0, "-external: hosting.ServerConfig.ParkColdAfter of the hosting and forwarded targets (0: its default)")
 	serverCPU := flag.String("server-cpu", "0", "-external: the CPU the servers are pinned to")
 	loadCPU := flag.String("load-cpu", "1", "-external: the CPU wrk and the page are pinned to")

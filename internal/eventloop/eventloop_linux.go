@@ -5,12 +5,13 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-dev/switchyard/internal/rawio"
 )
 
 // Config configures a Group.
@@ -208,7 +209,7 @@ func (l *loop) run(ep, ev int) {
 	l.intake(ep)
 	yielded := time.Now()
 	for {
-		n, errno := epollWait(ep, events, l.g.wait)
+		n, errno := rawio.EpollWait(ep, events, l.g.wait)
 		if n <= 0 || errno != 0 {
 			// A timeout, or a signal (the runtime's preemption, every stop-the-world). If
 			// GOMAXPROCS no longer leaves a P besides the loops, give the sessions back and stop.
@@ -222,7 +223,7 @@ func (l *loop) run(ep, ev int) {
 		for _, e := range events[:n] {
 			if e.Fd < 0 {
 				var b [8]byte
-				_, _ = read(ev, b[:])
+				_, _ = rawio.Read(ev, b[:])
 				l.intake(ep)
 				continue
 			}
@@ -342,7 +343,7 @@ func (l *loop) giveBack(s *Session, hb Handback, reason string) {
 // fromClient relays what the client sent.
 func (l *loop) fromClient(s *Session) {
 	buf := l.scratch[:clientRead]
-	n, errno := read(s.cfd, buf)
+	n, errno := rawio.Read(s.cfd, buf)
 	switch {
 	case errno == unix.EAGAIN:
 		return
@@ -368,7 +369,7 @@ func (l *loop) fromClient(s *Session) {
 // fromBackend reads what the backend sent.
 func (l *loop) fromBackend(s *Session) {
 	have := copy(l.scratch[:], s.partial)
-	n, errno := read(s.bfd, l.scratch[have:])
+	n, errno := rawio.Read(s.bfd, l.scratch[have:])
 	switch {
 	case errno == unix.EAGAIN:
 		return
@@ -409,7 +410,7 @@ func (l *loop) relayBack(s *Session, have int) {
 func writeAll(fd int, p []byte) int {
 	w := 0
 	for w < len(p) {
-		n, errno := write(fd, p[w:])
+		n, errno := rawio.Write(fd, p[w:])
 		if errno == unix.EINTR {
 			continue
 		}
@@ -419,23 +420,4 @@ func writeAll(fd int, p []byte) int {
 		w += n
 	}
 	return w
-}
-
-// The raw system calls (no entersyscall: the loop keeps its P). None blocks except the epoll
-// wait, and that for at most timeout milliseconds.
-
-func read(fd int, p []byte) (int, syscall.Errno) {
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return int(r), e
-}
-
-func write(fd int, p []byte) (int, syscall.Errno) {
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return int(r), e
-}
-
-func epollWait(ep int, events []unix.EpollEvent, timeout int) (int, syscall.Errno) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), uintptr(timeout), 0, 0)
-	return int(r), e
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -205,6 +206,7 @@ type evloop struct {
 	connect timerList
 	epoch   time.Time
 	armed   bool
+	tickAt  time.Time // when the armed deadline fires
 	tick    time.Duration
 	events  []unix.EpollEvent
 	spare   []*fastConn
@@ -325,7 +327,7 @@ func (l *evloop) run(rc syscall.RawConn) {
 		// (a zero-timeout epoll_wait); it waits only when f returns false, and every event after
 		// that first look wakes it.
 		err := rc.Read(func(uintptr) bool {
-			for {
+			for full := 1; ; full++ {
 				n, errno := rawio.EpollWait(l.epfd, l.events, 0)
 				if errno == unix.EINTR {
 					continue
@@ -342,6 +344,15 @@ func (l *evloop) run(rc syscall.RawConn) {
 				}
 				if n < len(l.events) {
 					return false
+				}
+				// More events wait (the set stays readable without a new edge, so the loop
+				// cannot wait for one): every few full batches let the rest of the program run,
+				// and keep the deadlines, however busy the loop is.
+				if full%8 == 0 {
+					runtime.Gosched()
+					if l.armed && time.Now().After(l.tickAt) {
+						l.expire()
+					}
 				}
 			}
 		})
@@ -1208,7 +1219,8 @@ func (l *evloop) setTimer(c *fastConn, tl *timerList) {
 	tl.tail = c
 	if !l.armed {
 		l.armed = true
-		_ = l.ep.SetReadDeadline(time.Now().Add(l.tick))
+		l.tickAt = time.Now().Add(l.tick)
+		_ = l.ep.SetReadDeadline(l.tickAt)
 	}
 }
 
@@ -1253,7 +1265,8 @@ func (l *evloop) expire() {
 	}
 	if l.idle.head != nil || l.head.head != nil || l.connect.head != nil {
 		l.armed = true
-		_ = l.ep.SetReadDeadline(time.Now().Add(l.tick))
+		l.tickAt = time.Now().Add(l.tick)
+		_ = l.ep.SetReadDeadline(l.tickAt)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -427,4 +428,31 @@ func TestLoopHeadTooLarge(t *testing.T) {
 	resp, _, err := c.read("GET")
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
+}
+
+// TestLoopHoldsNoGoroutines: connections in the loops hold no goroutine each, are counted as
+// state "loop", and are all served again.
+func TestLoopHoldsNoGoroutines(t *testing.T) {
+	lf := newLoopServer(t, loopApp(nil, nil), func(c *ServerConfig) { c.ParkIdleAfter = -1 }, nil) // none leaves for the park set
+	const n = 50
+	clients := make([]*client, n)
+	clients[0] = dialClient(t, lf.addr)
+	lf.inLoop(t, clients[0], 1) // the loops are running
+	before := runtime.NumGoroutine()
+	for i := 1; i < n; i++ {
+		clients[i] = dialClient(t, lf.addr)
+		lf.inLoop(t, clients[i], i+1)
+	}
+	assert.Less(t, runtime.NumGoroutine()-before, n/5, "connections in a loop keep goroutines")
+	assert.Equal(t, map[string]float64{"serving": 0, "loop": n, "parked_warm": 0, "parked_cold": 0}, connGauges(t, lf.s))
+	for i, c := range clients {
+		_, err := io.WriteString(c.c, fmt.Sprintf("GET /again/%d HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n", i))
+		require.NoError(t, err)
+	}
+	for i, c := range clients {
+		resp, body, err := c.read("GET")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, fmt.Sprintf("/again/%d|", i), echoPath(t, body))
+	}
 }

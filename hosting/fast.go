@@ -251,13 +251,12 @@ func (c *fastConn) readHead() (int, h1.Verdict, error) {
 // inflight is a request an event loop began and handed back: its head went to conman (or to
 // another cluster, with a Diversion) on be, or the first attempt failed with err.
 type inflight struct {
-	st      fastState // the request's id, start, host, repl, VM
-	rt      *route
-	trusted bool
-	be      *h1.Backend // nil with err
-	err     error
-	retry   bool       // with err: the request never reached conman
-	div     *Diversion // a forward
+	st    fastState // the request's id, start, host, repl, VM
+	rt    *route
+	be    *h1.Backend // nil with err
+	err   error
+	retry bool       // with err: the request never reached conman
+	div   *Diversion // a forward
 }
 
 // abandon gives up a request the loop handed back, as a client error.

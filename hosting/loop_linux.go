@@ -87,7 +87,6 @@ type loopState struct {
 	counted   bool  // the answer was counted (or the forward reported done)
 	st        fastState
 	rt        *route
-	trusted   bool
 	div       *Diversion // the request is forwarded as it says
 	divAsked  Diversion  // Divert's answer (div points here for a forward)
 	asked     bool       // divAsked holds it, for a hand-back
@@ -557,7 +556,7 @@ func (l *evloop) handBack(c *fastConn) {
 // with err before anything was sent): the goroutine reads the answer, or retries.
 func (l *evloop) handBackInflight(c *fastConn, err error, retry bool) {
 	pending := append([]byte(nil), c.ls.buf[c.ls.r:c.ls.wr]...) // the head, and what followed it
-	in := &inflight{st: c.ls.st, rt: c.ls.rt, trusted: c.ls.trusted, err: err, retry: retry}
+	in := &inflight{st: c.ls.st, rt: c.ls.rt, err: err, retry: retry}
 	if c.ls.div != nil {
 		d := *c.ls.div
 		in.div = &d
@@ -754,7 +753,7 @@ func (l *evloop) begin(c *fastConn, n int) {
 	l.stopTimer(c)
 	c.ls.state = lsBackend
 	c.ls.active, c.ls.entered, c.ls.counted, c.ls.redialed = true, d == nil, false, false
-	c.ls.rt, c.ls.trusted, c.ls.div = rt, trusted, d
+	c.ls.rt, c.ls.div = rt, d
 	c.ls.st = fastState{c: c, id: newRequestIDBytes(), start: now, host: host, forward: d != nil, observeOK: d == nil}
 	msg := l.getOut()
 	if d == nil {

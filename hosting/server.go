@@ -59,7 +59,7 @@ type ServerConfig struct {
 	// CPU more (a new net.Conn, see internal/idlepark). Zero means 1 s; negative never.
 	ParkColdAfter time.Duration
 	// Registerer, when set, receives switchyard_hosting_client_connections{state}: serving,
-	// parked_warm, parked_cold.
+	// loop, parked_warm, parked_cold.
 	Registerer prometheus.Registerer
 	// EventLoops is the number of event loops serving keep-alive connections between their
 	// requests, and their common requests (no body, a cached route, an answer of at most 64 KiB

@@ -377,7 +377,7 @@ func (c *fastConn) serveRequest(n int, in *inflight) action {
 		case in == nil || attempt > 1:
 			res, err = st.exchange(t, head, body, replayable)
 		case in.be != nil:
-			res, err = st.resume(t, in.be, head)
+			res, err = st.resume(t, in.be, head, body)
 		default:
 			res, err, st.retry = actClose, in.err, in.retry
 		}
@@ -556,7 +556,7 @@ func (c *fastConn) forward(n int, host string, d *Diversion, in *inflight) actio
 	case in == nil:
 		res, err = st.exchange(t, head, body, replayable)
 	case in.be != nil:
-		res, err = st.resume(t, in.be, head)
+		res, err = st.resume(t, in.be, head, body)
 	default:
 		res, err = actClose, in.err
 	}
@@ -648,12 +648,13 @@ func (st *fastState) exchange(t target, head, body []byte, replayable bool) (act
 	return st.roundTrip(t, be, msg, body, replayable, false)
 }
 
-// resume goes on with the request an event loop sent on be (head as exchange takes it).
-func (st *fastState) resume(t target, be *h1.Backend, head []byte) (action, error) {
+// resume goes on with the request an event loop sent on be (head and body as exchange takes
+// them; the loop sends only bodies within MaxReplayBody, which the caller has read again).
+func (st *fastState) resume(t target, be *h1.Backend, head, body []byte) (action, error) {
 	st.retry = false
-	msg := appendMessage(st.c.out[:0], t, head, nil)
+	msg := appendMessage(st.c.out[:0], t, head, body)
 	st.c.out = msg
-	return st.roundTrip(t, be, msg, nil, true, true)
+	return st.roundTrip(t, be, msg, body, true, true)
 }
 
 // appendMessage appends what goes to t: head, the credential, the empty line, and body when it

@@ -138,8 +138,12 @@ func TestLoopHandsBack(t *testing.T) {
 		status    int
 		check     func(t *testing.T, resp *http.Response, body string)
 	}{
-		{"body", "PUT /up HTTP/1.1\r\n" + host + "Content-Length: 3\r\n\r\nabc", 200,
+		{"small body (the loop's)", "PUT /up HTTP/1.1\r\n" + host + "Content-Length: 3\r\n\r\nabc", 200,
 			func(t *testing.T, _ *http.Response, body string) { assert.Equal(t, "/up|abc", echoPath(t, body)) }},
+		{"body over 16 KiB", "PUT /up HTTP/1.1\r\n" + host + "Content-Length: 20000\r\n\r\n" + strings.Repeat("u", 20000), 200,
+			func(t *testing.T, _ *http.Response, body string) {
+				assert.Equal(t, "/up|"+strings.Repeat("u", 20000), echoPath(t, body))
+			}},
 		{"chunked answer", "GET /chunked HTTP/1.1\r\n" + host + "\r\n", 200,
 			func(t *testing.T, _ *http.Response, body string) { assert.Equal(t, "part0;part1;part2;", body) }},
 		{"early hints", "GET /early HTTP/1.1\r\n" + host + "\r\n", 200,
@@ -196,12 +200,12 @@ func TestLoopRetriesOnAnotherVM(t *testing.T) {
 	c := dialClient(t, lf.addr)
 	lf.inLoop(t, c, 1) // the route, cached, names the VM that is about to drain
 	draining.Store(true)
-	_, err := io.WriteString(c.c, "GET /retried HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n")
+	_, err := io.WriteString(c.c, "POST /retried HTTP/1.1\r\nHost: blog.alice.repl.test\r\nContent-Length: 7\r\n\r\npayload")
 	require.NoError(t, err)
-	resp, body, err := c.read("GET")
+	resp, body, err := c.read("POST")
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
-	assert.Equal(t, "/retried|", echoPath(t, body), "served by the other VM")
+	assert.Equal(t, "/retried|payload", echoPath(t, body), "served by the other VM, body and all")
 	require.Positive(t, refused.Load(), "the loop sent it to the draining VM first")
 }
 
@@ -455,4 +459,22 @@ func TestLoopHoldsNoGoroutines(t *testing.T) {
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, fmt.Sprintf("/again/%d|", i), echoPath(t, body))
 	}
+}
+
+// TestLoopBodyArrivesLater: a body that did not come with its head is streamed by a goroutine;
+// the answer is the same.
+func TestLoopBodyArrivesLater(t *testing.T) {
+	lf := newLoopServer(t, loopApp(nil, nil), nil, nil)
+	c := dialClient(t, lf.addr)
+	lf.inLoop(t, c, 1)
+	_, err := io.WriteString(c.c, "POST /later HTTP/1.1\r\nHost: blog.alice.repl.test\r\nContent-Length: 10\r\n\r\nfirst")
+	require.NoError(t, err)
+	time.Sleep(20 * time.Millisecond) // the loop has the head and half the body
+	_, err = io.WriteString(c.c, "-half")
+	require.NoError(t, err)
+	resp, body, err := c.read("POST")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, body)
+	assert.Equal(t, "/later|first-half", echoPath(t, body))
+	require.Equal(t, http.StatusOK, c.get(parkGET))
 }

@@ -52,6 +52,7 @@ const (
 	loopBuf            = 4096     // a loop's read buffers
 	loopMaxBody        = 64 << 10 // larger answers are relayed by a goroutine
 	loopMaxRespHead    = 64 << 10 // larger answer heads too
+	loopMaxRequestBody = 16 << 10 // larger request bodies are sent by a goroutine
 	loopConnectTimeout = 30 * time.Second
 	loopBackendIdle    = 90 * time.Second // as h1.Pool's
 	loopMaxIdle        = 256              // idle conman connections kept per address
@@ -690,9 +691,20 @@ func (l *evloop) serve(c *fastConn) bool {
 // back.
 func (l *evloop) begin(c *fastConn, n int) {
 	s, h, req := l.s, l.s.h, &c.req
-	c.ls.headLen = n
-	if req.ContentLength > 0 || l.closing != loopRunning {
-		l.handBack(c) // a body; or draining: the goroutine answers 503
+	var body []byte
+	if req.ContentLength > 0 {
+		// A small body that came with its head is sent with it (and may be sent again: it is
+		// within MaxReplayBody); any other goes to a goroutine, which streams it.
+		if req.ContentLength > loopMaxRequestBody || req.ContentLength > h.cfg.MaxReplayBody ||
+			int64(c.ls.wr-c.ls.r-n) < req.ContentLength {
+			l.handBack(c)
+			return
+		}
+		body = c.ls.buf[c.ls.r+n : c.ls.r+n+int(req.ContentLength)]
+	}
+	c.ls.headLen = n + len(body) // the request: head and body
+	if l.closing != loopRunning {
+		l.handBack(c) // draining: the goroutine answers 503
 		return
 	}
 	var (
@@ -763,7 +775,8 @@ func (l *evloop) begin(c *fastConn, n int) {
 	} else {
 		msg = appendForwardHead(msg, req, c.peer, d)
 	}
-	c.ls.msg = append(msg, "\r\n"...)
+	msg = append(msg, "\r\n"...)
+	c.ls.msg = append(msg, body...)
 	c.ls.off = 0
 	l.connectAndSend(c, ap, addr)
 }

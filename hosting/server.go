@@ -62,8 +62,9 @@ type ServerConfig struct {
 	// loop, parked_warm, parked_cold.
 	Registerer prometheus.Registerer
 	// EventLoops is the number of event loops serving keep-alive connections between their
-	// requests, and their common requests (no body, a cached route, an answer of at most 64 KiB
-	// with a Content-Length), without a goroutine each (Linux only; see loop_linux.go). Zero
+	// requests, and their common requests (no body or a small one that came with the head, a
+	// cached route, an answer of at most 64 KiB with a Content-Length), without a goroutine each
+	// (Linux only; see loop_linux.go). Zero
 	// means one per GOMAXPROCS at NewServer; negative, none.
 	EventLoops int
 	// DivertInLoop says Divert answers from memory without waiting, so an event loop may call

@@ -39,6 +39,13 @@ func loopApp(release <-chan struct{}, blocked chan<- struct{}) http.Handler {
 				fmt.Fprintf(w, "part%d;", i)
 				w.(http.Flusher).Flush()
 			}
+		case strings.HasPrefix(r.URL.Path, "/chunked/"): // one write, no length: chunked, with trailers
+			var n int
+			_, _ = fmt.Sscanf(r.URL.Path, "/chunked/%d", &n)
+			w.Header().Set("Trailer", "X-Sum, Switchyard-Secret")
+			_, _ = io.WriteString(w, strings.Repeat("c", n))
+			w.Header().Set("X-Sum", fmt.Sprint(n))
+			w.Header().Set("Switchyard-Secret", "must not reach the client")
 		case r.URL.Path == "/early":
 			w.Header().Set("Link", "</a.css>; rel=preload")
 			w.WriteHeader(http.StatusEarlyHints)
@@ -477,4 +484,50 @@ func TestLoopBodyArrivesLater(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	assert.Equal(t, "/later|first-half", echoPath(t, body))
 	require.Equal(t, http.StatusOK, c.get(parkGET))
+}
+
+// TestLoopChunkedAnswers: chunked answers whole within 64 KiB are re-framed by the loop, with the
+// trailers the goroutine path passes (Switchyard-* dropped); longer ones are streamed by a
+// goroutine; each reads the same to the client. A malformed chunked body ends the connection
+// before the answer is complete.
+func TestLoopChunkedAnswers(t *testing.T) {
+	lf := newLoopServer(t, loopApp(nil, nil), nil, nil)
+	c := dialClient(t, lf.addr)
+	lf.inLoop(t, c, 1)
+	for _, n := range []int{3000, 10000, 60000, 200000, 3000} {
+		_, err := io.WriteString(c.c, fmt.Sprintf("GET /chunked/%d HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n", n))
+		require.NoError(t, err)
+		resp, body, err := c.read("GET")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, []string{"chunked"}, resp.TransferEncoding)
+		require.Equal(t, strings.Repeat("c", n), body)
+		assert.Equal(t, fmt.Sprint(n), resp.Trailer.Get("X-Sum"), "the app's trailer passes")
+		assert.Empty(t, resp.Trailer.Get("Switchyard-Secret"), "a Switchyard-* trailer does not")
+	}
+
+	bad := scriptedBackend(t, func(req string, w io.Writer) bool {
+		if strings.Contains(req, "/bad") {
+			_, _ = io.WriteString(w, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n\r\n")
+			return false
+		}
+		_, _ = io.WriteString(w, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+		return true
+	})
+	lf.f.placer.mu.Lock()
+	lf.f.placer.vms = []placement.VM{{ID: "raw", Addr: "http://" + bad}}
+	lf.f.placer.mu.Unlock()
+	lf.f.h.routes.forget("blog.alice.repl.test")
+	c = dialClient(t, lf.addr)
+	lf.inLoop(t, c, 1)
+	_, err := io.WriteString(c.c, "GET /good HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n")
+	require.NoError(t, err)
+	_, body, err := c.read("GET")
+	require.NoError(t, err)
+	require.Equal(t, "hello", body)
+	_, err = io.WriteString(c.c, "GET /bad HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n")
+	require.NoError(t, err)
+	if resp, body, err := c.read("GET"); err == nil {
+		t.Fatalf("a malformed chunked answer read as complete: %s %q", resp.Status, body)
+	}
 }

@@ -3,6 +3,8 @@ package hosting
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -1023,15 +1025,106 @@ func (l *evloop) readAnswerHead(c *fastConn) {
 		switch {
 		case resp.Status < 200, // 1xx first, or a switch without an Upgrade
 			c.ls.div == nil && (resp.Status == http.StatusUnauthorized || resp.Status == http.StatusBadGateway ||
-				resp.Status == http.StatusServiceUnavailable) && fieldValue(resp.Fields, conman.HeaderError) != nil,
-			bodyAllowed && (resp.ContentLength < 0 || resp.ContentLength > loopMaxBody):
+				resp.Status == http.StatusServiceUnavailable) && fieldValue(resp.Fields, conman.HeaderError) != nil:
 			l.handBackInflight(c, nil, false)
-			return
+		case bodyAllowed && resp.Chunked:
+			l.relayChunked(c, hn)
+		case bodyAllowed && (resp.ContentLength < 0 || resp.ContentLength > loopMaxBody):
+			l.handBackInflight(c, nil, false)
+		default:
+			l.startRelay(c, hn, bodyAllowed)
 		}
-		l.startRelay(c, hn, bodyAllowed)
 		return
 	}
 }
+
+// relayChunked writes a chunked answer, whose head is the first hn bytes of the backend's
+// buffer, when its whole body is there or comes without waiting (at most loopMaxBody bytes):
+// re-framed as h1.CopyChunked does on the goroutine path (Switchyard-* trailers dropped). A body
+// still to come goes, with everything read of it, to a goroutine, which streams it: the loop
+// never holds back part of a stream.
+func (l *evloop) relayChunked(c *fastConn, hn int) {
+	b := c.ls.be
+	for {
+		body := b.buf[b.r+hn : b.w]
+		src := h1.NewReader(eofConn{}, loopBuf, len(body)+1)
+		src.Preload(body)
+		dst := &bufConn{b: l.getOut()}
+		out := l.getOut()
+		st := &c.ls.st
+		err := h1.CopyChunked(dst, &out, src, func(name []byte) bool { return st.forward || !h1.IsSwitchyard(name) })
+		if err == nil {
+			used := len(body) - len(src.Buffered())
+			head, _, _ := st.appendAnswerHead(l.getOut())
+			head = append(head, dst.b...)
+			head = append(head, out...)
+			l.putOut(dst.b)
+			l.putOut(out)
+			b.r += hn + used
+			l.relay(c, head, 0)
+			return
+		}
+		l.putOut(dst.b)
+		l.putOut(out)
+		// Not all there (or not well formed: the goroutine finds out as it would). Read on
+		// only while the socket has more at once.
+		if !b.rdReady || b.w-b.r >= hn+loopMaxBody {
+			l.handBackInflight(c, nil, false)
+			return
+		}
+		if b.w == len(b.buf) {
+			nb := make([]byte, min(2*len(b.buf), b.r+hn+loopMaxBody+loopBuf))
+			b.w = copy(nb, b.buf[b.r:b.w])
+			b.r = 0
+			l.putBuf(b.buf)
+			b.buf = nb
+			if n, err := h1.ParseResponse(b.buf[:b.w], &c.resp); err != nil || n != hn {
+				l.handBackInflight(c, nil, false) // cannot happen: the same head
+				return
+			}
+		}
+		space := len(b.buf) - b.w
+		n, errno := rawio.Read(b.fd, b.buf[b.w:])
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN:
+			b.rdReady = false
+			l.handBackInflight(c, nil, false)
+			return
+		case errno != 0 || n <= 0:
+			l.handBackInflight(c, nil, false) // the goroutine reads the same end
+			return
+		}
+		b.w += n
+		b.rdReady = n == space || b.eof
+	}
+}
+
+// relay starts writing out (an answer's head and what is there of its body, remain bytes to
+// come from the backend) to the client.
+func (l *evloop) relay(c *fastConn, out []byte, remain int64) {
+	c.ls.remain = remain
+	c.ls.out, c.ls.off = out, 0
+	c.ls.r += c.ls.headLen // the request is the loop's to finish now
+	c.ls.headLen = 0
+	c.ls.state = lsRelay
+	c.ls.st.started = true
+	l.pump(c)
+}
+
+// bufConn is a net.Conn whose writes are kept (relayChunked's output); eofConn one whose reads
+// end at once. Only Write and Read are called on them.
+type bufConn struct {
+	net.Conn
+	b []byte
+}
+
+func (c *bufConn) Write(p []byte) (int, error) { c.b = append(c.b, p...); return len(p), nil }
+
+type eofConn struct{ net.Conn }
+
+func (eofConn) Read([]byte) (int, error) { return 0, io.EOF }
 
 // startRelay writes the answer, whose head is the first hn bytes of the backend's buffer.
 func (l *evloop) startRelay(c *fastConn, hn int, bodyAllowed bool) {
@@ -1046,13 +1139,7 @@ func (l *evloop) startRelay(c *fastConn, hn int, bodyAllowed bool) {
 	take := min(remain, int64(b.w-b.r))
 	out = append(out, b.buf[b.r:b.r+int(take)]...)
 	b.r += int(take)
-	c.ls.remain = remain - take
-	c.ls.out, c.ls.off = out, 0
-	c.ls.r += c.ls.headLen // the request is the loop's to finish now
-	c.ls.headLen = 0
-	c.ls.state = lsRelay
-	st.started = true
-	l.pump(c)
+	l.relay(c, out, remain-take)
 }
 
 // pump moves the answer's body from the backend to the client until it is complete or a

@@ -37,10 +37,10 @@ import (
 // non-blocking epoll descriptor is pollable), so it holds no thread or P while it waits, and is
 // woken once for everything that became ready meanwhile. It serves a request itself when it is
 // the common case: no body (or one of at most 16 KiB that came with the head), a Host whose
-// route is cached (the loop never waits for the directory
-// or placement), conman (or, for a forward, another cluster) at an IP address, and an answer of
-// at most loopMaxBody bytes with a Content-Length. Anything else it hands back to a goroutine,
-// at the point it reached:
+// route is cached (the loop never waits for the directory or placement), conman (or, for a
+// forward, another cluster) at an IP address, and an answer of at most loopMaxBody bytes with a
+// Content-Length, or chunked and whole when it arrives. Anything else it hands back to a
+// goroutine, at the point it reached:
 //   - fresh: nothing was sent yet; the goroutine serves the request from its start (with the
 //     Diversion the loop was given, so Divert is asked once);
 //   - inflight: the request went to conman (or its connection failed); the goroutine reads and

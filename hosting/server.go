@@ -63,7 +63,7 @@ type ServerConfig struct {
 	Registerer prometheus.Registerer
 	// EventLoops is the number of event loops serving keep-alive connections between their
 	// requests, and their common requests (no body or a small one that came with the head, a
-	// cached route, an answer of at most 64 KiB with a Content-Length), without a goroutine each
+	// cached route, an answer of at most 64 KiB that is there at once), without a goroutine each
 	// (Linux only; see loop_linux.go). Zero
 	// means one per GOMAXPROCS at NewServer; negative, none.
 	EventLoops int

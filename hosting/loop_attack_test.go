@@ -531,3 +531,28 @@ func TestLoopChunkedAnswers(t *testing.T) {
 		t.Fatalf("a malformed chunked answer read as complete: %s %q", resp.Status, body)
 	}
 }
+
+// TestLoopManyAtOnce: more connections than one epoll batch (128) send at once; every one is
+// answered with its own answer, and the loops keep yielding to the rest of the program.
+func TestLoopManyAtOnce(t *testing.T) {
+	lf := newLoopServer(t, loopApp(nil, nil), func(c *ServerConfig) { c.ParkIdleAfter = -1; c.EventLoops = 1 }, nil)
+	const n = 300
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = dialClient(t, lf.addr)
+		require.Equal(t, http.StatusOK, clients[i].get(parkGET))
+	}
+	require.Eventually(t, func() bool { return lf.s.Looped() == n }, 10*time.Second, time.Millisecond)
+	for round := range 3 {
+		for i, c := range clients {
+			_, err := io.WriteString(c.c, fmt.Sprintf("GET /many/%d/%d HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n", round, i))
+			require.NoError(t, err)
+		}
+		for i, c := range clients {
+			resp, body, err := c.read("GET")
+			require.NoError(t, err)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			require.Equal(t, fmt.Sprintf("/many/%d/%d|", round, i), echoPath(t, body))
+		}
+	}
+}

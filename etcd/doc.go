@@ -19,7 +19,8 @@
 //   - PlacementStore: placement.Store and placement.BatchAssigner. Every change to a VM's
 //     assignments rewrites the VM key; Assign, AssignBatch and Release commit only if the VM
 //     keys they read are unchanged, so controlplanes on separate clients never over-commit.
-//   - TombstoneStore: tombstone.Store, one prefix per cluster.
+//   - TombstoneStore: tombstone.Store, one prefix per cluster. Hosting proxies read it through
+//     a TombstoneMirror (below).
 //   - ACMEStore: acmedns.Store (and dnsauth.Challenges), shared by every DNS replica.
 //
 // Keys live under a per-store Prefix ("/switchyard/lore/", "/switchyard/placement/", ...);
@@ -41,6 +42,11 @@
 // hosting.Directory. When its watch cannot continue (ErrCompacted, overflow, lost leader) it
 // re-lists into a fresh MemStore and swaps it in; while etcd is unreachable it keeps serving its
 // last view and reports switchyard_etcd_mirror_stale = 1.
+//
+// NewTombstoneMirror does the same for a cluster's tombstones: a tombstone.Store whose reads
+// are in-process (the tombstone forwarder asks on every hosting request; a bare TombstoneStore
+// would put an etcd round trip on each) and whose writes go to etcd and return once the
+// mirror has seen them.
 //
 // # etcd settings
 //

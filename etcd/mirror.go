@@ -7,12 +7,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/switchyard-dev/switchyard/lore"
 )
@@ -44,21 +43,8 @@ type MirrorConfig struct {
 // switchyard_etcd_mirror_relists_total.
 type Mirror struct {
 	store *LoreStore
-	probe time.Duration
-	log   *slog.Logger
-
-	view    atomic.Pointer[lore.MemStore]
-	rev     atomic.Int64
-	stale   atomic.Bool
-	mu      sync.Mutex
-	changed chan struct{}
-
-	staleG  prometheus.Gauge
-	revG    prometheus.Gauge
-	relists prometheus.Counter
-
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	view  atomic.Pointer[lore.MemStore]
+	f     follower
 }
 
 // NewMirror loads the directory (bounded by ctx) and starts following it; Close stops it.
@@ -72,122 +58,66 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	m := &Mirror{store: cfg.Store, probe: cfg.Probe, log: cfg.Logger, changed: make(chan struct{}),
-		staleG: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_etcd_mirror_stale",
-			Help: "1 while the lore mirror serves a view it cannot confirm is current (etcd lost or re-listing)."}),
-		revG: prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_etcd_mirror_revision",
-			Help: "The etcd revision of the lore view the mirror serves."}),
-		relists: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchyard_etcd_mirror_relists_total",
-			Help: "Full re-reads of the directory after a watch could not continue."}),
-	}
-	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{m.staleG, m.revG, m.relists} {
-			if err := cfg.Registerer.Register(c); err != nil {
-				return nil, fmt.Errorf("etcd: register mirror metrics: %w", err)
-			}
-		}
-	}
-	rev, err := m.load(ctx)
-	if err != nil {
+	m := &Mirror{store: cfg.Store}
+	m.f = follower{what: "lore mirror", cli: cfg.Store.cli, probeKey: cfg.Store.eventsKey(), probe: cfg.Probe,
+		log: cfg.Logger, load: m.load, watch: m.watch}
+	if err := m.f.initMetrics("mirror", "lore directory", cfg.Registerer); err != nil {
 		return nil, err
 	}
-	rctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
-	m.wg.Add(2)
-	go m.follow(rctx, rev)
-	go m.probeLoop(rctx)
+	if err := m.f.start(ctx); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 
 // Close stops following etcd and waits; the last view stays readable.
 func (m *Mirror) Close() error {
-	m.cancel()
-	m.wg.Wait()
+	m.f.close()
 	return nil
 }
 
 // Stale reports whether the mirror currently cannot confirm its view is current.
-func (m *Mirror) Stale() bool { return m.stale.Load() }
+func (m *Mirror) Stale() bool { return m.f.stale.Load() }
 
 // Revision is the etcd revision of the view served.
-func (m *Mirror) Revision() int64 { return m.rev.Load() }
+func (m *Mirror) Revision() int64 { return m.f.rev.Load() }
 
 // Changed returns a channel closed the next time the view changes (for tests and staleness
 // measurements: take the channel, check, then wait).
-func (m *Mirror) Changed() <-chan struct{} {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.changed
-}
-
-func (m *Mirror) setRev(rev int64) {
-	m.rev.Store(rev)
-	m.revG.Set(float64(rev))
-	m.mu.Lock()
-	close(m.changed)
-	m.changed = make(chan struct{})
-	m.mu.Unlock()
-}
-
-func (m *Mirror) setStale(v bool) {
-	if m.stale.Swap(v) != v {
-		if v {
-			m.log.Warn("etcd: lore mirror lost etcd: serving its last view", "revision", m.rev.Load())
-			m.staleG.Set(1)
-		} else {
-			m.log.Info("etcd: lore mirror current again", "revision", m.rev.Load())
-			m.staleG.Set(0)
-		}
-	}
-}
+func (m *Mirror) Changed() <-chan struct{} { return m.f.Changed() }
 
 // load reads the whole directory at one revision into a fresh MemStore and swaps it in.
 func (m *Mirror) load(ctx context.Context) (int64, error) {
 	s := m.store
-	var rev int64
 	var clusters []lore.Cluster
 	var repls []lore.Repl
 	var domains []lore.Domain
-	key, end := s.p, clientv3.GetPrefixRangeEnd(s.p)
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(5000)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := s.cli.Get(ctx, key, opts...)
-		if err != nil {
-			return 0, fmt.Errorf("etcd: mirror load: %w", err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			k := strings.TrimPrefix(string(kv.Key), s.p)
-			switch {
-			case strings.HasPrefix(k, "cluster/"):
-				c, err := decode[lore.Cluster](kv.Value)
-				if err != nil {
-					return 0, err
-				}
-				clusters = append(clusters, c)
-			case strings.HasPrefix(k, "repl/"):
-				r, err := decode[lore.Repl](kv.Value)
-				if err != nil {
-					return 0, err
-				}
-				repls = append(repls, r)
-			case strings.HasPrefix(k, "domain/"):
-				d, err := decode[lore.Domain](kv.Value)
-				if err != nil {
-					return 0, err
-				}
-				domains = append(domains, d)
+	rev, err := scan(ctx, s.cli, s.p, func(kv *mvccpb.KeyValue) error {
+		k := strings.TrimPrefix(string(kv.Key), s.p)
+		switch {
+		case strings.HasPrefix(k, "cluster/"):
+			c, err := decode[lore.Cluster](kv.Value)
+			if err != nil {
+				return err
 			}
+			clusters = append(clusters, c)
+		case strings.HasPrefix(k, "repl/"):
+			r, err := decode[lore.Repl](kv.Value)
+			if err != nil {
+				return err
+			}
+			repls = append(repls, r)
+		case strings.HasPrefix(k, "domain/"):
+			d, err := decode[lore.Domain](kv.Value)
+			if err != nil {
+				return err
+			}
+			domains = append(domains, d)
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("etcd: mirror load: %w", err)
 	}
 	view, err := lore.NewMemStore(lore.MemStoreConfig{})
 	if err != nil {
@@ -212,7 +142,6 @@ func (m *Mirror) load(ctx context.Context) (int64, error) {
 	if old := m.view.Swap(view); old != nil {
 		old.Close()
 	}
-	m.setRev(rev)
 	return rev, nil
 }
 
@@ -260,71 +189,29 @@ func apply(view *lore.MemStore, ev lore.Event) error {
 	return err
 }
 
-func (m *Mirror) follow(ctx context.Context, rev int64) {
-	defer m.wg.Done()
-	for ctx.Err() == nil {
-		ch, err := m.store.watchFrom(ctx, rev+1)
-		if err == nil {
-			for ev := range ch {
-				if err := apply(m.view.Load(), ev); err != nil {
-					m.log.Warn("etcd: lore mirror could not apply an event: re-listing", "index", ev.Index, "err", err)
-					break
-				}
-				if int64(ev.Index) > rev {
-					rev = int64(ev.Index)
-					m.setRev(rev)
-				}
-			}
-			for range ch { // drain after a break
-			}
-		} else {
-			m.wait(ctx) // the store is closed: re-listing cannot help soon
+// watch follows the event log from revision from until the watch ends.
+func (m *Mirror) watch(ctx context.Context, from int64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := m.store.watchFrom(wctx, from)
+	if err != nil {
+		return err
+	}
+	rev := from - 1
+	for ev := range ch {
+		if err := apply(m.view.Load(), ev); err != nil {
+			m.f.log.Warn("etcd: lore mirror could not apply an event: re-listing", "index", ev.Index, "err", err)
+			break
 		}
-		if ctx.Err() != nil {
-			return
-		}
-		// The watch ended while we still want it: compaction, overflow or a lost leader.
-		for ctx.Err() == nil {
-			m.relists.Inc()
-			r, err := m.load(ctx)
-			if err == nil {
-				m.log.Info("etcd: lore mirror re-listed", "revision", r)
-				rev = r
-				break
-			}
-			m.setStale(true)
-			m.wait(ctx)
+		if int64(ev.Index) > rev {
+			rev = int64(ev.Index)
+			m.f.advance(rev)
 		}
 	}
-}
-
-func (m *Mirror) probeLoop(ctx context.Context) {
-	defer m.wg.Done()
-	t := time.NewTicker(m.probe)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, m.probe)
-		_, err := m.store.cli.Get(pctx, m.store.eventsKey(), clientv3.WithKeysOnly())
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		m.setStale(err != nil)
+	cancel()
+	for range ch { // drain after a break: the cancelled watch closes it
 	}
-}
-
-func (m *Mirror) wait(ctx context.Context) {
-	t := time.NewTimer(m.probe)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+	return nil
 }
 
 // Repl implements dnsauth.Directory and hosting.Directory from the local view.

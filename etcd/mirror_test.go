@@ -96,7 +96,7 @@ func (p *cutProxy) restore() {
 	p.mu.Unlock()
 }
 
-func waitFor(t *testing.T, m *etcd.Mirror, what string, cond func() bool) {
+func waitFor(t *testing.T, m interface{ Changed() <-chan struct{} }, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.After(15 * time.Second)
 	for {

@@ -55,10 +55,16 @@ func (s *TombstoneStore) namePrefix(owner, slug string) string {
 
 // Put implements tombstone.Store.
 func (s *TombstoneStore) Put(ctx context.Context, t tombstone.Tombstone) error {
+	_, err := s.put(ctx, t)
+	return err
+}
+
+// put is Put, returning the revision of the write.
+func (s *TombstoneStore) put(ctx context.Context, t tombstone.Tombstone) (int64, error) {
 	if err := t.Validate(); err != nil {
-		return err
+		return 0, err
 	}
-	_, err := run(ctx, s.cli, func(x *tx) error {
+	resp, err := run(ctx, s.cli, func(x *tx) error {
 		v, err := x.get(s.key(t.Repl))
 		if err != nil {
 			return err
@@ -78,7 +84,15 @@ func (s *TombstoneStore) Put(ctx context.Context, t tombstone.Tombstone) error {
 		}
 		return nil
 	})
-	return err
+	return revision(resp), err
+}
+
+// revision is the revision of a committed write (0 for none).
+func revision(resp *clientv3.TxnResponse) int64 {
+	if resp == nil || resp.Header == nil {
+		return 0
+	}
+	return resp.Header.Revision
 }
 
 // Get implements tombstone.Store.
@@ -138,7 +152,13 @@ func (s *TombstoneStore) GetByName(ctx context.Context, owner, slug string) (tom
 
 // Delete implements tombstone.Store.
 func (s *TombstoneStore) Delete(ctx context.Context, repl string) error {
-	_, err := run(ctx, s.cli, func(x *tx) error {
+	_, err := s.delete(ctx, repl)
+	return err
+}
+
+// delete is Delete, returning the revision of the write.
+func (s *TombstoneStore) delete(ctx context.Context, repl string) (int64, error) {
+	resp, err := run(ctx, s.cli, func(x *tx) error {
 		v, err := x.get(s.key(repl))
 		if err != nil {
 			return err
@@ -156,7 +176,7 @@ func (s *TombstoneStore) Delete(ctx context.Context, repl string) error {
 		}
 		return nil
 	})
-	return err
+	return revision(resp), err
 }
 
 func (s *TombstoneStore) all(ctx context.Context) ([]tombstone.Tombstone, error) {
@@ -194,16 +214,23 @@ func (s *TombstoneStore) List(ctx context.Context) ([]tombstone.Tombstone, error
 // DeleteExpired implements tombstone.Store. Each expired tombstone is deleted only if it is
 // unchanged since it was read (a Put that revived it meanwhile wins).
 func (s *TombstoneStore) DeleteExpired(ctx context.Context) (int, error) {
+	n, _, err := s.deleteExpired(ctx)
+	return n, err
+}
+
+// deleteExpired is DeleteExpired, also returning the revision of the last write (0 for none).
+func (s *TombstoneStore) deleteExpired(ctx context.Context) (int, int64, error) {
 	resp, err := s.cli.Get(ctx, s.p+"t/", clientv3.WithPrefix())
 	if err != nil {
-		return 0, fmt.Errorf("etcd: list tombstones: %w", err)
+		return 0, 0, fmt.Errorf("etcd: list tombstones: %w", err)
 	}
+	var last int64
 	now := s.now()
 	n := 0
 	for _, kv := range resp.Kvs {
 		t, err := decode[tombstone.Tombstone](kv.Value)
 		if err != nil {
-			return n, err
+			return n, last, err
 		}
 		if t.Expires.After(now) {
 			continue
@@ -214,11 +241,12 @@ func (s *TombstoneStore) DeleteExpired(ctx context.Context) (int, error) {
 		}
 		r, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).Then(ops...).Commit()
 		if err != nil {
-			return n, fmt.Errorf("etcd: delete expired tombstones: %w", err)
+			return n, last, fmt.Errorf("etcd: delete expired tombstones: %w", err)
 		}
 		if r.Succeeded {
 			n++
+			last = r.Header.Revision
 		}
 	}
-	return n, nil
+	return n, last, nil
 }

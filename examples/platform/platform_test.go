@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -258,6 +260,31 @@ func TestPlatformEtcd(t *testing.T) {
 	resp, err = cli.Get(ctx, "/switchyard/tombstone/a/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	require.NoError(t, err)
 	require.Positive(t, resp.Count, "cluster a's tombstone is in etcd")
+	// Cluster a reads its tombstones from memory (etcd.TombstoneMirror), so its hosting
+	// Server's event loops forward: a keep-alive connection goes to a loop after its first
+	// answer, and the loop forwards its next request to b.
+	if runtime.GOOS == "linux" {
+		conn, err := net.Dial("tcp", "127.79.1.1:8080")
+		require.NoError(t, err)
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		get := func() string {
+			_, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+			require.NoError(t, err)
+			resp, err := http.ReadResponse(br, nil)
+			require.NoError(t, err)
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+			return string(body)
+		}
+		require.Contains(t, get(), "cluster <b>b</b>")
+		fast := p.Cluster("a").hosting.fast
+		require.Eventually(t, func() bool { return fast.Looped() > 0 }, 10*time.Second, 5*time.Millisecond,
+			"cluster a's keep-alive connection never went to an event loop")
+		require.Contains(t, get(), "cluster <b>b</b>")
+	}
 
 	// Crash a VM of cluster a (not the one the repl ran on, whose container a crash would
 	// leave running): its lease expires and placement drops it within TTL + 1 s, long before

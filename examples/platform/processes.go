@@ -580,7 +580,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	tombs, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: f.cli, Prefix: "/switchyard/tombstone/" + f.cluster + "/"})
+	tombs, err := tombstoneMirror(ctx, f.cli, f.cluster, f.log, c.stop.add)
 	if err != nil {
 		return c, err
 	}
@@ -615,7 +615,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert, false) // etcd's tombstone store
+	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert)
 	if err != nil {
 		return c, err
 	}

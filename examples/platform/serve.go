@@ -125,10 +125,11 @@ func serveOn(name string, ln net.Listener, h http.Handler, tlsCfg *tls.Config) *
 // listener, the request rate through the Limiter — asked by the fast path before divert, and
 // wrapped around handler for what net/http serves. (A request the fast path hands over after
 // the Limiter let it through, which the forwarder does only for a hop-limit refusal, is
-// counted twice.) divertInLoop: divert answers from memory (an in-memory tombstone store), so
-// the Server's event loops may call it; with etcd's store they do not, and the Server has none.
+// counted twice.) divert answers from memory (tombstones in a MemStore or an etcd
+// TombstoneMirror, clusters from the directory's memory or an etcd Mirror), so the Server's
+// event loops may call it.
 func serveHosting(ctx context.Context, addr string, proxy *hosting.Proxy, handler http.Handler,
-	divert func(peer netip.Addr, host, method, target string) hosting.Diversion, divertInLoop bool) (*server, error) {
+	divert func(peer netip.Addr, host, method, target string) hosting.Diversion) (*server, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -147,7 +148,7 @@ func serveHosting(ctx context.Context, addr string, proxy *hosting.Proxy, handle
 			}
 			return divert(peer, host, method, target)
 		},
-		DivertInLoop:      divertInLoop,
+		DivertInLoop:      true,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,

@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/placement"
@@ -16,7 +19,7 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 	var store tombstone.Store
 	var err error
 	if c.p.cfg.Store == StoreEtcd {
-		store, err = etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: c.p.etcdCli, Prefix: "/switchyard/tombstone/" + c.id + "/"})
+		store, err = tombstoneMirror(ctx, c.p.etcdCli, c.id, c.log, c.stops.add)
 	} else {
 		store, err = tombstone.NewMemStore(tombstone.MemStoreConfig{})
 	}
@@ -24,10 +27,12 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 		return nil, err
 	}
 	h, handler, fwd, err := newHosting(hostingConfig{
-		zone:       c.p.cfg.Zone,
-		cluster:    c.id,
-		directory:  c.p.reader,
-		clusters:   c.p.dir,
+		zone:      c.p.cfg.Zone,
+		cluster:   c.id,
+		directory: c.p.reader,
+		// The cluster registry from memory too (the etcd mirror or the in-memory directory), so
+		// the hosting Server's event loops may ask the forwarder (serveHosting).
+		clusters:   c.p.reader,
 		watcher:    c.p.dir,
 		placer:     c.cpClient,
 		conmanCred: c.conmanCredential,
@@ -39,6 +44,22 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 	})
 	c.hostingProxy, c.hostingFwd = h, fwd
 	return handler, err
+}
+
+// tombstoneMirror returns the cluster's tombstones in etcd, read from memory: every hosting
+// request asks them whether its repl moved. onStop gets the mirror's Close.
+func tombstoneMirror(ctx context.Context, cli *clientv3.Client, cluster string, log *slog.Logger,
+	onStop func(func(context.Context) error)) (*etcd.TombstoneMirror, error) {
+	s, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: cli, Prefix: "/switchyard/tombstone/" + cluster + "/"})
+	if err != nil {
+		return nil, err
+	}
+	m, err := etcd.NewTombstoneMirror(ctx, etcd.TombstoneMirrorConfig{Store: s, Logger: log.With("component", "tombstone-mirror")})
+	if err != nil {
+		return nil, err
+	}
+	onStop(func(context.Context) error { return m.Close() })
+	return m, nil
 }
 
 // stopRepl stops a moved repl's container on the VM that runs it.

@@ -150,7 +150,7 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 		// Every plain-HTTP request is a redirect: net/http serves them.
 		c.hosting, err = serve(ctx, "hosting", c.hostPort(1, cfg.HostingPort), redirectHTTPS(handler, cfg.ACME.HTTPSPort), false)
 	} else {
-		c.hosting, err = serveHosting(ctx, c.hostPort(1, cfg.HostingPort), c.hostingProxy, handler, c.hostingFwd.Divert)
+		c.hosting, err = serveHosting(ctx, c.hostPort(1, cfg.HostingPort), c.hostingProxy, handler, c.hostingFwd.Divert, c.registerer())
 	}
 	if err != nil {
 		return c, err

@@ -76,8 +76,9 @@ type hostingConfig struct {
 	// stopRepl stops a moved repl's container on the VM that runs it.
 	stopRepl func(ctx context.Context, a placement.Assignment) error
 	// onStop registers what the caller's shutdown must stop (the follower, the forwarder).
-	onStop func(func(context.Context) error)
-	log    *slog.Logger
+	onStop     func(func(context.Context) error)
+	registerer prometheus.Registerer // the proxy's and the forwarder's metrics; nil: none
+	log        *slog.Logger
 }
 
 // newHosting returns the hosting proxy (the caller shuts it down), the handler to serve (the
@@ -92,6 +93,7 @@ func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, *tombstone.For
 		VMCredential: cfg.conmanCred,
 		// A request another cluster forwarded (verified hop header) keeps its client address.
 		TrustForwarded: tombstone.Internal,
+		Registerer:     cfg.registerer,
 		Logger:         cfg.log.With("component", "hosting"),
 	})
 	if err != nil {
@@ -114,13 +116,14 @@ func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, *tombstone.For
 	}
 	cfg.onStop(func(context.Context) error { return follower.Close() })
 	fwd, err := tombstone.New(tombstone.Config{
-		Cluster:  cfg.cluster,
-		Zone:     cfg.zone,
-		Store:    cfg.store,
-		Clusters: cfg.clusters,
-		Resolver: h,
-		Secret:   cfg.secret,
-		Logger:   tlog,
+		Cluster:    cfg.cluster,
+		Zone:       cfg.zone,
+		Store:      cfg.store,
+		Clusters:   cfg.clusters,
+		Resolver:   h,
+		Secret:     cfg.secret,
+		Registerer: cfg.registerer,
+		Logger:     tlog,
 	})
 	if err != nil {
 		return h, nil, nil, err

@@ -291,7 +291,8 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	p.reader = p.dir
 	if cfg.Store == StoreEtcd {
 		// DNS and hosting read a local mirror, as they would on their own machines.
-		p.mirror, err = etcd.NewMirror(ctx, etcd.MirrorConfig{Store: p.loreStore, Logger: p.log.With("component", "mirror")})
+		p.mirror, err = etcd.NewMirror(ctx, etcd.MirrorConfig{Store: p.loreStore, Logger: p.log.With("component", "mirror"),
+			Registerer: p.metrics})
 		if err != nil {
 			return nil, err
 		}

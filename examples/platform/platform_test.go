@@ -160,6 +160,11 @@ func TestPlatformEndToEnd(t *testing.T) {
 	require.Equal(t, []string{"127.77.2.1"}, lookupA(t, p.DNSAddr(), "udp", host))
 	require.Contains(t, getPage(t, "127.77.2.1:8080", host), "cluster <b>b</b>")
 	require.Contains(t, getPage(t, "127.77.1.1:8080", host), "cluster <b>b</b>")
+	// The hosting proxies' metrics are on the admin API's /metrics, labelled by cluster.
+	metrics := scrapeMetrics(t, p)
+	require.Regexp(t, `switchyard_hosting_requests_total\{cluster="b",outcome="ok"\} [1-9]`, metrics)
+	require.Regexp(t, `switchyard_tombstone_requests_total\{cluster="a",outcome="forwarded"\} [1-9]`, metrics)
+	require.Contains(t, metrics, `switchyard_hosting_client_connections{cluster="a",state="loop"}`)
 	// A token issued for cluster a before the move opens nothing there now: Eval checks where
 	// the repl lives and sends the client back to lore (421).
 	require.Equal(t, http.StatusMisdirectedRequest, dialStatus(ctx, t, info.URL, info.Token))
@@ -285,6 +290,9 @@ func TestPlatformEtcd(t *testing.T) {
 			"cluster a's keep-alive connection never went to an event loop")
 		require.Contains(t, get(), "cluster <b>b</b>")
 	}
+	metrics := scrapeMetrics(t, p)
+	require.Contains(t, metrics, `switchyard_etcd_tombstone_mirror_stale{cluster="a"} 0`)
+	require.Contains(t, metrics, "switchyard_etcd_mirror_stale 0")
 
 	// Crash a VM of cluster a (not the one the repl ran on, whose container a crash would
 	// leave running): its lease expires and placement drops it within TTL + 1 s, long before
@@ -368,6 +376,21 @@ func getPage(t *testing.T, addr, host string) string {
 	status, body := fetchPage(t, context.Background(), addr, host)
 	require.Equal(t, http.StatusOK, status, body)
 	return body
+}
+
+// scrapeMetrics returns the admin API's /metrics.
+func scrapeMetrics(t *testing.T, p *Platform) string {
+	t.Helper()
+	req, err := http.NewRequest("GET", p.AdminURL()+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer test-admin-key")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	return string(body)
 }
 
 // fetchPage GETs / from addr with the given Host and returns the status and body.

@@ -580,7 +580,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	tombs, err := tombstoneMirror(ctx, f.cli, f.cluster, f.log, c.stop.add)
+	tombs, err := tombstoneMirror(ctx, f.cli, f.cluster, f.log, nil, c.stop.add)
 	if err != nil {
 		return c, err
 	}
@@ -615,7 +615,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert)
+	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert, nil) // a process: no /metrics
 	if err != nil {
 		return c, err
 	}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/switchyard-dev/switchyard/connlimit"
 	"github.com/switchyard-dev/switchyard/handover"
 	"github.com/switchyard-dev/switchyard/hosting"
@@ -127,9 +129,9 @@ func serveOn(name string, ln net.Listener, h http.Handler, tlsCfg *tls.Config) *
 // the Limiter let it through, which the forwarder does only for a hop-limit refusal, is
 // counted twice.) divert answers from memory (tombstones in a MemStore or an etcd
 // TombstoneMirror, clusters from the directory's memory or an etcd Mirror), so the Server's
-// event loops may call it.
+// event loops may call it. reg receives the Server's connection gauge (nil: none).
 func serveHosting(ctx context.Context, addr string, proxy *hosting.Proxy, handler http.Handler,
-	divert func(peer netip.Addr, host, method, target string) hosting.Diversion) (*server, error) {
+	divert func(peer netip.Addr, host, method, target string) hosting.Diversion, reg prometheus.Registerer) (*server, error) {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -149,6 +151,7 @@ func serveHosting(ctx context.Context, addr string, proxy *hosting.Proxy, handle
 			return divert(peer, host, method, target)
 		},
 		DivertInLoop:      true,
+		Registerer:        reg,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,

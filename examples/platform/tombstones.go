@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-dev/switchyard/etcd"
@@ -19,7 +20,7 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 	var store tombstone.Store
 	var err error
 	if c.p.cfg.Store == StoreEtcd {
-		store, err = tombstoneMirror(ctx, c.p.etcdCli, c.id, c.log, c.stops.add)
+		store, err = tombstoneMirror(ctx, c.p.etcdCli, c.id, c.log, c.registerer(), c.stops.add)
 	} else {
 		store, err = tombstone.NewMemStore(tombstone.MemStoreConfig{})
 	}
@@ -40,6 +41,7 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 		secret:     c.p.hopSecret,
 		stopRepl:   c.stopRepl,
 		onStop:     c.stops.add,
+		registerer: c.registerer(),
 		log:        c.log,
 	})
 	c.hostingProxy, c.hostingFwd = h, fwd
@@ -49,17 +51,23 @@ func (c *cluster) startHosting(ctx context.Context) (http.Handler, error) {
 // tombstoneMirror returns the cluster's tombstones in etcd, read from memory: every hosting
 // request asks them whether its repl moved. onStop gets the mirror's Close.
 func tombstoneMirror(ctx context.Context, cli *clientv3.Client, cluster string, log *slog.Logger,
-	onStop func(func(context.Context) error)) (*etcd.TombstoneMirror, error) {
+	reg prometheus.Registerer, onStop func(func(context.Context) error)) (*etcd.TombstoneMirror, error) {
 	s, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: cli, Prefix: "/switchyard/tombstone/" + cluster + "/"})
 	if err != nil {
 		return nil, err
 	}
-	m, err := etcd.NewTombstoneMirror(ctx, etcd.TombstoneMirrorConfig{Store: s, Logger: log.With("component", "tombstone-mirror")})
+	m, err := etcd.NewTombstoneMirror(ctx, etcd.TombstoneMirrorConfig{Store: s, Logger: log.With("component", "tombstone-mirror"), Registerer: reg})
 	if err != nil {
 		return nil, err
 	}
 	onStop(func(context.Context) error { return m.Close() })
 	return m, nil
+}
+
+// registerer is where the cluster's hosting metrics go: the platform's registry, labelled
+// with the cluster.
+func (c *cluster) registerer() prometheus.Registerer {
+	return prometheus.WrapRegistererWith(prometheus.Labels{"cluster": c.id}, c.p.metrics)
 }
 
 // stopRepl stops a moved repl's container on the VM that runs it.

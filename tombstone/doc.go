@@ -11,7 +11,9 @@
 //
 //   - Tombstone and Store: one cluster's tombstones, by repl ID and by name (owner, slug).
 //     MemStore (go-memdb, with a lock-free-read map index for the request path) is the
-//     in-process Store; every Store must pass the conformance suite in tombstonetest.
+//     in-process Store; every Store must pass the conformance suite in tombstonetest. The
+//     etcd module's TombstoneStore shares a cluster's tombstones between its proxies, and its
+//     TombstoneMirror reads them from memory (the Forwarder asks on every request).
 //   - Forwarder (New, then Wrap): HTTP middleware in front of hosting.Proxy. A request whose
 //     Host names a repl with a live tombstone here is reverse-proxied to the new cluster's
 //     hosting proxy, bodies streamed both ways, WebSocket upgrades included; every other request

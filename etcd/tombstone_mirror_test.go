@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/switchyard-dev/switchyard/etcd"
 	"github.com/switchyard-dev/switchyard/etcd/etcdtest"
+	"github.com/switchyard-dev/switchyard/lore"
 	"github.com/switchyard-dev/switchyard/tombstone"
 	"github.com/switchyard-dev/switchyard/tombstone/tombstonetest"
 )
@@ -205,5 +207,65 @@ func BenchmarkTombstoneLookup(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// clusterOf is a fixed cluster registry for the forwarder.
+type clusterOf map[string]lore.Cluster
+
+func (c clusterOf) Cluster(_ context.Context, id string) (lore.Cluster, error) {
+	if cl, ok := c[id]; ok {
+		return cl, nil
+	}
+	return lore.Cluster{}, lore.ErrNotFound
+}
+
+// BenchmarkForwarderDivert is what the tombstone forwarder adds to each request on a hosting
+// Server's fast path (Forwarder.Divert, and the Done it returns), with the cluster's 1,000
+// tombstones in etcd read directly or through a mirror: a request for a repl that did not move
+// (passed), and one for a moved repl (forwarded: lookup by name and a signed hop header).
+func BenchmarkForwarderDivert(b *testing.B) {
+	c := etcdtest.New(b, 1)
+	cli := c.Client(b)
+	ctx := context.Background()
+	s, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: cli, Prefix: prefix("tombstone")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ {
+		if err := s.Put(ctx, stoneFor(fmt.Sprintf("r%d", i), "o", fmt.Sprintf("s%d", i), "b")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	m, err := etcd.NewTombstoneMirror(ctx, etcd.TombstoneMirrorConfig{Store: s})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	clusters := clusterOf{"b": {ID: "b", Healthy: true, HostingURL: "http://127.0.0.1:1"}}
+	secret := make([]byte, 32)
+	peer := netip.MustParseAddr("127.0.0.1")
+	for _, st := range []struct {
+		name  string
+		store tombstone.Store
+	}{{"store", s}, {"mirror", m}} {
+		f, err := tombstone.New(tombstone.Config{Cluster: "a", Zone: "repl.test", Store: st.store, Clusters: clusters, Secret: secret})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, req := range []struct{ name, host string }{{"passed", "blog.alice.repl.test"}, {"forwarded", "s500.o.repl.test"}} {
+			b.Run(st.name+"/"+req.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for i := 0; i < b.N; i++ {
+					d := f.Divert(peer, req.host, "GET", "/")
+					if (d.URL != nil) != (req.name == "forwarded") || d.Handoff {
+						b.Fatalf("Divert(%s) = %+v", req.host, d)
+					}
+					if d.Done != nil {
+						d.Done(nil, true)
+					}
+				}
+			})
+		}
 	}
 }

@@ -98,7 +98,7 @@ func startCluster(ctx context.Context, p *Platform, id string, n int) (c *cluste
 	}
 	cp, cpAPI, err := newControlplane(ctx, controlplaneConfig{
 		etcd: etcdCli, cluster: id, credential: c.credential, vmSecret: c.vmSecret,
-		onStop: c.stops.add, log: c.log.With("component", "controlplane"),
+		onStop: c.stops.add, registerer: c.registerer(), log: c.log.With("component", "controlplane"),
 	})
 	c.cp = cp
 	if err != nil {

@@ -101,12 +101,13 @@ func newHosting(cfg hostingConfig) (*hosting.Proxy, http.Handler, *tombstone.For
 	}
 	tlog := cfg.log.With("component", "tombstone")
 	follower, err := tombstone.NewFollower(tombstone.FollowerConfig{
-		Cluster:   cfg.cluster,
-		Store:     cfg.store,
-		Watcher:   cfg.watcher,
-		Placement: cfg.placer,
-		Stop:      cfg.stopRepl,
-		Logger:    tlog,
+		Cluster:    cfg.cluster,
+		Store:      cfg.store,
+		Watcher:    cfg.watcher,
+		Placement:  cfg.placer,
+		Stop:       cfg.stopRepl,
+		Registerer: cfg.registerer,
+		Logger:     tlog,
 	})
 	if err != nil {
 		return h, nil, nil, err
@@ -142,6 +143,7 @@ type controlplaneConfig struct {
 	credential string // the proxies' and the platform's placement credential
 	vmSecret   string // each VM agent's credential derives from it
 	onStop     func(func(context.Context) error)
+	registerer prometheus.Registerer // the Controlplane's metrics; nil: none
 	log        *slog.Logger
 }
 
@@ -151,6 +153,7 @@ func newControlplane(ctx context.Context, cfg controlplaneConfig) (*placement.Co
 	pcfg := placement.Config{
 		DefaultStrategy:  placement.Spread(),
 		HeartbeatTimeout: 3 * time.Second,
+		Registerer:       cfg.registerer,
 		Logger:           cfg.log,
 	}
 	if cfg.etcd != nil {
@@ -202,6 +205,7 @@ type loreConfig struct {
 	resolver lore.TXTResolver // custom-domain verification; nil: the system's
 	adminKey string
 	onStop   func(func(context.Context) error)
+	reg      prometheus.Registerer // the directory's metrics; nil: none
 	log      *slog.Logger
 }
 
@@ -215,7 +219,8 @@ func newLore(cfg loreConfig) (*lore.Directory, http.Handler, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	dir, err := lore.New(lore.Config{Zone: cfg.zone, Store: cfg.store, Issuer: issuer, Resolver: cfg.resolver, Logger: cfg.log})
+	dir, err := lore.New(lore.Config{Zone: cfg.zone, Store: cfg.store, Issuer: issuer, Resolver: cfg.resolver,
+		Registerer: cfg.reg, Logger: cfg.log})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -127,6 +127,7 @@ func runPlatform(args []string) error {
 	fs.BoolVar(&cfg.ACME.HSTS, "hsts", false, "send Strict-Transport-Security on HTTPS hosting answers")
 	cfg.ACME.RegisterKey = os.Getenv("SWITCHYARD_ACMEDNS_KEY")
 	fs.StringVar(&cfg.Isolation, "isolation", "", `conman/process isolation: "" (the sandbox) or "none" (unsandboxed plain processes: trusted code only)`)
+	fs.BoolVar(&cfg.ComponentMetrics, "component-metrics", false, "with -processes: every component serves Prometheus /metrics on its own address (a free port; the banner lists them)")
 	etcdTLSFlags(fs, &cfg.EtcdTLS)
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -97,6 +97,9 @@ type Config struct {
 	// EtcdTLS is how to reach EtcdEndpoints: TLS with the given CA and client certificate.
 	// Ignored for the in-process etcd, which always runs TLS with the deployment's own CA.
 	EtcdTLS EtcdTLS
+	// ComponentMetrics, in the multi-process mode (runProcesses), has every component process
+	// serve Prometheus /metrics on its own host address (an ephemeral port, printed with it).
+	ComponentMetrics bool
 	// AliveTTL is how long a VM stays placeable after its agent stops, with StoreEtcd (the
 	// TTL of its etcd lease, whole seconds). Zero means 5 s.
 	AliveTTL time.Duration
@@ -282,7 +285,7 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}
 	dir, loreAPI, err := newLore(loreConfig{
 		zone: cfg.Zone, store: store, resolver: resolver, adminKey: cfg.AdminKey,
-		onStop: p.stop.add, log: p.log.With("component", "lore"),
+		onStop: p.stop.add, reg: p.metrics, log: p.log.With("component", "lore"),
 	})
 	if err != nil {
 		return nil, err

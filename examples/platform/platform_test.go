@@ -704,7 +704,8 @@ func TestPlatformProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pp := startPlatformProcess(ctx, t, "-processes", "-cluster-net", "127.80.0.0/16",
-		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-acme-dns", "127.80.0.1:0")
+		"-dns", "127.80.0.1:0", "-lore", "127.80.0.1:0", "-admin", "127.80.0.1:0", "-acme-dns", "127.80.0.1:0",
+		"-component-metrics")
 	stderr := &pp.stderr
 	loreURL, dnsAddr := pp.field("  lore API", 2), pp.field("  DNS (UDP+TCP)", 2)
 	pids := map[string]bool{}
@@ -779,6 +780,29 @@ func TestPlatformProcesses(t *testing.T) {
 			t.Fatalf("cluster b never forwarded to a (last %d %s): %s", status, body, stderr.String())
 		}
 	}
+	// Every component serves its own /metrics (-component-metrics): b's hosting process counts
+	// the forward and its mirrors are current; a's served the page; b's VMs and Eval report.
+	scrape := func(url string) string {
+		t.Helper()
+		require.True(t, strings.HasPrefix(url, "http://127.80."), "metrics address %q", url)
+		resp, err := http.Get(url)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		return string(body)
+	}
+	mb := scrape(pp.field("  metrics b", 3))
+	require.Regexp(t, `switchyard_tombstone_requests_total\{outcome="forwarded"\} [1-9]`, mb)
+	require.Contains(t, mb, "switchyard_etcd_tombstone_mirror_stale 0")
+	require.Contains(t, mb, "switchyard_etcd_mirror_stale 0")
+	require.Contains(t, mb, `switchyard_hosting_client_connections{state="loop"}`)
+	require.Regexp(t, `switchyard_hosting_requests_total\{outcome="ok"\} [1-9]`, scrape(pp.field("  metrics a", 3)))
+	require.Contains(t, scrape(pp.field("  metrics b", 5)), "switchyard_proxy_sessions_active")
+	require.Contains(t, scrape(pp.field("  metrics b", 7)), "switchyard_placement_")
+	require.Contains(t, scrape(pp.field("  metrics         lore", 2)), "go_goroutines")
+
 	// The container in b stops: exactly one demo app remains, a's.
 	for len(demoApps(t)) != 1 {
 		select {

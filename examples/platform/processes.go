@@ -22,6 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-dev/switchyard/conman"
@@ -71,10 +74,12 @@ type componentFlags struct {
 	endpoints    []string
 	aliveTTL     time.Duration
 	grace        time.Duration
-	https        string // hosting: serve HTTPS here too (acme.go)
-	acmeCA       string // hosting: the ACME directory URL
-	acmeCARoot   string // hosting: PEM trusted for the CA's API
-	inherit      bool   // conman: take over from the conman running on this VM (upgrade in place)
+	https        string                // hosting: serve HTTPS here too (acme.go)
+	acmeCA       string                // hosting: the ACME directory URL
+	acmeCARoot   string                // hosting: PEM trusted for the CA's API
+	inherit      bool                  // conman: take over from the conman running on this VM (upgrade in place)
+	metrics      string                // serve Prometheus /metrics here too ("" for none)
+	reg          prometheus.Registerer // where the component's metrics go; nil without -metrics
 	log          *slog.Logger
 	cli          *clientv3.Client // nil until needed
 }
@@ -116,6 +121,7 @@ func runComponent(name string, args []string) error {
 	fs.StringVar(&f.acmeCA, "acme-ca", "", "ACME directory URL (hosting, with -https)")
 	fs.StringVar(&f.acmeCARoot, "acme-ca-root", "", "PEM file trusted for the ACME CA's API (hosting)")
 	fs.BoolVar(&f.inherit, "inherit", false, "take over from the conman running on this VM: its listener, shells and live sessions (conman)")
+	fs.StringVar(&f.metrics, "metrics", "", "address to serve Prometheus /metrics on (every component; empty: none)")
 	var etls EtcdTLS
 	etcdTLSFlags(fs, &etls)
 	if err := fs.Parse(args); err != nil {
@@ -148,8 +154,22 @@ func runComponent(name string, args []string) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	var reg *prometheus.Registry
+	if f.metrics != "" {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		f.reg = reg
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	c, err := start(ctx, &f)
+	var metricsAddr string
+	if err == nil && reg != nil {
+		var ms *server
+		if ms, err = serve(ctx, "metrics", f.metrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), false); err == nil {
+			c.stop.add(ms.Shutdown)
+			metricsAddr = ms.Addr()
+		}
+	}
 	cancel()
 	if err != nil {
 		if c != nil {
@@ -159,7 +179,11 @@ func runComponent(name string, args []string) error {
 		}
 		return err
 	}
-	fmt.Printf("ready %s\n", c.addr)
+	if metricsAddr != "" {
+		fmt.Printf("ready %s metrics %s\n", c.addr, metricsAddr)
+	} else {
+		fmt.Printf("ready %s\n", c.addr)
+	}
 	select {
 	case sig := <-sigs:
 		f.log.Info("stopping", "signal", sig.String())
@@ -218,7 +242,7 @@ func runLore(ctx context.Context, f *componentFlags) (*component, error) {
 		return nil, err
 	}
 	c.stop.add(func(context.Context) error { return store.Close() })
-	_, api, err := newLore(loreConfig{zone: f.zone, store: store, adminKey: adminKey, onStop: c.stop.add, log: f.log})
+	_, api, err := newLore(loreConfig{zone: f.zone, store: store, adminKey: adminKey, onStop: c.stop.add, reg: f.reg, log: f.log})
 	if err != nil {
 		return c, err
 	}
@@ -238,7 +262,7 @@ func (f *componentFlags) mirror(ctx context.Context, c *component) (*etcd.LoreSt
 		return nil, nil, err
 	}
 	c.stop.add(func(context.Context) error { return store.Close() })
-	m, err := etcd.NewMirror(ctx, etcd.MirrorConfig{Store: store, Logger: f.log})
+	m, err := etcd.NewMirror(ctx, etcd.MirrorConfig{Store: store, Logger: f.log, Registerer: f.reg})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -282,7 +306,7 @@ func runControlplane(ctx context.Context, f *componentFlags) (*component, error)
 	}
 	c := &component{}
 	_, api, err := newControlplane(ctx, controlplaneConfig{
-		etcd: f.cli, cluster: f.cluster, credential: cred, vmSecret: vmSecret, onStop: c.stop.add, log: f.log,
+		etcd: f.cli, cluster: f.cluster, credential: cred, vmSecret: vmSecret, onStop: c.stop.add, registerer: f.reg, log: f.log,
 	})
 	if err != nil {
 		return c, err
@@ -369,6 +393,7 @@ func runConman(ctx context.Context, f *componentFlags) (*component, error) {
 		VM:                placement.VM{ID: f.id, Cluster: f.cluster, Addr: "http://" + addr, Build: "platform", Capacity: placement.Resources{Containers: 100}},
 		HeartbeatInterval: time.Second,
 		Inherit:           in,
+		Registerer:        f.reg,
 		Logger:            f.log.With("vm", f.id),
 	})
 	if err != nil {
@@ -542,6 +567,7 @@ func runEval(ctx context.Context, f *componentFlags) (*component, error) {
 		placer:     placement.NewClient(f.controlplane, cred, nil),
 		conmanCred: conmanCred,
 		directory:  m,
+		registerer: f.reg,
 		log:        f.log,
 	})
 	if err != nil {
@@ -580,7 +606,7 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 	if err != nil {
 		return c, err
 	}
-	tombs, err := tombstoneMirror(ctx, f.cli, f.cluster, f.log, nil, c.stop.add)
+	tombs, err := tombstoneMirror(ctx, f.cli, f.cluster, f.log, f.reg, c.stop.add)
 	if err != nil {
 		return c, err
 	}
@@ -609,13 +635,14 @@ func runHostingComponent(ctx context.Context, f *componentFlags) (*component, er
 			}
 			return err
 		},
-		onStop: c.stop.add,
-		log:    f.log,
+		onStop:     c.stop.add,
+		registerer: f.reg,
+		log:        f.log,
 	})
 	if err != nil {
 		return c, err
 	}
-	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert, nil) // a process: no /metrics
+	srv, err := serveHosting(ctx, f.addr, h, handler, fwd.Divert, f.reg)
 	if err != nil {
 		return c, err
 	}
@@ -635,12 +662,14 @@ type child struct {
 	label string // the VM ID of a conman
 	cmd   *exec.Cmd
 	addr  string
-	done  chan struct{}
-	err   error
+	// metrics is the address of its /metrics (run with -metrics), or "".
+	metrics string
+	done    chan struct{}
+	err     error
 }
 
 // startChild runs `<this binary> run <component> args...` with env added, and waits for its
-// "ready <addr>" line.
+// "ready <addr>" line ("ready <addr> metrics <addr>" with -metrics).
 func startChild(ctx context.Context, name string, env []string, args ...string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -675,7 +704,16 @@ func startChild(ctx context.Context, name string, env []string, args ...string) 
 		close(c.done)
 	}()
 	select {
-	case c.addr = <-ready:
+	case a := <-ready:
+		f := strings.Fields(a)
+		if len(f) == 0 {
+			c.kill()
+			return nil, fmt.Errorf("%s: empty ready line", name)
+		}
+		c.addr = f[0]
+		if len(f) == 3 && f[1] == "metrics" {
+			c.metrics = f[2]
+		}
 		return c, nil
 	case <-c.done:
 		return nil, fmt.Errorf("%s exited before it was ready: %v", name, c.err)
@@ -683,6 +721,20 @@ func startChild(ctx context.Context, name string, env []string, args ...string) 
 		c.kill()
 		return nil, fmt.Errorf("%s: not ready: %w", name, ctx.Err())
 	}
+}
+
+// metricsAddr is where a component started with args serves /metrics: the host of its -addr,
+// on a free port.
+func metricsAddr(args []string) string {
+	host := "127.0.0.1"
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-addr" {
+			if h, _, err := net.SplitHostPort(args[i+1]); err == nil && h != "" {
+				host = h
+			}
+		}
+	}
+	return net.JoinHostPort(host, "0")
 }
 
 // stop sends SIGTERM and waits; when ctx ends first it kills the process.
@@ -930,12 +982,15 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 			return nil, err
 		}
 		args = append(ea, args...)
+		if cfg.ComponentMetrics {
+			args = append(args, "-metrics", metricsAddr(args))
+		}
 		c, err := startChild(ctx, name, env, args...)
 		if err != nil {
 			return nil, err
 		}
 		children = append(children, supervise(c, env, args, log))
-		log.Info("component started", "component", name, "pid", c.cmd.Process.Pid, "addr", c.addr)
+		log.Info("component started", "component", name, "pid", c.cmd.Process.Pid, "addr", c.addr, "metrics", c.metrics)
 		return c, nil
 	}
 	loreC, err := start("lore", []string{adminEnv}, "-zone", cfg.Zone, "-addr", cfg.LoreAddr)
@@ -1060,6 +1115,16 @@ func runProcesses(cfg Config, sigs <-chan os.Signal) (err error) {
 			cl.controlplane.addr, cl.controlplane.cmd.Process.Pid)
 		for _, v := range cl.vms {
 			fmt.Fprintf(w, "                  vm %-10s http://%s (pid %d)\n", v.label, v.addr, v.cmd.Process.Pid)
+		}
+	}
+	if cfg.ComponentMetrics {
+		fmt.Fprintf(w, "  metrics         lore http://%s/metrics  dns http://%s/metrics\n", loreC.metrics, dnsC.metrics)
+		for _, cl := range clusters {
+			fmt.Fprintf(w, "  metrics %-7s hosting http://%s/metrics  eval http://%s/metrics  controlplane http://%s/metrics\n",
+				cl.id, cl.hosting.metrics, cl.eval.metrics, cl.controlplane.metrics)
+			for _, v := range cl.vms {
+				fmt.Fprintf(w, "                  vm %-10s http://%s/metrics\n", v.label, v.metrics)
+			}
 		}
 	}
 	if acme != nil {

@@ -167,18 +167,22 @@ func TestTombstoneMirror(t *testing.T) {
 	}
 }
 
-// BenchmarkTombstoneLookup is the lookup the tombstone forwarder makes for every hosting
-// request: a bare TombstoneStore asks etcd, a TombstoneMirror its memory.
-func BenchmarkTombstoneLookup(b *testing.B) {
+type benchStore struct {
+	name  string
+	store tombstone.Store
+}
+
+// benchStores returns a cluster's 1,000 tombstones (repls r<i> named s<i>.o, moved to cluster
+// b) in etcd, as a bare TombstoneStore and through a TombstoneMirror.
+func benchStores(b *testing.B) []benchStore {
 	c := etcdtest.New(b, 1)
-	cli := c.Client(b)
 	ctx := context.Background()
-	s, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: cli, Prefix: prefix("tombstone")})
+	s, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: c.Client(b), Prefix: prefix("tombstone")})
 	if err != nil {
 		b.Fatal(err)
 	}
 	for i := 0; i < 1000; i++ {
-		if err := s.Put(ctx, stoneFor(fmt.Sprintf("r%d", i), "o", fmt.Sprintf("s%d", i), "c")); err != nil {
+		if err := s.Put(ctx, stoneFor(fmt.Sprintf("r%d", i), "o", fmt.Sprintf("s%d", i), "b")); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -186,11 +190,15 @@ func BenchmarkTombstoneLookup(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer m.Close()
-	for _, st := range []struct {
-		name  string
-		store tombstone.Store
-	}{{"store", s}, {"mirror", m}} {
+	b.Cleanup(func() { m.Close() })
+	return []benchStore{{"store", s}, {"mirror", m}}
+}
+
+// BenchmarkTombstoneLookup is the lookup the tombstone forwarder makes for every hosting
+// request: a bare TombstoneStore asks etcd, a TombstoneMirror its memory.
+func BenchmarkTombstoneLookup(b *testing.B) {
+	ctx := context.Background()
+	for _, st := range benchStores(b) {
 		b.Run(st.name+"/hit", func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
@@ -225,30 +233,10 @@ func (c clusterOf) Cluster(_ context.Context, id string) (lore.Cluster, error) {
 // tombstones in etcd read directly or through a mirror: a request for a repl that did not move
 // (passed), and one for a moved repl (forwarded: lookup by name and a signed hop header).
 func BenchmarkForwarderDivert(b *testing.B) {
-	c := etcdtest.New(b, 1)
-	cli := c.Client(b)
-	ctx := context.Background()
-	s, err := etcd.NewTombstoneStore(etcd.TombstoneStoreConfig{Client: cli, Prefix: prefix("tombstone")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; i < 1000; i++ {
-		if err := s.Put(ctx, stoneFor(fmt.Sprintf("r%d", i), "o", fmt.Sprintf("s%d", i), "b")); err != nil {
-			b.Fatal(err)
-		}
-	}
-	m, err := etcd.NewTombstoneMirror(ctx, etcd.TombstoneMirrorConfig{Store: s})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
 	clusters := clusterOf{"b": {ID: "b", Healthy: true, HostingURL: "http://127.0.0.1:1"}}
 	secret := make([]byte, 32)
 	peer := netip.MustParseAddr("127.0.0.1")
-	for _, st := range []struct {
-		name  string
-		store tombstone.Store
-	}{{"store", s}, {"mirror", m}} {
+	for _, st := range benchStores(b) {
 		f, err := tombstone.New(tombstone.Config{Cluster: "a", Zone: "repl.test", Store: st.store, Clusters: clusters, Secret: secret})
 		if err != nil {
 			b.Fatal(err)

@@ -44,7 +44,32 @@ type follower struct {
 	wg     sync.WaitGroup
 }
 
-// initMetrics names a follower's metrics switchyard_etcd_<name>_{stale,revision,relists_total}.
+// start names the follower's metrics switchyard_etcd_<name>_{stale,revision,relists_total}
+// (registered with reg, if any), loads the first view (bounded by ctx) and starts following.
+// A zero probe means 1 s, a nil log slog.Default().
+func (f *follower) start(ctx context.Context, name, view string, reg prometheus.Registerer) error {
+	if f.probe <= 0 {
+		f.probe = time.Second
+	}
+	if f.log == nil {
+		f.log = slog.Default()
+	}
+	if err := f.initMetrics(name, view, reg); err != nil {
+		return err
+	}
+	rev, err := f.load(ctx)
+	if err != nil {
+		return err
+	}
+	f.advance(rev)
+	rctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.wg.Add(2)
+	go f.follow(rctx, rev)
+	go f.probeLoop(rctx)
+	return nil
+}
+
 func (f *follower) initMetrics(name, view string, reg prometheus.Registerer) error {
 	f.changed = make(chan struct{})
 	f.staleG = prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchyard_etcd_" + name + "_stale",
@@ -61,21 +86,6 @@ func (f *follower) initMetrics(name, view string, reg prometheus.Registerer) err
 			return fmt.Errorf("etcd: register %s metrics: %w", f.what, err)
 		}
 	}
-	return nil
-}
-
-// start loads the first view (bounded by ctx) and starts following.
-func (f *follower) start(ctx context.Context) error {
-	rev, err := f.load(ctx)
-	if err != nil {
-		return err
-	}
-	f.advance(rev)
-	rctx, cancel := context.WithCancel(context.Background())
-	f.cancel = cancel
-	f.wg.Add(2)
-	go f.follow(rctx, rev)
-	go f.probeLoop(rctx)
 	return nil
 }
 

@@ -52,19 +52,10 @@ func NewMirror(ctx context.Context, cfg MirrorConfig) (*Mirror, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("etcd: MirrorConfig.Store is required")
 	}
-	if cfg.Probe <= 0 {
-		cfg.Probe = time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
 	m := &Mirror{store: cfg.Store}
 	m.f = follower{what: "lore mirror", cli: cfg.Store.cli, probeKey: cfg.Store.eventsKey(), probe: cfg.Probe,
 		log: cfg.Logger, load: m.load, watch: m.watch}
-	if err := m.f.initMetrics("mirror", "lore directory", cfg.Registerer); err != nil {
-		return nil, err
-	}
-	if err := m.f.start(ctx); err != nil {
+	if err := m.f.start(ctx, "mirror", "lore directory", cfg.Registerer); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -62,19 +62,10 @@ func NewTombstoneMirror(ctx context.Context, cfg TombstoneMirrorConfig) (*Tombst
 	if cfg.Store == nil {
 		return nil, errors.New("etcd: TombstoneMirrorConfig.Store is required")
 	}
-	if cfg.Probe <= 0 {
-		cfg.Probe = time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
 	m := &TombstoneMirror{store: cfg.Store}
 	m.f = follower{what: "tombstone mirror", cli: cfg.Store.cli, probeKey: cfg.Store.p, probe: cfg.Probe,
 		log: cfg.Logger, load: m.load, watch: m.watch}
-	if err := m.f.initMetrics("tombstone_mirror", "tombstones", cfg.Registerer); err != nil {
-		return nil, err
-	}
-	if err := m.f.start(ctx); err != nil {
+	if err := m.f.start(ctx, "tombstone_mirror", "tombstones", cfg.Registerer); err != nil {
 		return nil, err
 	}
 	return m, nil

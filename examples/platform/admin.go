@@ -22,8 +22,9 @@ import (
 //	POST /v1/clusters/{cluster}/eval/restart    start a new Eval on the same address; the old one drains
 //	POST /v1/clusters/{cluster}/vms/{vm}/upgrade upgrade the VM's conman in place: shells and sessions stay
 //	GET  /v1/clusters                           what runs where
-//	GET  /metrics                               Prometheus metrics of every Eval, VM, hosting proxy
-//	                                            and tombstone forwarder (label cluster), and the etcd mirrors
+//	GET  /metrics                               Prometheus metrics of every Eval, VM, hosting proxy,
+//	                                            tombstone forwarder and controlplane (label cluster),
+//	                                            lore, and the etcd mirrors
 //
 // Every request needs "Authorization: Bearer <admin key>".
 func (p *Platform) adminHandler() http.Handler {

@@ -77,7 +77,7 @@ type hostingConfig struct {
 	stopRepl func(ctx context.Context, a placement.Assignment) error
 	// onStop registers what the caller's shutdown must stop (the follower, the forwarder).
 	onStop     func(func(context.Context) error)
-	registerer prometheus.Registerer // the proxy's and the forwarder's metrics; nil: none
+	registerer prometheus.Registerer // the proxy's, the forwarder's and the follower's metrics; nil: none
 	log        *slog.Logger
 }
 
@@ -200,13 +200,13 @@ func newControlplane(ctx context.Context, cfg controlplaneConfig) (*placement.Co
 
 // loreConfig is what lore needs.
 type loreConfig struct {
-	zone     string
-	store    lore.Store       // nil: lore's own in-memory store
-	resolver lore.TXTResolver // custom-domain verification; nil: the system's
-	adminKey string
-	onStop   func(func(context.Context) error)
-	reg      prometheus.Registerer // the directory's metrics; nil: none
-	log      *slog.Logger
+	zone       string
+	store      lore.Store       // nil: lore's own in-memory store
+	resolver   lore.TXTResolver // custom-domain verification; nil: the system's
+	adminKey   string
+	onStop     func(func(context.Context) error)
+	registerer prometheus.Registerer // the directory's metrics; nil: none
+	log        *slog.Logger
 }
 
 // newLore returns the directory, with a fresh token-signing key, and its HTTP API.
@@ -220,7 +220,7 @@ func newLore(cfg loreConfig) (*lore.Directory, http.Handler, error) {
 		return nil, nil, err
 	}
 	dir, err := lore.New(lore.Config{Zone: cfg.zone, Store: cfg.store, Issuer: issuer, Resolver: cfg.resolver,
-		Registerer: cfg.reg, Logger: cfg.log})
+		Registerer: cfg.registerer, Logger: cfg.log})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -285,7 +285,7 @@ func Start(ctx context.Context, cfg Config) (_ *Platform, err error) {
 	}
 	dir, loreAPI, err := newLore(loreConfig{
 		zone: cfg.Zone, store: store, resolver: resolver, adminKey: cfg.AdminKey,
-		onStop: p.stop.add, reg: p.metrics, log: p.log.With("component", "lore"),
+		onStop: p.stop.add, registerer: p.metrics, log: p.log.With("component", "lore"),
 	})
 	if err != nil {
 		return nil, err

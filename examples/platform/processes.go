@@ -242,7 +242,7 @@ func runLore(ctx context.Context, f *componentFlags) (*component, error) {
 		return nil, err
 	}
 	c.stop.add(func(context.Context) error { return store.Close() })
-	_, api, err := newLore(loreConfig{zone: f.zone, store: store, adminKey: adminKey, onStop: c.stop.add, reg: f.reg, log: f.log})
+	_, api, err := newLore(loreConfig{zone: f.zone, store: store, adminKey: adminKey, onStop: c.stop.add, registerer: f.reg, log: f.log})
 	if err != nil {
 		return c, err
 	}
